@@ -1,0 +1,1 @@
+"""Subcommands of the ``alphaexa`` CLI, one module each (discovered by ``alphaexa.cli``)."""
