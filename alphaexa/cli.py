@@ -16,10 +16,6 @@ from . import __version__
 from . import commands as _commands
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
-
-
 def _load_commands():
     mods = []
     for info in sorted(pkgutil.iter_modules(_commands.__path__), key=lambda i: i.name):
@@ -52,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from topology.modelcfg import ConfigError
+    from .errors import ONE_LINE_ERRORS
 
     try:
         return int(args._run(args) or 0)
-    except (UserError, ConfigError) as e:
+    except ONE_LINE_ERRORS as e:
         print(f"alphaexa {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
