@@ -26,7 +26,7 @@ def _load_commands():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alphaexa", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="alphaexa", description="AlphaExa: train hybrid dense + MoE transformers on CPU, NVIDIA and Intel XPU.")
     parser.add_argument("--version", action="version", version=f"alphaexa {__version__}")
     parser.add_argument("--backend", default=None,
                         help="force the device backend (cpu|cuda|xpu); default: $ALPHAEXA_BACKEND or auto")
