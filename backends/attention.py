@@ -1,0 +1,249 @@
+"""Attention kernels behind one call, ``attend``, with a per-device priority order.
+
+Every kernel computes the same function: scaled dot-product attention with
+optional causal masking, a sliding window, grouped-query attention (GQA) and a
+query offset for KV-cache decoding.  The ``math`` kernel is the reference that
+every other kernel is tested against.
+
+Positions: query ``i`` sits at absolute position ``p = q_offset + i``; key ``j``
+at position ``j``.  Query ``p`` may see key ``j`` when
+  * causal:     ``j <= p``
+  * window > 0: ``j > p - window`` (and, when not causal, ``j < p + window``)
+GQA: key/value head ``h`` serves query heads ``h*g ... h*g + g-1`` with
+``g = Hq // Hkv`` (the convention of SDPA's ``enable_gqa`` and of flash-attn).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .errors import BackendError
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """The shape of one ``attend`` call, which a kernel inspects to say whether it can serve it."""
+
+    device_type: str
+    dtype: torch.dtype
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    causal: bool
+    window: int
+    q_offset: int
+
+    @property
+    def masked(self) -> bool:
+        return self.causal or self.window > 0
+
+
+@dataclass(frozen=True)
+class AttentionKernel:
+    """One registered implementation.
+
+    ``unsupported(call)`` returns None when the kernel can compute ``call``, else the
+    reason it cannot (used for errors when a kernel is forced by name).
+    """
+
+    name: str
+    device_types: tuple[str, ...]
+    requires_module: str | None
+    unsupported: Callable[[AttentionCall], str | None]
+    compute: Callable[..., Tensor]
+
+    def installed(self) -> bool:
+        return self.requires_module is None or _module_installed(self.requires_module)
+
+
+@cache
+def _module_installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def visibility_mask(q_len: int, kv_len: int, *, causal: bool, window: int, q_offset: int,
+                    device: torch.device | str = "cpu") -> Tensor | None:
+    """Boolean (q_len, kv_len) mask, True where a query may see a key; None when all may."""
+    if not causal and window <= 0:
+        return None
+    query_pos = torch.arange(q_offset, q_offset + q_len, device=device).unsqueeze(1)
+    key_pos = torch.arange(kv_len, device=device).unsqueeze(0)
+    visible = torch.ones(q_len, kv_len, dtype=torch.bool, device=device)
+    if causal:
+        visible &= key_pos <= query_pos
+    if window > 0:
+        visible &= key_pos > query_pos - window
+        if not causal:
+            visible &= key_pos < query_pos + window
+    return visible
+
+
+# --- math: the reference -----------------------------------------------------------------------
+
+def _math_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
+    group = call.q_heads // call.kv_heads
+    k = k.repeat_interleave(group, dim=1) if group > 1 else k
+    v = v.repeat_interleave(group, dim=1) if group > 1 else v
+    # Scores and softmax in at least fp32 so the reference is not limited by bf16/fp16
+    # rounding (float64 inputs stay float64, for tests).
+    compute_dtype = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(compute_dtype) @ k.to(compute_dtype).transpose(-2, -1)) / math.sqrt(call.head_dim)
+    mask = visibility_mask(call.q_len, call.kv_len, causal=call.causal, window=call.window,
+                           q_offset=call.q_offset, device=q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return (probs @ v.to(compute_dtype)).to(q.dtype)
+
+
+def _math_unsupported(call: AttentionCall) -> str | None:
+    return None
+
+
+# --- torch.nn.functional.scaled_dot_product_attention ------------------------------------------
+
+def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
+    gqa = call.q_heads != call.kv_heads
+    # SDPA's is_causal aligns the mask top-left, which is our mask only for a square
+    # call without offset or window; everything else gets an explicit boolean mask.
+    if call.causal and call.window == 0 and call.q_offset == 0 and call.q_len == call.kv_len:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    mask = visibility_mask(call.q_len, call.kv_len, causal=call.causal, window=call.window,
+                           q_offset=call.q_offset, device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def _sdpa_unsupported(call: AttentionCall) -> str | None:
+    return None
+
+
+# --- flash-attn (FlashAttention-2, and FlashAttention-3 on Hopper) ------------------------------
+
+def _flash_window(call: AttentionCall) -> tuple[int, int]:
+    # flash-attn's window_size=(left, right) counts keys on each side of the query's
+    # diagonal, inclusive of the diagonal itself; -1 means unbounded.
+    if call.window <= 0:
+        return (-1, -1)
+    return (call.window - 1, 0 if call.causal else call.window - 1)
+
+
+def _flash_unsupported(call: AttentionCall) -> str | None:
+    if call.device_type != "cuda":
+        return f"needs a CUDA tensor, got {call.device_type}"
+    if call.dtype not in (torch.float16, torch.bfloat16):
+        return f"needs float16 or bfloat16, got {call.dtype}"
+    if call.head_dim > 256 or call.head_dim % 8:
+        return f"needs head_dim a multiple of 8 and <= 256, got {call.head_dim}"
+    # flash-attn aligns causal/window masks bottom-right (query i at position
+    # kv_len - q_len + i), which equals ours exactly when kv_len == q_offset + q_len.
+    if call.masked and call.kv_len != call.q_offset + call.q_len:
+        return f"aligns masks bottom-right, needs kv_len == q_offset + q_len ({call.kv_len} != {call.q_offset + call.q_len})"
+    return None
+
+
+def _flash2_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
+    from flash_attn import flash_attn_func
+
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                          causal=call.causal, window_size=_flash_window(call))
+    return out.transpose(1, 2)
+
+
+def _flash3_unsupported(call: AttentionCall) -> str | None:
+    reason = _flash_unsupported(call)
+    if reason is None and torch.cuda.get_device_capability()[0] != 9:
+        reason = "FlashAttention-3 needs a Hopper GPU (compute capability 9.x)"
+    return reason
+
+
+def _flash3_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
+    from flash_attn_interface import flash_attn_func
+
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                          causal=call.causal, window_size=_flash_window(call))
+    # Some FlashAttention-3 releases return (out, softmax_lse), later ones only out.
+    if isinstance(out, tuple):
+        out = out[0]
+    return out.transpose(1, 2)
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+# Registration order is the priority order: the first installed kernel that supports a
+# call serves it when no kernel is forced.
+KERNELS: dict[str, AttentionKernel] = {
+    k.name: k
+    for k in (
+        AttentionKernel("flash_attn3", ("cuda",), "flash_attn_interface", _flash3_unsupported, _flash3_attention),
+        AttentionKernel("flash_attn", ("cuda",), "flash_attn", _flash_unsupported, _flash2_attention),
+        AttentionKernel("sdpa", ("cpu", "cuda", "xpu"), None, _sdpa_unsupported, _sdpa_attention),
+        AttentionKernel("math", ("cpu", "cuda", "xpu"), None, _math_unsupported, _math_attention),
+    )
+}
+
+
+def available_kernels(device_type: str) -> list[str]:
+    """Names of the installed kernels for ``device_type``, best first."""
+    return [k.name for k in KERNELS.values() if device_type in k.device_types and k.installed()]
+
+
+def describe_call(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, window: int, q_offset: int) -> AttentionCall:
+    """Validate shapes and options and summarise them; raises ValueError on a malformed call."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"attend expects 4-D (B, H, S, D) tensors, got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+    batch, q_heads, q_len, head_dim = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"k/v {tuple(k.shape)} do not match q {tuple(q.shape)} in batch or head_dim")
+    kv_heads, kv_len = k.shape[1], k.shape[2]
+    if q_heads % kv_heads:
+        raise ValueError(f"query heads ({q_heads}) must be a multiple of key/value heads ({kv_heads})")
+    if window < 0 or q_offset < 0:
+        raise ValueError(f"window and q_offset must be >= 0, got window={window} q_offset={q_offset}")
+    if (causal or window > 0) and q_offset + q_len > kv_len:
+        raise ValueError(f"queries reach position {q_offset + q_len - 1} but only {kv_len} keys were given")
+    return AttentionCall(q.device.type, q.dtype, batch, q_heads, kv_heads, q_len, kv_len, head_dim,
+                         causal, window, q_offset)
+
+
+def select_kernel(call: AttentionCall, kernel: str | None = None) -> AttentionKernel:
+    """The kernel that will serve ``call``: the forced one (checked) or the best available."""
+    if kernel is not None:
+        if kernel not in KERNELS:
+            raise BackendError(f"unknown attention kernel {kernel!r}; choices: {', '.join(KERNELS)}")
+        chosen = KERNELS[kernel]
+        if call.device_type not in chosen.device_types:
+            raise BackendError(f"attention kernel {kernel!r} does not run on {call.device_type} "
+                               f"(available there: {', '.join(available_kernels(call.device_type))})")
+        if not chosen.installed():
+            raise BackendError(f"attention kernel {kernel!r} needs the {chosen.requires_module!r} module, which is not installed")
+        reason = chosen.unsupported(call)
+        if reason is not None:
+            raise BackendError(f"attention kernel {kernel!r} cannot serve this call: {reason}")
+        return chosen
+    for name in available_kernels(call.device_type):
+        if KERNELS[name].unsupported(call) is None:
+            return KERNELS[name]
+    return KERNELS["math"]
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, window: int = 0, q_offset: int = 0,
+           kernel: str | None = None) -> Tensor:
+    """Scaled dot-product attention; q (B, Hq, Sq, D), k/v (B, Hkv, Sk, D) -> (B, Hq, Sq, D) in q's dtype.
+
+    ``kernel`` forces a registered kernel by name (BackendError if it cannot serve the
+    call); None picks the best available kernel for the tensors' device.
+    """
+    call = describe_call(q, k, v, causal=causal, window=window, q_offset=q_offset)
+    return select_kernel(call, kernel).compute(q, k, v, call)

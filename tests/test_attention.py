@@ -1,0 +1,139 @@
+"""Every attention kernel against the math reference, and the reference against a naive loop."""
+import math
+
+import pytest
+import torch
+
+from backends.attention import KERNELS, attend, available_kernels, describe_call, select_kernel
+from backends.errors import BackendError
+
+
+def _devices():
+    devices = [pytest.param("cpu", id="cpu")]
+    for device_type in ("cuda", "xpu"):
+        module = getattr(torch, device_type, None)
+        if module is not None and module.is_available():
+            devices.append(pytest.param(device_type, id=device_type, marks=pytest.mark.gpu))
+    return devices
+
+
+DEVICES = _devices()
+
+# (name, batch, q_heads, kv_heads, q_len, kv_len, head_dim, causal, window, q_offset)
+CASES = [
+    ("causal", 2, 4, 4, 16, 16, 16, True, 0, 0),
+    ("noncausal", 2, 4, 4, 16, 16, 16, False, 0, 0),
+    ("noncausal_cross", 1, 2, 2, 5, 11, 16, False, 0, 0),
+    ("gqa2", 2, 4, 2, 16, 16, 16, True, 0, 0),
+    ("mqa", 1, 4, 1, 16, 16, 16, True, 0, 0),
+    ("window", 2, 4, 2, 16, 16, 16, True, 5, 0),
+    ("window_noncausal", 1, 2, 2, 16, 16, 16, False, 4, 0),
+    ("decode_one", 2, 4, 2, 1, 12, 16, True, 0, 11),
+    ("decode_chunk", 2, 4, 2, 4, 12, 16, True, 0, 8),
+    ("decode_window", 1, 4, 2, 4, 12, 16, True, 3, 8),
+]
+
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+def _dtypes(device_type):
+    return [torch.float32, torch.bfloat16] if device_type == "cpu" else [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _inputs(case, device, dtype, seed=0):
+    _, b, hq, hkv, sq, sk, d, *_ = case
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(b, hq, sq, d), (b, hkv, sk, d), (b, hkv, sk, d), (b, hq, sq, d)]
+    q, k, v, grad_out = (torch.randn(s, generator=gen).to(device=device, dtype=dtype) for s in shapes)
+    return q, k, v, grad_out
+
+
+def _forward_backward(q, k, v, grad_out, kernel, case):
+    *_, causal, window, q_offset = case
+    q, k, v = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    out = attend(q, k, v, causal=causal, window=window, q_offset=q_offset, kernel=kernel)
+    out.backward(grad_out)
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+@pytest.mark.parametrize("device_type", DEVICES)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_every_kernel_matches_math_reference(device_type, case):
+    *_, causal, window, q_offset = case
+    for kernel in available_kernels(device_type):
+        if kernel == "math":
+            continue
+        for dtype in _dtypes(device_type):
+            q, k, v, grad_out = _inputs(case, device_type, dtype)
+            call = describe_call(q, k, v, causal=causal, window=window, q_offset=q_offset)
+            if KERNELS[kernel].unsupported(call) is not None:
+                with pytest.raises(BackendError, match=kernel):
+                    attend(q, k, v, causal=causal, window=window, q_offset=q_offset, kernel=kernel)
+                continue
+            got = _forward_backward(q, k, v, grad_out, kernel, case)
+            # The reference runs in float64 on the same (already rounded) inputs.
+            want = _forward_backward(q.double(), k.double(), v.double(), grad_out.double(), "math", case)
+            assert got[0].dtype == dtype
+            tol = TOLERANCE[dtype]
+            for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+                torch.testing.assert_close(g.double(), w, atol=tol, rtol=tol,
+                                           msg=lambda m, label=f"{kernel} {dtype} {name}": f"{label}: {m}")
+
+
+def _naive_attention(q, k, v, causal, window, q_offset):
+    """Per-element loops over Python floats: an independent check of the math kernel."""
+    b_n, hq, sq, d = q.shape
+    hkv, sk = k.shape[1], k.shape[2]
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    for b in range(b_n):
+        for h in range(hq):
+            kv_h = h // (hq // hkv)
+            for i in range(sq):
+                p = q_offset + i
+                visible = [j for j in range(sk)
+                           if (not causal or j <= p)
+                           and (window <= 0 or (j > p - window and (causal or j < p + window)))]
+                scores = [sum(float(q[b, h, i, c]) * float(k[b, kv_h, j, c]) for c in range(d)) / math.sqrt(d)
+                          for j in visible]
+                top = max(scores)
+                weights = [math.exp(s - top) for s in scores]
+                total = sum(weights)
+                for c in range(d):
+                    out[b, h, i, c] = sum(w * float(v[b, kv_h, j, c]) for w, j in zip(weights, visible)) / total
+    return out
+
+
+@pytest.mark.parametrize("causal,window,q_offset,q_len", [
+    (True, 0, 0, 5), (False, 0, 0, 5), (True, 2, 0, 5), (False, 2, 0, 5), (True, 0, 2, 3), (True, 2, 3, 2),
+])
+def test_math_kernel_matches_naive_loops(causal, window, q_offset, q_len):
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 4, q_len, 3, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 2, 5, 3, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 2, 5, 3, generator=gen, dtype=torch.float64)
+    got = attend(q, k, v, causal=causal, window=window, q_offset=q_offset, kernel="math")
+    torch.testing.assert_close(got, _naive_attention(q, k, v, causal, window, q_offset), atol=1e-12, rtol=1e-12)
+
+
+def test_cpu_kernel_priority_and_default_choice():
+    assert available_kernels("cpu") == ["sdpa", "math"]
+    q = torch.randn(1, 2, 4, 8)
+    assert select_kernel(describe_call(q, q, q, causal=True, window=0, q_offset=0)).name == "sdpa"
+
+
+def test_forcing_a_kernel_that_cannot_serve_the_call_is_a_clear_error():
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(BackendError, match=r"unknown attention kernel 'nope'; choices: .*sdpa.*math"):
+        attend(q, q, q, kernel="nope")
+    with pytest.raises(BackendError, match="'flash_attn' does not run on cpu"):
+        attend(q, q, q, kernel="flash_attn")
+
+
+def test_malformed_calls_are_rejected():
+    q = torch.randn(1, 3, 4, 8)
+    kv = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        attend(q, kv, kv)
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="only 4 keys"):
+        attend(q, kv, kv, q_offset=1)
