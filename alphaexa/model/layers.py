@@ -1,0 +1,59 @@
+"""Norms (computed in fp32 whatever the activation dtype) and the dense feed-forward block."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from topology.modelcfg import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), self.bias.float(),
+                            self.eps).to(x.dtype)
+
+
+NORM_TYPES = (RMSNorm, LayerNorm)
+
+
+def build_norm(cfg: ModelConfig) -> nn.Module:
+    return (LayerNorm if cfg.norm == "layernorm" else RMSNorm)(cfg.d_model, cfg.norm_eps)
+
+
+def activate(ffn_type: str, up: Tensor, gate: Tensor | None) -> Tensor:
+    """GELU of the up projection, or SwiGLU: silu(gate) * up."""
+    if ffn_type == "swiglu":
+        return F.silu(gate) * up
+    return F.gelu(up)
+
+
+class FeedForward(nn.Module):
+    """``w2(act(w1 x))``; for SwiGLU ``w2(silu(w3 x) * w1 x)`` (w1 up, w3 gate, w2 down)."""
+
+    def __init__(self, d_model: int, hidden: int, ffn_type: str):
+        super().__init__()
+        self.ffn_type = ffn_type
+        self.w1 = nn.Linear(d_model, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d_model, bias=False)
+        self.w3 = nn.Linear(d_model, hidden, bias=False) if ffn_type == "swiglu" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = self.w3(x) if self.w3 is not None else None
+        return self.w2(activate(self.ffn_type, self.w1(x), gate))

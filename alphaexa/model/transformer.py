@@ -1,0 +1,207 @@
+"""The decoder-only transformer built from a ``ModelConfig``.
+
+No parallel code lives here: tensor/sequence, FSDP, pipeline and expert
+parallelism are applied from outside (``alphaexa.parallel``), which relies on
+the module names below.  A pipeline stage deletes entries of ``layers`` (names
+are kept, so checkpoints line up) and sets ``tok_embeddings`` / ``norm`` /
+``output`` to None: the forward then takes and returns hidden states.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+
+import torch
+from torch import Tensor, nn
+
+from topology.modelcfg import ModelConfig
+
+from .attention import Attention, KVCache
+from .layers import NORM_TYPES, FeedForward, build_norm
+from .moe import MoE
+from .positions import rope_tables, sinusoidal_table
+
+
+class Block(nn.Module):
+    """Pre-norm block: ``h + attention(norm(h))``, then ``h + ffn(norm(h))`` (dense or MoE)."""
+
+    def __init__(self, cfg: ModelConfig, layer_id: int):
+        super().__init__()
+        self.attention_norm = build_norm(cfg)
+        self.attention = Attention(cfg, str(layer_id))
+        self.ffn_norm = build_norm(cfg)
+        self.is_moe = cfg.is_moe_layer(layer_id)
+        if self.is_moe:
+            self.moe = MoE(cfg)
+        else:
+            self.feed_forward = FeedForward(cfg.d_model, cfg.d_ff, cfg.ffn_type)
+
+    def forward(self, h: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None = None) -> Tensor:
+        h = h + self.attention(self.attention_norm(h), rope, cache)
+        ffn = self.moe if self.is_moe else self.feed_forward
+        return h + ffn(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embeddings = nn.Embedding(cfg.max_seq_len, cfg.d_model) if cfg.pos_encoding == "learned" else None
+        self.layers = nn.ModuleDict({str(i): Block(cfg, i) for i in range(cfg.n_layers)})
+        self.norm = build_norm(cfg)
+        self.output = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        # Position tables are derived, not learned: non-persistent, rebuilt by init_buffers().
+        if cfg.pos_encoding == "rope":
+            self.register_buffer("rope_cos", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
+            self.register_buffer("rope_sin", torch.empty(cfg.max_seq_len, cfg.head_dim // 2), persistent=False)
+        if cfg.pos_encoding == "sinusoidal":
+            self.register_buffer("sinusoid", torch.empty(cfg.max_seq_len, cfg.d_model), persistent=False)
+        if self.tok_embeddings.weight.device.type != "meta":
+            self.init_buffers()
+
+    # ----------------------------------------------------------- initialisation
+    def tie_weights(self) -> None:
+        """Share the LM head with the embedding (``to_empty`` unties them; init_weights re-ties)."""
+        if self.cfg.tie_embeddings and self.output is not None and self.tok_embeddings is not None:
+            self.output.weight = self.tok_embeddings.weight
+
+    def init_buffers(self) -> None:
+        """(Re)compute the float32 position tables on the device of the model's parameters."""
+        cfg = self.cfg
+        device = next(self.parameters()).device
+        if cfg.pos_encoding == "rope":
+            original_len = max(1, round(cfg.max_seq_len / cfg.rope_scaling_factor))
+            self.rope_cos, self.rope_sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta,
+                                                       cfg.rope_scaling, cfg.rope_scaling_factor,
+                                                       original_len, device=device)
+        if cfg.pos_encoding == "sinusoidal":
+            self.sinusoid = sinusoidal_table(cfg.max_seq_len, cfg.d_model, device=device)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int = 0) -> None:
+        """Deterministic initialisation: normal(0, init_std) for matrices and embeddings, with
+        the projections that write into the residual stream (attention ``wo``, FFN/expert
+        ``w2``) scaled by 1/sqrt(2 n_layers); norms to one (and zero bias).
+
+        Each parameter draws from its own generator seeded by ``seed`` and its name, so a
+        pipeline stage holding only some layers gets exactly the weights those layers have
+        in the whole model.
+        """
+        self.tie_weights()
+        self.init_buffers()
+        std = self.cfg.init_std
+        residual_std = std / math.sqrt(2 * self.cfg.n_layers)
+        seen: set[int] = set()
+        for module_name, module in self.named_modules():
+            for param_name, param in module.named_parameters(recurse=False):
+                if id(param) in seen:
+                    continue
+                seen.add(id(param))
+                name = f"{module_name}.{param_name}" if module_name else param_name
+                if isinstance(module, NORM_TYPES):
+                    param.fill_(1.0 if param_name == "weight" else 0.0)
+                    continue
+                generator = torch.Generator(device=param.device).manual_seed(_param_seed(seed, name))
+                writes_residual = name.endswith(("attention.wo.weight", "w2.weight", "experts.w2"))
+                param.normal_(0.0, residual_std if writes_residual else std, generator=generator)
+
+    def set_attention_kernel(self, kernel: str | None) -> None:
+        """Force a backend attention kernel by name for every layer (None: best available)."""
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.kernel = kernel
+
+    def new_kv_cache(self, batch: int, capacity: int, dtype: torch.dtype | None = None) -> KVCache:
+        reference = next(iter(self.layers.values())).attention.wk.weight
+        return KVCache(list(self.layers.keys()), batch, capacity, self.cfg.n_kv_heads, self.cfg.head_dim,
+                       dtype or reference.dtype, reference.device)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, inputs: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Token ids (B, S) -> logits (B, S, vocab); on a pipeline stage without embedding or
+        head, hidden states (B, S, d) in and/or out.  With ``cache``, the S tokens continue
+        each row's cached sequence and the cache advances by S."""
+        seq = inputs.shape[1]
+        device = inputs.device
+        positions = cache.positions(seq, device) if cache is not None else None
+        last = seq if positions is None else int(positions.max()) + 1
+        if last > self.cfg.max_seq_len:
+            raise ValueError(f"position {last - 1} is beyond max_seq_len={self.cfg.max_seq_len}")
+        if positions is None:
+            positions = torch.arange(seq, device=device).unsqueeze(0)
+
+        if self.tok_embeddings is not None:
+            h = self.tok_embeddings(inputs)
+            if self.cfg.pos_encoding == "sinusoidal":
+                # Vaswani et al. scale the embedding by sqrt(d) so the fixed table does not drown it.
+                h = h * math.sqrt(self.cfg.d_model) + self.sinusoid[positions].to(h.dtype)
+            elif self.pos_embeddings is not None:
+                h = h + self.pos_embeddings(positions)
+        else:
+            h = inputs
+
+        rope = None
+        if self.cfg.pos_encoding == "rope":
+            # (B or 1, S, 1, D/2): broadcast over heads.
+            rope = (self.rope_cos[positions].unsqueeze(2), self.rope_sin[positions].unsqueeze(2))
+        for layer in self.layers.values():
+            h = layer(h, rope, cache)
+        if self.norm is not None:
+            h = self.norm(h)
+        if self.output is not None:
+            h = self.output(h)
+        if cache is not None:
+            cache.advance(seq)
+        return h
+
+
+def _param_seed(seed: int, name: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                seed: int = 0) -> Transformer:
+    """Construct on the meta device, allocate on ``device`` in ``dtype``, initialise with ``seed``."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    model.to_empty(device=device)
+    model.to(dtype)
+    model.init_weights(seed)
+    return model
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """numel per component (works on the meta device; shared weights counted once)."""
+    categories = {k: 0 for k in ("embedding", "positions", "attention", "dense_ffn", "experts",
+                                 "shared_experts", "router", "norms", "lm_head")}
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        categories[_category(name)] += param.numel()
+    return categories
+
+
+def _category(name: str) -> str:
+    if name.startswith("tok_embeddings."):
+        return "embedding"
+    if name.startswith("pos_embeddings."):
+        return "positions"
+    if name.startswith("output."):
+        return "lm_head"
+    if name.startswith("norm.") or "_norm." in name:
+        return "norms"
+    if ".attention." in name:
+        return "attention"
+    if ".feed_forward." in name:
+        return "dense_ffn"
+    if ".moe.experts." in name:
+        return "experts"
+    if ".moe.shared_experts." in name:
+        return "shared_experts"
+    if ".moe.gate." in name:
+        return "router"
+    raise ValueError(f"parameter {name!r} belongs to no known component")
