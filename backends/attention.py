@@ -12,6 +12,7 @@ at position ``j``.  Query ``p`` may see key ``j`` when
 GQA: key/value head ``h`` serves query heads ``h*g ... h*g + g-1`` with
 ``g = Hq // Hkv`` (the convention of SDPA's ``enable_gqa`` and of flash-attn).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -71,8 +72,9 @@ def _module_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def visibility_mask(q_len: int, kv_len: int, *, causal: bool, window: int, q_offset: int,
-                    device: torch.device | str = "cpu") -> Tensor | None:
+def visibility_mask(
+    q_len: int, kv_len: int, *, causal: bool, window: int, q_offset: int, device: torch.device | str = "cpu"
+) -> Tensor | None:
     """Boolean (q_len, kv_len) mask, True where a query may see a key; None when all may."""
     if not causal and window <= 0:
         return None
@@ -90,6 +92,7 @@ def visibility_mask(q_len: int, kv_len: int, *, causal: bool, window: int, q_off
 
 # --- math: the reference -----------------------------------------------------------------------
 
+
 def _math_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
     group = call.q_heads // call.kv_heads
     k = k.repeat_interleave(group, dim=1) if group > 1 else k
@@ -98,8 +101,14 @@ def _math_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Ten
     # rounding (float64 inputs stay float64, for tests).
     compute_dtype = torch.promote_types(q.dtype, torch.float32)
     scores = (q.to(compute_dtype) @ k.to(compute_dtype).transpose(-2, -1)) / math.sqrt(call.head_dim)
-    mask = visibility_mask(call.q_len, call.kv_len, causal=call.causal, window=call.window,
-                           q_offset=call.q_offset, device=q.device)
+    mask = visibility_mask(
+        call.q_len,
+        call.kv_len,
+        causal=call.causal,
+        window=call.window,
+        q_offset=call.q_offset,
+        device=q.device,
+    )
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
@@ -112,14 +121,21 @@ def _math_unsupported(call: AttentionCall) -> str | None:
 
 # --- torch.nn.functional.scaled_dot_product_attention ------------------------------------------
 
+
 def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
     gqa = call.q_heads != call.kv_heads
     # SDPA's is_causal aligns the mask top-left, which is our mask only for a square
     # call without offset or window; everything else gets an explicit boolean mask.
     if call.causal and call.window == 0 and call.q_offset == 0 and call.q_len == call.kv_len:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    mask = visibility_mask(call.q_len, call.kv_len, causal=call.causal, window=call.window,
-                           q_offset=call.q_offset, device=q.device)
+    mask = visibility_mask(
+        call.q_len,
+        call.kv_len,
+        causal=call.causal,
+        window=call.window,
+        q_offset=call.q_offset,
+        device=q.device,
+    )
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
@@ -128,6 +144,7 @@ def _sdpa_unsupported(call: AttentionCall) -> str | None:
 
 
 # --- flash-attn (FlashAttention-2, and FlashAttention-3 on Hopper) ------------------------------
+
 
 def _flash_window(call: AttentionCall) -> tuple[int, int]:
     # flash-attn's window_size=(left, right) counts keys on each side of the query's
@@ -147,15 +164,23 @@ def _flash_unsupported(call: AttentionCall) -> str | None:
     # flash-attn aligns causal/window masks bottom-right (query i at position
     # kv_len - q_len + i), which equals ours exactly when kv_len == q_offset + q_len.
     if call.masked and call.kv_len != call.q_offset + call.q_len:
-        return f"aligns masks bottom-right, needs kv_len == q_offset + q_len ({call.kv_len} != {call.q_offset + call.q_len})"
+        return (
+            "aligns masks bottom-right, needs kv_len == q_offset + q_len "
+            f"({call.kv_len} != {call.q_offset + call.q_len})"
+        )
     return None
 
 
 def _flash2_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
     from flash_attn import flash_attn_func
 
-    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                          causal=call.causal, window_size=_flash_window(call))
+    out = flash_attn_func(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        causal=call.causal,
+        window_size=_flash_window(call),
+    )
     return out.transpose(1, 2)
 
 
@@ -169,8 +194,13 @@ def _flash3_unsupported(call: AttentionCall) -> str | None:
 def _flash3_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
     from flash_attn_interface import flash_attn_func
 
-    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                          causal=call.causal, window_size=_flash_window(call))
+    out = flash_attn_func(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        causal=call.causal,
+        window_size=_flash_window(call),
+    )
     # Some FlashAttention-3 releases return (out, softmax_lse), later ones only out.
     if isinstance(out, tuple):
         out = out[0]
@@ -184,7 +214,9 @@ def _flash3_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> T
 KERNELS: dict[str, AttentionKernel] = {
     k.name: k
     for k in (
-        AttentionKernel("flash_attn3", ("cuda",), "flash_attn_interface", _flash3_unsupported, _flash3_attention),
+        AttentionKernel(
+            "flash_attn3", ("cuda",), "flash_attn_interface", _flash3_unsupported, _flash3_attention
+        ),
         AttentionKernel("flash_attn", ("cuda",), "flash_attn", _flash_unsupported, _flash2_attention),
         AttentionKernel("sdpa", ("cpu", "cuda", "xpu"), None, _sdpa_unsupported, _sdpa_attention),
         AttentionKernel("math", ("cpu", "cuda", "xpu"), None, _math_unsupported, _math_attention),
@@ -197,10 +229,15 @@ def available_kernels(device_type: str) -> list[str]:
     return [k.name for k in KERNELS.values() if device_type in k.device_types and k.installed()]
 
 
-def describe_call(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, window: int, q_offset: int) -> AttentionCall:
+def describe_call(
+    q: Tensor, k: Tensor, v: Tensor, *, causal: bool, window: int, q_offset: int
+) -> AttentionCall:
     """Validate shapes and options and summarise them; raises ValueError on a malformed call."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"attend expects 4-D (B, H, S, D) tensors, got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}")
+        raise ValueError(
+            "attend expects 4-D (B, H, S, D) tensors, "
+            f"got q{tuple(q.shape)} k{tuple(k.shape)} v{tuple(v.shape)}"
+        )
     batch, q_heads, q_len, head_dim = q.shape
     if k.shape != v.shape:
         raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
@@ -213,8 +250,9 @@ def describe_call(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, window: int,
         raise ValueError(f"window and q_offset must be >= 0, got window={window} q_offset={q_offset}")
     if (causal or window > 0) and q_offset + q_len > kv_len:
         raise ValueError(f"queries reach position {q_offset + q_len - 1} but only {kv_len} keys were given")
-    return AttentionCall(q.device.type, q.dtype, batch, q_heads, kv_heads, q_len, kv_len, head_dim,
-                         causal, window, q_offset)
+    return AttentionCall(
+        q.device.type, q.dtype, batch, q_heads, kv_heads, q_len, kv_len, head_dim, causal, window, q_offset
+    )
 
 
 def select_kernel(call: AttentionCall, kernel: str | None = None) -> AttentionKernel:
@@ -224,10 +262,15 @@ def select_kernel(call: AttentionCall, kernel: str | None = None) -> AttentionKe
             raise BackendError(f"unknown attention kernel {kernel!r}; choices: {', '.join(KERNELS)}")
         chosen = KERNELS[kernel]
         if call.device_type not in chosen.device_types:
-            raise BackendError(f"attention kernel {kernel!r} does not run on {call.device_type} "
-                               f"(available there: {', '.join(available_kernels(call.device_type))})")
+            raise BackendError(
+                f"attention kernel {kernel!r} does not run on {call.device_type} "
+                f"(available there: {', '.join(available_kernels(call.device_type))})"
+            )
         if not chosen.installed():
-            raise BackendError(f"attention kernel {kernel!r} needs the {chosen.requires_module!r} module, which is not installed")
+            raise BackendError(
+                f"attention kernel {kernel!r} needs the {chosen.requires_module!r} module, "
+                "which is not installed"
+            )
         reason = chosen.unsupported(call)
         if reason is not None:
             raise BackendError(f"attention kernel {kernel!r} cannot serve this call: {reason}")
@@ -238,8 +281,16 @@ def select_kernel(call: AttentionCall, kernel: str | None = None) -> AttentionKe
     return KERNELS["math"]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = True, window: int = 0, q_offset: int = 0,
-           kernel: str | None = None) -> Tensor:
+def attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = True,
+    window: int = 0,
+    q_offset: int = 0,
+    kernel: str | None = None,
+) -> Tensor:
     """Scaled dot-product attention; q (B, Hq, Sq, D), k/v (B, Hkv, Sk, D) -> (B, Hq, Sq, D) in q's dtype.
 
     ``kernel`` forces a registered kernel by name (BackendError if it cannot serve the

@@ -1,4 +1,5 @@
 """Every attention kernel against the math reference, and the reference against a naive loop."""
+
 import math
 
 import pytest
@@ -37,7 +38,11 @@ TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
 def _dtypes(device_type):
-    return [torch.float32, torch.bfloat16] if device_type == "cpu" else [torch.float32, torch.bfloat16, torch.float16]
+    return (
+        [torch.float32, torch.bfloat16]
+        if device_type == "cpu"
+        else [torch.float32, torch.bfloat16, torch.float16]
+    )
 
 
 def _inputs(case, device, dtype, seed=0):
@@ -76,8 +81,13 @@ def test_every_kernel_matches_math_reference(device_type, case):
             assert got[0].dtype == dtype
             tol = TOLERANCE[dtype]
             for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
-                torch.testing.assert_close(g.double(), w, atol=tol, rtol=tol,
-                                           msg=lambda m, label=f"{kernel} {dtype} {name}": f"{label}: {m}")
+                torch.testing.assert_close(
+                    g.double(),
+                    w,
+                    atol=tol,
+                    rtol=tol,
+                    msg=lambda m, label=f"{kernel} {dtype} {name}": f"{label}: {m}",
+                )
 
 
 def _naive_attention(q, k, v, causal, window, q_offset):
@@ -90,29 +100,46 @@ def _naive_attention(q, k, v, causal, window, q_offset):
             kv_h = h // (hq // hkv)
             for i in range(sq):
                 p = q_offset + i
-                visible = [j for j in range(sk)
-                           if (not causal or j <= p)
-                           and (window <= 0 or (j > p - window and (causal or j < p + window)))]
-                scores = [sum(float(q[b, h, i, c]) * float(k[b, kv_h, j, c]) for c in range(d)) / math.sqrt(d)
-                          for j in visible]
+                visible = [
+                    j
+                    for j in range(sk)
+                    if (not causal or j <= p)
+                    and (window <= 0 or (j > p - window and (causal or j < p + window)))
+                ]
+                scores = [
+                    sum(float(q[b, h, i, c]) * float(k[b, kv_h, j, c]) for c in range(d)) / math.sqrt(d)
+                    for j in visible
+                ]
                 top = max(scores)
                 weights = [math.exp(s - top) for s in scores]
                 total = sum(weights)
                 for c in range(d):
-                    out[b, h, i, c] = sum(w * float(v[b, kv_h, j, c]) for w, j in zip(weights, visible)) / total
+                    out[b, h, i, c] = (
+                        sum(w * float(v[b, kv_h, j, c]) for w, j in zip(weights, visible)) / total
+                    )
     return out
 
 
-@pytest.mark.parametrize("causal,window,q_offset,q_len", [
-    (True, 0, 0, 5), (False, 0, 0, 5), (True, 2, 0, 5), (False, 2, 0, 5), (True, 0, 2, 3), (True, 2, 3, 2),
-])
+@pytest.mark.parametrize(
+    "causal,window,q_offset,q_len",
+    [
+        (True, 0, 0, 5),
+        (False, 0, 0, 5),
+        (True, 2, 0, 5),
+        (False, 2, 0, 5),
+        (True, 0, 2, 3),
+        (True, 2, 3, 2),
+    ],
+)
 def test_math_kernel_matches_naive_loops(causal, window, q_offset, q_len):
     gen = torch.Generator().manual_seed(1)
     q = torch.randn(1, 4, q_len, 3, generator=gen, dtype=torch.float64)
     k = torch.randn(1, 2, 5, 3, generator=gen, dtype=torch.float64)
     v = torch.randn(1, 2, 5, 3, generator=gen, dtype=torch.float64)
     got = attend(q, k, v, causal=causal, window=window, q_offset=q_offset, kernel="math")
-    torch.testing.assert_close(got, _naive_attention(q, k, v, causal, window, q_offset), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(
+        got, _naive_attention(q, k, v, causal, window, q_offset), atol=1e-12, rtol=1e-12
+    )
 
 
 def test_cpu_kernel_priority_and_default_choice():
