@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -152,8 +153,8 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         if not any(_SPACE_MARK in t for t in texts):
-            return [np.asarray(ids, dtype=np.int64)
-                    for ids in self._sp.encode(texts, num_threads=SENTENCEPIECE_TRAIN_THREADS)]
+            # Unlike training, encoding gives the same ids with any thread count: use every core.
+            return [np.asarray(ids, dtype=np.int64) for ids in self._sp.encode(texts, num_threads=os.cpu_count() or 1)]
         return [np.asarray(self._encode_keeping_space_marks(t), dtype=np.int64) for t in texts]
 
     def _encode_keeping_space_marks(self, text: str) -> list[int]:
@@ -226,6 +227,7 @@ def train_sentencepiece(documents: Iterable[str], vocab_size: int, model_type: s
     except RuntimeError as e:
         # e.g. "Vocabulary size too high (8192). Please set it to a value <= 5000." on a small corpus
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        reason = reason.rsplit("] ", 1)[-1]  # drop SentencePiece's "INTERNAL: file.cc(744) [check]" prefix
         raise UserError(f"SentencePiece {model_type} training with vocab_size={vocab_size} failed "
                         f"on {len(sentences)} sentences: {reason}") from None
     return SentencePieceTokenizer(model.getvalue(), settings)
