@@ -12,7 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alphaexa.data import PackedTokens, ensure_demo_dataset, load_tokenizer, tokenize_corpus
+from alphaexa.data import (
+    PackedTokens,
+    demo_dataset_for_model,
+    ensure_demo_dataset,
+    load_tokenizer,
+    tokenize_corpus,
+)
 from alphaexa.data.demo_corpus import demo_corpus_documents, module_docstrings, split_sections
 from alphaexa.data.ingest import assign_split
 from alphaexa.data.tokenizer import ByteTokenizer
@@ -268,3 +274,14 @@ def test_cli_trains_sentencepiece_and_writes_the_dataset(tmp_path):
     assert tok.vocab_size == 1024 and tok.train_settings["model_type"] == "bpe"
     _, text = demo_corpus_documents()[0]
     assert _documents(dataset, assign_split(text, 0.1, 0), tok)[0] == text
+
+
+def test_demo_dataset_for_model_follows_the_model_tokenizer(tmp_path):
+    from topology.presets import get_preset
+
+    expected = {"debug": ("byte", 256), "tiny-moe": ("sentencepiece", 2048), "1b": ("sentencepiece", 8192)}
+    for preset, (kind, ids) in expected.items():
+        cfg = get_preset(preset)
+        tokenizer = load_tokenizer(demo_dataset_for_model(cfg, tmp_path))
+        assert (tokenizer.kind, tokenizer.vocab_size) == (kind, ids)
+        tokenizer.check_fits(cfg.vocab_size)  # 1b: 32000 embedding rows for 8192 ids

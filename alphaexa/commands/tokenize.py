@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from alphaexa.data.demo_corpus import write_demo_corpus
-    from alphaexa.data.ingest import DEFAULT_SHARD_TOKENS, tokenize_corpus
+    from alphaexa.data.ingest import DEFAULT_SHARD_TOKENS, demo_metadata, tokenize_corpus
     from alphaexa.errors import UserError
 
     if bool(args.input) == args.demo:
@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
         dataset = tokenize_corpus(
             inputs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size, model_type=args.model_type,
             val_fraction=args.val_fraction, seed=args.seed, text_unit=args.text_unit, text_field=args.text_field,
-            shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, sentence_sample=args.sentence_sample, progress=not args.quiet)
+            shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, sentence_sample=args.sentence_sample,
+            progress=not args.quiet, metadata=demo_metadata() if args.demo else None)
     index = dataset.index
     text_bytes = sum(s["bytes"] for s in index["sources"])
     tokens = sum(s["tokens"] for s in index["splits"].values())

@@ -268,7 +268,7 @@ def ensure_demo_dataset(cache_dir: str | Path | None = None, tokenizer: str = "s
         raise ConfigError(f"demo tokenizer {tokenizer!r}: must be 'byte' or 'sentencepiece'")
     corpus = demo_corpus_name()
     out_dir = cache_dir / f"{corpus}-{tok_name}-val{val_fraction:g}-seed{seed}"
-    identity = {"demo_corpus": corpus, "corpus_sha256": demo_corpus_sha256()}
+    identity = demo_metadata()
     with _exclusive(cache_dir / f".{out_dir.name}.lock"):
         if _is_valid_build(out_dir, identity):
             return out_dir
@@ -276,6 +276,28 @@ def ensure_demo_dataset(cache_dir: str | Path | None = None, tokenizer: str = "s
         tokenize_corpus(files, out_dir, tokenizer=tokenizer, vocab_size=vocab_size, model_type=model_type,
                         val_fraction=val_fraction, seed=seed, progress=progress, metadata=identity)
     return out_dir
+
+
+# The demo corpus (~470 KB) supports BPE vocabularies up to ~15k; 8192 keeps a useful number of
+# merges per id.  Models with larger embeddings train on it with the extra rows unused.
+DEMO_MAX_SENTENCEPIECE_VOCAB = 8192
+
+
+def demo_dataset_for_model(model_cfg, cache_dir: str | Path | None = None, seed: int = 0,
+                           progress: bool = False) -> Path:
+    """``ensure_demo_dataset`` with the tokenizer a ModelConfig asks for: bytes for ``tokenizer="byte"``,
+    else SentencePiece BPE with ``min(vocab_size, 8192)`` ids (the model's vocabulary may exceed the
+    tokenizer's, never the reverse)."""
+    if model_cfg.tokenizer == "byte":
+        return ensure_demo_dataset(cache_dir, tokenizer="byte", seed=seed, progress=progress)
+    vocab_size = min(model_cfg.vocab_size, DEMO_MAX_SENTENCEPIECE_VOCAB)
+    return ensure_demo_dataset(cache_dir, tokenizer="sentencepiece", vocab_size=vocab_size, seed=seed,
+                               progress=progress)
+
+
+def demo_metadata() -> dict:
+    """What ``index.json``'s ``metadata`` records for a dataset made from the demo corpus."""
+    return {"demo_corpus": demo_corpus_name(), "corpus_sha256": demo_corpus_sha256()}
 
 
 def _is_valid_build(out_dir: Path, identity: dict) -> bool:
