@@ -19,6 +19,7 @@ from alphaexa.data import (
     load_tokenizer,
     tokenize_corpus,
 )
+from alphaexa.data import shards as shards_module
 from alphaexa.data.demo_corpus import demo_corpus_documents, module_docstrings, split_sections
 from alphaexa.data.ingest import assign_split
 from alphaexa.data.tokenizer import ByteTokenizer
@@ -105,7 +106,7 @@ def test_webdataset_tar_groups_members_by_key(tmp_path):
                                          "documents": 3}]
 
 
-def test_directory_inputs_mixed_formats_and_small_shards(tmp_path):
+def test_directory_inputs_mixed_formats_and_small_shards(tmp_path, monkeypatch):
     corpus = tmp_path / "corpus"
     (corpus / "sub").mkdir(parents=True)
     (corpus / "a.txt").write_text(DOCS[0])
@@ -118,6 +119,10 @@ def test_directory_inputs_mixed_formats_and_small_shards(tmp_path):
     shards = dataset.index["splits"]["train"]["shards"]
     assert len(shards) == 3  # every document here exceeds 20 tokens: one shard each, never cut
     assert dataset.split("train").read(20, 40).tolist() == _stream(dataset, "train")[20:60]  # across shards
+    monkeypatch.setattr(shards_module, "MAX_MAPPED_SHARDS", 2)
+    fresh = PackedTokens(dataset.directory).split("train")
+    assert fresh.read(0, fresh.num_tokens).tolist() == _stream(dataset, "train")
+    assert sorted(fresh._maps) == [1, 2]  # least recently used shard unmapped
 
 
 def test_split_is_by_document_hash_deterministic_and_never_empty(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ INDEX_FORMAT = "alphaexa.packed_tokens"
 INDEX_VERSION = 1
 SPLITS = ("train", "val")
 TOKENIZER_DIR = "tokenizer"
+MAX_MAPPED_SHARDS = 128
 
 
 @dataclass
@@ -106,9 +108,22 @@ class SplitTokens:
         self.documents = int(record["documents"])
         self._records = record["shards"]
         self._directory = directory
-        self._maps = [np.memmap(directory / s["file"], dtype=dtype, mode="r") for s in self._records]
+        self._dtype = dtype
+        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
         self._starts = np.cumsum([0] + [s["tokens"] for s in self._records])
         self.num_tokens = int(self._starts[-1])
+
+    def _map(self, shard: int) -> np.memmap:
+        """Shards are mapped on first use and at most MAX_MAPPED_SHARDS stay mapped (least recently
+        used first out): each mapping holds a file descriptor, and a corpus of trillions of tokens has
+        more shards than a process may open files."""
+        if shard in self._maps:
+            self._maps.move_to_end(shard)
+        else:
+            self._maps[shard] = np.memmap(self._directory / self._records[shard]["file"], dtype=self._dtype, mode="r")
+            if len(self._maps) > MAX_MAPPED_SHARDS:
+                self._maps.popitem(last=False)
+        return self._maps[shard]
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Tokens ``[start, start + length)`` of the stream as int64 (a copy, safe to hand to torch)."""
@@ -119,8 +134,8 @@ class SplitTokens:
         filled = 0
         while filled < length:
             offset = start + filled - int(self._starts[shard])
-            take = min(length - filled, len(self._maps[shard]) - offset)
-            out[filled:filled + take] = self._maps[shard][offset:offset + take]
+            take = min(length - filled, int(self._records[shard]["tokens"]) - offset)
+            out[filled:filled + take] = self._map(shard)[offset:offset + take]
             filled += take
             shard += 1
         return out
