@@ -77,8 +77,8 @@ class ModelConfig:
             self.d_ff = 4 * self.d_model
         if self.moe_d_ff is None:
             self.moe_d_ff = self.d_ff
-        if self.moe_layers is not None:
-            self.moe_layers = sorted(int(i) for i in self.moe_layers)
+        if isinstance(self.moe_layers, (list, tuple)) and all(_is_int(i) for i in self.moe_layers):
+            self.moe_layers = sorted(self.moe_layers)
         self.validate()
 
     # ---------------------------------------------------------------- checks
@@ -95,6 +95,28 @@ class ModelConfig:
             v = getattr(self, fld)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise bad(fld, "must be a non-negative integer")
+        # (field, lower bound, bound inclusive?)
+        for fld, low, inclusive in (("rope_theta", 1.0, False), ("rope_scaling_factor", 1.0, True),
+                                    ("norm_eps", 0.0, False), ("init_std", 0.0, False),
+                                    ("capacity_factor", 0.0, True), ("router_jitter", 0.0, True),
+                                    ("aux_loss_coef", 0.0, True), ("z_loss_coef", 0.0, True)):
+            v = getattr(self, fld)
+            if not _is_number(v) or v < low or (v == low and not inclusive):
+                raise bad(fld, f"must be a number {'>=' if inclusive else '>'} {low:g}")
+        if self.router_jitter >= 1:
+            raise bad("router_jitter", "must be < 1 (router input is scaled by uniform(1 - jitter, 1 + jitter))")
+        if self.stated_params is not None and (not _is_number(self.stated_params) or self.stated_params <= 0):
+            raise bad("stated_params", "must be a positive number (or absent)")
+        if not isinstance(self.tie_embeddings, bool):
+            raise bad("tie_embeddings", "must be true or false")
+        if not isinstance(self.name, str) or not isinstance(self.notes, str):
+            raise bad("name" if not isinstance(self.name, str) else "notes", "must be a string")
+        if self.moe_layers is not None:
+            layers = self.moe_layers
+            if not isinstance(layers, list) or not all(_is_int(i) for i in layers):
+                raise bad("moe_layers", "must be a list of block indices")
+            if len(set(layers)) != len(layers):
+                raise bad("moe_layers", "lists a block twice")
         if self.ffn_type not in FFN_TYPES:
             raise bad("ffn_type", f"must be one of {', '.join(FFN_TYPES)}")
         if self.norm not in NORMS:
@@ -103,8 +125,6 @@ class ModelConfig:
             raise bad("pos_encoding", f"must be one of {', '.join(POS_ENCODINGS)}")
         if self.rope_scaling not in ROPE_SCALINGS:
             raise bad("rope_scaling", f"must be one of {', '.join(ROPE_SCALINGS)}")
-        if self.rope_scaling_factor < 1.0:
-            raise bad("rope_scaling_factor", "must be >= 1 (target length / trained length)")
         if self.head_dim * self.n_heads != self.d_model and self.d_model % self.n_heads != 0:
             raise bad("n_heads", f"does not divide d_model={self.d_model} and head_dim is not set")
         if self.n_heads % self.n_kv_heads != 0:
@@ -115,10 +135,6 @@ class ModelConfig:
             raise bad("tokenizer", "must be 'byte' or 'sentencepiece'")
         if self.tokenizer == "byte" and self.vocab_size < 256:
             raise bad("vocab_size", "must be >= 256 for the byte tokenizer")
-        if self.capacity_factor < 0:
-            raise bad("capacity_factor", "must be >= 0 (0 = dropless)")
-        if self.router_jitter < 0:
-            raise bad("router_jitter", "must be >= 0")
         is_moe = bool(self.moe_every) or bool(self.moe_layers)
         if is_moe:
             if self.n_experts < 1:
@@ -160,24 +176,32 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "model") -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any], where: str = "model") -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
         return cls(**data)
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return ModelConfig.from_dict({**self.to_dict(), **changes})
 
     def save(self, path: str | Path) -> None:
         save_mapping({"model": self.to_dict()}, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
+    def load(cls, path: str | Path) -> ModelConfig:
         data = load_mapping(path)
         section = data.get("model", data)
         return cls.from_dict(section, where=f"{path}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def load_mapping(path: str | Path) -> dict[str, Any]:
@@ -187,20 +211,27 @@ def load_mapping(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {p}")
     text = p.read_text()
     suffix = p.suffix.lower()
+    if suffix == ".toml":
+        import tomllib
+
+        parse, errors = tomllib.loads, (tomllib.TOMLDecodeError,)
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        parse, errors = yaml.safe_load, (yaml.YAMLError,)
+    elif suffix == ".json":
+        parse, errors = json.loads, (json.JSONDecodeError,)
+    else:
+        raise ConfigError(f"{p}: unknown config format {suffix!r} (use .toml, .yaml or .json)")
     try:
-        if suffix == ".toml":
-            import tomllib
-
-            return tomllib.loads(text)
-        if suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text) or {}
-        if suffix == ".json":
-            return json.loads(text)
-    except Exception as e:  # parse errors of any of the three formats
+        data = parse(text)
+    except errors as e:
         raise ConfigError(f"{p}: cannot parse: {e}") from None
-    raise ConfigError(f"{p}: unknown config format {suffix!r} (use .toml, .yaml or .json)")
+    if data is None:  # an empty YAML file
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of keys to values, got {type(data).__name__}")
+    return data
 
 
 def save_mapping(data: dict[str, Any], path: str | Path) -> None:

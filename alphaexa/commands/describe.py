@@ -21,12 +21,14 @@ def run(args: argparse.Namespace) -> int:
     from topology.presets import preset_names, resolve_model
 
     from ..errors import UserError
-    from ..model.describe import describe_model, format_report, format_table
 
     if args.seq_len is not None and args.seq_len < 1:
         raise UserError(f"--seq-len must be >= 1, got {args.seq_len}")
-    names = preset_names() if args.all else [args.model]
-    reports = [describe_model(resolve_model(name), args.seq_len) for name in names]
+    # Resolve (torch-free) before importing the model, so a bad name fails fast.
+    configs = [resolve_model(name) for name in (preset_names() if args.all else [args.model])]
+    from ..model.describe import describe_model, format_report, format_table
+
+    reports = [describe_model(cfg, args.seq_len) for cfg in configs]
     if args.json:
         print(json.dumps(reports if args.all else reports[0], indent=2))
     elif args.all:
