@@ -146,9 +146,16 @@ def test_split_is_by_document_hash_deterministic_and_never_empty(tmp_path):
     path.write_text("".join(json.dumps({"text": d}) + "\n" for d in two))
     small = tokenize_corpus([path], tmp_path / "d", val_fraction=0.01, progress=False)
     assert (_documents(small, "train", tok), _documents(small, "val", tok)) == ([two[0]], [two[1]])
-    path.write_text(json.dumps({"text": "only one"}) + "\n")
-    with pytest.raises(UserError, match="single document"):
-        tokenize_corpus([path], tmp_path / "e", val_fraction=0.01, progress=False)
+    # Both splits from the other side: two documents whose hashes both say "val".
+    two = [d for d in docs if assign_split(d, 0.5, 0) == "val"][:2]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in two))
+    small = tokenize_corpus([path], tmp_path / "e", val_fraction=0.5, progress=False)
+    assert (_documents(small, "train", tok), _documents(small, "val", tok)) == ([two[1]], [two[0]])
+    for fraction in (0.01, 0.99):  # whichever split the hash picks, one document cannot make two
+        path.write_text(json.dumps({"text": "only one"}) + "\n")
+        with pytest.raises(UserError, match="single document"):
+            tokenize_corpus([path], tmp_path / "f", val_fraction=fraction, progress=False)
+    assert [assign_split("only one", f, 0) for f in (0.01, 0.99)] == ["train", "val"]
 
 
 def test_checksums_detect_modified_and_truncated_shards(tmp_path):

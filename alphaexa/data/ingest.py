@@ -12,9 +12,9 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,7 +69,7 @@ def tokenize_corpus(inputs: list[str | Path], out_dir: str | Path, tokenizer: st
     sources = discover_sources(inputs)
     _check_output_dir(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging = _fresh_dir(out_dir, "tmp")
     try:
         tok = _prepare_tokenizer(tokenizer, vocab_size, model_type, sources, text_unit, text_field, seed,
                                  sentence_sample, progress)
@@ -92,19 +92,28 @@ def _check_output_dir(out_dir: Path) -> None:
                         f"refusing to replace it (choose an empty or new directory)")
 
 
+def _fresh_dir(out_dir: Path, kind: str) -> Path:
+    """A new sibling of ``out_dir`` (same file system, so renames are atomic).  Made with os.mkdir
+    rather than tempfile.mkdtemp, whose 0700 mode would hide the dataset from a project group."""
+    path = out_dir.parent / f".{out_dir.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(path)
+    return path
+
+
 def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Swap the finished staging directory in; a reader sees the old dataset or the new one, whole."""
+    """Swap the finished staging directory in: a reader finds the old dataset, the new one, or for an
+    instant none, never a mix of the two."""
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return
-    retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    retired = _fresh_dir(out_dir, "old")
     os.rename(out_dir, retired / "dataset")
     os.rename(staging, out_dir)
     shutil.rmtree(retired, ignore_errors=True)
 
 
 def _iter_documents(sources: list[Source], text_unit: str, text_field: str) -> Iterator[tuple[int, str, int]]:
-    """``(source number, text, bytes of that source read so far)`` for every non-empty document."""
+    """``(source number, text, bytes of that source read so far)`` for every document."""
     for n, source in enumerate(sources):
         for text, consumed in read_documents(source, text_unit, text_field):
             yield n, text, consumed
@@ -152,13 +161,13 @@ class _SplitRouter:
         if self._pending is None:
             raise UserError("the inputs hold no text: every document is empty")
         split, tokens = self._pending
-        if self.val_fraction > 0 and self.count["val"] == 0 and split == "train":
-            split = "val"
-        elif self.count["train"] == 0 and split == "val":
-            split = "train"
-        if split == "val" and self.count["train"] == 0:
+        if self.val_fraction > 0 and self.count["train"] + self.count["val"] == 0:
             raise UserError("cannot hold out a validation split from a single document: split the text into "
                             "more documents (--text-unit paragraph or line) or use --val-fraction 0")
+        if self.val_fraction > 0 and self.count["val"] == 0:
+            split = "val"
+        elif self.count["train"] == 0:
+            split = "train"
         self._write(split, tokens)
 
     def _write(self, split: str, tokens: np.ndarray) -> None:
