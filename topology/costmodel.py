@@ -1,0 +1,715 @@
+"""Cost model: memory per device and step time of one layout (torch-free).
+
+Sources of the closed forms (docs/planner.md derives each term):
+
+* Memory of mixed-precision Adam - Rajbhandari et al. 2020, "ZeRO": 16 bytes
+  per parameter = 2 (bf16 weights) + 2 (bf16 gradients) + 12 (fp32 master
+  weights, Adam m and v).  ZeRO-1 shards the 12 optimizer bytes over the
+  sharding group, ZeRO-2 also the gradients, ZeRO-3 (= FSDP2 ``fully_shard``)
+  everything.
+* Activations per transformer layer - Korthikanti et al. 2022, "Reducing
+  Activation Recomputation in Large Transformer Models", bytes for sequence s,
+  micro-batch b, width h, heads a, tensor-parallel t:
+  ``sbh(34 + 5as/h)`` without TP, ``sbh(10 + 24/t + 5as/(ht))`` with TP,
+  ``sbh(34/t + 5as/(ht))`` with TP + sequence parallel, ``sbh*34/t`` with
+  selective recomputation, ``2sbh`` (the layer input) with full recomputation.
+  ``layer_activation_bytes`` generalises the same bookkeeping to GQA, SwiGLU,
+  MoE, fused attention and no dropout, and reduces to the closed forms for the
+  paper's GPT layer (a test checks it).
+* Pipeline: 1F1B keeps min(m, pp - stage) micro-batches in flight, GPipe all m;
+  the interleaved schedule multiplies stage 0's by (1 + (pp-1)/(pp*vpp))
+  (Korthikanti sec. 4.2); bubble (pp-1)/m of the ideal for GPipe and 1F1B,
+  divided by vpp for interleaved (Narayanan et al. 2021); ZB-V after Qi et al.
+  2024: (pp-1)(F + B - 2W) per chunk with F, B, W the forward, input-gradient
+  and weight-gradient times, floored at 10% of a chunk.
+* Collectives: ring reduce-scatter / all-gather move (n-1)/n of the buffer over
+  the slowest link the group crosses, all-reduce twice that; latency
+  ceil(log2 n) steps each (tree/recursive-halving latency, as NCCL and oneCCL
+  pick for large groups).  A group spread over nodes runs hierarchically: the
+  intra-node part on the node's link, the inter-node part on the NIC bandwidth
+  of a node shared by all of its ranks.
+* GEMM time: a roofline per GEMM, max(FLOPs / (peak * efficiency * wave
+  utilisation), bytes / HBM bandwidth) + launch overhead; the wave utilisation
+  (output tiles of 128x128 over the device's compute units) makes small GEMMs
+  slower per FLOP, which is the size dependence.
+
+Nothing here is measured on the fly; efficiencies live in the hardware
+catalogue and bench/gpu_calibrate.py compares predictions against a GPU.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .hardware import GIB, Device, Link, System
+from .layout import RECOMPUTE_MODES, Layout
+from .modelcfg import ModelConfig, ffn_params, flops_per_token, norm_params
+
+WEIGHT_BYTES = 2  # bf16 weights
+GRAD_BYTES = 2  # bf16 gradients (ZeRO's accounting)
+OPTIMIZER_BYTES = 12  # fp32 master + Adam m + v
+ADAM_UPDATE_BYTES = 30  # read/write master, m, v (24) + read grad (2) + write bf16 weight (2) + slack
+TILE = 128  # GEMM output tile edge used for wave quantisation
+
+
+# --------------------------------------------------------- ZeRO closed forms
+def zero_bytes_per_param(sharding: str, shards: int) -> dict[str, float]:
+    """Bytes per parameter for weights, gradients and optimizer state (ZeRO paper, Fig. 1)."""
+    n = max(1, shards)
+    if sharding == "none":
+        return {"params": WEIGHT_BYTES, "grads": GRAD_BYTES, "optimizer": OPTIMIZER_BYTES}
+    if sharding == "zero1":
+        return {"params": WEIGHT_BYTES, "grads": GRAD_BYTES, "optimizer": OPTIMIZER_BYTES / n}
+    if sharding == "zero2":
+        return {"params": WEIGHT_BYTES, "grads": GRAD_BYTES / n, "optimizer": OPTIMIZER_BYTES / n}
+    if sharding == "zero3":
+        return {"params": WEIGHT_BYTES / n, "grads": GRAD_BYTES / n, "optimizer": OPTIMIZER_BYTES / n}
+    raise ValueError(f"unknown sharding {sharding!r}")
+
+
+# --------------------------------------------------- Korthikanti closed forms
+def korthikanti_layer_activation_bytes(s: int, b: int, h: int, a: int, t: int = 1,
+                                       sequence_parallel: bool = False, recompute: str = "none") -> float:
+    """Activation bytes of one GPT layer (16-bit, dropout, MHA, 4h GELU MLP), Korthikanti et al. 2022."""
+    sbh = s * b * h
+    if recompute == "full":
+        return 2 * sbh / (t if sequence_parallel else 1)
+    attn_scores = 5 * a * s / h
+    if recompute == "selective":
+        return sbh * (34 / t if sequence_parallel else 10 + 24 / t)
+    if t == 1:
+        return sbh * (34 + attn_scores)
+    if sequence_parallel:
+        return sbh * (34 / t + attn_scores / t)
+    return sbh * (10 + 24 / t + attn_scores / t)
+
+
+def _ffn_activation_bytes(cfg: ModelConfig, tokens: float, width: float) -> float:
+    """Saved tensors inside one FFN (not its input), for ``tokens`` rows of local width ``width``."""
+    if cfg.ffn_type == "swiglu":
+        # gate output, up output, silu(gate), silu(gate)*up (the down projection's input)
+        return tokens * width * 2 * 4
+    # GELU input (the up projection's output) and GELU output (the down projection's input)
+    return tokens * width * 2 * 2
+
+
+def layer_activation_bytes(cfg: ModelConfig, moe: bool, s: int, b: int, t: int = 1, cp: int = 1,
+                           recompute: str = "none", sequence_parallel: bool = True,
+                           fused_attention: bool = True, dropout: bool = False) -> float:
+    """Bytes one rank saves for the backward of one layer and one micro-batch.
+
+    ``s`` is the full sequence, split ``cp`` ways; with ``sequence_parallel``
+    (what the trainer applies whenever t > 1) the tensors outside the
+    tensor-parallel regions are split ``t`` ways too.  Terms follow Korthikanti
+    et al.; ``fused_attention`` replaces the s^2 score tensors by the kernel's
+    fp32 log-sum-exp, ``dropout`` adds the masks of the paper's GPT layer.
+    """
+    h, a = cfg.d_model, cfg.n_heads
+    sl = s / cp  # local sequence
+    tok = sl * b
+    rep = t if sequence_parallel else 1  # divisor of the replicated (non-TP) regions
+    if recompute == "full":
+        return 2 * tok * h / rep
+    # layer norms: inputs of both norms
+    out = 2 * (2 * tok * h) / rep
+    # attention: QKV input, Q, K, V, output-projection input; dropout mask after it
+    out += 2 * tok * h / rep
+    out += 2 * tok * (cfg.q_dim + 2 * cfg.kv_dim + cfg.q_dim) / t
+    out += tok * h / rep if dropout else 0
+    if recompute != "selective":
+        if fused_attention:
+            out += 4 * b * a * sl / t  # fp32 log-sum-exp per query and head
+        else:
+            scores = a * sl * s * b / t
+            out += 2 * scores + (3 * scores if dropout else 0)  # softmax out (+ mask + dropout out)
+    # feed-forward: its input, then the FFN internals
+    out += 2 * tok * h / rep
+    if not moe:
+        out += _ffn_activation_bytes(cfg, tok, cfg.d_ff / t)
+        return out + (tok * h / rep if dropout else 0)  # dropout mask after the FFN
+    routed = tok * cfg.top_k * (cfg.capacity_factor or 1.0)
+    out += 4 * tok * cfg.n_experts / rep  # fp32 router logits
+    out += 2 * routed * h / rep * 2  # dispatched expert inputs and expert outputs before the combine
+    out += _ffn_activation_bytes(cfg, routed, cfg.moe_d_ff / t)
+    if cfg.n_shared_experts:
+        out += _ffn_activation_bytes(cfg, tok, cfg.n_shared_experts * cfg.moe_d_ff / t)
+    return out
+
+
+# ----------------------------------------------------------- communication
+@dataclass(slots=True)
+class CommPath:
+    """Where a process group's traffic goes: ``k`` members per node on ``intra``, ``nodes`` nodes."""
+
+    size: int
+    k: int
+    nodes: int
+    intra: Link | None
+    inter_gbps: float  # per rank, all ranks of a node sharing the NICs
+    inter_latency_us: float
+    link_class: str  # human-readable: "MDFI", "XeLink", "NVLink3", "Slingshot-11", "XeLink+Slingshot-11"
+
+
+def comm_path(system: System, size: int, stride: int) -> CommPath:
+    """The links a group of ``size`` ranks ``stride`` apart crosses (rank order of topology.layout)."""
+    node = system.node
+    r = node.ranks
+    net = system.network
+    inter_gbps = net.node_gbps / r if net else 0.0
+    inter_lat = net.nic.latency_us if net else 0.0
+    inter_name = net.nic.name if net else "none"
+    if size <= 1:
+        return CommPath(1, 1, 1, None, inter_gbps, inter_lat, "local")
+    span = size * stride
+    if span <= r and r % span == 0:
+        level = next(lv for lv in node.link_levels if lv.size % span == 0)
+        return CommPath(size, size, 1, level.link, inter_gbps, inter_lat, level.link.name)
+    if stride % r == 0:
+        return CommPath(size, 1, size, None, inter_gbps, inter_lat, inter_name)
+    if r % stride == 0 and span % r == 0:
+        k = r // stride
+        link = node.link_levels[-1].link
+        return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}")
+    # A group that straddles node boundaries unevenly: charge it as inter-node throughout.
+    return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)")
+
+
+def _ring(op: str, n: int, nbytes: float, gbps: float, latency_us: float) -> float:
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    steps = math.ceil(math.log2(n))
+    frac = (n - 1) / n
+    if op == "all_reduce":
+        return 2 * frac * nbytes / (gbps * 1e9) + 2 * steps * latency_us * 1e-6
+    return frac * nbytes / (gbps * 1e9) + steps * latency_us * 1e-6
+
+
+def collective_seconds(op: str, nbytes: float, path: CommPath) -> float:
+    """Time of one collective; ``nbytes`` is the full (unsharded) buffer per rank for
+    all_reduce/reduce_scatter/all_gather, the bytes a rank sends for all_to_all and p2p."""
+    n = path.size
+    if n <= 1 or nbytes <= 0:
+        return 0.0
+    intra_bw = path.intra.effective_gbps if path.intra else 0.0
+    intra_lat = path.intra.latency_us if path.intra else 0.0
+    if op == "p2p":
+        if path.nodes == 1:
+            return nbytes / (intra_bw * 1e9) + intra_lat * 1e-6
+        return nbytes / (path.inter_gbps * 1e9) + path.inter_latency_us * 1e-6
+    if op == "all_to_all":
+        t_intra = nbytes * (path.k - 1) / n / (intra_bw * 1e9) if path.k > 1 else 0.0
+        t_inter = nbytes * (n - path.k) / n / (path.inter_gbps * 1e9) if path.nodes > 1 else 0.0
+        latency = (intra_lat if path.k > 1 else 0.0) + (
+            path.inter_latency_us * math.ceil(math.log2(path.nodes)) if path.nodes > 1 else 0.0)
+        return max(t_intra, t_inter) + latency * 1e-6
+    if op not in ("all_reduce", "reduce_scatter", "all_gather"):
+        raise ValueError(f"unknown collective {op!r}")
+    if path.nodes == 1:
+        return _ring(op, n, nbytes, intra_bw, intra_lat)
+    if path.k == 1:
+        return _ring(op, n, nbytes, path.inter_gbps, path.inter_latency_us)
+    # hierarchical: intra-node reduce-scatter/all-gather, inter-node on 1/k of the buffer
+    inter = _ring(op, path.nodes, nbytes / path.k, path.inter_gbps, path.inter_latency_us)
+    if op == "all_reduce":
+        return 2 * _ring("reduce_scatter", path.k, nbytes, intra_bw, intra_lat) + inter
+    return _ring(op, path.k, nbytes, intra_bw, intra_lat) + inter
+
+
+# ------------------------------------------------------------ compute time
+def gemm_seconds(device: Device, m: float, n: float, k: float) -> float:
+    """Roofline time of one bf16 GEMM (m x k) @ (k x n) with wave quantisation."""
+    if m <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    tiles = math.ceil(m / TILE) * math.ceil(n / TILE)
+    waves = math.ceil(tiles / device.compute_units)
+    utilisation = tiles / (waves * device.compute_units)
+    flops = 2.0 * m * n * k
+    t_flops = flops / (device.bf16_tflops * 1e12 * device.gemm_efficiency * utilisation)
+    t_bytes = 2.0 * (m * k + k * n + m * n) / (device.memory_gbps * 1e9)
+    return max(t_flops, t_bytes) + device.launch_us * 1e-6
+
+
+@dataclass(slots=True)
+class LayerCost:
+    """Per micro-batch, per rank: times (s) and bytes of one dense and one MoE layer."""
+
+    fwd_dense: float  # compute of the forward (GEMMs, attention core, elementwise, launches)
+    fwd_moe: float
+    attn_fwd: float  # attention core alone (what selective recomputation repeats)
+    tp_fwd: float  # exposed tensor-parallel collectives of one layer's forward
+    ep_fwd: float  # expert all-to-all of one MoE layer's forward (dispatch + combine)
+    cp_fwd_exposed: float  # ring-attention exchange not hidden behind the attention core
+    cp_bwd_exposed: float
+    head_fwd: float  # LM head GEMM + loss on the last stage
+    embed_fwd: float
+    act: dict[str, tuple[float, float]]  # recompute -> (dense layer bytes, moe layer bytes)
+    moe_buffer: float  # all-to-all send+receive buffers of one MoE layer (transient)
+    logits: float  # bytes of the last stage's logits for one micro-batch
+    p2p: float  # one stage-boundary send (s) on the pipeline path
+
+
+BWD_FACTOR = 2.0  # backward GEMMs: data + weight gradients, each the forward's FLOPs
+ATTN_BWD_FACTOR = 2.5  # fused attention backward recomputes the scores
+
+
+def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int, ep: int, mbs: int,
+               seq: int, pp_stride: int) -> LayerCost:
+    dev = system.node.device
+    h, q, kv, v = model.d_model, model.q_dim, model.kv_dim, model.vocab_size
+    t = tp
+    tokens = mbs * seq / cp  # queries per rank; the GEMMs of a TP group see all of them
+    g = gemm_seconds
+    attn_gemm = g(dev, tokens, (q + 2 * kv) / t, h) + g(dev, tokens, h, q / t)
+    s_eff = min(seq, model.sliding_window) if model.sliding_window else seq
+    attn_flops = 4.0 * mbs * (seq / cp) * s_eff * (q / t) * 0.5  # QK^T and AV, causal half
+    attn_core = attn_flops / (dev.bf16_tflops * 1e12 * dev.attention_efficiency)
+    up = 2 if model.ffn_type == "swiglu" else 1
+
+    def ffn(width: float, rows: float, count: int = 1) -> float:
+        return count * (g(dev, rows, up * width / t, h) + g(dev, rows, h, width / t))
+
+    def elementwise(width: float) -> float:
+        # norms, residuals, rotary, activation function: bytes read and written once each
+        nbytes = 2.0 * (tokens / t * h * 12 + tokens * width / t * 3 * up + tokens * (q + 2 * kv) / t * 2)
+        return nbytes / (dev.memory_gbps * 1e9) + 24 * dev.launch_us * 1e-6
+
+    fwd_dense = attn_gemm + attn_core + ffn(model.d_ff, tokens) + elementwise(model.d_ff)
+    fwd_moe = 0.0
+    moe_buffer = 0.0
+    ep_fwd = 0.0
+    is_moe = model.is_moe
+    if is_moe:
+        cf = model.capacity_factor or 1.0
+        local_experts = model.n_experts / ep
+        rows_per_expert = tokens * model.top_k * cf * ep / model.n_experts
+        experts = ffn(model.moe_d_ff, rows_per_expert, 1) * local_experts
+        shared = ffn(model.n_shared_experts * model.moe_d_ff, tokens) if model.n_shared_experts else 0.0
+        router = g(dev, tokens, model.n_experts, h)
+        fwd_moe = attn_gemm + attn_core + experts + shared + router + elementwise(model.moe_d_ff * model.top_k)
+        dispatched = tokens / t * model.top_k * cf * h * 2  # bytes a rank sends per all-to-all
+        moe_buffer = 2 * dispatched
+        if ep > 1:
+            ep_path = comm_path(system, ep, tp)
+            ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
+    tp_fwd = 0.0
+    if tp > 1:
+        tp_path = comm_path(system, tp, 1)
+        full = 2.0 * tokens * h  # bf16 activation of the whole TP group
+        tp_fwd = 2 * (collective_seconds("all_gather", full, tp_path)
+                      + collective_seconds("reduce_scatter", full, tp_path))
+    cp_fwd_exposed = cp_bwd_exposed = 0.0
+    if cp > 1:
+        cp_path = comm_path(system, cp, tp)
+        kv_chunk = 2 * 2 * mbs * (seq / cp) * kv / t  # K and V, bf16
+        ring = (cp - 1) * collective_seconds("p2p", kv_chunk, cp_path)
+        cp_fwd_exposed = max(0.0, ring - attn_core)
+        cp_bwd_exposed = max(0.0, 2 * ring - ATTN_BWD_FACTOR * attn_core)
+    head_fwd = g(dev, tokens, v / t, h) + 3 * 4.0 * tokens * v / t / (dev.memory_gbps * 1e9)
+    embed_fwd = 2.0 * tokens * h * 2 / (dev.memory_gbps * 1e9)
+    act = {}
+    for mode in ("none", "selective", "full"):
+        kw = {"s": seq, "b": mbs, "t": tp, "cp": cp, "recompute": mode, "fused_attention": dev.fused_attention}
+        act[mode] = (layer_activation_bytes(model, False, **kw),
+                     layer_activation_bytes(model, True, **kw) if is_moe else 0.0)
+    logits = 10.0 * tokens * v / t  # bf16 logits + fp32 log-softmax + fp32 gradient
+    p2p = 0.0
+    if pp_stride < world:
+        p2p = collective_seconds("p2p", 2.0 * tokens * h / t, comm_path(system, 2, pp_stride))
+    return LayerCost(fwd_dense, fwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed, cp_bwd_exposed,
+                     head_fwd, embed_fwd, act, moe_buffer, logits, p2p)
+
+
+# ------------------------------------------------------------ parameters
+@dataclass(slots=True)
+class LayerParams:
+    """Parameters one rank holds per layer type (dense part, expert part)."""
+
+    dense_layer: float
+    moe_layer_dense: float  # attention, shared experts, router, norms of a MoE layer
+    moe_layer_experts: float  # this rank's share of the routed experts
+    embed: float
+    head: float
+
+
+def layer_params(model: ModelConfig, tp: int, ep: int) -> LayerParams:
+    d = model.d_model
+    attn = d * model.q_dim + 2 * d * model.kv_dim + model.q_dim * d
+    norms = 2 * norm_params(model)
+    expert = ffn_params(model, model.moe_d_ff)
+    vocab = model.vocab_size * d
+    return LayerParams(
+        dense_layer=(attn + ffn_params(model, model.d_ff)) / tp + norms,
+        moe_layer_dense=(attn + model.n_shared_experts * expert) / tp + d * model.n_experts + norms,
+        moe_layer_experts=model.n_experts * expert / (ep * tp) if model.is_moe else 0.0,
+        embed=vocab / tp + (model.max_seq_len * d if model.pos_encoding == "learned" else 0),
+        head=(0 if model.tie_embeddings else vocab / tp) + norm_params(model),
+    )
+
+
+# ----------------------------------------------------------- stage profiles
+@dataclass(slots=True)
+class StageProfile:
+    """One pipeline rank: its layers, embedding/head, and micro-batches in flight at its peak."""
+
+    rank: int
+    n_dense: int
+    n_moe: int
+    embed: bool
+    head: bool
+
+
+def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
+    """Every pipeline rank with a distinct (layers, embedding, head) content; the lowest rank of each."""
+    chunks = pp * vpp
+    base, extra = divmod(model.n_layers, chunks)
+    bounds = [0]
+    for c in range(chunks):
+        bounds.append(bounds[-1] + base + (1 if c < extra else 0))
+    moe = set(model.moe_layer_indices())
+    owner = []
+    for c in range(chunks):
+        if schedule == "zbv":  # V shape: rank r runs chunk r and chunk 2pp-1-r
+            owner.append(c if c < pp else 2 * pp - 1 - c)
+        else:
+            owner.append(c % pp)
+    per_rank: dict[int, list[int]] = {r: [] for r in range(pp)}
+    for c in range(chunks):
+        per_rank[owner[c]].append(c)
+    seen: dict[tuple, StageProfile] = {}
+    for r in range(pp):
+        layers = [i for c in per_rank[r] for i in range(bounds[c], bounds[c + 1])]
+        n_moe = sum(1 for i in layers if i in moe)
+        key = (len(layers) - n_moe, n_moe, 0 in per_rank[r], chunks - 1 in per_rank[r])
+        if key not in seen:
+            seen[key] = StageProfile(r, key[0], key[1], key[2], key[3])
+    return tuple(seen.values())
+
+
+def inflight(schedule: str, pp: int, vpp: int, m: int, rank: int) -> float:
+    """Micro-batches whose activations (of all this rank's layers) are alive at the rank's peak."""
+    if pp == 1:
+        return 1.0
+    if schedule == "gpipe":
+        return float(m)
+    if schedule == "zbv":
+        return float(min(m, pp))
+    held = float(min(m, pp - rank))
+    if schedule == "interleaved1f1b":
+        held *= 1 + (pp - 1) / (pp * vpp)
+    return held
+
+
+def bubble_seconds(schedule: str, pp: int, vpp: int, t_fwd: float, t_bwd: float) -> float:
+    """Idle time per step of the slowest stage, from its per-micro-batch forward/backward times."""
+    if pp == 1:
+        return 0.0
+    if schedule in ("gpipe", "1f1b"):
+        return (pp - 1) * (t_fwd + t_bwd)
+    if schedule == "interleaved1f1b":
+        return (pp - 1) * (t_fwd + t_bwd) / vpp
+    # zbv: two chunks per rank; B (input grads) and W (weight grads) split the backward evenly.
+    f, b, w = t_fwd / 2, t_bwd / 4, t_bwd / 4
+    return (pp - 1) * max(f + b - 2 * w, 0.1 * (f + b + w))
+
+
+# ------------------------------------------------------------------ result
+@dataclass
+class Estimate:
+    layout: Layout
+    memory: dict[str, float]  # GiB: params, grads, optimizer, activations, overhead, total, capacity
+    step_time_s: float
+    tokens_per_s: float
+    model_tflops_per_device: float
+    mfu: float
+    breakdown: dict[str, float]  # seconds per step
+    worst_stage: int
+    microbatches: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory["total"] <= self.memory["capacity"]
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """What is being planned; also holds the memo tables of the pieces layouts share."""
+
+    model: ModelConfig
+    system: System
+    nodes: int
+    global_batch: int
+    seq_len: int
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.system.ranks_per_node
+
+    @property
+    def model_flops_per_step(self) -> float:
+        return flops_per_token(self.model, self.seq_len)["total"] * self.global_batch * self.seq_len
+
+    def layer_cost(self, tp: int, cp: int, ep: int, mbs: int, pp_stride: int) -> LayerCost:
+        key = ("lc", tp, cp, ep, mbs, pp_stride)
+        if key not in self._memo:
+            self._memo[key] = layer_cost(self.model, self.system, self.world, tp, cp, ep, mbs,
+                                         self.seq_len, pp_stride)
+        return self._memo[key]
+
+    def profiles(self, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
+        key = ("sp", pp, vpp, schedule)
+        if key not in self._memo:
+            self._memo[key] = stage_profiles(self.model, pp, vpp, schedule)
+        return self._memo[key]
+
+    def path(self, size: int, stride: int) -> CommPath:
+        key = ("path", size, stride)
+        if key not in self._memo:
+            self._memo[key] = comm_path(self.system, size, stride)
+        return self._memo[key]
+
+    def params(self, tp: int, ep: int) -> LayerParams:
+        key = ("lp", tp, ep)
+        if key not in self._memo:
+            self._memo[key] = layer_params(self.model, tp, ep)
+        return self._memo[key]
+
+
+@dataclass(slots=True)
+class StageTerms:
+    """One distinct pipeline rank of a structure: what does not depend on data-parallel sharding."""
+
+    rank: int
+    p_dense: float  # parameters on this rank outside routed experts
+    p_exp: float  # routed-expert parameters on this rank
+    unit: float  # parameters of this rank's largest block (the ZeRO-3 gather unit)
+    acts: float  # activation bytes at the rank's peak (in-flight micro-batches, buffers, logits)
+    fwd: float  # forward compute of one micro-batch
+    t_f: float  # forward incl. exposed TP/EP communication
+    t_b: float  # backward incl. recomputation and exposed TP/EP communication
+    cp_comm: float  # exposed context-parallel exchange per micro-batch
+    tp_comm: float  # forward TP collectives of one micro-batch
+    ep_comm: float  # forward EP all-to-alls of one micro-batch
+    recompute: float  # recomputation (compute + its communication) of one micro-batch
+    units: int  # blocks on the rank (gradient buckets for the overlap rule)
+
+
+@dataclass(slots=True)
+class Structure:
+    """Everything about a layout except sharding and the dp_replicate/dp_shard split."""
+
+    microbatches: int
+    stages: tuple[StageTerms, ...]
+    bubble: float
+    pp_comm: float
+    time_lower_bound: float  # step time with free data-parallel traffic and optimizer
+    mem_terms: tuple[tuple[float, float, float, float], ...]  # (p_dense, p_exp, unit, acts) per stage
+
+
+def structures(req: Request, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: int, schedule: str,
+               modes: tuple[str, ...] = RECOMPUTE_MODES) -> dict[str, Structure]:
+    """The structure of a layout for each recomputation mode in ``modes`` (one pass over the stages)."""
+    dp = req.world // (pp * cp * tp)
+    m = req.global_batch // (mbs * dp)
+    lc = req.layer_cost(tp, cp, ep, mbs, dp * cp * tp)
+    lp = req.params(tp, ep)
+    full_dense, full_moe = lc.act["none"]
+    per_mode: dict[str, list[StageTerms]] = {mode: [] for mode in modes}
+    for prof in req.profiles(pp, vpp, schedule):
+        p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
+            + (lp.embed if prof.embed else 0.0) + (lp.head if prof.head else 0.0)
+        p_exp = prof.n_moe * lp.moe_layer_experts
+        unit = lp.moe_layer_dense + lp.moe_layer_experts if prof.n_moe else lp.dense_layer
+        held = inflight(schedule, pp, vpp, m, prof.rank)
+        buffers = (lc.moe_buffer if prof.n_moe else 0.0) + (lc.logits if prof.head else 0.0)
+        fwd = prof.n_dense * lc.fwd_dense + prof.n_moe * lc.fwd_moe \
+            + (lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)
+        n_layers = prof.n_dense + prof.n_moe
+        tp_comm = n_layers * lc.tp_fwd
+        ep_comm = prof.n_moe * lc.ep_fwd
+        cp_comm = n_layers * (lc.cp_fwd_exposed + lc.cp_bwd_exposed)
+        t_f = fwd + tp_comm + ep_comm
+        for mode in modes:
+            act_dense, act_moe = lc.act[mode]
+            acts = (prof.n_dense * act_dense + prof.n_moe * act_moe) * held + buffers
+            if mode == "full":  # one layer's activations rebuilt during its backward, and its forward redone
+                acts += full_moe if prof.n_moe else full_dense
+                redo = fwd - (lc.head_fwd if prof.head else 0.0) + tp_comm + ep_comm
+            elif mode == "selective":
+                redo = n_layers * lc.attn_fwd
+            else:
+                redo = 0.0
+            t_b = BWD_FACTOR * fwd + tp_comm + ep_comm + redo
+            per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, t_f, t_b, cp_comm,
+                                             tp_comm, ep_comm, redo, max(1, n_layers)))
+    pp_comm = 2 * (pp * vpp - 1) * lc.p2p if pp > 1 else 0.0
+    out = {}
+    for mode, stages in per_mode.items():
+        slow = stages[0]
+        for st in stages:
+            if st.t_f + st.t_b + st.cp_comm > slow.t_f + slow.t_b + slow.cp_comm:
+                slow = st
+        bubble = bubble_seconds(schedule, pp, vpp, slow.t_f, slow.t_b + slow.cp_comm)
+        lower = m * (slow.t_f + slow.t_b + slow.cp_comm) + bubble + pp_comm
+        out[mode] = Structure(m, tuple(stages), bubble, pp_comm, lower,
+                              tuple((st.p_dense, st.p_exp, st.unit, st.acts) for st in stages))
+    return out
+
+
+@dataclass(slots=True)
+class DPGroups:
+    """Data-parallel groups of one (tp, cp, ep, sharding, dp_replicate, dp_shard) choice."""
+
+    dense_shards: int  # ranks one dense parameter is sharded over (1 without sharding)
+    expert_shards: int
+    bytes_dense: float  # weights + grads + optimizer bytes per dense parameter on a rank
+    bytes_expert: float
+    gather: float  # ZeRO-3: bytes per parameter of the gathered block(s)
+    shard: CommPath
+    expert_shard: CommPath
+    replicate: CommPath
+    expert_replicate: CommPath
+
+
+def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replicate: int,
+              dp_shard: int) -> DPGroups:
+    """The groups the layout's data parallelism uses (rank order and ep rule of topology.layout)."""
+    key = ("dpg", tp, cp, ep, sharding, dp_replicate, dp_shard)
+    memo = req._memo
+    out = memo.get(key)
+    if out is not None:
+        return out
+    dp = dp_replicate * dp_shard
+    if sharding == "none":
+        dense_shards = expert_shards = 1
+        rep = req.path(dp * cp, tp)
+        exp_rep = req.path(dp * cp // ep, tp * ep)
+    else:
+        dense_shards = dp_shard * cp
+        expert_shards = dense_shards // ep if dense_shards % ep == 0 else 1
+        rep = req.path(dp_replicate, dense_shards * tp)
+        exp_rep = req.path(dp * cp // (ep * expert_shards), tp * ep * expert_shards)
+    zd = zero_bytes_per_param(sharding, dense_shards)
+    zx = zero_bytes_per_param(sharding, expert_shards)
+    out = DPGroups(dense_shards, expert_shards, sum(zd.values()), sum(zx.values()),
+                   (2 * WEIGHT_BYTES + GRAD_BYTES) if sharding == "zero3" else 0.0,
+                   req.path(dense_shards, tp), req.path(expert_shards, tp * ep), rep, exp_rep)
+    memo[key] = out
+    return out
+
+
+def dp_comm(req: Request, g: DPGroups, sharding: str, p_dense: float, p_exp: float) -> tuple[float, float, float]:
+    """(reduce-scatter of gradients, all-gather of weights, all-reduce across replicas) for one rank."""
+    key = ("dpc", id(g), p_dense, p_exp)
+    memo = req._memo
+    out = memo.get(key)
+    if out is not None:
+        return out
+    cs = collective_seconds
+    if sharding == "none":
+        out = (0.0, 0.0, cs("all_reduce", GRAD_BYTES * p_dense, g.replicate)
+               + cs("all_reduce", GRAD_BYTES * p_exp, g.expert_replicate))
+    else:
+        out = (cs("reduce_scatter", GRAD_BYTES * p_dense, g.shard)
+               + cs("reduce_scatter", GRAD_BYTES * p_exp, g.expert_shard),
+               cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
+               + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
+               cs("all_reduce", GRAD_BYTES * p_dense / g.dense_shards, g.replicate)
+               + cs("all_reduce", GRAD_BYTES * p_exp / g.expert_shards, g.expert_replicate))
+    memo[key] = out
+    return out
+
+
+def peak_memory_bytes(st: Structure, g: DPGroups, reserved: float) -> tuple[float, StageTerms]:
+    """Peak bytes over the structure's distinct stages, and the stage that has it."""
+    best = -1.0
+    worst = st.stages[0]
+    bd, bx, ga = g.bytes_dense, g.bytes_expert, g.gather
+    for s in st.stages:
+        v = s.p_dense * bd + s.p_exp * bx + ga * s.unit + s.acts
+        if v > best:
+            best, worst = v, s
+    return best + reserved, worst
+
+
+def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_breakdown: bool = False):
+    """(step seconds, details|None) of a structure under one sharding choice."""
+    m = st.microbatches
+    dev = req.system.node.device
+    hbm = dev.memory_gbps * 1e9
+    sharded = sharding != "none"
+    longest = 0.0
+    chosen = None
+    for s in st.stages:
+        rs, ag, ar = dp_comm(req, g, sharding, s.p_dense, s.p_exp)
+        bwd = BWD_FACTOR * s.fwd
+        per_mb = 0.0
+        if not sharded:
+            step_exposed = max(ar - bwd, ar / s.units)
+        elif sharding == "zero1":
+            step_exposed = max(rs + ar - bwd, (rs + ar) / s.units) + ag
+        elif sharding == "zero2":
+            per_mb = max(rs - bwd, rs / s.units)
+            step_exposed = max(ar - bwd, ar / s.units) + ag
+        else:
+            per_mb = max(ag - s.fwd, 0.0) + max(ag + rs - bwd, 0.0) + ag / s.units
+            step_exposed = max(ar - bwd, ar / s.units)
+        optimizer = ADAM_UPDATE_BYTES * (s.p_dense / g.dense_shards + s.p_exp / g.expert_shards) / hbm
+        busy = m * (s.t_f + s.t_b + s.cp_comm + per_mb) + step_exposed + optimizer
+        if busy > longest:
+            longest = busy
+            chosen = (s, per_mb, step_exposed, optimizer, rs, ag, ar)
+    step = longest + st.bubble + st.pp_comm
+    if not want_breakdown:
+        return step, None
+    s, per_mb, step_exposed, optimizer, rs, ag, ar = chosen
+    dp_total = {"none": ar, "zero1": rs + ar + ag, "zero2": m * rs + ar + ag}.get(sharding, m * (2 * ag + rs) + ar)
+    breakdown = {
+        "compute_s": m * (1 + BWD_FACTOR) * s.fwd,
+        "recompute_s": m * s.recompute,
+        "tp_comm_s": m * 2 * s.tp_comm,
+        "ep_comm_s": m * 2 * s.ep_comm,
+        "cp_comm_exposed_s": m * s.cp_comm,
+        "dp_comm_exposed_s": m * per_mb + step_exposed,
+        "pp_comm_s": st.pp_comm,
+        "bubble_s": st.bubble,
+        "optimizer_s": optimizer,
+        "dp_comm_total_s": dp_total,
+    }
+    return step, {"breakdown": breakdown, "time_stage": s.rank}
+
+
+def memory_breakdown(req: Request, st: Structure, g: DPGroups, sharding: str) -> tuple[dict[str, float], int]:
+    reserved = req.system.node.device.reserved_gib * GIB
+    peak, w = peak_memory_bytes(st, g, reserved)
+    zd = zero_bytes_per_param(sharding, g.dense_shards)
+    zx = zero_bytes_per_param(sharding, g.expert_shards)
+    gathered = sharding == "zero3"
+    params = w.p_dense * zd["params"] + w.p_exp * zx["params"] + (2 * WEIGHT_BYTES * w.unit if gathered else 0)
+    grads = w.p_dense * zd["grads"] + w.p_exp * zx["grads"] + (GRAD_BYTES * w.unit if gathered else 0)
+    optim = w.p_dense * zd["optimizer"] + w.p_exp * zx["optimizer"]
+    return ({"params": params / GIB, "grads": grads / GIB, "optimizer": optim / GIB,
+             "activations": w.acts / GIB, "overhead": reserved / GIB, "total": peak / GIB,
+             "capacity": req.system.node.device.memory_gib}, w.rank)
+
+
+def structure_of(req: Request, lay: Layout) -> Structure:
+    return structures(req, lay.tp, lay.cp, lay.ep, lay.mbs, lay.pp, lay.vpp, lay.schedule,
+                      (lay.recompute,))[lay.recompute]
+
+
+def estimate(req: Request, layout: Layout) -> Estimate:
+    """Validate and cost one layout (dp_shard=-1 resolved against the request's world)."""
+    lay = layout.resolve(req.world)
+    lay.validate(world=req.world, model=req.model, global_batch=req.global_batch, seq_len=req.seq_len)
+    st = structure_of(req, lay)
+    g = dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
+    memory, mem_stage = memory_breakdown(req, st, g, lay.sharding)
+    step, det = sharded_cost(req, st, g, lay.sharding, want_breakdown=True)
+    tokens = req.global_batch * req.seq_len
+    per_device = req.model_flops_per_step / step / req.world
+    peak = req.system.node.device.bf16_tflops * 1e12
+    return Estimate(layout=lay, memory=memory, step_time_s=step, tokens_per_s=tokens / step,
+                    model_tflops_per_device=per_device / 1e12, mfu=per_device / peak,
+                    breakdown=det["breakdown"], worst_stage=mem_stage, microbatches=st.microbatches)

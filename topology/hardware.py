@@ -1,0 +1,452 @@
+"""Hardware catalogue: devices, links, nodes and clusters (torch-free).
+
+A ``System`` is what the cost model, the planner and placement read:
+
+* ``Device``  - what one rank drives (an A100, an H100, one tile of a Max 1550),
+  with its peak matrix FLOP/s, memory, and the efficiencies the cost model uses.
+* ``Link``    - a bandwidth (GB/s per direction per device, or per NIC), a
+  latency and the fraction of the bandwidth collectives achieve.
+* ``Node``    - the devices of one node ("slots", one rank each), the link
+  levels between them (innermost first: Aurora's two tiles of one GPU share
+  MDFI, all twelve tiles share Xe Link), NUMA domains with their physical
+  cores, reserved cores, NICs and which NUMA domain each device and NIC sits on.
+* ``Network`` - the inter-node fabric: NICs per node and the per-NIC link.
+* ``System``  - a node type, a network and the largest node count.
+
+Figures come from vendor datasheets and ALCF user guides; each preset carries
+its sources.  Efficiencies (fraction of peak a large bf16 GEMM reaches, fraction
+of link bandwidth a collective reaches) are measured values where a measurement
+is cited, otherwise conservative estimates marked "estimate: calibrate with
+bench/gpu_calibrate.py".
+
+Custom systems: a YAML/JSON file with the same fields (``load_system``); a file
+may start from a preset with ``preset: NAME`` and override any field, nested
+sections merged key by key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .modelcfg import ConfigError
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    vendor: str  # nvidia | intel | cpu
+    bf16_tflops: float  # dense peak matrix bf16
+    fp8_tflops: float  # dense peak matrix fp8 (0 = none)
+    fp32_tflops: float  # peak vector fp32
+    memory_gib: float
+    memory_gbps: float  # HBM bandwidth, GB/s
+    compute_units: int  # SMs / Xe cores / CPU cores: for GEMM wave quantisation
+    gemm_efficiency: float  # best sustained fraction of bf16 peak on large GEMMs
+    attention_efficiency: float  # fused attention, fraction of bf16 peak
+    reserved_gib: float  # runtime context, allocator slack, NCCL/CCL buffers
+    fused_attention: bool = True  # FlashAttention-style kernel: no s^2 activations
+    launch_us: float = 5.0  # per-kernel launch/dispatch overhead
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    gbps: float  # GB/s per direction, per device (intra-node) or per NIC
+    latency_us: float  # per collective step
+    efficiency: float  # achievable fraction of gbps in collectives
+    source: str = ""
+
+    @property
+    def effective_gbps(self) -> float:
+        return self.gbps * self.efficiency
+
+
+@dataclass(frozen=True)
+class LinkLevel:
+    """Devices ``size`` consecutive local ranks apart share ``link``."""
+
+    size: int
+    link: Link
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One device a rank can own: its visibility id, NUMA domain and nearest NIC."""
+
+    id: str  # CUDA_VISIBLE_DEVICES / ZE_AFFINITY_MASK value ("3", "0.1")
+    numa: int
+    nic: str = ""  # empty: nearest by NUMA domain
+
+
+@dataclass(frozen=True)
+class Nic:
+    name: str
+    numa: int
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    device: Device
+    slots: tuple[Slot, ...]
+    link_levels: tuple[LinkLevel, ...]  # innermost first; the last covers every slot
+    numa_cores: tuple[str, ...]  # physical cores per NUMA domain (cpulist syntax)
+    reserved_cores: tuple[int, ...] = ()
+    threads_per_core: int = 1
+    nics: tuple[Nic, ...] = ()
+    visibility_env: str = ""  # CUDA_VISIBLE_DEVICES | ZE_AFFINITY_MASK | ""
+    ccl_worker_affinity: bool = False  # emit CCL_WORKER_AFFINITY (oneCCL)
+    host_memory_gib: float = 0.0
+
+    @property
+    def ranks(self) -> int:
+        return len(self.slots)
+
+
+@dataclass(frozen=True)
+class Network:
+    nic: Link
+    nics_per_node: int
+    topology: str = ""
+
+    @property
+    def node_gbps(self) -> float:
+        """Achievable injection bandwidth of one node, GB/s per direction."""
+        return self.nic.effective_gbps * self.nics_per_node
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    description: str
+    node: Node
+    network: Network | None  # None: a single machine
+    max_nodes: int
+    sources: tuple[str, ...] = ()
+
+    @property
+    def ranks_per_node(self) -> int:
+        return self.node.ranks
+
+    def summary(self) -> dict[str, Any]:
+        d = self.node.device
+        return {
+            "name": self.name,
+            "description": self.description,
+            "device": d.name,
+            "ranks_per_node": self.ranks_per_node,
+            "device_memory_gib": d.memory_gib,
+            "bf16_tflops": d.bf16_tflops,
+            "intra_node": [{"size": lv.size, "link": lv.link.name, "gbps": lv.link.gbps} for lv in
+                           self.node.link_levels],
+            "inter_node": None if self.network is None else {
+                "nic": self.network.nic.name, "nics_per_node": self.network.nics_per_node,
+                "gbps_per_nic": self.network.nic.gbps},
+            "max_nodes": self.max_nodes,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------- devices
+A100_40 = Device(
+    name="A100-SXM4-40GB", vendor="nvidia", bf16_tflops=312.0, fp8_tflops=0.0, fp32_tflops=19.5,
+    memory_gib=40.0, memory_gbps=1555.0, compute_units=108, gemm_efficiency=0.80,
+    attention_efficiency=0.55, reserved_gib=1.5,
+    source="NVIDIA A100 datasheet (312 TF dense bf16, 40GB HBM2 1555 GB/s); ALCF Polaris machine "
+           "overview; GEMM efficiency ~250/312 TF measured by cuBLAS users (estimate: calibrate)")
+A100_80 = dataclasses.replace(
+    A100_40, name="A100-SXM4-80GB", memory_gib=80.0, memory_gbps=2039.0,
+    source="NVIDIA A100 datasheet (80GB HBM2e 2039 GB/s); efficiencies as A100-40GB")
+H100_SXM = Device(
+    name="H100-SXM5-80GB", vendor="nvidia", bf16_tflops=989.4, fp8_tflops=1978.9, fp32_tflops=66.9,
+    memory_gib=80.0, memory_gbps=3350.0, compute_units=132, gemm_efficiency=0.72,
+    attention_efficiency=0.45, reserved_gib=2.0,
+    source="NVIDIA H100 datasheet (SXM5: 989 TF dense bf16, 1979 TF fp8, 80GB HBM3 3.35 TB/s); "
+           "efficiencies estimate: calibrate with bench/gpu_calibrate.py")
+H200_SXM = dataclasses.replace(
+    H100_SXM, name="H200-SXM-141GB", memory_gib=141.0, memory_gbps=4800.0,
+    source="NVIDIA H200 datasheet (same Hopper compute as H100 SXM, 141GB HBM3e 4.8 TB/s)")
+PVC_TILE = Device(
+    name="Max1550-tile", vendor="intel", bf16_tflops=419.4, fp8_tflops=0.0, fp32_tflops=26.2,
+    memory_gib=64.0, memory_gbps=1638.4, compute_units=64, gemm_efficiency=0.65,
+    attention_efficiency=0.35, reserved_gib=2.0, launch_us=8.0,
+    source="Intel ark Max 1550: 838.9 TF bf16, 128 GB HBM2e 3.2768 TB/s per GPU = 2 tiles; ALCF "
+           "Aurora node performance overview measured 273 TF bf16 per tile (GEMM efficiency 0.65)")
+CPU_SOCKET = Device(
+    name="cpu", vendor="cpu", bf16_tflops=2.0, fp8_tflops=0.0, fp32_tflops=1.0, memory_gib=64.0,
+    memory_gbps=100.0, compute_units=32, gemm_efficiency=0.5, attention_efficiency=0.2,
+    reserved_gib=4.0, fused_attention=False, launch_us=2.0,
+    source="generic server socket (AVX-512/AMX class); estimate - use --system auto for the real host")
+
+# ------------------------------------------------------------------- links
+NVLINK3 = Link("NVLink3", gbps=300.0, latency_us=3.0, efficiency=0.78,
+               source="A100: 12 NVLink3 links x 25 GB/s per direction = 300 GB/s (600 GB/s bidirectional)")
+NVLINK4 = Link("NVLink4", gbps=450.0, latency_us=3.0, efficiency=0.80,
+               source="H100/H200 SXM: 18 NVLink4 links x 25 GB/s per direction = 450 GB/s (900 bidir)")
+MDFI = Link("MDFI", gbps=230.0, latency_us=3.0, efficiency=0.70,
+            source="Max 1550 tile-to-tile on one package; estimate: calibrate")
+XELINK = Link("XeLink", gbps=106.0, latency_us=5.0, efficiency=0.60,
+              source="Max 1550: 16 Xe Links x 26.5 GB/s per direction per GPU, 4 usable per tile towards "
+                     "peers in Aurora's 6-GPU all-to-all; estimate: calibrate")
+SLINGSHOT11 = Link("Slingshot-11", gbps=25.0, latency_us=8.0, efficiency=0.85,
+                   source="HPE Slingshot-11 Cassini NIC: 200 Gb/s = 25 GB/s per direction")
+HDR200 = Link("InfiniBand-HDR", gbps=25.0, latency_us=6.0, efficiency=0.90,
+              source="ConnectX-6 HDR 200 Gb/s = 25 GB/s per direction")
+NDR400 = Link("InfiniBand-NDR", gbps=50.0, latency_us=6.0, efficiency=0.90,
+              source="ConnectX-7 NDR 400 Gb/s = 50 GB/s per direction")
+SHARED_MEMORY = Link("shared-memory", gbps=20.0, latency_us=2.0, efficiency=0.8,
+                     source="gloo over host shared memory; estimate")
+ETHERNET = Link("ethernet", gbps=3.0, latency_us=30.0, efficiency=0.7, source="25 GbE; estimate")
+
+
+# ------------------------------------------------------------- node builders
+def _polaris_node() -> Node:
+    # ALCF Polaris machine overview, "Polaris Device Affinity Information" (nvidia-smi topo -m):
+    #   GPU0: CPU 24-31,56-63 NUMA 3 | GPU1: 16-23,48-55 NUMA 2 | GPU2: 8-15,40-47 NUMA 1 |
+    #   GPU3: 0-7,32-39 NUMA 0; GPU pairs NV4; mlx5_0 PHB to GPU3, mlx5_1 PHB to GPU1.
+    # Hence ALCF's set_affinity_gpu_polaris.sh assigns GPUs in reverse order
+    # (CUDA_VISIBLE_DEVICES = 3 - local_rank) with --cpu-bind depth -d 8.
+    # The two NICs are cxi0/cxi1 since the Slingshot-11 upgrade.
+    return Node(
+        name="polaris", device=A100_40,
+        slots=(Slot("0", 3, "cxi1"), Slot("1", 2, "cxi1"), Slot("2", 1, "cxi0"), Slot("3", 0, "cxi0")),
+        link_levels=(LinkLevel(4, NVLINK3),),
+        numa_cores=("0-7", "8-15", "16-23", "24-31"), threads_per_core=2,
+        nics=(Nic("cxi0", 0), Nic("cxi1", 2)),
+        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=512.0)
+
+
+def _aurora_node() -> Node:
+    # ALCF "Running Jobs on Aurora": 2 sockets x 52 cores, 2 hw threads; cores 0
+    # and 52 reserved for the OS since 2025-03-31; GPUs 0-2 on socket 0 and 3-5
+    # on socket 1; one rank per tile with ZE_AFFINITY_MASK=gpu.tile in compact
+    # order (gpu_tile_compact.sh) and
+    # --cpu-bind=list:1-8:9-16:17-24:25-32:33-40:41-48:53-60:61-68:69-76:77-84:85-92:93-100.
+    # 8 Slingshot-11 NICs, 4 per socket (ALCF hands-on "AI frameworks at scale").
+    slots = tuple(Slot(f"{g}.{t}", 0 if g < 3 else 1) for g in range(6) for t in range(2))
+    return Node(
+        name="aurora", device=PVC_TILE, slots=slots,
+        link_levels=(LinkLevel(2, MDFI), LinkLevel(12, XELINK)),
+        numa_cores=("0-51", "52-103"), reserved_cores=(0, 52), threads_per_core=2,
+        nics=tuple(Nic(f"cxi{i}", 0 if i < 4 else 1) for i in range(8)),
+        visibility_env="ZE_AFFINITY_MASK", ccl_worker_affinity=True, host_memory_gib=1024.0)
+
+
+def _dgx_a100_node() -> Node:
+    # DGX A100: 2x AMD EPYC 7742 (64 cores each, NPS4 -> 8 NUMA domains of 16
+    # cores), 8x A100-80GB on NVSwitch, 8x ConnectX-6 HDR for compute.  NVIDIA
+    # deepops syscfg-dgxa100-80gb.sh: CPU_AFFINITY 32-47:48-63:0-15:16-31:
+    # 96-111:112-127:64-79:80-95 and MEM_AFFINITY 2:3:0:1:6:7:4:5 for GPUs 0-7,
+    # UCX_AFFINITY mlx5_0:1:2:3:6:7:8:9.
+    gpu_numa = (2, 3, 0, 1, 6, 7, 4, 5)
+    nics = ("mlx5_0", "mlx5_1", "mlx5_2", "mlx5_3", "mlx5_6", "mlx5_7", "mlx5_8", "mlx5_9")
+    return Node(
+        name="dgx-a100-80gb", device=A100_80,
+        slots=tuple(Slot(str(g), gpu_numa[g], nics[g]) for g in range(8)),
+        link_levels=(LinkLevel(8, NVLINK3),),
+        numa_cores=tuple(f"{16 * i}-{16 * i + 15}" for i in range(8)), threads_per_core=2,
+        nics=tuple(Nic(n, gpu_numa[i]) for i, n in enumerate(nics)),
+        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=2048.0)
+
+
+def _hgx_h_node(name: str, device: Device, n_gpus: int) -> Node:
+    # HGX/DGX H100 and H200: 2x Xeon 8480C (56 cores each, one NUMA domain per
+    # socket), GPUs 0-3 on socket 0 and 4-7 on socket 1, NVSwitch all-to-all,
+    # one ConnectX-7 NDR NIC per GPU on the GPU's PCIe switch (DGX H100 user
+    # guide).  A machine with fewer GPUs keeps the same per-GPU share of cores.
+    per_socket = max(1, n_gpus // 2) if n_gpus > 1 else 1
+    sockets = 2 if n_gpus > 1 else 1
+    slots = tuple(Slot(str(g), min(g // per_socket, sockets - 1), f"mlx5_{g}") for g in range(n_gpus))
+    return Node(
+        name=name, device=device, slots=slots,
+        link_levels=(LinkLevel(n_gpus, NVLINK4),),
+        numa_cores=("0-55", "56-111")[:sockets], threads_per_core=2,
+        nics=tuple(Nic(f"mlx5_{g}", slots[g].numa) for g in range(n_gpus)),
+        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=2048.0)
+
+
+def _cpu_node() -> Node:
+    return Node(name="cpu", device=CPU_SOCKET, slots=(Slot("0", 0),),
+                link_levels=(LinkLevel(1, SHARED_MEMORY),), numa_cores=("0-31",), threads_per_core=2,
+                host_memory_gib=64.0)
+
+
+def _presets() -> dict[str, System]:
+    alcf = "https://docs.alcf.anl.gov"
+    out = {
+        "polaris": System(
+            "polaris", "ALCF Polaris: 560 nodes of 4x A100-40GB (NV4 all-to-all), 1x EPYC 7543P 32-core, "
+            "2 Slingshot-11 NICs", _polaris_node(), Network(SLINGSHOT11, 2, "dragonfly"), 560,
+            (f"{alcf}/polaris/hardware-overview/machine-overview/", f"{alcf}/polaris/running-jobs/")),
+        "aurora": System(
+            "aurora", "ALCF Aurora: 10,624 nodes of 6x Max 1550 (12 tiles, 64 GB each, Xe Link), "
+            "2x Xeon Max 9470C 52-core, 8 Slingshot-11 NICs", _aurora_node(),
+            Network(SLINGSHOT11, 8, "dragonfly"), 10624,
+            (f"{alcf}/aurora/hardware-overview/machine-overview/", f"{alcf}/aurora/running-jobs-aurora/",
+             "https://www.intel.com/content/www/us/en/products/sku/232873/")),
+        "dgx-a100-80gb": System(
+            "dgx-a100-80gb", "NVIDIA DGX A100: 8x A100-80GB on NVSwitch, 8x HDR 200 Gb/s",
+            _dgx_a100_node(), Network(HDR200, 8, "fat-tree"), 140,
+            ("NVIDIA DGX A100 user guide", "https://github.com/NVIDIA/deepops workloads/bit/syscfg-dgxa100-80gb.sh")),
+        "dgx-h100": System(
+            "dgx-h100", "NVIDIA DGX H100: 8x H100-SXM5-80GB on NVSwitch, 8x NDR 400 Gb/s",
+            _hgx_h_node("dgx-h100", H100_SXM, 8), Network(NDR400, 8, "fat-tree"), 128,
+            ("NVIDIA DGX H100 user guide", "NVIDIA H100 datasheet")),
+        "cpu": System("cpu", "one CPU host (gloo); use --system auto for the real machine", _cpu_node(),
+                      Network(ETHERNET, 1, "ethernet"), 64, ()),
+    }
+    for gpu, dev in (("h100", H100_SXM), ("h200", H200_SXM)):
+        for n in (1, 2, 4, 8):
+            name = f"{gpu}-x{n}"
+            out[name] = System(
+                name, f"one machine with {n}x {dev.name} on NVLink/NVSwitch (a slice of an HGX board)",
+                _hgx_h_node(name, dev, n), None, 1, ("NVIDIA H100/H200 datasheets",))
+    return out
+
+
+PRESETS: dict[str, System] = _presets()
+
+
+def system_names() -> list[str]:
+    return list(PRESETS)
+
+
+# ------------------------------------------------------------------- loading
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """Convert a parsed YAML/JSON value to the annotated field type (dataclasses, tuples, optionals)."""
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        item = typing.get_args(hint)[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{where}={value!r}: expected {hint.__name__}")
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Dataclass from a mapping, recursively; unknown keys and wrong types are one-line errors."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    missing = [f.name for f in fields.values()
+               if f.name not in kwargs and f.default is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def system_from_dict(data: dict[str, Any], where: str = "system") -> System:
+    data = dict(data)
+    base = data.pop("preset", None)
+    if base is not None:
+        if base not in PRESETS:
+            raise ConfigError(f"{where}: unknown preset {base!r}; known: {', '.join(PRESETS)}")
+        data = _merge(PRESETS[base].to_dict(), data)
+    system = _build(System, data, where)
+    validate_system(system)
+    return system
+
+
+def validate_system(system: System) -> None:
+    node = system.node
+    where = f"system {system.name}"
+    if not node.slots:
+        raise ConfigError(f"{where}: a node needs at least one device slot")
+    if not node.link_levels or node.link_levels[-1].size < node.ranks:
+        raise ConfigError(f"{where}: the last link level must cover all {node.ranks} devices of a node")
+    for lv in node.link_levels:
+        if node.ranks % lv.size:
+            raise ConfigError(f"{where}: link level size {lv.size} does not divide {node.ranks} devices")
+    for s in node.slots:
+        if not 0 <= s.numa < len(node.numa_cores):
+            raise ConfigError(f"{where}: slot {s.id} names NUMA domain {s.numa}, node has "
+                              f"{len(node.numa_cores)}")
+    if system.max_nodes < 1:
+        raise ConfigError(f"{where}: max_nodes must be >= 1")
+    d = node.device
+    for f in ("bf16_tflops", "memory_gib", "memory_gbps", "gemm_efficiency", "attention_efficiency"):
+        if getattr(d, f) <= 0:
+            raise ConfigError(f"{where}: device.{f} must be > 0")
+
+
+def yaml_error() -> type[Exception]:
+    import yaml
+
+    return yaml.YAMLError
+
+
+def load_system(name_or_path: str) -> System:
+    """A preset name or a YAML/JSON file describing a system (see module docstring)."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    p = Path(name_or_path)
+    if not p.is_file():
+        raise ConfigError(f"system {name_or_path!r} is neither a preset ({', '.join(PRESETS)}) nor a file")
+    text = p.read_text()
+    try:
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, yaml_error()) as e:  # JSON and YAML parse errors
+        raise ConfigError(f"{p}: cannot parse: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    data = data.get("system", data)
+    data.setdefault("name", p.stem)
+    return system_from_dict(data, where=str(p))
+
+
+__all__ = [
+    "GIB",
+    "PRESETS",
+    "Device",
+    "Link",
+    "LinkLevel",
+    "Network",
+    "Nic",
+    "Node",
+    "Slot",
+    "System",
+    "load_system",
+    "system_from_dict",
+    "system_names",
+    "validate_system",
+]
