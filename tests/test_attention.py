@@ -34,7 +34,16 @@ CASES = [
     ("decode_window", 1, 4, 2, 4, 12, 16, True, 3, 8),
 ]
 
-TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# Against a float64 reference; accelerator kernels accumulate in a different order than
+# the CPU's, hence the looser float32 bound there.  A wrong mask or head mapping shows
+# up as errors of order 0.1-1.
+TOLERANCE = {
+    ("cpu", torch.float32): 2e-5,
+    ("accelerator", torch.float32): 1e-4,
+    ("cpu", torch.bfloat16): 3e-2,
+    ("accelerator", torch.bfloat16): 3e-2,
+    ("accelerator", torch.float16): 1e-2,
+}
 
 
 def _dtypes(device_type):
@@ -79,7 +88,7 @@ def test_every_kernel_matches_math_reference(device_type, case):
             # The reference runs in float64 on the same (already rounded) inputs.
             want = _forward_backward(q.double(), k.double(), v.double(), grad_out.double(), "math", case)
             assert got[0].dtype == dtype
-            tol = TOLERANCE[dtype]
+            tol = TOLERANCE["cpu" if device_type == "cpu" else "accelerator", dtype]
             for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
                 torch.testing.assert_close(
                     g.double(),
