@@ -41,27 +41,32 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float, str], ...] = (
     # NVIDIA H200 datasheet (nvidia.com/en-us/data-center/h200): 1,979 TF (SXM) and
     # 1,671 TF (NVL) with sparsity, the same tensor cores as H100.
     ("H200 NVL", 835.5e12, "NVIDIA H200 datasheet, NVL: 1671 TF sparse / 2"),
-    ("H200", 989e12, "NVIDIA H200 datasheet, SXM: 1979 TF sparse / 2"),
     ("GH200", 989e12, "NVIDIA GH200 datasheet: H100-class GPU, 1979 TF sparse / 2"),
+    ("H200", 989e12, "NVIDIA H200 datasheet, SXM: 1979 TF sparse / 2"),
     # NVIDIA A100 datasheet (nvidia.com/en-us/data-center/a100): BF16 Tensor Core
     # 312 TF dense (624 TF with sparsity), SXM and PCIe alike.  Polaris has A100 SXM4.
     ("A100", 312e12, "NVIDIA A100 datasheet: 312 TF dense"),
     # Intel Data Center GPU Max 1550 (Aurora): Intel ark lists 128 Xe cores in 2
     # stacks at up to 1.6 GHz; Intel's Xe-HPC overview gives 8 XMX engines per Xe
     # core, each 512 bf16 FLOP per clock (256 FMA), i.e. 4096 FLOP/clock per Xe core.
-    # 128 * 4096 * 1.6e9 = 838.9 TF per card (Intel's published ~839 TF bf16 peak),
-    # 419.4 TF per stack.  Aurora exposes each stack as one device (FLAT mode), so the
+    # 128 * 4096 * 1.6e9 = 838.9 TF per card, 419.4 TF per stack.  Derived from those
+    # published parameters, not from a quoted TFLOP/s figure; not yet checked on Aurora.  Aurora exposes each stack as one device (FLAT mode), so the
     # figure is per stack; XpuBackend scales it when a device spans both stacks.
     ("Max 1550", 64 * 4096 * 1.6e9, "Intel Max 1550: 64 Xe cores/stack * 4096 bf16 FLOP/clk * 1.6 GHz"),
 )
 
 
-def peak_bf16_flops_for(device_name: str) -> float | None:
-    """Table lookup by torch device name; None for a device not in the table."""
-    for pattern, flops, _source in PEAK_BF16_FLOPS:
+def peak_bf16_entry(device_name: str) -> tuple[float, str] | None:
+    """(FLOP/s, source) from the table by torch device name; None for a device not in it."""
+    for pattern, flops, source in PEAK_BF16_FLOPS:
         if pattern.lower() in device_name.lower():
-            return flops
+            return flops, source
     return None
+
+
+def peak_bf16_flops_for(device_name: str) -> float | None:
+    entry = peak_bf16_entry(device_name)
+    return entry[0] if entry else None
 
 
 @cache
@@ -178,6 +183,9 @@ class Backend:
     def peak_bf16_flops(self) -> float:
         return measured_cpu_matmul_flops()
 
+    def peak_bf16_source(self) -> str:
+        return "measured: fastest 512^3 fp32/bf16 matmul on this host"
+
     def attention_kernels(self) -> list[str]:
         return available_kernels(self.device_type)
 
@@ -225,6 +233,10 @@ class AcceleratorBackend(Backend):
 
     def empty_cache(self) -> None:
         torch.accelerator.empty_cache()
+
+    def peak_bf16_source(self) -> str:
+        entry = peak_bf16_entry(self.device_name())
+        return entry[1] if entry else "unknown device"
 
     def peak_bf16_flops(self) -> float:
         flops = peak_bf16_flops_for(self.device_name())

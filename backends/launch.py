@@ -79,7 +79,7 @@ class _Reader:
         """The name of the first of ``names`` that is set."""
         return next((n for n in names if self.env.get(n, "") != ""), None)
 
-    def int(self, *names: str, default: int | None = None, minimum: int = 0) -> tuple[int, str | None]:
+    def integer(self, *names: str, default: int | None = None, minimum: int = 0) -> tuple[int, str | None]:
         """(value, variable name) of the first set variable among ``names``."""
         name = self.first(*names)
         if name is None:
@@ -125,42 +125,42 @@ def detect_launch(env: Mapping[str, str] | None = None) -> LaunchEnv:
 
     if has("RANK", "WORLD_SIZE"):
         read = _Reader(env, "torchrun")
-        rank, rank_var = read.int("RANK")
-        world, world_var = read.int("WORLD_SIZE", minimum=1)
-        local_rank, local_var = read.int("LOCAL_RANK", default=rank)
-        local_world, local_world_var = read.int("LOCAL_WORLD_SIZE", default=world)
+        rank, rank_var = read.integer("RANK")
+        world, world_var = read.integer("WORLD_SIZE", minimum=1)
+        local_rank, local_var = read.integer("LOCAL_RANK", default=rank)
+        local_world, local_world_var = read.integer("LOCAL_WORLD_SIZE", default=world)
         nodes = _nodes_from(read, "GROUP_WORLD_SIZE", default_world=(world, local_world))
     elif has("PALS_RANKID") or has("PALS_LOCAL_RANKID"):
         read = _Reader(env, "pals")
-        rank, rank_var = read.int("PALS_RANKID", "PMI_RANK")
-        world, world_var = read.int("PMI_SIZE", minimum=1)
-        local_rank, local_var = read.int("PALS_LOCAL_RANKID", "PMI_LOCAL_RANK")
-        local_world, local_world_var = read.int("PALS_LOCAL_SIZE", "PMI_LOCAL_SIZE", default=world)
+        rank, rank_var = read.integer("PALS_RANKID", "PMI_RANK")
+        world, world_var = read.integer("PMI_SIZE", minimum=1)
+        local_rank, local_var = read.integer("PALS_LOCAL_RANKID", "PMI_LOCAL_RANK")
+        local_world, local_world_var = read.integer("PALS_LOCAL_SIZE", "PMI_LOCAL_SIZE", default=world)
         nodes = _nodes_from(read, default_world=(world, local_world))
     elif has("OMPI_COMM_WORLD_RANK"):
         read = _Reader(env, "openmpi")
-        rank, rank_var = read.int("OMPI_COMM_WORLD_RANK")
-        world, world_var = read.int("OMPI_COMM_WORLD_SIZE", minimum=1)
-        local_rank, local_var = read.int("OMPI_COMM_WORLD_LOCAL_RANK", default=rank)
-        local_world, local_world_var = read.int("OMPI_COMM_WORLD_LOCAL_SIZE", default=world)
+        rank, rank_var = read.integer("OMPI_COMM_WORLD_RANK")
+        world, world_var = read.integer("OMPI_COMM_WORLD_SIZE", minimum=1)
+        local_rank, local_var = read.integer("OMPI_COMM_WORLD_LOCAL_RANK", default=rank)
+        local_world, local_world_var = read.integer("OMPI_COMM_WORLD_LOCAL_SIZE", default=world)
         nodes = _nodes_from(read, default_world=(world, local_world))
     elif has("PMI_RANK", "MPI_LOCALRANKID"):
         read = _Reader(env, "hydra")
-        rank, rank_var = read.int("PMI_RANK")
-        world, world_var = read.int("PMI_SIZE", minimum=1)
-        local_rank, local_var = read.int("MPI_LOCALRANKID")
-        local_world, local_world_var = read.int("MPI_LOCALNRANKS", default=world)
+        rank, rank_var = read.integer("PMI_RANK")
+        world, world_var = read.integer("PMI_SIZE", minimum=1)
+        local_rank, local_var = read.integer("MPI_LOCALRANKID")
+        local_world, local_world_var = read.integer("MPI_LOCALNRANKS", default=world)
         nodes = _nodes_from(read, default_world=(world, local_world))
     elif has("SLURM_PROCID", "SLURM_STEP_ID"):
         read = _Reader(env, "slurm")
-        rank, rank_var = read.int("SLURM_PROCID")
-        world, world_var = read.int("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS", minimum=1)
-        local_rank, local_var = read.int("SLURM_LOCALID")
-        node_index, _ = read.int("SLURM_NODEID", default=0)
+        rank, rank_var = read.integer("SLURM_PROCID")
+        world, world_var = read.integer("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS", minimum=1)
+        local_rank, local_var = read.integer("SLURM_LOCALID")
+        node_index, _ = read.integer("SLURM_NODEID", default=0)
         spec_var = read.first("SLURM_STEP_TASKS_PER_NODE", "SLURM_TASKS_PER_NODE")
         local_world = _slurm_tasks_on_this_node(env[spec_var], node_index) if spec_var else None
         if local_world is None:
-            local_world, spec_var = read.int("SLURM_NTASKS_PER_NODE", default=world, minimum=1)
+            local_world, spec_var = read.integer("SLURM_NTASKS_PER_NODE", default=world, minimum=1)
         local_world_var = spec_var
         nodes = _nodes_from(
             read,
@@ -171,10 +171,10 @@ def detect_launch(env: Mapping[str, str] | None = None) -> LaunchEnv:
         )
     elif has("PMI_RANK"):
         read = _Reader(env, "pmi")
-        rank, rank_var = read.int("PMI_RANK")
-        world, world_var = read.int("PMI_SIZE", minimum=1)
-        local_rank, local_var = read.int("PMI_LOCAL_RANK", default=rank)
-        local_world, local_world_var = read.int("PMI_LOCAL_SIZE", default=world)
+        rank, rank_var = read.integer("PMI_RANK")
+        world, world_var = read.integer("PMI_SIZE", minimum=1)
+        local_rank, local_var = read.integer("PMI_LOCAL_RANK", default=rank)
+        local_world, local_world_var = read.integer("PMI_LOCAL_SIZE", default=world)
         nodes = _nodes_from(read, default_world=(world, local_world))
     else:
         read = _Reader(env, "none")
@@ -190,7 +190,7 @@ def detect_launch(env: Mapping[str, str] | None = None) -> LaunchEnv:
         )
 
     master_addr = env.get("MASTER_ADDR") or None
-    master_port = read.int("MASTER_PORT", minimum=1, default=0)[0] or None
+    master_port = read.integer("MASTER_PORT", minimum=1, default=0)[0] or None
     if master_port is not None and master_port > 65535:
         raise BackendError(f"MASTER_PORT={env['MASTER_PORT']!r} is not a TCP port (1-65535)")
     if read.launcher == "slurm" and master_addr is None:
@@ -198,7 +198,7 @@ def detect_launch(env: Mapping[str, str] | None = None) -> LaunchEnv:
         if nodelist is not None:
             master_addr = first_slurm_host(env[nodelist])
             if master_port is None:
-                job_id, _ = read.int("SLURM_JOB_ID", "SLURM_JOBID", default=0)
+                job_id, _ = read.integer("SLURM_JOB_ID", "SLURM_JOBID", default=0)
                 # Every rank derives the same port; spreading by job id keeps two jobs
                 # sharing a node off each other's port.
                 master_port = 20000 + job_id % 20000
@@ -208,7 +208,7 @@ def detect_launch(env: Mapping[str, str] | None = None) -> LaunchEnv:
 def _nodes_from(read: _Reader, *names: str, default_world: tuple[int, int]) -> int | None:
     """The node count from a launcher variable, else world / local world when that divides evenly."""
     if names and read.first(*names):
-        return read.int(*names, minimum=1)[0]
+        return read.integer(*names, minimum=1)[0]
     world, local_world = default_world
     return world // local_world if local_world and world % local_world == 0 else None
 

@@ -38,9 +38,8 @@ def collect() -> dict:
         dist_backend = f"unavailable: {e}"
     try:
         peak = backend.peak_bf16_flops()
-        peak_source = "measured matmul" if backend.device_type == "cpu" else "datasheet"
     except BackendError:
-        peak, peak_source = None, "unknown device"
+        peak = None
     info = {
         "device_type": backend.device_type,
         "backend_source": BACKEND_ENV if os.environ.get(BACKEND_ENV) else "auto",
@@ -52,7 +51,7 @@ def collect() -> dict:
         "supports_bf16": backend.supports_bf16(),
         "supports_fp16": backend.supports_fp16(),
         "peak_bf16_flops": peak,
-        "peak_bf16_flops_source": peak_source,
+        "peak_bf16_flops_source": backend.peak_bf16_source(),
         "needs_force_sum_reduction": backend.needs_force_sum_reduction,
         "hostname": socket.gethostname(),
         "torch_version": torch.__version__,
