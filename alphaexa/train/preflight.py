@@ -1,0 +1,83 @@
+"""Checks that run before any process group, spawn or tokenization: each failure is one line.
+
+``preflight`` validates the config against the world size (layout), the data inputs, the
+logging options and the run directory: a fresh run may not reuse a directory holding
+checkpoints, and ``--resume`` needs the newest complete checkpoint to be of this model.
+Nothing here imports torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from topology.layout import Layout
+from topology.modelcfg import ModelConfig
+
+from ..errors import UserError
+from .config import RunConfig
+from .dataset import check_data_inputs
+from .metrics import tensorboard_available
+
+CHECKPOINT_DIR = "checkpoints"
+# ModelConfig fields that decide whether saved weights fit a model (the rest, such as loss
+# coefficients, capacity or the name, may change between runs).  Mirrors the checkpoint
+# manager's check, which repeats it on load.
+ARCHITECTURE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "ffn_type",
+                       "vocab_size", "pos_encoding", "norm", "moe_layers", "n_experts", "moe_d_ff",
+                       "n_shared_experts", "tie_embeddings", "tokenizer")
+
+
+@dataclass
+class Preflight:
+    layout: Layout
+    resume_from: Path | None  # the checkpoint a --resume will start from (None: a fresh start)
+    resume_manifest: dict[str, Any] | None
+
+
+def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Preflight:
+    layout = cfg.layout_for(world)
+    check_data_inputs(cfg.data, cfg.model)
+    if cfg.logging.tensorboard and not tensorboard_available():
+        raise UserError("logging.tensorboard=true needs the tensorboard package (pip install tensorboard)")
+    root = run_dir / CHECKPOINT_DIR
+    checkpoint, manifest = newest_checkpoint(root)
+    if not resume:
+        if checkpoint is not None or (run_dir / "metrics.jsonl").exists():
+            raise UserError(f"run directory {run_dir} already holds a run; pass --resume to continue it "
+                            f"or choose another --run-dir")
+        return Preflight(layout, None, None)
+    if checkpoint is not None:
+        check_same_model(checkpoint, manifest, cfg.model)
+    return Preflight(layout, checkpoint, manifest)
+
+
+def newest_checkpoint(root: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint with a readable manifest (checksums are verified when it is loaded)."""
+    from ..checkpoint.files import ManifestError, candidate_dirs, read_manifest
+
+    for candidate in candidate_dirs(root):
+        try:
+            return candidate, read_manifest(candidate)
+        except ManifestError:
+            continue
+    return None, None
+
+
+def _architecture(cfg: ModelConfig, name: str) -> Any:
+    return cfg.moe_layer_indices() if name == "moe_layers" else getattr(cfg, name)
+
+
+def check_same_model(checkpoint: Path, manifest: dict[str, Any], model: ModelConfig) -> None:
+    saved_dict = manifest.get("model")
+    if saved_dict is None:
+        return
+    try:
+        saved = ModelConfig.from_dict(saved_dict)
+    except Exception as e:  # noqa: BLE001 - any unreadable model config is reported in one line
+        raise UserError(f"checkpoint {checkpoint}: its model config is not usable ({e})") from None
+    for name in ARCHITECTURE_FIELDS:
+        there, here = _architecture(saved, name), _architecture(model, name)
+        if there != here:
+            raise UserError(f"checkpoint {checkpoint} is from a different model: model.{name} is {there!r} there, "
+                            f"{here!r} here")

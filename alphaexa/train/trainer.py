@@ -1,0 +1,377 @@
+"""The training loop of one rank: setup, steps with guards, evaluation, checkpoints, resume.
+
+Every rank runs ``Trainer(...).run()``; all decisions that change control flow (skip a
+step, roll back, stop) are taken from values that were all-reduced first, so every rank
+takes the same branch and the collectives stay matched.
+
+Step ``s`` (1-based) consumes global batch ``s`` of the data stream, split into
+``n_micro = global_batch / (mbs * dp)`` micro-batches per rank; gradients are the mean
+over all ``global_batch`` sequences whatever the layout, so layouts differ only by
+floating-point summation order.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from backends.launch import DistributedInfo, init_distributed
+from topology.layout import Layout
+from topology.modelcfg import flops_per_token
+
+from ..checkpoint import CheckpointManager, ModelOptimizerState, RNGState
+from ..data import PackedSamples, PackedTokens, TrainLoader, validation_batches
+from ..model import moe_layers
+from .config import RunConfig
+from .dataset import prepare_dataset
+from .metrics import MetricsLogger
+from .optim import build_optimizer, learning_rate, set_learning_rate
+from .preflight import CHECKPOINT_DIR
+
+SPIKE_INJECTION = 1000.0
+
+
+@dataclass
+class TrainProgress:
+    """Counters that travel in the checkpoint (identical on every rank)."""
+
+    step: int = 0
+    skipped_total: int = 0
+    spikes_total: int = 0
+    rollbacks: int = 0
+    tokens_seen: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in self.__dict__:
+            setattr(self, key, int(state[key]))
+
+
+class RollbackLimit(RuntimeError):
+    pass
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: str | Path, resume: bool = False, stop_at: int | None = None):
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.stop_at = stop_at
+        self._nan_injected = False
+        self._spike_injected = False
+
+    # ---------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.dist: DistributedInfo = init_distributed(timeout_s=cfg.train.collective_timeout_s)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = self.dist.device
+        self.backend = self.dist.backend
+        self.layout: Layout = cfg.layout_for(self.world)
+        self.rng = RNGState(cfg.train.seed)
+        self.rng.reseed(0)
+
+        self.dataset_dir = prepare_dataset(cfg.data, cfg.model, progress=self.rank == 0)
+        dataset = PackedTokens(self.dataset_dir)
+        self.tokenizer = dataset.load_tokenizer()
+        self.tokenizer.check_fits(cfg.model.vocab_size)
+        self.train_samples = PackedSamples(dataset, cfg.train.seq_len, "train")
+        self.val_samples = PackedSamples(dataset, cfg.train.seq_len, "val")
+
+        self.parallel = self._build_parallel()
+        self.n_micro = self.layout.n_microbatches(cfg.train.global_batch)
+        self.optimizer = build_optimizer(self.parallel.model_parts, cfg.train, self.device.type)
+        self.loader = TrainLoader(self.train_samples, cfg.train.global_batch, self.parallel.dp_rank,
+                                  self.parallel.dp_size, cfg.train.seed, prefetch=cfg.data.prefetch,
+                                  pin_memory=self.device.type == "cuda")
+        self.progress = TrainProgress()
+        self._moe = [m for part in self.parallel.model_parts for m in moe_layers(part).values()]
+        # The checkpoint's own collectives get the same timeout as training's.
+        timeout = datetime.timedelta(seconds=cfg.train.collective_timeout_s)
+        self.checkpoints = CheckpointManager(
+            self.run_dir / CHECKPOINT_DIR, keep_last=cfg.checkpoint.keep_last, async_save=cfg.checkpoint.async_,
+            process_group=dist.new_group(backend="gloo", timeout=timeout), model_config=cfg.model)
+        self.app_state = {"model": ModelOptimizerState(self.parallel.model_parts, self.optimizer),
+                          "rng": self.rng, "data": self.loader, "progress": self.progress}
+        self.flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)["total"]
+        self.peak_flops = self._job_peak_flops()
+        self.metrics = None
+        if self.rank == 0:
+            self._write_run_files()
+            self.metrics = MetricsLogger(self.run_dir, cfg.train.steps, cfg.logging.progress,
+                                         cfg.logging.tensorboard, cfg.train.log_every)
+        self.sample_log = None
+        if cfg.debug.record_samples:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            self.sample_log = open(self.run_dir / "samples" / f"rank_{self.rank}.jsonl", "a", buffering=1)  # noqa: SIM115
+
+    def _build_parallel(self):
+        # TEMPORARY: the data-parallel path until alphaexa.parallel lands.
+        from .interim_parallel import build_data_parallel
+
+        return build_data_parallel(self.cfg.model, self.layout, self.device, self.cfg.train.dtype,
+                                   self.cfg.train.seed)
+
+    def _job_peak_flops(self) -> float:
+        """Peak FLOP/s of the devices this job runs on, the denominator of MFU.
+
+        Accelerators: the datasheet figure per device times the ranks.  CPU: rank 0 times a
+        matmul with its threads; the host offers that per rank for as many ranks as there are
+        cores for their threads (ranks beyond the cores share them, they add no peak).
+        """
+        if self.device.type != "cpu":
+            return self.backend.peak_bf16_flops() * self.world
+        box = [self.backend.peak_bf16_flops() if self.rank == 0 else 0.0]
+        dist.broadcast_object_list(box, src=0)
+        threads = torch.get_num_threads()
+        cores = os.cpu_count() or 1
+        return box[0] * max(1, min(self.world, cores // threads))
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(self.run_dir / "config.toml")
+        tokenizer_copy = self.run_dir / "tokenizer"
+        if not tokenizer_copy.exists():
+            shutil.copytree(self.dataset_dir / "tokenizer", tokenizer_copy)
+
+    # ----------------------------------------------------------------- run
+    def run(self) -> int:
+        self._setup()
+        try:
+            return self._train()
+        finally:
+            self.loader.close()
+            self.checkpoints.close()
+            if self.metrics is not None:
+                self.metrics.close()
+            if self.sample_log is not None:
+                self.sample_log.close()
+
+    def _train(self) -> int:
+        cfg = self.cfg
+        start = 0
+        if self.resume:
+            start = self.checkpoints.load_latest(self.app_state) or 0
+        if self.metrics is not None:
+            self.metrics.event("resume" if start else "start", step=start, world_size=self.world,
+                               layout=self.layout.to_dict(), layout_short=self.layout.short(),
+                               consumed_samples=self.loader.consumed_samples, dataset=str(self.dataset_dir))
+            where = f"resumed from {CHECKPOINT_DIR}/step_{start:06d}" if start else "starting"
+            self.metrics.note(f"{where}: {cfg.model.name} on {self.world} {self.device.type} rank(s), layout "
+                              f"{self.layout.short()}, {self.n_micro} micro-batch(es) of {self.layout.mbs} x "
+                              f"{cfg.train.seq_len} tokens per rank per step")
+        last = min(cfg.train.steps, self.stop_at) if self.stop_at else cfg.train.steps
+        losses: list[float] = []
+        saved_step = start if start else None
+        step_started = time.perf_counter()
+        while self.progress.step < last:
+            step = self.progress.step + 1
+            record = self._train_step(step, losses)
+            if record.get("rollback"):
+                saved_step = self._rollback(step, record)
+                losses.clear()
+                step_started = time.perf_counter()
+                continue
+            now = time.perf_counter()
+            record["step_time_s"] = now - step_started
+            step_started = now
+            tokens = cfg.train.global_batch * cfg.train.seq_len
+            record["tokens_per_s"] = tokens / record["step_time_s"]
+            record["mfu"] = record["tokens_per_s"] * self.flops_per_token / self.peak_flops
+            record["time"] = time.time()
+            if self.metrics is not None:
+                self.metrics.step(record)
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != last:
+                self._evaluate(step)
+                step_started = time.perf_counter()
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step != last:
+                self._save(step)
+                saved_step = step
+                step_started = time.perf_counter()
+        if last == cfg.train.steps or cfg.train.eval_every == 0:
+            self._evaluate(last)
+        if saved_step != last:
+            self._save(last)
+        self.checkpoints.wait()
+        if self.metrics is not None:
+            self.metrics.event("end", step=last, skipped_total=self.progress.skipped_total,
+                               spikes_total=self.progress.spikes_total, rollbacks=self.progress.rollbacks)
+        return 0
+
+    # ---------------------------------------------------------------- step
+    def _train_step(self, step: int, recent_losses: list[float]) -> dict[str, Any]:
+        cfg = self.cfg
+        lr = learning_rate(step, cfg.train)
+        set_learning_rate(self.optimizer, lr)
+        self.backend.reset_peak_memory()
+        batch = next(self.loader)
+        if self.sample_log is not None:
+            self.sample_log.write(json.dumps({"step": step, "dp_rank": self.parallel.dp_rank,
+                                              "sample_ids": batch.sample_ids.tolist(),
+                                              "consumed_samples": batch.consumed_samples}) + "\n")
+        inputs = batch.inputs.to(self.device, non_blocking=True)
+        targets = batch.targets.to(self.device, non_blocking=True)
+        mbs = self.layout.mbs
+        micro = [(inputs[i:i + mbs], targets[i:i + mbs]) for i in range(0, inputs.shape[0], mbs)]
+        loss_scale = 1.0
+        if cfg.debug.nan_at_step == step and not self._nan_injected:
+            loss_scale, self._nan_injected = float("nan"), True
+        if cfg.debug.spike_at_step == step and not self._spike_injected:
+            loss_scale, self._spike_injected = SPIKE_INJECTION, True
+        # Each MoE layer injects its aux/z-loss gradient once per micro-batch: average them.
+        for layer in self._moe:
+            layer.aux_loss_scale = 1.0 / len(micro)
+        stats = self._new_moe_stats()
+        loss = self.parallel.forward_backward(micro, loss_scale=loss_scale,
+                                              after_micro_batch=lambda: self._add_moe_stats(stats))
+        # The debug scale shows in the reported loss too, as a real bad batch would.
+        loss = loss * loss_scale
+        grad_norm = self.parallel.clip_grad_norm_(cfg.train.clip)
+        reduced = self._reduce_step_values(loss, stats)
+        loss_value = reduced["loss"]
+        finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
+        spike = False
+        if finite and cfg.train.loss_spike_factor and len(recent_losses) >= cfg.train.loss_spike_window:
+            mean = sum(recent_losses[-cfg.train.loss_spike_window:]) / cfg.train.loss_spike_window
+            spike = loss_value > cfg.train.loss_spike_factor * mean
+        record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
+        if spike:
+            self.progress.spikes_total += 1
+            if cfg.train.loss_spike_rollback and self._has_checkpoint():
+                self.optimizer.zero_grad(set_to_none=True)
+                return {**record, "rollback": True}
+        skipped = not finite and cfg.train.skip_nonfinite
+        if skipped:
+            self.progress.skipped_total += 1
+        else:
+            self.optimizer.step()
+            recent_losses.append(loss_value)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.step = step
+        self.progress.tokens_seen += cfg.train.global_batch * cfg.train.seq_len
+        record.update({
+            "mem_gib": reduced["mem_bytes"] / 2**30,
+            "aux_loss": reduced.get("aux_loss"), "z_loss": reduced.get("z_loss"),
+            "expert_load": reduced.get("expert_load"), "dropped_fraction": reduced.get("dropped_fraction"),
+            "skipped": int(skipped), "skipped_total": self.progress.skipped_total, "spike": int(spike),
+            "consumed_samples": self.loader.consumed_samples,
+        })
+        return record
+
+    def _new_moe_stats(self) -> dict[str, Any]:
+        experts = self._moe[0].n_experts if self._moe else 0
+        return {"aux": 0.0, "z": 0.0, "forwards": 0, "dropped": 0.0, "counts": torch.zeros(experts, dtype=torch.float64)}
+
+    def _add_moe_stats(self, stats: dict[str, Any]) -> None:
+        for layer in self._moe:
+            if layer.aux_loss is None:
+                continue
+            stats["aux"] += float(layer.aux_loss)
+            stats["z"] += float(layer.z_loss)
+            stats["forwards"] += 1
+            stats["dropped"] += float(layer.dropped_tokens)
+            stats["counts"] += layer.tokens_per_expert.detach().to("cpu", torch.float64)
+            layer.aux_loss = None
+
+    def _reduce_step_values(self, loss: torch.Tensor, stats: dict[str, Any]) -> dict[str, Any]:
+        """One SUM all-reduce of [loss, aux, z, forwards, dropped, counts...] and one MAX of memory.
+
+        Every rank adds its own loss (ranks of one tensor-parallel group add equal values), so the
+        mean is over ranks; MoE figures are summed over every layer forward on every rank.
+        """
+        packed = torch.cat([torch.tensor([float(loss), stats["aux"], stats["z"], stats["forwards"], stats["dropped"]],
+                                         dtype=torch.float64), stats["counts"]])
+        memory = torch.tensor([float(self.backend.max_memory_allocated())], dtype=torch.float64)
+        if self.device.type != "cpu":
+            packed, memory = packed.to(self.device), memory.to(self.device)
+        dist.all_reduce(packed)
+        dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+        packed = packed.cpu()
+        out: dict[str, Any] = {"loss": float(packed[0]) / self.world, "mem_bytes": float(memory[0])}
+        forwards = float(packed[3])
+        if forwards:
+            counts = packed[5:]
+            routed = float(counts.sum())
+            out.update(aux_loss=float(packed[1]) / forwards, z_loss=float(packed[2]) / forwards,
+                       expert_load=[round(float(c) / routed, 6) for c in counts],
+                       dropped_fraction=float(packed[4]) / routed if routed else 0.0)
+        return out
+
+    def _has_checkpoint(self) -> bool:
+        self.checkpoints.wait()
+        return (self.run_dir / CHECKPOINT_DIR / "latest").is_file()
+
+    def _rollback(self, step: int, record: dict[str, Any]) -> int:
+        """Reload weights, optimizer and counters of the last checkpoint but keep the data position,
+        so the batches that led to the spike are not replayed."""
+        self.progress.rollbacks += 1
+        rollbacks = self.progress.rollbacks
+        if rollbacks > self.cfg.train.max_rollbacks:
+            raise RollbackLimit(f"the loss spiked at step {step} after {rollbacks - 1} rollbacks "
+                                f"(train.max_rollbacks={self.cfg.train.max_rollbacks}); stopping")
+        consumed = self.loader.consumed_samples
+        spikes = self.progress.spikes_total
+        state = {k: v for k, v in self.app_state.items() if k != "data"}
+        restored = self.checkpoints.load_latest(state)
+        self.progress.rollbacks, self.progress.spikes_total = rollbacks, spikes
+        if self.metrics is not None:
+            self.metrics.event("rollback", step=step, to_step=restored, loss=record["loss"],
+                               consumed_samples=consumed)
+            self.metrics.note(f"loss spike at step {step} ({record['loss']:.4f}): rolled back to step {restored}, "
+                              f"data continues after the spike")
+        return restored
+
+    # ----------------------------------------------------------- eval/save
+    def _evaluate(self, step: int) -> None:
+        cfg = self.cfg
+        for part in self.parallel.model_parts:
+            part.eval()
+        total = torch.zeros(2, dtype=torch.float64)
+        batches = validation_batches(self.val_samples, cfg.train.global_batch, self.parallel.dp_rank,
+                                     self.parallel.dp_size, max_batches=cfg.train.eval_batches)
+        started = time.perf_counter()
+        for batch in batches:
+            loss_sum, count = self.parallel.eval_loss(batch.inputs.to(self.device), batch.targets.to(self.device))
+            total += torch.tensor([float(loss_sum), float(count)], dtype=torch.float64)
+        for part in self.parallel.model_parts:
+            part.train()
+        if self.device.type != "cpu":
+            total = total.to(self.device)
+        dist.all_reduce(total)
+        loss = float(total[0] / total[1])
+        if self.metrics is not None:
+            self.metrics.eval({"step": step, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
+                               "tokens": int(total[1]) // self._loss_copies(), "eval_time_s": time.perf_counter() - started,
+                               "time": time.time()})
+
+    def _loss_copies(self) -> int:
+        """Ranks that evaluate the same tokens (tensor/context-parallel and pipeline groups)."""
+        return self.world // self.parallel.dp_size
+
+    def _save(self, step: int) -> None:
+        extra = {"config": self.cfg.to_dict(), "layout": self.layout.to_dict(),
+                 "consumed_samples": self.loader.consumed_samples, "dataset": str(self.dataset_dir)}
+        started = time.perf_counter()
+        self.checkpoints.save(step, self.app_state, _json_clean(extra))
+        if self.metrics is not None:
+            self.metrics.event("checkpoint", step=step, blocking_s=time.perf_counter() - started,
+                               path=str(self.run_dir / CHECKPOINT_DIR))
+
+
+def _json_clean(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+
+
+__all__ = ["RollbackLimit", "TrainProgress", "Trainer"]
