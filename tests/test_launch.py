@@ -61,8 +61,9 @@ LAUNCH_VARS = (
 
 
 def clean_env(**extra: str) -> dict:
+    """This environment without launcher variables, on the CPU family (gloo) even on a GPU machine."""
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("TORCHELASTIC")}
-    env.update(extra)
+    env.update({"ALPHAEXA_BACKEND": "cpu", **extra})
     return env
 
 
@@ -270,6 +271,7 @@ def test_single_process_init_distributed_without_launcher(monkeypatch):
 
     for var in LAUNCH_VARS:
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ALPHAEXA_BACKEND", "cpu")
     info = init_distributed(timeout_s=30)
     try:
         assert (info.launch.launcher, info.rank, info.world_size, info.dist_backend) == ("none", 0, 1, "gloo")
