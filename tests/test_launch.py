@@ -285,6 +285,16 @@ def test_single_process_init_distributed_without_launcher(monkeypatch):
     assert not dist.is_initialized()
 
 
+def test_mpi_launch_without_address_or_mpi4py_is_a_clear_error(monkeypatch):
+    from backends.launch import mpi_bootstrap
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # makes `import mpi4py` raise ImportError
+    with pytest.raises(
+        BackendError, match=r"^launched by hydra without MASTER_ADDR, and mpi4py is not importable"
+    ):
+        mpi_bootstrap(LaunchEnv("hydra", 0, 0, 2, 2, None, None, 1))
+
+
 # --- real multi-process runs ----------------------------------------------------------------------
 
 
