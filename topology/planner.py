@@ -57,6 +57,7 @@ from .presets import resolve_model
 PIN_KEYS = (*INT_FIELDS, *CHOICE_FIELDS, "dp")
 INTERLEAVE_CHOICES = (2, 3, 4, 6, 8)
 MIN_TOKENS_PER_CP_RANK = 1024
+EXPLAIN_ALTERNATIVES = 8  # runners-up listed by --explain, closest first
 
 
 # ------------------------------------------------------------------ results
@@ -182,7 +183,8 @@ class PlanResult:
             binds.append(f"recomputation ({100 * br['recompute_s'] / step:.0f}% of the step) buys the memory")
         lines.append("What binds: " + ("; ".join(binds) if binds else "compute (little bubble, communication "
                                                                          "hidden, memory to spare)"))
-        for what, alt in self.runners_up.items():
+        closest = sorted(self.runners_up.items(), key=lambda kv: kv[1].step_time_s)[:EXPLAIN_ALTERNATIVES]
+        for what, alt in closest:
             gap = alt.step_time_s / step - 1
             lines.append(f"Best with {what}: {alt.layout.short()}  {alt.step_time_s:.3f} s/step "
                          f"({100 * gap:+.1f}%)")
@@ -419,6 +421,15 @@ def _note_alternatives(alts: dict, step: float, args: tuple) -> None:
 
 
 # ----------------------------------------------------------------- the API
+def resolve_system(name_or_path: str) -> System:
+    """A preset, a YAML/JSON file, or "auto" (discover the node this runs on)."""
+    if name_or_path == "auto":
+        from .discovery import auto_system
+
+        return auto_system()
+    return load_system(name_or_path)
+
+
 def _check_request(model: ModelConfig, system: System, nodes: int, global_batch: int, seq_len: int) -> None:
     if nodes < 1:
         raise ConfigError(f"nodes={nodes}: must be >= 1")
@@ -438,7 +449,7 @@ def plan(model: ModelConfig | str, system: System | str, nodes: int, global_batc
     if isinstance(model, str):
         model = resolve_model(model)
     if isinstance(system, str):
-        system = load_system(system)
+        system = resolve_system(system)
     _check_request(model, system, nodes, global_batch, seq_len)
     if top < 1:
         raise ConfigError(f"top={top}: must be >= 1")
@@ -477,11 +488,13 @@ def _label_matches(label: str, lay: Layout) -> bool:
 
 def _explain_empty(req: Request, pins: dict[str, Any]) -> None:
     """No layout passes the divisibility rules: report the first rule the pins (or the request) break."""
-    layout_pins = {k: v for k, v in pins.items() if k != "dp"}
-    if "dp" in pins and "dp_replicate" not in pins and "dp_shard" not in pins:
-        layout_pins["dp_replicate" if pins.get("sharding") == "none" else "dp_shard"] = pins["dp"]
-    probe = Layout.from_dict(layout_pins, where="pins")
-    probe.validate(world=req.world, model=req.model, global_batch=req.global_batch, seq_len=req.seq_len)
+    if pins:
+        layout_pins = {k: v for k, v in pins.items() if k != "dp"}
+        if "dp" in pins and "dp_replicate" not in pins and "dp_shard" not in pins:
+            layout_pins["dp_replicate" if pins.get("sharding") == "none" else "dp_shard"] = pins["dp"]
+        probe = Layout.from_dict(layout_pins, where="pins")
+        probe.validate(model=req.model, seq_len=req.seq_len)  # the model's rules read best, so they come first
+        probe.validate(world=req.world, model=req.model, global_batch=req.global_batch, seq_len=req.seq_len)
     raise ConfigError(
         f"no layout of {req.world} ranks ({req.nodes} x {req.system.ranks_per_node}) satisfies the divisibility "
         f"rules for global_batch={req.global_batch}, seq_len={req.seq_len}"
@@ -513,7 +526,9 @@ def _advice(req: Request, pins: dict[str, Any], nearest: Estimate | None) -> lis
         lines.append(f"It fits without pinning {freed} (try --recompute full --sharding zero3 --mbs 1).")
     if req.system.max_nodes > req.nodes:
         n = req.nodes * 2
-        while n <= req.system.max_nodes:
+        # beyond this many ranks every layout has dp*mbs > global_batch: nothing valid to find
+        useful = req.system.ranks_per_node * 16 * req.model.n_layers * req.global_batch
+        while n <= req.system.max_nodes and n * req.system.ranks_per_node <= useful:
             bigger = Request(req.model, req.system, n, req.global_batch, req.seq_len)
             if _min_memory(bigger, pins) == 0.0:
                 lines.append(f"It fits on {n} nodes ({n * req.system.ranks_per_node} devices) with the same "
@@ -521,6 +536,6 @@ def _advice(req: Request, pins: dict[str, Any], nearest: Estimate | None) -> lis
                 break
             n *= 2
         else:
-            lines.append(f"No node count up to {req.system.max_nodes} fits with these pins and global batch "
-                         f"{req.global_batch}; a larger global batch allows more data/pipeline ranks.")
+            lines.append(f"No node count up to {min(n // 2, req.system.max_nodes)} fits with these pins and global "
+                         f"batch {req.global_batch}; a larger global batch allows more data/pipeline ranks.")
     return lines

@@ -1,0 +1,248 @@
+"""Cost model: the published closed forms on hand-checked numbers, and the composed estimate."""
+import math
+
+import pytest
+
+from topology import costmodel as cm
+from topology.hardware import GIB, load_system
+from topology.layout import Layout
+from topology.modelcfg import ModelConfig, flops_per_token
+from topology.presets import get_preset
+
+GB = 1e9
+
+
+# ------------------------------------------------------------------- ZeRO
+def zero_total_gb(n_params: float, sharding: str, dp: int) -> float:
+    per = cm.zero_bytes_per_param(sharding, dp)
+    return n_params * sum(per.values()) / GB
+
+
+def test_zero_paper_figure1_example():
+    # Rajbhandari et al. 2020, Fig. 1: 7.5B parameters, N_d = 64, K = 12.
+    psi, nd = 7.5e9, 64
+    assert zero_total_gb(psi, "none", nd) == pytest.approx(120.0)  # (2 + 2 + 12) * psi
+    assert zero_total_gb(psi, "zero1", nd) == pytest.approx(31.40625)  # 4 psi + 12 psi / N_d
+    assert zero_total_gb(psi, "zero2", nd) == pytest.approx(16.640625)  # 2 psi + 14 psi / N_d
+    assert zero_total_gb(psi, "zero3", nd) == pytest.approx(1.875)  # 16 psi / N_d
+
+
+def test_zero_stages_shard_only_their_states():
+    assert cm.zero_bytes_per_param("none", 8) == {"params": 2, "grads": 2, "optimizer": 12}
+    assert cm.zero_bytes_per_param("zero1", 8) == {"params": 2, "grads": 2, "optimizer": 1.5}
+    assert cm.zero_bytes_per_param("zero2", 8) == {"params": 2, "grads": 0.25, "optimizer": 1.5}
+    assert cm.zero_bytes_per_param("zero3", 8) == {"params": 0.25, "grads": 0.25, "optimizer": 1.5}
+
+
+# ------------------------------------------------------- Korthikanti et al.
+S, B, H, A = 2048, 1, 12288, 96  # GPT-3 175B layer shapes
+SBH = S * B * H  # 25,165,824
+
+
+@pytest.mark.parametrize("t, sp, recompute, expected", [
+    (1, False, "none", SBH * 114),  # 34 + 5as/h = 34 + 80
+    (8, False, "none", SBH * 23),  # 10 + 24/8 + 80/8
+    (8, True, "none", SBH * 14.25),  # 34/8 + 80/8
+    (8, True, "selective", SBH * 4.25),  # 34/8
+    (8, False, "selective", SBH * 13),  # 10 + 24/8
+    (1, False, "full", SBH * 2),  # the layer input
+    (8, True, "full", SBH * 2 / 8),
+])
+def test_korthikanti_closed_forms(t, sp, recompute, expected):
+    got = cm.korthikanti_layer_activation_bytes(S, B, H, A, t, sequence_parallel=sp, recompute=recompute)
+    assert got == pytest.approx(expected)
+
+
+def gpt_layer(h=1024, a=16) -> ModelConfig:
+    return ModelConfig(name="gpt", n_layers=2, d_model=h, n_heads=a, d_ff=4 * h, ffn_type="gelu",
+                       vocab_size=50304, max_seq_len=4096, norm="layernorm")
+
+
+@pytest.mark.parametrize("t", [1, 2, 4, 8])
+@pytest.mark.parametrize("sp", [False, True])
+@pytest.mark.parametrize("recompute", ["none", "selective", "full"])
+def test_general_layer_bookkeeping_reduces_to_the_paper_on_a_gpt_layer(t, sp, recompute):
+    cfg = gpt_layer()
+    s, b = 2048, 2
+    got = cm.layer_activation_bytes(cfg, False, s, b, t=t, recompute=recompute, sequence_parallel=sp,
+                                    fused_attention=False, dropout=True)
+    want = cm.korthikanti_layer_activation_bytes(s, b, cfg.d_model, cfg.n_heads, t, sp, recompute)
+    assert got == pytest.approx(want)
+
+
+def test_fused_attention_keeps_only_the_log_sum_exp_instead_of_scores():
+    cfg = gpt_layer()
+    s, b = 4096, 1
+    fused = cm.layer_activation_bytes(cfg, False, s, b, fused_attention=True, dropout=True)
+    assert fused == pytest.approx(34 * s * b * cfg.d_model + 4 * b * cfg.n_heads * s)
+
+
+def test_swiglu_gqa_and_moe_terms():
+    cfg = get_preset("debug")  # swiglu, d=64, 4 heads, 2 kv heads, d_ff 128, 4 experts top-2
+    s, b, h, f = 128, 1, 64, 128
+    dense = cm.layer_activation_bytes(cfg, False, s, b)
+    # norms 4sbh + qkv input 2sbh + Q,out 2*(2sb*64) + K,V 2*(2sb*32) + lse 4*b*a*s + ffn input 2sbh + swiglu 8sbf
+    want = 4 * s * h + 2 * s * h + 2 * (2 * s * 64) + 2 * (2 * s * 32) + 4 * 4 * s + 2 * s * h + 8 * s * f
+    assert dense == pytest.approx(want)
+    moe = cm.layer_activation_bytes(cfg, True, s, b)
+    routed = s * 2  # top-2, dropless
+    ffn_moe = 4 * s * h + 2 * s * h + 2 * (2 * s * 64) + 2 * (2 * s * 32) + 4 * 4 * s + 2 * s * h
+    ffn_moe += 4 * s * 4 + 2 * routed * h * 2 + 8 * routed * cfg.moe_d_ff
+    assert moe == pytest.approx(ffn_moe)
+
+
+# -------------------------------------------------------------- collectives
+def test_ring_all_reduce_on_one_link_class():
+    polaris = load_system("polaris")
+    path = cm.comm_path(polaris, 4, 1)
+    assert path.link_class == "NVLink3" and path.nodes == 1
+    nbytes = 2**30
+    bw = 300e9 * 0.78
+    want = 2 * 3 / 4 * nbytes / bw + 2 * 2 * 3e-6  # 2(n-1)/n B/bw + 2 log2(n) latency
+    assert cm.collective_seconds("all_reduce", nbytes, path) == pytest.approx(want)
+    assert cm.collective_seconds("reduce_scatter", nbytes, path) == pytest.approx(3 / 4 * nbytes / bw + 2 * 3e-6)
+    assert cm.collective_seconds("all_gather", nbytes, path) == cm.collective_seconds("reduce_scatter", nbytes, path)
+    assert cm.collective_seconds("all_reduce", nbytes, cm.comm_path(polaris, 1, 1)) == 0.0
+
+
+@pytest.mark.parametrize("size, stride, link, k, nodes", [
+    (2, 1, "MDFI", 2, 1),  # two tiles of one GPU
+    (4, 1, "XeLink", 4, 1),
+    (6, 2, "XeLink", 6, 1),
+    (2, 12, "Slingshot-11", 1, 2),  # one rank per node
+    (24, 1, "XeLink+Slingshot-11", 12, 2),  # hierarchical
+    (6, 4, "XeLink+Slingshot-11", 3, 2),  # 3 per node on 2 nodes
+    (8, 4, "Slingshot-11 (misaligned)", 1, 8),  # spans 32 ranks: not whole nodes
+    (8, 1, "Slingshot-11 (misaligned)", 1, 8),  # 8 does not divide 12 ranks per node
+])
+def test_comm_path_link_classes_on_aurora(size, stride, link, k, nodes):
+    aurora = load_system("aurora")
+    path = cm.comm_path(aurora, size, stride)
+    assert (path.link_class, path.k, path.nodes) == (link, k, nodes)
+
+
+def test_inter_node_bandwidth_is_the_nics_shared_by_the_ranks_of_a_node():
+    aurora = load_system("aurora")
+    path = cm.comm_path(aurora, 4, 12)
+    assert path.inter_gbps == pytest.approx(8 * 25 * 0.85 / 12)
+    nbytes = 1e9
+    want = 3 / 4 * nbytes / (path.inter_gbps * 1e9) + 2 * 8e-6
+    assert cm.collective_seconds("all_gather", nbytes, path) == pytest.approx(want)
+
+
+def test_hierarchical_all_reduce_is_intra_reduce_scatter_inter_all_reduce_intra_all_gather():
+    aurora = load_system("aurora")
+    path = cm.comm_path(aurora, 24, 1)
+    nbytes = 1e9
+    intra = 106e9 * 0.60
+    inter = 8 * 25e9 * 0.85 / 12
+    rs_intra = 11 / 12 * nbytes / intra + 4 * 5e-6
+    ar_inter = 2 * 1 / 2 * (nbytes / 12) / inter + 2 * 1 * 8e-6
+    assert cm.collective_seconds("all_reduce", nbytes, path) == pytest.approx(2 * rs_intra + ar_inter)
+
+
+def test_all_to_all_splits_traffic_between_node_link_and_nics():
+    aurora = load_system("aurora")
+    path = cm.comm_path(aurora, 24, 1)  # 12 per node, 2 nodes
+    nbytes = 1.2e9
+    t_intra = nbytes * 11 / 24 / (106e9 * 0.6)
+    t_inter = nbytes * 12 / 24 / (8 * 25e9 * 0.85 / 12)
+    want = max(t_intra, t_inter) + (5e-6 + 8e-6 * 1)
+    assert cm.collective_seconds("all_to_all", nbytes, path) == pytest.approx(want)
+
+
+# -------------------------------------------------------------- pipeline
+def test_pipeline_bubble_per_schedule():
+    tf, tb = 1.0, 2.0
+    assert cm.bubble_seconds("1f1b", 8, 1, tf, tb) == pytest.approx(7 * 3)
+    assert cm.bubble_seconds("gpipe", 8, 1, tf, tb) == pytest.approx(7 * 3)
+    assert cm.bubble_seconds("interleaved1f1b", 8, 4, tf, tb) == pytest.approx(7 * 3 / 4)
+    zbv = cm.bubble_seconds("zbv", 8, 2, tf, tb)  # F=0.5, B=W=0.5: F+B-2W = 0 -> floor 10% of a chunk
+    assert zbv == pytest.approx(7 * 0.1 * 1.5)
+    assert cm.bubble_seconds("1f1b", 1, 1, tf, tb) == 0.0
+
+
+def test_in_flight_micro_batches_per_schedule():
+    assert cm.inflight("1f1b", 8, 1, 32, 0) == 8  # stage 0 holds pp
+    assert cm.inflight("1f1b", 8, 1, 32, 7) == 1
+    assert cm.inflight("1f1b", 8, 1, 4, 0) == 4  # never more than m
+    assert cm.inflight("gpipe", 8, 1, 32, 3) == 32
+    assert cm.inflight("interleaved1f1b", 8, 2, 32, 0) == pytest.approx(8 * (1 + 7 / 16))  # Korthikanti 4.2
+    assert cm.inflight("zbv", 8, 2, 32, 5) == 8
+    assert cm.inflight("1f1b", 1, 1, 32, 0) == 1
+
+
+def test_stage_profiles_place_layers_embedding_and_head():
+    model = get_preset("alphaexa-250b")  # 42 layers, MoE every 6th
+    profs = cm.stage_profiles(model, 4, 1, "1f1b")
+    by_rank = {p.rank: p for p in profs}
+    assert by_rank[0].embed and not by_rank[0].head
+    assert any(p.head and p.rank == 3 for p in profs)
+    zbv = cm.stage_profiles(model, 4, 2, "zbv")  # V shape: rank 0 runs the first and the last chunk
+    assert any(p.rank == 0 and p.embed and p.head for p in zbv)
+    inter = cm.stage_profiles(model, 3, 2, "interleaved1f1b")  # 6 chunks of 7 layers
+    assert {(p.n_dense + p.n_moe) for p in inter} == {14}
+    one_layer_each = cm.stage_profiles(model, 42, 1, "1f1b")  # distinct ranks only, lowest rank of each
+    assert {(p.n_dense, p.n_moe) for p in one_layer_each} == {(1, 0), (0, 1)}
+    assert min(p.rank for p in one_layer_each if p.n_moe) == 5  # block 6 is the first MoE block
+
+
+# ------------------------------------------------------------------ GEMMs
+def test_gemm_time_is_compute_bound_when_large_and_wave_quantised():
+    dev = load_system("h100-x1").node.device
+    n = 8192
+    t = cm.gemm_seconds(dev, n, n, n)
+    ideal = 2 * n**3 / (dev.bf16_tflops * 1e12 * dev.gemm_efficiency)
+    tiles = (n // 128) ** 2
+    util = tiles / (math.ceil(tiles / dev.compute_units) * dev.compute_units)
+    assert t == pytest.approx(ideal / util + dev.launch_us * 1e-6)
+    # one tile more than the device has units takes two waves: almost twice the time per FLOP
+    assert dev.compute_units == 12 * 11
+    one_wave = cm.gemm_seconds(dev, 128 * 12, 128 * 11, 8192)
+    two_waves = cm.gemm_seconds(dev, 128 * 12, 128 * 11 + 1, 8192)
+    launch = dev.launch_us * 1e-6
+    assert (two_waves - launch) / (one_wave - launch) == pytest.approx(264 / 144 * (128 * 11 + 1) / (128 * 11))
+    # a skinny GEMM is memory bound
+    skinny = cm.gemm_seconds(dev, 1, n, n)
+    assert skinny == pytest.approx(2 * (n + n * n + n) / (dev.memory_gbps * 1e9) + dev.launch_us * 1e-6)
+
+
+# ---------------------------------------------------------------- estimate
+def test_estimate_adds_up():
+    req = cm.Request(get_preset("1b-moe"), load_system("dgx-h100"), 2, 64, 2048)
+    est = cm.estimate(req, Layout(tp=2, pp=2, ep=4, mbs=2, schedule="1f1b", sharding="zero1"))
+    parts = {k: v for k, v in est.breakdown.items() if k != "dp_comm_total_s"}
+    assert sum(parts.values()) == pytest.approx(est.step_time_s)
+    mem = est.memory
+    assert mem["params"] + mem["grads"] + mem["optimizer"] + mem["activations"] + mem["overhead"] == \
+        pytest.approx(mem["total"])
+    assert mem["capacity"] == 80
+    flops = flops_per_token(req.model, 2048)["total"] * 64 * 2048
+    assert est.model_tflops_per_device == pytest.approx(flops / est.step_time_s / 16 / 1e12)
+    assert est.mfu == pytest.approx(est.model_tflops_per_device / 989.4)
+    assert est.tokens_per_s == pytest.approx(64 * 2048 / est.step_time_s)
+    assert est.layout.dp_shard == 4 and est.microbatches == 8
+
+
+def test_memory_terms_follow_sharding_and_recomputation():
+    req = cm.Request(get_preset("7b"), load_system("h100-x8"), 1, 32, 4096)
+    base = {"tp": 1, "pp": 1, "mbs": 1}
+    none = cm.estimate(req, Layout(**base, sharding="zero1", dp_shard=8, recompute="none"))
+    full = cm.estimate(req, Layout(**base, sharding="zero1", dp_shard=8, recompute="full"))
+    z3 = cm.estimate(req, Layout(**base, sharding="zero3", dp_shard=8, recompute="none"))
+    n_params = none.memory["params"] * GIB / 2
+    assert none.memory["grads"] == pytest.approx(none.memory["params"])  # bf16 both
+    assert none.memory["optimizer"] == pytest.approx(12 * n_params / 8 / GIB)
+    assert full.memory["activations"] < none.memory["activations"] / 5
+    assert full.step_time_s > none.step_time_s  # recomputation costs a forward
+    assert z3.memory["optimizer"] == pytest.approx(none.memory["optimizer"])
+    assert z3.memory["params"] < none.memory["params"] / 3
+    assert z3.memory["total"] < none.memory["total"]
+
+
+def test_estimate_validates_the_layout():
+    req = cm.Request(get_preset("7b"), load_system("h100-x8"), 1, 32, 4096)
+    with pytest.raises(ValueError, match=r"world size 8 is not divisible by pp\*dp_replicate\*cp\*tp = 3"):
+        cm.estimate(req, Layout(tp=3))
+    with pytest.raises(ValueError, match="tp=8 does not divide n_heads=32|does not divide"):
+        cm.estimate(cm.Request(get_preset("debug"), load_system("h100-x8"), 1, 8, 128), Layout(tp=8))
