@@ -14,7 +14,8 @@ Subcommands (errors: one line "<prog>: error: ..." on stderr, exit status 2):
   nodes     the number of nodes the plan needs (for qsub's select=)
   plan-args the `alphaexa plan` arguments taken from a training config
 
-Runs on a login node with any python3 >= 3.11 (tomllib): no torch, no alphaexa import.
+Runs on a login node with any python3 >= 3.10: no torch, no alphaexa import (reading a TOML
+config for plan-args needs tomllib, Python >= 3.11).
 """
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ import json
 import re
 import shlex
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -213,15 +213,20 @@ def cmd_plan_args(args: argparse.Namespace) -> None:
     Flags win, then --set overrides, then the config file; a value found nowhere is
     an error rather than a silent default that might differ from the trainer's.
     """
-    try:
-        config = tomllib.loads(Path(args.config).read_text()) if args.config.endswith(".toml") else None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise PlanError(f"cannot read config {args.config}: {e}") from None
-    if config is None:
-        config = {}
-        if not (args.model and args.global_batch and args.seq_len):
+    config: dict[str, Any] = {}
+    if not (args.model and args.global_batch and args.seq_len):
+        try:
+            import tomllib
+        except ImportError:
+            raise PlanError(f"reading {args.config} needs Python >= 3.11 (tomllib): pass --model, --global-batch "
+                            "and --seq-len for the fresh plan, or --plan FILE") from None
+        if not args.config.endswith(".toml"):
             raise PlanError(f"config {args.config} is not TOML: pass --model, --global-batch and --seq-len "
                             "for the fresh plan, or pass --plan FILE")
+        try:
+            config = tomllib.loads(Path(args.config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise PlanError(f"cannot read config {args.config}: {e}") from None
     sets = _set_overrides(args.set or [])
 
     def pick(flag: str | None, key: str, section: str, field: str, what: str) -> str:
