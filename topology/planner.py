@@ -8,10 +8,12 @@ and returns the K fastest with their cost breakdown and placement.
 Search rules (what "every valid combination" means here):
 
 * tp divides the ranks of a node (a tensor-parallel group never leaves the
-  node's fastest link domain) and the model's heads, KV heads and FFN widths;
+  node's fastest link domain) and the model's heads, KV heads, FFN widths and
+  vocabulary (vocabulary-parallel embedding and loss);
 * cp is a power of two with at least 1024 tokens per rank and the sequence
   divisible by 2*cp (load-balanced causal ring attention);
-* pp divides what tp*cp leaves of the world and is at most n_layers;
+* pp divides what tp*cp leaves of the world and is at most n_layers (1 for a
+  model with tied embedding and LM head, which cannot sit on two stages);
   schedules: gpipe and 1f1b (vpp=1), interleaved1f1b (vpp 2, 3, 4, 6, 8) and
   zbv (vpp=2) whenever pp*vpp <= n_layers;
 * ep divides n_experts and dp_replicate*dp_shard*cp;
@@ -232,8 +234,10 @@ class _Space:
         def pinned(name: str, options: list) -> list:
             return [pins[name]] if name in pins else options
 
+        # tp also splits the vocabulary (vocabulary-parallel embedding and loss)
         divides_model = [t for t in _divisors(r) if model.n_heads % t == 0 and model.n_kv_heads % t == 0
-                         and model.d_ff % t == 0 and (not model.is_moe or model.moe_d_ff % t == 0)]
+                         and model.d_ff % t == 0 and (not model.is_moe or model.moe_d_ff % t == 0)
+                         and model.vocab_size % t == 0]
         self.tps = pinned("tp", divides_model)
         cps = [1] + [c for c in (2, 4, 8, 16) if req.seq_len // c >= MIN_TOKENS_PER_CP_RANK]
         self.cps = pinned("cp", [c for c in cps if req.seq_len % (2 * c) == 0 or c == 1])
@@ -248,7 +252,9 @@ class _Space:
         rest = self.world // (tp * cp)
         if self.world % (tp * cp):
             return []
-        options = [p for p in _divisors(rest) if p <= self.req.model.n_layers]
+        # a tied embedding/LM head cannot live on two pipeline stages
+        options = [p for p in _divisors(rest) if p <= self.req.model.n_layers
+                   and (p == 1 or not self.req.model.tie_embeddings)]
         if "pp" in self.pins:
             options = [p for p in options if p == self.pins["pp"]]
         if "dp" in self.pins:
