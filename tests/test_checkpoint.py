@@ -13,6 +13,9 @@ import logging
 import os
 import random
 import re
+import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -129,6 +132,37 @@ def test_rng_restore_reproduces_next_random_numbers(tmp_path):
         assert manager.load_latest({"rng": rng}) == 1
     got = (random.random(), np.random.rand(), torch.rand(4))
     assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+KILL_BEFORE_RENAME = """
+import os, signal, sys
+from alphaexa.checkpoint import CheckpointManager
+
+real_rename = os.rename
+def rename_or_die(src, dst):
+    if str(dst).endswith("step_000002"):  # data and manifest are written, the rename is next
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_rename(src, dst)
+
+with CheckpointManager(sys.argv[1]) as manager:
+    manager.save(1, {"counters": {"step": 1}})
+    os.rename = rename_or_die
+    manager.save(2, {"counters": {"step": 2}})
+"""
+
+
+@pytest.mark.multiproc
+def test_sigkill_just_before_the_rename_leaves_the_previous_checkpoint_in_use(tmp_path):
+    killed = subprocess.run([sys.executable, "-c", KILL_BEFORE_RENAME, str(tmp_path)], check=False, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    leftover = tmp_path / "step_000002.tmp"
+    assert (leftover / "manifest.json").is_file() and (tmp_path / "latest").read_text() == "step_000001\n"
+    counters = {"step": 0}
+    with CheckpointManager(tmp_path) as manager:
+        assert manager.load_latest({"counters": counters}) == 1
+        assert counters == {"step": 1}
+        manager.save(2, {"counters": {"step": 2}})
+    assert not leftover.exists() and read_manifest(tmp_path / "step_000002")["step"] == 2
 
 
 def test_keep_last_n_and_latest_pointer(tmp_path):
@@ -473,3 +507,34 @@ def test_pipeline_chunks_on_two_ranks_load_into_one_whole_model(multirank_run):
                 assert torch.equal(param, chunk_sd[f"layers.{layer}.{p_name}"])
                 for name in ("exp_avg", "exp_avg_sq", "step"):
                     assert torch.equal(optim.state[param][name], optim_sd["state"][index][name])
+
+
+def _process_mode_saves(rank: int, world: int, tmp: str) -> None:
+    tmp = Path(tmp)
+    _init(rank, world, tmp / "store")
+    model, optim, sched = _fsdp_training(SEED)
+    train_steps(model, optim, sched, 1, start=rank)
+    app = {"model": ModelOptimizerState(model, optim), "scheduler": sched}
+    reference = _full_state(model, optim)
+    with CheckpointManager(tmp / "sync") as manager:
+        manager.save(1, app)
+    with CheckpointManager(tmp / "process", async_save=True, async_mode="process") as manager:
+        for step in (1, 2):  # the second save reuses the writer process and the shared staging buffers
+            manager.save(step, app)
+            train_steps(model, optim, sched, 1, start=10 + step)
+    fresh, fresh_optim, fresh_sched = _fsdp_training(SEED + 5)
+    with CheckpointManager(tmp / "process") as manager:
+        manager.load(1, {"model": ModelOptimizerState(fresh, fresh_optim), "scheduler": fresh_sched})
+    _assert_same_state(_full_state(fresh, fresh_optim), reference)
+    if rank == 0:
+        sync, proc = (read_manifest(tmp / d / "step_000001") for d in ("sync", "process"))
+        assert {n: e for n, e in sync["files"].items() if n != ".metadata"} == \
+               {n: e for n, e in proc["files"].items() if n != ".metadata"}
+        assert proc["save"]["mode"] == "async-process"
+    dist.destroy_process_group()
+
+
+@pytest.mark.multiproc
+@pytest.mark.exhaustive
+def test_process_based_async_save_matches_sync(tmp_path):
+    _spawn(_process_mode_saves, 2, tmp_path)

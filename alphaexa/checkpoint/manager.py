@@ -133,6 +133,9 @@ class CheckpointManager:
             model_config = ModelConfig.from_dict(dict(model_config))
         self.model_config = model_config
         self._distributed = dist.is_available() and dist.is_initialized()
+        if async_save and async_mode == "process" and not self._distributed:
+            raise ValueError("async_mode='process' needs an initialised torch.distributed process group "
+                             "(its writer process joins one); use async_mode='thread'")
         if self._distributed:
             self.process_group = process_group or dist.new_group(backend="gloo")
             self.rank = dist.get_rank(self.process_group)
@@ -151,10 +154,6 @@ class CheckpointManager:
             use_async_staging=False, use_non_blocking_copy=False)) if async_save else None
 
     # ------------------------------------------------------------ collectives
-    def _barrier(self) -> None:
-        if self._distributed:
-            dist.barrier(group=self.process_group)
-
     def _all_gather(self, obj: Any) -> list[Any]:
         if not self._distributed:
             return [obj]
@@ -188,11 +187,17 @@ class CheckpointManager:
             raise ValueError(f"manifest_extra may not set {', '.join(clash)}: the manager writes them")
         json.dumps(extra)  # a TypeError now, not in the background after the data was written
         tmp = self.root / (step_dir_name(step) + TMP_SUFFIX)
+        prepare_error = None
         if self.rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            remove_leftovers(self.root)  # earlier saves are finished (waited), so these are from crashes
-            tmp.mkdir()
-        self._barrier()
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                remove_leftovers(self.root)  # earlier saves are finished (waited), so these are from crashes
+                tmp.mkdir()
+            except OSError as e:
+                prepare_error = f"cannot create {tmp}: {e.strerror or e}"
+        prepare_error = self._from_rank0(prepare_error)  # also keeps the others out until the directory exists
+        if prepare_error:
+            raise UserError(f"checkpoint step {step}: {prepare_error}")
         contents = {k: type(v).__name__ for k, v in app_state.items()}
         state = _state_dicts(app_state)
         writer = dcp.FileSystemWriter(tmp, single_file_per_rank=True, sync_files=True)
