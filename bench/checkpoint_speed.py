@@ -128,7 +128,9 @@ def main() -> None:
                 f"{manifest['save']['checksum_s']:>10.3f}{size / 1e9:>10.3f}{size / 1e9 / total:>8.2f}"
                 f"{timings[0]:>9.3f}{timings[1]:>16.3f}")
         manager.close()
-    dist.barrier()
+        dist.barrier()
+        if rank == 0:  # one mode's checkpoints at a time on disk (12 bytes per parameter each)
+            shutil.rmtree(directory, ignore_errors=True)
     if rank == 0:
         shutil.rmtree(work, ignore_errors=True)
     dist.destroy_process_group()
