@@ -1,0 +1,60 @@
+"""Gradient clipping by the global norm over every parallel dimension.
+
+Each gradient is a DTensor (FSDP/HSDP, tensor, expert shards) or, for a
+parameter no wrapper touched, a plain tensor replicated over the non-pipeline
+ranks.  Gradients are grouped by (mesh, placements); a group's norm is
+computed by DTensor (``get_total_norm`` then ``full_tensor``), which reduces
+shards and does not count replicas twice, so every rank of a pipeline stage
+gets the norm of all of that stage's gradients.  Squared stage norms are then
+summed over the pipeline ranks (each stage's parameters live on exactly one
+pipeline rank).  The result equals ``torch.nn.utils.clip_grad_norm_`` on the
+single-process model up to summation order.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+
+from .mesh import ParallelDims
+
+
+def _group_key(grad: Tensor) -> tuple:
+    if isinstance(grad, DTensor):
+        return (id(grad.device_mesh), tuple(grad.placements))
+    return ("local",)
+
+
+@torch.no_grad()
+def global_grad_norm(params: Iterable[torch.nn.Parameter], dims: ParallelDims) -> Tensor:
+    """The 2-norm of all gradients of the whole model (every stage, shard and expert), on every rank."""
+    groups: dict[tuple, list[Tensor]] = defaultdict(list)
+    for p in params:
+        if p.grad is not None:
+            groups[_group_key(p.grad)].append(p.grad)
+    squared = torch.zeros((), device=dims.device, dtype=torch.float32)
+    for grads in groups.values():
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        squared += norm.float().square()
+    if dims.layout.pp > 1:
+        dist.all_reduce(squared, group=dims.group("pp"))
+    return squared.sqrt()
+
+
+@torch.no_grad()
+def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, dims: ParallelDims) -> Tensor:
+    """Scale all gradients so that their global norm is at most ``max_norm``; returns the norm before."""
+    params = [p for p in params if p.grad is not None]
+    total = global_grad_norm(params, dims)
+    groups: dict[tuple, list[Tensor]] = defaultdict(list)
+    for p in params:
+        groups[_group_key(p.grad)].append(p)
+    for group in groups.values():
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    return total

@@ -1,0 +1,96 @@
+"""Data parallelism with FSDP2: ``fully_shard`` per block + root, HSDP, mixed precision, offload.
+
+What each ``sharding`` mode maps to (``dp_shard`` ranks share one copy; the
+``dp_replicate`` dimension always holds replicas, HSDP when both are > 1):
+
+=========  ===============================================================================
+zero3      ``fully_shard(reshard_after_forward=True)`` per block: parameters, gradients and
+           optimizer state sharded; parameters all-gathered again for backward.
+zero2      ``fully_shard(reshard_after_forward=False)``: parameters stay gathered from
+           forward to backward of a micro-batch; gradients reduce-scattered every
+           micro-batch, so gradients and optimizer state are sharded.
+zero1      as zero2, and during gradient accumulation the micro-batches before the last
+           neither reduce nor reshard (``set_requires_gradient_sync(False)``,
+           ``set_reshard_after_backward(False)``): full gradients accumulate locally and
+           are reduce-scattered once per step, so only the optimizer state (and the stored
+           parameters between steps) are sharded.
+none       FSDP2's ``replicate`` (``torch.distributed._composable.replicate_with_fsdp``) on
+           the data ranks: plain replication with gradients all-reduced once per step
+           (no sync on the micro-batches before the last), parameters are DTensors
+           ``Replicate()`` so checkpoints and clipping treat every mode alike.
+=========  ===============================================================================
+
+Under a pipeline schedule, ``torch.distributed.pipelining`` itself turns gradient
+sync off until the last micro-batch for every mode.
+
+Every chunk is wrapped even when the data dimension has size 1 (a size-1
+mesh): the ``MixedPrecisionPolicy`` then still gives bf16 compute with fp32
+master weights, and every parameter is a DTensor for DCP.
+
+Reductions SUM (``set_gradient_divide_factor(1)`` and, so that no backend needs
+PREMUL_SUM, ``set_force_sum_reduction_for_comms(True)``): the loss is normalised by
+the global token count instead (see ``train_step``), which keeps the gradient
+equal to the single-process one whatever the number of ranks.
+
+Experts sharded over ep/etp get their own ``fully_shard`` over the expert-data
+mesh ``edp`` (the only ranks holding the same experts): plain FSDP over all of
+it, no HSDP split, in every zero mode; ``replicate`` over it for none.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed._composable.replicate_with_fsdp import replicate
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+from alphaexa.model.transformer import Transformer
+
+from .mesh import ParallelDims
+
+
+def mixed_precision(compute_dtype: torch.dtype) -> MixedPrecisionPolicy:
+    """bf16/fp16 compute with fp32 gradient reduction; fp32 casts nothing."""
+    if compute_dtype == torch.float32:
+        return MixedPrecisionPolicy()
+    return MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+
+
+def apply_data_parallel(chunk: Transformer, dims: ParallelDims, *, compute_dtype: torch.dtype,
+                        cpu_offload: bool = False) -> None:
+    layout = dims.layout
+    policy = mixed_precision(compute_dtype)
+    offload: OffloadPolicy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    experts_apart = layout.ep > 1 or layout.tp > 1
+
+    def wrap(module: nn.Module, mesh_name: str, reshard: bool | None) -> None:
+        if layout.sharding == "none":
+            replicate(module, mesh=dims[mesh_name], mp_policy=policy, offload_policy=offload)
+        else:
+            fully_shard(module, mesh=dims[mesh_name], reshard_after_forward=reshard, mp_policy=policy,
+                        offload_policy=offload)
+
+    dense_mesh = "dp_cp" if layout.sharding == "none" else "fsdp"
+    reshard = layout.sharding == "zero3"
+    for block in chunk.layers.values():
+        if experts_apart and block.is_moe:
+            wrap(block.moe.experts, "edp", reshard)
+        wrap(block, dense_mesh, reshard)
+    # The root keeps what no block owns (embedding, final norm, head); None lets FSDP
+    # keep it gathered between forward and backward, since backward starts with it.
+    wrap(chunk, dense_mesh, None if reshard else False)
+    for module in chunk.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            # A plain SUM: dividing by 1 needs no PREMUL_SUM, which gloo and xccl lack.
+            module.set_force_sum_reduction_for_comms(True)
+    dims.backend.fsdp_quirks(chunk)
+
+
+def set_gradient_sync(chunks: list[nn.Module], last_microbatch: bool, sharding: str) -> None:
+    """Before each non-pipelined micro-batch: defer reduction for zero1 and none (see the table)."""
+    if sharding not in ("zero1", "none"):
+        return
+    for chunk in chunks:
+        if isinstance(chunk, FSDPModule):
+            chunk.set_requires_gradient_sync(last_microbatch)
+            chunk.set_reshard_after_backward(last_microbatch)

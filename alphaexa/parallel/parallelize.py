@@ -1,0 +1,126 @@
+"""``parallelize``: apply a layout to a model from the outside, in the order the pieces need.
+
+Per model chunk (the whole model, or each pipeline stage of this rank):
+tensor + sequence parallel -> expert parallel (experts become ep/etp DTensors)
+-> MoE statistics hook -> activation checkpointing -> torch.compile -> FSDP2.
+
+Pass a model with real weights (built and initialised as for one process:
+``alphaexa.model.build_model``) and every rank keeps exactly its slice of those
+weights, so a parallel run starts from the very model a single process would
+train.  Validate the layout first with ``check_layout`` (no process group is
+needed for that).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from alphaexa.model.transformer import Transformer
+from topology.layout import Layout
+from topology.modelcfg import ConfigError, ModelConfig
+
+from .data_parallel import apply_data_parallel
+from .expert_parallel import apply_expert_parallel, apply_moe_statistics
+from .mesh import ParallelDims
+from .pipeline import stage_ids_of_rank, stage_layer_counts, split_model
+from .recompute import apply_compile, apply_recompute
+from .tensor_parallel import apply_tensor_parallel
+
+
+def check_layout(layout: Layout, model: ModelConfig, device_type: str, *, compile: bool = False) -> None:
+    """Rules beyond ``topology.layout`` that depend on this implementation; raises ConfigError (one line).
+
+    Call after ``resolve_layout`` and before any process group exists.
+    """
+    if layout.cp > 1 and device_type == "cpu":
+        raise ConfigError(f"cp={layout.cp}: context parallelism needs an accelerator (its ring-attention "
+                          "kernels have no CPU implementation); use cp=1 on CPU")
+    if layout.cp > 1:
+        raise ConfigError(f"cp={layout.cp}: context parallelism is not implemented in this trainer yet; use cp=1")
+    if layout.pp > 1 and model.tie_embeddings:
+        raise ConfigError(f"pp={layout.pp} with tie_embeddings: the embedding (first stage) and the LM head "
+                          "(last stage) cannot share one weight across pipeline ranks")
+    if layout.tp > 1 and model.vocab_size % layout.tp:
+        raise ConfigError(f"tp={layout.tp} does not divide vocab_size={model.vocab_size} (vocabulary-parallel "
+                          "embedding and loss)")
+
+
+@dataclass
+class ParallelModel:
+    """This rank's share of a parallelized model: one chunk, or its pipeline stages."""
+
+    dims: ParallelDims
+    chunks: list[Transformer]
+    stage_ids: list[int]
+    n_stages: int
+    stage_layers: list[int] = field(default_factory=list)
+
+    @property
+    def layout(self) -> Layout:
+        return self.dims.layout
+
+    @property
+    def has_first_stage(self) -> bool:
+        return 0 in self.stage_ids
+
+    @property
+    def has_last_stage(self) -> bool:
+        return self.n_stages - 1 in self.stage_ids
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        seen: set[int] = set()
+        for chunk in self.chunks:
+            for param in chunk.parameters():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    yield param
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """Names as in the whole single-process model (stages keep the global layer names)."""
+        seen: set[int] = set()
+        for chunk in self.chunks:
+            for name, param in chunk.named_parameters():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    yield name, param
+
+    def train(self, mode: bool = True) -> ParallelModel:
+        for chunk in self.chunks:
+            chunk.train(mode)
+        return self
+
+    def eval(self) -> ParallelModel:
+        return self.train(False)
+
+
+def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.dtype = torch.float32,
+                compile: bool = False, cpu_offload: bool = False,
+                stage_layers: list[int] | None = None) -> ParallelModel:
+    """Split ``model`` into this rank's pipeline stages and parallelize each one in place.
+
+    ``compute_dtype``: bf16 gives FSDP2 mixed precision (bf16 parameters in compute,
+    fp32 master weights, optimizer state and gradient reduction).
+    ``stage_layers``: blocks per pipeline stage (pp*vpp counts), e.g. from the plan.
+    """
+    layout = dims.layout
+    n_stages = layout.pp * layout.vpp
+    counts = stage_layer_counts(model.cfg.n_layers, n_stages, stage_layers)
+    if layout.pp > 1:
+        stage_ids = stage_ids_of_rank(layout.pp, dims.pp_rank, layout.vpp, layout.schedule)
+        chunks = split_model(model, stage_ids, counts)
+    else:
+        stage_ids, chunks = [0], [model]
+    for chunk, stage in zip(chunks, stage_ids):
+        if layout.tp > 1:
+            apply_tensor_parallel(chunk, dims["tp"], receives_full_sequence=stage > 0,
+                                  sends_full_sequence=stage < n_stages - 1)
+        apply_expert_parallel(chunk, dims["ep"], dims["etp"], dims["ep_etp"])
+        apply_moe_statistics(chunk, dims["tokens"])
+        apply_recompute(chunk, layout.recompute)
+        if compile:
+            apply_compile(chunk)
+        apply_data_parallel(chunk, dims, compute_dtype=compute_dtype, cpu_offload=cpu_offload)
+    return ParallelModel(dims=dims, chunks=chunks, stage_ids=stage_ids, n_stages=n_stages, stage_layers=counts)

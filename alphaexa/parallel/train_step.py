@@ -1,0 +1,145 @@
+"""One training step's forward and backward for any layout, pipelined or not.
+
+Batch layout (what makes every layout train the single-process model): a step
+runs ``n_microbatches`` micro-steps; micro-step m of the global batch is the
+block of ``global_batch / n_microbatches`` consecutive rows starting at
+``m * global_batch / n_microbatches``, and data rank d reads the ``mbs`` rows
+``d * mbs ...`` of each block (``local_rows``).  Tensor- and pipeline-parallel
+ranks of one data rank read the same rows.
+
+Loss normalisation: each micro-batch's loss is its summed token cross-entropy
+divided by the number of target tokens of the WHOLE global batch (counted once
+per step with an all-reduce over the data ranks), and gradients are summed
+(FSDP reduces with SUM, the pipeline schedules do not rescale).  The gradient
+is then the gradient of the global mean loss, exactly as one process computing
+the mean over the global batch.  MoE auxiliary losses are injected per
+micro-step with weight ``1 / n_microbatches``; their routing statistics cover
+the whole micro-step (see ``expert_parallel``), so they too equal the
+single-process ones for the same micro-step split.
+
+The returned loss is the global mean token cross-entropy: summed over data
+ranks and broadcast from the pipeline rank that holds the last stage.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import loss_parallel
+
+from alphaexa.model.moe import moe_layers
+
+from .data_parallel import set_gradient_sync
+from .parallelize import ParallelModel
+from .pipeline import build_schedule, rank_of_stage
+
+IGNORE_INDEX = -100
+
+
+def local_rows(global_batch: int, n_microbatches: int, dp_rank: int, dp: int) -> Tensor:
+    """Indices of the global-batch rows this data rank trains on, in micro-batch order."""
+    per_micro = global_batch // n_microbatches
+    mbs = per_micro // dp
+    starts = torch.arange(n_microbatches) * per_micro + dp_rank * mbs
+    return (starts.unsqueeze(1) + torch.arange(mbs)).reshape(-1)
+
+
+@dataclass
+class StepResult:
+    loss: float  # global mean token cross-entropy of the step
+    tokens: int  # target tokens in the global batch
+
+
+def summed_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Sum of token cross-entropies in fp32; works on vocabulary-sharded DTensor logits under loss_parallel."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum",
+                           ignore_index=IGNORE_INDEX)
+
+
+def _plain(t: Tensor) -> Tensor:
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+class TrainStep:
+    """``step(inputs, targets)``: forward + backward of one step on this rank's rows; returns StepResult.
+
+    ``inputs`` / ``targets``: (n_microbatches * mbs, seq) token ids of this data rank
+    (``local_rows``).  Gradients are left in the parameters for clipping and the optimizer.
+    """
+
+    def __init__(self, model: ParallelModel, n_microbatches: int,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] = summed_cross_entropy):
+        self.model = model
+        self.dims = model.dims
+        self.n_microbatches = n_microbatches
+        self.sum_loss_fn = loss_fn
+        self._token_count: Tensor | None = None
+        layout = self.dims.layout
+        self.pipelined = layout.pp > 1
+        self.vocab_parallel = layout.tp > 1
+        for chunk in model.chunks:
+            for moe in moe_layers(chunk).values():
+                moe.aux_loss_scale = 1.0 / n_microbatches
+        self.schedule = None
+        if self.pipelined:
+            self.schedule = build_schedule(model.chunks, model.stage_ids, model.n_stages, layout.schedule,
+                                           n_microbatches, self._normalised_loss, self.dims.device,
+                                           self.dims.group("pp"))
+            last_stage_pp_rank = rank_of_stage(model.n_stages - 1, layout.pp, layout.schedule)
+            self._last_stage_global_rank = dist.get_global_rank(self.dims.group("pp"), last_stage_pp_rank)
+
+    def _normalised_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return self.sum_loss_fn(logits, targets) / self._token_count
+
+    def _loss_context(self):
+        return loss_parallel() if self.vocab_parallel else contextlib.nullcontext()
+
+    def __call__(self, inputs: Tensor, targets: Tensor) -> StepResult:
+        device = self.dims.device
+        inputs, targets = inputs.to(device), targets.to(device)
+        count = (targets != IGNORE_INDEX).sum().to(torch.float32)
+        dist.all_reduce(count, group=self.dims.group("dp_cp"))
+        self._token_count = count
+        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        if self.pipelined:
+            loss_sum = self._pipelined(inputs, targets, loss_sum)
+        else:
+            loss_sum = self._accumulated(inputs, targets, loss_sum)
+        dist.all_reduce(loss_sum, group=self.dims.group("dp_cp"))
+        if self.pipelined:
+            dist.broadcast(loss_sum, src=self._last_stage_global_rank, group=self.dims.group("pp"))
+        return StepResult(loss=float(loss_sum), tokens=int(count))
+
+    def _accumulated(self, inputs: Tensor, targets: Tensor, loss_sum: Tensor) -> Tensor:
+        (chunk,) = self.model.chunks
+        sharding = self.dims.layout.sharding
+        for m, (x, y) in enumerate(zip(inputs.chunk(self.n_microbatches), targets.chunk(self.n_microbatches))):
+            set_gradient_sync([chunk], m == self.n_microbatches - 1, sharding)
+            with self._loss_context():
+                loss = self._normalised_loss(chunk(x), y)
+                loss.backward()
+            loss_sum += _plain(loss.detach()).float()
+        return loss_sum
+
+    def _pipelined(self, inputs: Tensor, targets: Tensor, loss_sum: Tensor) -> Tensor:
+        args = (inputs,) if self.model.has_first_stage else ()
+        kwargs = {}
+        losses: list[Tensor] = []
+        if self.model.has_last_stage:
+            kwargs = {"target": targets, "losses": losses}
+        with self._loss_context():
+            self.schedule.step(*args, **kwargs)
+        for loss in losses:
+            loss_sum += _plain(loss.detach()).float()
+        return loss_sum
+
+
+def make_train_step(model: ParallelModel, n_microbatches: int,
+                    loss_fn: Callable[[Tensor, Tensor], Tensor] = summed_cross_entropy) -> TrainStep:
+    return TrainStep(model, n_microbatches, loss_fn)
