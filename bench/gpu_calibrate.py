@@ -39,13 +39,15 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from topology import costmodel as cm  # noqa: E402 - after the repository is on the path
-from topology.hardware import load_system  # noqa: E402
+from topology import costmodel as cm
+from topology.hardware import load_system
 
 GEMM_SHAPES = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192),
                (8192, 12288, 4096), (8192, 4096, 11008), (16384, 5632, 2048), (2048, 32000, 2048)]
 COLLECTIVE_BYTES = [1 << 20, 16 << 20, 256 << 20, 1 << 30]
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
+# torch >= 2.12 names the tensor all-gather all_gather_single (all_gather_into_tensor is deprecated)
+GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 MODEL_CASES = [("125m", 8, 2048), ("1b", 4, 2048), ("1b-moe", 4, 2048)]
 
 
@@ -135,10 +137,9 @@ def _collective_worker(rank: int, world: int, port: int, smoke: bool, sizes: lis
         full = torch.ones(numel, device=device, dtype=torch.bfloat16)
         shard = torch.ones(numel // world, device=device, dtype=torch.bfloat16)
         recv = torch.empty_like(full)
-        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         calls = {
             "all_reduce": lambda full=full: dist.all_reduce(full),
-            "all_gather": lambda recv=recv, shard=shard: gather(recv, shard),
+            "all_gather": lambda recv=recv, shard=shard: GATHER(recv, shard),
             "reduce_scatter": lambda shard=shard, full=full: dist.reduce_scatter_tensor(shard, full),
             "all_to_all": lambda recv=recv, full=full: dist.all_to_all_single(recv, full),
         }
