@@ -296,6 +296,49 @@ def test_aurora_composite_hierarchy_uses_gpu_tile_masks(tmp_path):
     assert run.exports["CCL_ATL_TRANSPORT"] == "mpi"
 
 
+# ---------------------------------------------------------------- fresh plans (alphaexa plan)
+@pytest.mark.parametrize("script, nodes", [("polaris.sh", 2), ("aurora.sh", 1)])
+def test_fresh_plan_from_the_config(tmp_path, script, nodes):
+    """Without --plan the launcher runs `alphaexa plan` for the allocated hosts with the config's
+    model, batch and length (a --set override beats the file, a flag beats both), then binds
+    from that plan."""
+    site = script.removesuffix(".sh")
+    run = dry_run(script, tmp_path, nodes, None, "--set", "train.global_batch=24", "--global-batch", "48",
+                  "--set", "train.seq_len=64", "--plan-args", "--ep 2")
+    hosts = node_file(tmp_path, nodes, site).read_text().split()
+    fresh = tmp_path / "run" / "launch-plan.json"
+    plan_line = next(line for line in run.text.splitlines() if line.startswith("alphaexa plan "))
+    assert shlex.split(plan_line) == [
+        "alphaexa", "plan", "--system", site, "--nodes", str(nodes), "--model", "debug", "--global-batch", "48",
+        "--seq-len", "64", "--ep", "2", "--hosts", ",".join(hosts), "--out", str(fresh)]
+    # The same request made here gives the placement the dry run shows.
+    mine = tmp_path / "mine.json"
+    made = subprocess.run([*shlex.split(plan_line)[:-1], str(mine)], cwd=ROOT, env=clean_env(),
+                          capture_output=True, text=True, check=False)
+    assert made.returncode == 0, made.stderr
+    check_against_placement(run, json.loads(mine.read_text()), nodes, hosts)
+    assert run.option("--cpu-bind") == (ALCF_POLARIS_CPU_BIND if site == "polaris" else ALCF_AURORA_CPU_BIND)
+    assert run.program()[-8:] == ["--plan", str(fresh), "--set", "train.global_batch=24", "--set", "train.seq_len=64",
+                                  "--set", "train.global_batch=48"]
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+
+
+def test_fresh_plan_that_does_not_fit_is_one_line(tmp_path):
+    proc = run_launcher("polaris.sh", "--config", "configs/debug.toml", "--dry-run", "--model", "30b",
+                        "--global-batch", "4", "--seq-len", "4096",
+                        env=clean_env(PBS_NODEFILE=str(node_file(tmp_path, 1))))
+    assert_one_line_error(proc, "polaris.sh", "the fresh plan (alphaexa plan --system polaris --nodes 1 --model 30b",
+                          "holds no feasible plan", "It fits on 4 nodes")
+
+
+def test_fresh_plan_needs_model_batch_and_length(tmp_path):
+    config = tmp_path / "custom.toml"
+    config.write_text("[model]\nn_layers = 2\n[train]\nglobal_batch = 8\n")
+    proc = run_launcher("aurora.sh", "--config", str(config), "--dry-run",
+                        env=clean_env(PBS_NODEFILE=str(node_file(tmp_path, 1, "aurora"))))
+    assert_one_line_error(proc, "aurora.sh", "sets no model.preset", "--model NAME")
+
+
 # ---------------------------------------------------------------- submission
 def test_submit_builds_qsub_and_the_job_replays_the_arguments(tmp_path):
     plan_path, plan = plan_file(tmp_path, "polaris", 2)

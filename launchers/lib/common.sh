@@ -57,10 +57,12 @@ Options (each has an environment variable; the option wins):
   --config FILE          training config for alphaexa train        ALPHAEXA_CONFIG  (required)
   --plan FILE            plan to run (alphaexa plan --json --out)  ALPHAEXA_PLAN
                          without it a fresh plan is made for the allocated nodes from
-                         the config's model.preset, train.global_batch, train.seq_len:
-  --model NAME           ... or this model (preset or file)        ALPHAEXA_MODEL
-  --global-batch N       ... or this global batch                  ALPHAEXA_GLOBAL_BATCH
-  --seq-len N            ... or this sequence length               ALPHAEXA_SEQ_LEN
+                         the config's model.preset, train.global_batch, train.seq_len
+                         (after --set), or from these, which also go to the run:
+  --model NAME           model preset         (--set model.preset=NAME)  ALPHAEXA_MODEL
+  --global-batch N       sequences per step   (--set train.global_batch=N) ALPHAEXA_GLOBAL_BATCH
+  --seq-len N            tokens per sequence  (--set train.seq_len=N)  ALPHAEXA_SEQ_LEN
+  --plan-args "ARGS"     pins for the fresh plan, e.g. "--tp 2 --pp 4"  ALPHAEXA_PLAN_ARGS
   --nodes N              plan for N nodes (default: all allocated) ALPHAEXA_NODES
   --set SECTION.KEY=V    config override for alphaexa train (repeatable)
   --run-dir DIR          run directory (default runs/SITE-JOBID)   ALPHAEXA_RUN_DIR
@@ -111,6 +113,7 @@ ax_parse_args() {
   AX_MODEL="${ALPHAEXA_MODEL:-}"
   AX_GLOBAL_BATCH="${ALPHAEXA_GLOBAL_BATCH:-}"
   AX_SEQ_LEN="${ALPHAEXA_SEQ_LEN:-}"
+  AX_PLAN_ARGS="${ALPHAEXA_PLAN_ARGS:-}"
   AX_NODEFILE="${PBS_NODEFILE:-}"
   AX_ACCOUNT="${ALPHAEXA_ACCOUNT:-}"
   AX_QUEUE="${ALPHAEXA_QUEUE:-debug}"
@@ -137,8 +140,8 @@ ax_parse_args() {
   while [[ $# -gt 0 ]]; do
     if [[ "${AX_SITE}" == local ]]; then
       case "$1" in
-        --submit|--nodes|--model|--global-batch|--seq-len|--nodefile|-A|--account|-q|--queue|--walltime|\
-        --filesystems|--job-name) ax_die "$1 is for the PBS launchers (polaris.sh, aurora.sh), not local.sh" ;;
+        --submit|--nodes|--model|--global-batch|--seq-len|--plan-args|--nodefile|-A|--account|-q|--queue|\
+        --walltime|--filesystems|--job-name) ax_die "$1 is for the PBS launchers (polaris.sh, aurora.sh), not local.sh" ;;
       esac
     fi
     case "$1" in
@@ -147,7 +150,7 @@ ax_parse_args() {
       --submit) AX_SUBMIT=1 ;;
       --resume) AX_RESUME=1 ;;
       --config|--plan|--run-dir|--nodes|--model|--global-batch|--seq-len|--nodefile|--set|\
-      -A|--account|-q|--queue|--walltime|--filesystems|--job-name|--nproc|--launcher)
+      -A|--account|-q|--queue|--walltime|--filesystems|--job-name|--nproc|--launcher|--plan-args)
         [[ $# -ge 2 ]] || ax_die "$1 needs a value (see --help)"
         case "$1" in
           --config) AX_CONFIG="$2" ;;
@@ -157,6 +160,7 @@ ax_parse_args() {
           --model) AX_MODEL="$2" ;;
           --global-batch) AX_GLOBAL_BATCH="$2" ;;
           --seq-len) AX_SEQ_LEN="$2" ;;
+          --plan-args) AX_PLAN_ARGS="$2" ;;
           --nodefile) AX_NODEFILE="$2" ;;
           --set) AX_SETS+=("$2") ;;
           -A|--account) AX_ACCOUNT="$2" ;;
@@ -256,13 +260,24 @@ ax_load_modules() {
   done
   ax_is_dry_run && return 0
   [[ ${#AX_MODULE_COMMANDS[@]} -gt 0 ]] || return 0
-  if ! ax_module_available; then
+  # A batch shell that is not a login shell may lack `module`: define it from the
+  # given init script, else from the usual Lmod / Environment Modules locations.
+  if [[ -n "${ALPHAEXA_MODULE_INIT:-}" ]]; then
+    [[ -r "${ALPHAEXA_MODULE_INIT}" ]] || ax_die "ALPHAEXA_MODULE_INIT=${ALPHAEXA_MODULE_INIT} is not a readable file"
+    set +eu
+    # shellcheck disable=SC1090  # the site's module init script
+    source "${ALPHAEXA_MODULE_INIT}"
+    set -eu
+  elif ! ax_module_available; then
     local init
-    for init in "${ALPHAEXA_MODULE_INIT:-}" /usr/share/lmod/lmod/init/bash /etc/profile.d/lmod.sh \
-                /etc/profile.d/modules.sh /usr/share/Modules/init/bash; do
-      if [[ -n "${init}" && -r "${init}" ]]; then
+    for init in /usr/share/lmod/lmod/init/bash /etc/profile.d/lmod.sh /etc/profile.d/modules.sh \
+                /usr/share/Modules/init/bash; do
+      if [[ -r "${init}" ]]; then
+        set +eu
         # shellcheck disable=SC1090  # the site's module init script
-        source "${init}" && break
+        source "${init}"
+        set -eu
+        break
       fi
     done
   fi
@@ -280,10 +295,15 @@ ax_load_modules() {
     "${words[@]}" >"${log}" 2>&1
     local status=$?
     set -eu
-    # Lmod reports an unknown module on stderr and may still return 0 on old versions.
-    if [[ ${status} -ne 0 ]] || grep -qiE "unable to locate a modulefile|module\(s\) or extension\(s\) (are )?unknown|failed to load|ERROR:" "${log}"; then
+    # Environment Modules (and old Lmod) can report an unknown module yet return 0.
+    if [[ ${status} -eq 0 && "${words[0]}" == module ]] &&
+       grep -qiE "unable to locate a modulefile|module\(s\)( or extension\(s\))? (are )?unknown|failed to load" "${log}"; then
+      status=1
+    fi
+    if [[ ${status} -ne 0 ]]; then
       local why
-      why="$(grep -v '^[[:space:]]*$' "${log}" | head -n 1 | tr -s '[:space:]' ' ')"
+      why="$(grep -v '^[[:space:]]*$' "${log}" | head -n 2 | tr -s '[:space:]' ' ')"
+      why="${why% }"
       rm -f "${log}"
       ax_die "'${step}' failed${why:+: ${why}}; override the list with ALPHAEXA_MODULES='cmd1; cmd2' (see --help)"
     fi
@@ -335,6 +355,7 @@ ax_placement() {
   fi
   AX_PLAN_COMMAND=()
   AX_PLAN_FOR_RUN="${AX_PLAN}"
+  AX_PLAN_LABEL="plan ${AX_PLAN}"
   if [[ -z "${AX_PLAN}" ]]; then
     local query=(plan-args --config "${AX_CONFIG}" --prog "${AX_PROG}")
     [[ -n "${AX_MODEL}" ]] && query+=(--model "${AX_MODEL}")
@@ -346,17 +367,22 @@ ax_placement() {
     model_args="$("${AX_PYTHON}" "${AX_LIB_DIR}/plan_env.py" "${query[@]}")" || exit 2
     local words=()
     read -r -a words <<<"${model_args}"
-    AX_PLAN_COMMAND=("${ALPHAEXA_BIN:-alphaexa}" plan --system "${AX_SITE}"
-      --nodes "${AX_NODES:-${#AX_ALL_NODES[@]}}" "${words[@]}" --json --out "${work}/launch-plan.json")
-    if ! "${AX_PLAN_COMMAND[@]}" >"${work}/plan.log" 2>&1; then
+    local nodes="${AX_NODES:-${#AX_ALL_NODES[@]}}" pins=() hosts
+    read -r -a pins <<<"${AX_PLAN_ARGS}"
+    hosts="$(IFS=,; printf '%s' "${AX_ALL_NODES[*]:0:${nodes}}")"
+    AX_PLAN_COMMAND=("${ALPHAEXA_BIN:-alphaexa}" plan --system "${AX_SITE}" --nodes "${nodes}" "${words[@]}"
+      "${pins[@]}" --hosts "${hosts}" --out "${work}/launch-plan.json")
+    # An infeasible request still writes the plan file, whose advice plan_env.py reports.
+    if ! "${AX_PLAN_COMMAND[@]}" >"${work}/plan.log" 2>&1 && [[ ! -s "${work}/launch-plan.json" ]]; then
       ax_die "planning failed: $(ax_quote "${AX_PLAN_COMMAND[@]}"): $(grep -v '^[[:space:]]*$' "${work}/plan.log" | tail -n 1)"
     fi
     AX_PLAN="${work}/launch-plan.json"
     AX_PLAN_FOR_RUN="${AX_RUN_DIR}/launch-plan.json"
+    AX_PLAN_LABEL="the fresh plan ($(ax_quote "${AX_PLAN_COMMAND[@]:0:${#AX_PLAN_COMMAND[@]}-4}"))"
   fi
   local assignments
   assignments="$("${AX_PYTHON}" "${AX_LIB_DIR}/plan_env.py" shell --plan "${AX_PLAN}" --site "${AX_SITE}" \
-    --allocated "${#AX_ALL_NODES[@]}" --ze-hierarchy "${AX_ZE_HIERARCHY:-FLAT}" --prog "${AX_PROG}")" || exit 2
+    --allocated "${#AX_ALL_NODES[@]}" --ze-hierarchy "${AX_ZE_HIERARCHY:-FLAT}" --label "${AX_PLAN_LABEL}" --prog "${AX_PROG}")" || exit 2
   # plan_env.py quotes every value (shlex.quote): the assignments are data, not code.
   eval "${assignments}"
   local kv
@@ -373,6 +399,10 @@ ax_train_command() {
   [[ -n "${AX_PLAN_FOR_RUN:-}" ]] && AX_TRAIN+=(--plan "${AX_PLAN_FOR_RUN}")
   local kv
   for kv in "${AX_SETS[@]}"; do AX_TRAIN+=(--set "${kv}"); done
+  # The run trains what was planned: these flags win over the config and --set alike.
+  [[ -n "${AX_MODEL:-}" ]] && AX_TRAIN+=(--set "model.preset=${AX_MODEL}")
+  [[ -n "${AX_GLOBAL_BATCH:-}" ]] && AX_TRAIN+=(--set "train.global_batch=${AX_GLOBAL_BATCH}")
+  [[ -n "${AX_SEQ_LEN:-}" ]] && AX_TRAIN+=(--set "train.seq_len=${AX_SEQ_LEN}")
   [[ "${AX_RESUME}" == 1 ]] && AX_TRAIN+=(--resume)
   AX_TRAIN+=("${AX_EXTRA[@]}")
 }
@@ -409,7 +439,8 @@ ax_print_dry_run() {
     printf '%s\n' "$(ax_quote "${shown[@]}")"
   fi
   "${AX_PYTHON}" "${AX_LIB_DIR}/plan_env.py" describe --plan "${AX_PLAN}" --site "${AX_SITE}" \
-    --allocated "${#AX_ALL_NODES[@]}" --hosts "${AX_HOSTFILE}" --prog "${AX_PROG}" || exit 2
+    --allocated "${#AX_ALL_NODES[@]}" --hosts "${AX_HOSTFILE}" --ze-hierarchy "${AX_ZE_HIERARCHY:-FLAT}" \
+    --label "${AX_PLAN_LABEL}" --prog "${AX_PROG}" || exit 2
   printf "printf '%%s\\\\n' %s > %s\n" "$(ax_quote "${AX_ALL_NODES[@]:0:${AX_P_NODES}}")" "$(ax_shq "${AX_HOSTFILE_FOR_RUN}")"
   printf '%s\n' "$(ax_quote "${AX_MPIEXEC[@]}")"
 }

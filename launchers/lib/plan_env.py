@@ -44,27 +44,28 @@ def fail(prog: str, message: str) -> NoReturn:
 
 
 # ------------------------------------------------------------------ reading the plan
-def load_plan(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(whole document, chosen plan) from a plan file."""
+def load_plan(path: str, label: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(whole document, chosen plan) from a plan file; ``label`` names it in messages."""
+    name = label or f"plan {path}"
     try:
         doc = json.loads(Path(path).read_text())
     except OSError as e:
-        raise PlanError(f"cannot read plan {path}: {e.strerror}") from None
+        raise PlanError(f"cannot read {name}: {e.strerror}") from None
     except json.JSONDecodeError as e:
-        raise PlanError(f"plan {path} is not JSON ({e.msg} at line {e.lineno}); "
+        raise PlanError(f"{name} is not JSON ({e.msg} at line {e.lineno}); "
                         "write it with alphaexa plan ... --json --out FILE") from None
     if not isinstance(doc, dict):
-        raise PlanError(f"plan {path}: expected a JSON object at the top level")
+        raise PlanError(f"{name}: expected a JSON object at the top level")
     if "placement" in doc:
         return doc, doc
     plans = doc.get("plans")
     if plans is None:
-        raise PlanError(f"plan {path} has neither 'plans' nor 'placement': not an alphaexa plan")
+        raise PlanError(f"{name} has neither 'plans' nor 'placement': not an alphaexa plan")
     if not plans:
-        advice = "; ".join(doc.get("infeasible", {}).get("advice", [])) or "no layout fits"
-        raise PlanError(f"plan {path} holds no feasible plan: {advice}")
+        advice = " ".join(doc.get("infeasible", {}).get("advice", [])) or "no layout fits"
+        raise PlanError(f"{name} holds no feasible plan: {advice}")
     if not isinstance(plans[0], dict) or "placement" not in plans[0]:
-        raise PlanError(f"plan {path}: plans[0] has no 'placement'")
+        raise PlanError(f"{name}: plans[0] has no 'placement'")
     return doc, plans[0]
 
 
@@ -78,8 +79,8 @@ def plan_system(doc: dict[str, Any], chosen: dict[str, Any]) -> str | None:
 class Placement:
     """The fields of a plan's placement that a launcher uses, checked."""
 
-    def __init__(self, path: str, raw: dict[str, Any]):
-        self.path = path
+    def __init__(self, name: str, raw: dict[str, Any]):
+        self.path = name
         try:
             self.nodes = int(raw["nodes"])
             self.ranks_per_node = int(raw["ranks_per_node"])
@@ -88,18 +89,18 @@ class Placement:
             self.node_env = {str(k): str(v) for k, v in (raw.get("node_env") or {}).items()}
             self.local = [dict(entry) for entry in raw["local"]]
         except (KeyError, TypeError, ValueError) as e:
-            raise PlanError(f"plan {path}: placement is missing or has a bad field ({e})") from None
+            raise PlanError(f"{name}: placement is missing or has a bad field ({e})") from None
         if self.nodes < 1 or self.ranks_per_node < 1:
-            raise PlanError(f"plan {path}: placement has {self.nodes} nodes x {self.ranks_per_node} ranks")
+            raise PlanError(f"{name}: placement has {self.nodes} nodes x {self.ranks_per_node} ranks")
         if len(self.local) != self.ranks_per_node:
-            raise PlanError(f"plan {path}: placement lists {len(self.local)} local ranks for "
+            raise PlanError(f"{name}: placement lists {len(self.local)} local ranks for "
                             f"ranks_per_node={self.ranks_per_node}")
         for want, entry in enumerate(self.local):
             if int(entry.get("local_rank", want)) != want or "device" not in entry or "cpus" not in entry:
-                raise PlanError(f"plan {path}: placement.local[{want}] needs local_rank={want}, device, cpus")
+                raise PlanError(f"{name}: placement.local[{want}] needs local_rank={want}, device, cpus")
         expected = "list:" + ":".join(str(entry["cpus"]) for entry in self.local)
         if self.cpu_bind != expected:
-            raise PlanError(f"plan {path}: placement.cpu_bind {self.cpu_bind} disagrees with its "
+            raise PlanError(f"{name}: placement.cpu_bind {self.cpu_bind} disagrees with its "
                             f"per-rank cpus ({expected})")
 
     @property
@@ -117,7 +118,7 @@ class Placement:
         return flat_indices(devices, self.path)
 
 
-def flat_indices(devices: list[str], path: str) -> list[str]:
+def flat_indices(devices: list[str], name: str) -> list[str]:
     """gpu.tile ids -> Level Zero FLAT-mode device indices (gpu * tiles_per_gpu + tile).
 
     Tiles per GPU are counted from the plan itself: the placement lists every tile of
@@ -134,20 +135,21 @@ def flat_indices(devices: list[str], path: str) -> list[str]:
         tiles.setdefault(gpu, set()).add(tile)
     per_gpu = max(len(t) for t in tiles.values())
     if any(t != set(range(per_gpu)) for t in tiles.values()):
-        raise PlanError(f"plan {path}: devices {','.join(devices)} do not cover every tile of their GPUs, "
+        raise PlanError(f"{name}: devices {','.join(devices)} do not cover every tile of their GPUs, "
                         "so FLAT indices are ambiguous; use ALPHAEXA_ZE_HIERARCHY=COMPOSITE")
     return [str(gpu * per_gpu + tile) for gpu, tile in pairs]
 
 
 def checked_placement(args: argparse.Namespace) -> tuple[dict[str, Any], Placement]:
-    doc, chosen = load_plan(args.plan)
+    name = args.label or f"plan {args.plan}"
+    doc, chosen = load_plan(args.plan, name)
     system = plan_system(doc, chosen)
     if system is not None and system != args.site:
-        raise PlanError(f"plan {args.plan} is for system '{system}', but this is the {args.site} launcher; "
+        raise PlanError(f"{name} is for system '{system}', but this is the {args.site} launcher; "
                         f"plan with --system {args.site}")
-    placement = Placement(args.plan, chosen["placement"])
+    placement = Placement(name, chosen["placement"])
     if args.allocated is not None and placement.nodes > args.allocated:
-        raise PlanError(f"plan {args.plan} needs {placement.nodes} nodes but the job has {args.allocated}; "
+        raise PlanError(f"{name} needs {placement.nodes} nodes but the job has {args.allocated}; "
                         f"request select={placement.nodes} or plan for --nodes {args.allocated}")
     return doc, placement
 
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--site", required=True)
         p.add_argument("--allocated", type=int, default=None, help="nodes in the job")
         p.add_argument("--ze-hierarchy", choices=ZE_HIERARCHIES, default="FLAT")
+        p.add_argument("--label", default=None, help="how messages name the plan (default: its path)")
         p.add_argument("--prog", dest="sub_prog", default=None)
         if name == "describe":
             p.add_argument("--hosts", default=None, help="file with the job's host names, one per line")
