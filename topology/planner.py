@@ -121,7 +121,17 @@ class PlanResult:
         return out
 
     def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        """The plan JSON; each placement rank on one line (thousands of ranks stay readable)."""
+        d = self.to_dict()
+        rank_lists = []
+        for i, p in enumerate(d["plans"]):
+            rank_lists.append(p["placement"]["ranks"])
+            p["placement"]["ranks"] = f"@ranks{i}@"
+        text = json.dumps(d, indent=indent)
+        for i, ranks in enumerate(rank_lists):
+            rows = ",\n".join(json.dumps(r) for r in ranks)
+            text = text.replace(f'"@ranks{i}@"', f"[\n{rows}\n]" if rows else "[]", 1)
+        return text
 
     # -------------------------------------------------------- text output
     def table(self) -> str:
@@ -185,10 +195,13 @@ class PlanResult:
             binds.append(f"recomputation ({100 * br['recompute_s'] / step:.0f}% of the step) buys the memory")
         lines.append("What binds: " + ("; ".join(binds) if binds else "compute (little bubble, communication "
                                                                          "hidden, memory to spare)"))
-        closest = sorted(self.runners_up.items(), key=lambda kv: kv[1].step_time_s)[:EXPLAIN_ALTERNATIVES]
-        for what, alt in closest:
+        merged: dict[Layout, list[str]] = {}
+        for what, alt in sorted(self.runners_up.items(), key=lambda kv: kv[1].step_time_s):
+            merged.setdefault(alt.layout, []).append(what)
+        for lay_alt, labels in list(merged.items())[:EXPLAIN_ALTERNATIVES]:
+            alt = self.runners_up[labels[0]]
             gap = alt.step_time_s / step - 1
-            lines.append(f"Best with {what}: {alt.layout.short()}  {alt.step_time_s:.3f} s/step "
+            lines.append(f"Best with {', '.join(labels)}: {lay_alt.short()}  {alt.step_time_s:.3f} s/step "
                          f"({100 * gap:+.1f}%)")
         if self.pins:
             lines.append("Pinned: " + ", ".join(f"{k}={v}" for k, v in self.pins.items()))
