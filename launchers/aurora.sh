@@ -64,7 +64,7 @@ Aurora defaults and variables:
                           (ZE_AFFINITY_MASK = gpu.tile, ALCF's gpu_tile_compact.sh form)
     ZE_ENABLE_PCI_ID_DEVICE_ORDER=1, CCL_WORKER_AFFINITY from the plan (one core per rank)
   oneCCL, ALCF's "oneCCL environment variables" (exported on every run):
-    CCL_PROCESS_LAUNCHER=pmix CCL_ATL_TRANSPORT=mpi CCL_KVS_MODE=mpi
+    CCL_PROCESS_LAUNCHER=pmix (with PALS_PMI=pmix) CCL_ATL_TRANSPORT=mpi CCL_KVS_MODE=mpi
     CCL_KVS_CONNECTION_TIMEOUT=600 CCL_CONFIGURATION_PATH="" CCL_CONFIGURATION=cpu_gpu_dpcpp
     CCL_ALLREDUCE_SCALEOUT="direct:0-1048576;rabenseifner:1048577-max" CCL_BCAST=double_tree
     CCL_ZE_CACHE_OPEN_IPC_HANDLES_THRESHOLD=1024 CCL_KVS_USE_MPI_RANKS=1
@@ -97,6 +97,9 @@ aurora_env() {
   ax_export ZE_ENABLE_PCI_ID_DEVICE_ORDER 1
 
   ax_export CCL_PROCESS_LAUNCHER pmix
+  # oneCCL asks PMIx for its local ranks: make PALS start the ranks with PMIx too
+  # (ALCF's multi-CCS example passes the same as mpiexec --pmi=pmix).
+  ax_export PALS_PMI pmix
   ax_export CCL_ATL_TRANSPORT mpi
   ax_export CCL_KVS_MODE mpi
   ax_export CCL_KVS_CONNECTION_TIMEOUT 600

@@ -273,6 +273,7 @@ def test_aurora_dry_run_matches_placement_and_alcf(tmp_path, nodes):
                                  "ALPHAEXA_DEVICE_LIST": ":".join(str(i) for i in range(12))}
     assert run.exports["ZE_FLAT_DEVICE_HIERARCHY"] == "FLAT"
     assert run.exports["ZE_ENABLE_PCI_ID_DEVICE_ORDER"] == "1"
+    assert run.exports["PALS_PMI"] == "pmix"
     for name, value in {**ALCF_AURORA_CCL, **ALCF_AURORA_AT_SCALE}.items():
         assert run.exports[name] == value, name
     assert ALCF_AURORA_UNSET <= run.unsets
@@ -337,6 +338,41 @@ def test_fresh_plan_needs_model_batch_and_length(tmp_path):
     proc = run_launcher("aurora.sh", "--config", str(config), "--dry-run",
                         env=clean_env(PBS_NODEFILE=str(node_file(tmp_path, 1, "aurora"))))
     assert_one_line_error(proc, "aurora.sh", "sets no model.preset", "--model NAME")
+
+
+# ---------------------------------------------------------------- the real (non-dry) path
+@pytest.mark.parametrize("script", ["polaris.sh", "aurora.sh"])
+def test_real_mode_execs_what_the_dry_run_printed(tmp_path, script):
+    """Without DRY_RUN the launcher writes the plan and host file into the run directory and
+    execs mpiexec with the dry run's exact argv and environment.  PALS mpiexec does not exist
+    here, so a stand-in records what it was handed."""
+    site = script.removesuffix(".sh")
+    record = tmp_path / "record"
+    stand_in = tmp_path / "mpiexec"
+    stand_in.write_text(f'#!/bin/bash\nprintf "%s\\0" "$@" > {record}.argv\nenv -0 > {record}.env\n')
+    stand_in.chmod(0o755)
+    nodes = node_file(tmp_path, 2, site)
+    plugin = tmp_path / "aws-ofi-nccl"
+    plugin.mkdir()
+    env = clean_env(PBS_NODEFILE=str(nodes), ALPHAEXA_MODULES="none", ALPHAEXA_MPIEXEC=str(stand_in),
+                    ALPHAEXA_AWS_OFI_NCCL_DIR=str(plugin))
+    args = ["--config", "configs/debug.toml", "--run-dir", str(tmp_path / "run"), "--set", "train.global_batch=24"]
+    dry = run_launcher(script, *args, "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr
+    real = run_launcher(script, *args, env=env)
+    assert real.returncode == 0, real.stderr
+    expected = DryRun(dry.stdout)
+    assert record.with_suffix(".argv").read_text().split("\0")[:-1] == expected.mpiexec[1:]
+    environ = dict(kv.split("=", 1) for kv in record.with_suffix(".env").read_text().split("\0") if kv)
+    for name, value in expected.exports.items():
+        if "${" not in value:
+            assert environ[name] == value, name
+    assert not expected.unsets & set(environ)
+    assert (tmp_path / "run" / "hostfile").read_text().split() == nodes.read_text().split()
+    plan = json.loads((tmp_path / "run" / "launch-plan.json").read_text())
+    assert plan["plans"][0]["placement"]["hosts"] == nodes.read_text().split()
+    if site == "polaris":
+        assert environ["LD_LIBRARY_PATH"].startswith(f"/soft/libraries/hwloc/lib/:{plugin}")
 
 
 # ---------------------------------------------------------------- submission
