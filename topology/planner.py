@@ -398,7 +398,7 @@ def _search(req: Request, pins: dict[str, Any], top: int, track_alternatives: bo
                                             lo = mid + 1
                                     fit = lo
                                     out.feasible += fit
-                                    if fit < len(splits):
+                                    if fit < len(splits) and not out.feasible:  # nearest miss: only if none fit
                                         dr, ds, g = splits[fit]
                                         peak = peak_memory_bytes(st, g, reserved)[0]
                                         if peak < out.min_memory:
