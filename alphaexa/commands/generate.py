@@ -12,15 +12,18 @@ MAX_MEMORY_SHARE = 0.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="NAME|FILE", help="a preset name or a model config file")
+    parser.add_argument("--model", metavar="NAME|FILE",
+                        help="a preset name or a model config file (default with a training checkpoint: its model)")
     parser.add_argument("--checkpoint", metavar="PATH",
-                        help="weights saved with torch.save(model.state_dict()): a file, or a directory holding "
-                             "one .pt file (default: untrained weights from --seed)")
+                        help="a training run directory, its checkpoints/ directory or one step_N checkpoint "
+                             "(sharded DCP, any number of ranks); or weights saved with "
+                             "torch.save(model.state_dict()): a file, or a directory holding one .pt file "
+                             "(default: untrained weights from --seed)")
     parser.add_argument("--prompt", action="append", required=True,
                         help="prompt text; repeat for a batch of prompts")
     parser.add_argument("--tokenizer", default=None, metavar="SPEC",
                         help="'byte', a saved tokenizer directory or a SentencePiece .model file "
-                             "(default: byte)")
+                             "(default: the training run's tokenizer, else byte)")
     parser.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
@@ -41,7 +44,19 @@ def run(args: argparse.Namespace) -> int:
     from ..model.generate import generate, load_model_for_generation
     from ..model.transformer import build_model
 
-    cfg = resolve_model(args.model)
+    trained = None
+    if args.checkpoint:
+        from ..train.restore import is_training_checkpoint, load_trained_model
+
+        if is_training_checkpoint(args.checkpoint):
+            trained = load_trained_model(args.checkpoint, device=get_backend().device)
+    if trained is None and not args.model:
+        raise UserError("give --model NAME|FILE (or --checkpoint of a training run, which records its model)")
+    cfg = resolve_model(args.model) if args.model else trained.config
+    if trained is not None and args.model:
+        from ..train.preflight import check_same_model
+
+        check_same_model(trained.checkpoint, {"model": trained.config.to_dict()}, cfg)
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     device = get_backend().device
@@ -51,12 +66,16 @@ def run(args: argparse.Namespace) -> int:
         if weights > MAX_MEMORY_SHARE * memory:
             raise UserError(f"model {cfg.name!r} needs {weights / 2**30:,.1f} GiB of fp32 weights; this host has "
                             f"{memory / 2**30:,.1f} GiB of memory")
-    tokenizer = load_tokenizer(args.tokenizer or "byte")
+    run_tokenizer = trained.tokenizer if trained is not None else None
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else run_tokenizer or load_tokenizer("byte")
     tokenizer.check_fits(cfg.vocab_size)
     if cfg.tokenizer != tokenizer.kind:
         print(f"note: model {cfg.name!r} expects a {cfg.tokenizer} tokenizer; using {tokenizer.kind}",
               file=sys.stderr)
-    if args.checkpoint:
+    if trained is not None:
+        model = trained.model
+        print(f"note: weights of {trained.checkpoint} (step {trained.step})", file=sys.stderr)
+    elif args.checkpoint:
         model = load_model_for_generation(args.checkpoint, cfg, device=device)
     else:
         print("note: no --checkpoint: the weights are untrained, the output is noise", file=sys.stderr)
