@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from topology import costmodel as cm
@@ -173,10 +173,10 @@ def models(draw):
                        capacity_factor=draw(st.sampled_from([0.0, 1.25])))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(model=models(), preset=st.sampled_from(["polaris", "aurora", "dgx-h100", "h200-x4", "cpu"]),
-       nodes=st.sampled_from([1, 2, 4]), batch=st.integers(1, 48), seq=st.sampled_from([64, 128, 512]),
-       memory=st.sampled_from([0.3, 0.6, 2.0, 64.0]))
+       nodes=st.sampled_from([1, 2, 4]), batch=st.sampled_from([1, 3, 8, 12, 16, 24, 48, 96, 192]),
+       seq=st.sampled_from([64, 128, 512]), memory=st.sampled_from([0.101, 0.11, 0.12, 0.2, 64.0]))
 def test_plans_never_violate_divisibility_or_memory(model, preset, nodes, batch, seq, memory):
     base = load_system(preset)
     nodes = min(nodes, base.max_nodes)
@@ -186,7 +186,9 @@ def test_plans_never_violate_divisibility_or_memory(model, preset, nodes, batch,
         result = plan(model, system, nodes, batch, seq, top=4)
     except ConfigError as e:  # the batch cannot be split over this many ranks
         assert any(w in str(e) for w in ("no layout of", "is not divisible", "fewer than")), str(e)
+        event("no valid layout")
         return
+    event("plans" if result.plans else "nothing fits")
     world = nodes * system.ranks_per_node
     assert result.feasible <= result.candidates and result.evaluated <= result.feasible
     steps = [p.estimate.step_time_s for p in result.plans]

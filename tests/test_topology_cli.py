@@ -74,6 +74,21 @@ def test_infeasible_plan_exits_1_with_advice(capsys):
     assert code == 1 and "NO LAYOUT FITS" in out and "GiB over the 80 GiB capacity" in out
 
 
+def test_plan_for_this_machine_and_named_hosts(capsys, monkeypatch):
+    monkeypatch.delenv("PBS_NODEFILE", raising=False)
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-09]")
+    assert alphaexa_main(["plan", "--model", "debug", "--system", "auto", "--global-batch", "4", "--seq-len", "64",
+                          "--top", "1", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["system"]["name"] == "auto" and d["plans"][0]["placement"]["hosts"] == ["gpu07"]
+    code = alphaexa_main(["plan", "--model", "debug", "--system", "polaris", "--nodes", "2", "--global-batch",
+                          "8", "--seq-len", "64", "--hosts", "a,b,c"])
+    assert code == 2 and "--hosts names 3 host(s) for --nodes 2" in capsys.readouterr().err
+    assert alphaexa_main(["plan", "--model", "debug", "--system", "polaris", "--nodes", "2", "--global-batch",
+                          "8", "--seq-len", "64", "--hosts", "a,b", "--json", "--top", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["plans"][0]["placement"]["hosts"] == ["a", "b"]
+
+
 def test_topo_json_describes_this_machine(capsys):
     assert alphaexa_main(["topo", "--json", "--no-torch"]) == 0
     d = json.loads(capsys.readouterr().out)

@@ -48,9 +48,13 @@ def run_plan(args: argparse.Namespace) -> int:
 
     pins = {name: getattr(args, name) for name, _ in PIN_OPTIONS}
     pins.update(recompute=args.recompute, sharding=args.sharding, schedule=args.schedule)
-    hosts = args.hosts.split(",") if args.hosts else node_list()
-    if len(hosts) < args.nodes:
-        hosts = None
+    if args.hosts:
+        hosts = [h for h in args.hosts.split(",") if h]
+        if len(hosts) != args.nodes:
+            raise ConfigError(f"--hosts names {len(hosts)} host(s) for --nodes {args.nodes}")
+    else:
+        job = node_list()  # inside a PBS/SLURM job: name the allocated nodes when the counts agree
+        hosts = job[:args.nodes] if len(job) >= args.nodes else None
     result = plan(args.model, args.system, args.nodes, args.global_batch, args.seq_len, pins=pins,
                   top=args.top, hosts=hosts, explain=args.explain)
     text = result.to_json()
