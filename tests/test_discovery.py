@@ -103,8 +103,13 @@ def test_parse_nvidia_smi_topo_polaris():
     assert m.nearest_nic("GPU0") == ""  # only SYS paths: left to the NUMA rule
 
 
-def test_parse_nvidia_smi_topo_dgx_h100():
-    m = parse_nvidia_smi_topo((DATA / "dgx_h100_nvidia_smi_topo.txt").read_text())
+@pytest.mark.parametrize("underline", [False, True])
+def test_parse_nvidia_smi_topo_dgx_h100(underline):
+    text = (DATA / "dgx_h100_nvidia_smi_topo.txt").read_text()
+    if underline:  # what recent drivers print around header cells
+        first, rest = text.split("\n", 1)
+        text = "\t".join(f"\x1b[4m{c}\x1b[0m" if c else c for c in first.split("\t")) + "\n" + rest
+    m = parse_nvidia_smi_topo(text)
     assert len(m.devices) == 8 and m.link("GPU0", "GPU7") == "NV18"
     assert [m.numa[d] for d in m.devices] == [0, 0, 0, 0, 1, 1, 1, 1]
     assert [m.nearest_nic(d) for d in m.devices] == ["mlx5_0", "mlx5_3", "mlx5_4", "mlx5_5", "mlx5_6", "mlx5_9",

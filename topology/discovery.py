@@ -147,8 +147,12 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in re.split(r"\s{2,}|\t", line)]
 
 
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def parse_nvidia_smi_topo(text: str) -> TopoMatrix:
     """Parse ``nvidia-smi topo -m``; raises ConfigError if no GPU matrix is found."""
+    text = ANSI_ESCAPE.sub("", text)  # recent drivers underline the header cells with escape codes
     lines = text.splitlines()
     header_at = next((i for i, ln in enumerate(lines) if re.search(r"\bGPU0\b", ln) and "X" not in ln.split()),
                      None)
@@ -189,6 +193,7 @@ def parse_nvidia_smi_topo(text: str) -> TopoMatrix:
 
 def parse_xpu_smi_topo(text: str) -> TopoMatrix:
     """Parse ``xpu-smi topology -m`` (rows "GPU <gpu>/<tile>", link labels, CPU affinity last)."""
+    text = ANSI_ESCAPE.sub("", text)
     header = next((ln for ln in text.splitlines() if "CPU Affinity" in ln), None)
     if header is None:
         raise ConfigError("xpu-smi topology -m output has no 'CPU Affinity' header line")
