@@ -12,6 +12,8 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 printf '#!/bin/sh\nexec python3 -m alphaexa "$@"\n' > /tmp/alphaexa-bin/alphaexa
 chmod +x /tmp/alphaexa-bin/alphaexa
 export PATH="/tmp/alphaexa-bin:$PATH"
+# The GPU machines run commands as root; Open MPI refuses root unless told.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 ngpu=$(python3 -c 'import torch; print(torch.cuda.device_count())')
 status=0
 run() {  # run NAME CMD...: log to $out/NAME.log, remember failures
