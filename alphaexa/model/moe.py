@@ -204,7 +204,7 @@ class MoE(nn.Module):
     def _losses(self, logits: Tensor, probs: Tensor, routed_counts: Tensor, n_tokens: int) -> tuple[Tensor, Tensor]:
         stats = torch.cat([routed_counts.float(), probs.sum(0),
                            torch.logsumexp(logits, dim=-1).square().sum().unsqueeze(0),
-                           torch.tensor([float(n_tokens)], device=logits.device)])
+                           logits.new_full((1,), float(n_tokens))])
         hook = self.stats_reduce_hook
         if hook is not None:
             # Value: the reduced statistics; gradient: through this rank's own terms only.
