@@ -78,9 +78,19 @@ def split_model(model: Transformer, stage_ids: list[int], counts: list[int]) -> 
     return chunks
 
 
+def _no_deferred_weight_grads():
+    return lambda: None
+
+
 def build_schedule(chunks: list[nn.Module], stage_ids: list[int], n_stages: int, schedule: str,
                    n_microbatches: int, loss_fn, device: torch.device, pp_group):
-    stages = [PipelineStage(chunk, stage, n_stages, device, group=pp_group) for chunk, stage in zip(chunks, stage_ids)]
+    # zbv: torch 2.13's split backward (input gradients first, weight gradients later by
+    # autograd-graph surgery) gives wrong weight gradients for our blocks (checked against
+    # the single-process reference); a dw_builder makes the I step run the full backward
+    # and W a no-op, so the V-shaped schedule stays exact and only the I/W split is lost.
+    dw_builder = _no_deferred_weight_grads if schedule == "zbv" else None
+    stages = [PipelineStage(chunk, stage, n_stages, device, group=pp_group, dw_builder=dw_builder)
+              for chunk, stage in zip(chunks, stage_ids)]
     cls = SCHEDULE_CLASSES[schedule]
     target = stages[0] if schedule in ("gpipe", "1f1b") else stages
     return cls(target, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=False)

@@ -35,16 +35,18 @@ def _attention_core_ops() -> frozenset:
              "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu",
              "_scaled_dot_product_fused_attention_overrideable", "_scaled_dot_product_attention_math",
              "bmm", "_softmax", "masked_fill", "repeat_interleave")
-    ops = {getattr(aten, n).default for n in names if hasattr(aten, n)}
+    # Operator packets (every overload of each op).
+    ops = {getattr(aten, n) for n in names if hasattr(aten, n)}
     flash = getattr(torch.ops, "flash_attn", None)
     for n in ("_flash_attn_forward", "_flash_attn_varlen_forward"):
         if flash is not None and hasattr(flash, n):
-            ops.add(getattr(flash, n).default)
+            ops.add(getattr(flash, n))
     return frozenset(ops)
 
 
 def _attention_core_policy(ops: frozenset, ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    return CheckpointPolicy.PREFER_RECOMPUTE if op in ops else CheckpointPolicy.MUST_SAVE
+    recompute = getattr(op, "overloadpacket", op) in ops
+    return CheckpointPolicy.PREFER_RECOMPUTE if recompute else CheckpointPolicy.MUST_SAVE
 
 
 def apply_recompute(chunk: Transformer, mode: str) -> None:

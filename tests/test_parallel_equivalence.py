@@ -1,0 +1,293 @@
+"""Every layout trains the single-process model: equal losses and gradient norms, real gloo processes.
+
+One process group per world size (2, 4 and 8 ranks) runs all layouts of that size
+in turn; the single-process reference is computed once in the test process.  The
+model is a 4-block dense+MoE transformer (d_model 32, 4 heads / 2 kv heads,
+blocks 2 and 4 MoE with 4 experts top-2, dropless, aux and z losses on), trained
+3 AdamW steps in fp32 on a global batch of 8 sequences of 16 tokens in 2
+micro-steps, clipping at a norm below the one observed so clipping acts.
+
+Tolerance (fp32): rtol 1e-5, atol 1e-6 on each step's loss and pre-clip gradient
+norm.  What differs between layouts is only the order of floating-point sums.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+from topology.modelcfg import ModelConfig
+
+GLOBAL_BATCH, SEQ, MICRO_STEPS, STEPS = 8, 16, 2, 3
+LR, MAX_NORM = 1e-2, 0.5
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def model_config(**changes) -> ModelConfig:
+    base = dict(name="parallel-test", n_layers=4, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
+                ffn_type="swiglu", vocab_size=256, max_seq_len=32, moe_every=2, n_experts=4, top_k=2,
+                moe_d_ff=32, aux_loss_coef=0.01, z_loss_coef=0.001)
+    return ModelConfig(**{**base, **changes})
+
+
+def token_batches(steps: int, global_batch: int, seq: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randint(0, vocab, (steps, global_batch, seq + 1), generator=torch.Generator().manual_seed(1))
+    return tokens[..., :-1], tokens[..., 1:]
+
+
+def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOBAL_BATCH, seq: int = SEQ,
+                  micro_steps: int = MICRO_STEPS) -> list[tuple[float, float]]:
+    """One process, the same micro-step split: [(mean loss, gradient norm before clipping)] per step."""
+    from alphaexa.model import build_model, moe_layers
+    from alphaexa.parallel import summed_cross_entropy
+
+    model = build_model(cfg)
+    for moe in moe_layers(model).values():
+        moe.aux_loss_scale = 1.0 / micro_steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    inputs, targets = token_batches(steps, global_batch, seq, cfg.vocab_size)
+    out = []
+    for s in range(steps):
+        total = 0.0
+        for x, y in zip(inputs[s].chunk(micro_steps), targets[s].chunk(micro_steps)):
+            loss = summed_cross_entropy(model(x), y) / targets[s].numel()
+            loss.backward()
+            total += loss.item()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
+        optimizer.step()
+        optimizer.zero_grad()
+        out.append((total, float(norm)))
+    return out
+
+
+# ----------------------------------------------------------------------------- workers
+def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_batch: int, seq: int,
+                  micro_steps: int, compute_dtype: torch.dtype) -> dict:
+    from alphaexa.model import build_model, moe_metrics
+    from alphaexa.parallel import build_mesh, check_layout, clip_grad_norm_, local_rows, make_train_step, parallelize
+    from backends.device import get_backend
+    from topology.layout import Layout, resolve_layout
+
+    # mbs so that every layout runs the same number of micro-steps as the reference.
+    layout = Layout.from_dict(spec).resolve(world)
+    layout = resolve_layout(layout.replace(mbs=global_batch // (micro_steps * layout.dp)), world, cfg,
+                            global_batch, seq)
+    check_layout(layout, cfg, "cpu")
+    dims = build_mesh(layout, get_backend("cpu"))
+    pmodel = parallelize(build_model(cfg), dims, compute_dtype=compute_dtype)
+    n_micro = layout.n_microbatches(global_batch)
+    step = make_train_step(pmodel, n_micro)
+    optimizer = torch.optim.AdamW(list(pmodel.parameters()), lr=LR)
+    inputs, targets = token_batches(steps, global_batch, seq, cfg.vocab_size)
+    rows = local_rows(global_batch, n_micro, dims.dp_rank, layout.dp)
+    history, started = [], time.perf_counter()
+    for s in range(steps):
+        result = step(inputs[s][rows], targets[s][rows])
+        norm = clip_grad_norm_(pmodel.parameters(), MAX_NORM, dims)
+        optimizer.step()
+        optimizer.zero_grad()
+        history.append((result.loss, float(norm)))
+    dropped = [moe_metrics(chunk).get("moe_dropped_fraction", 0.0) for chunk in pmodel.chunks]
+    return {"history": history, "seconds": time.perf_counter() - started, "dropped": max(dropped),
+            "ep_groups": dims["ep"].mesh.tolist(), "edp_groups": dims["edp"].mesh.tolist()}
+
+
+def _worker(rank: int, world: int, port: int, jobs: list, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    results = {}
+    for job in jobs:
+        name, spec, cfg_changes, options = job
+        try:
+            cfg = model_config(**cfg_changes)
+            run = {k: v for k, v in options.items() if k != "dtype"}
+            results[name] = _train_layout(spec, cfg, world, compute_dtype=getattr(torch, options["dtype"]), **run)
+        except Exception:  # reported per layout by the test that reads it
+            results[name] = {"error": traceback.format_exc()[-4000:]}
+            break  # a failed collective leaves the group unusable for the next layouts
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def run_world(world: int, jobs: list, tmp: Path, timeout: float = 300.0) -> list[dict]:
+    """Run ``jobs`` [(name, layout, model changes, options)] on ``world`` gloo ranks; per-rank results."""
+    import torch.multiprocessing as mp
+
+    from backends.launch import free_port
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    ctx = mp.start_processes(_worker, args=(world, free_port(), jobs, str(tmp)), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ctx.processes:
+                process.kill()
+            pytest.fail(f"{world}-rank job did not finish in {timeout:.0f} s")
+    return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def job(name: str, spec: dict, steps: int = STEPS, global_batch: int = GLOBAL_BATCH, seq: int = SEQ,
+        micro_steps: int = MICRO_STEPS, dtype: str = "float32", **cfg_changes) -> tuple:
+    return (name, spec, cfg_changes, dict(steps=steps, global_batch=global_batch, seq=seq,
+                                          micro_steps=micro_steps, dtype=dtype))
+
+
+# ----------------------------------------------------------------------------- the matrix
+CAPACITY = dict(capacity_factor=1.0)
+
+JOBS = {
+    2: [
+        job("dp2-replicate", {"dp_replicate": 2, "sharding": "none"}),
+        job("fsdp2", {"dp_shard": 2}),
+        job("fsdp2-zero1-selective", {"dp_shard": 2, "sharding": "zero1", "recompute": "selective"}),
+        job("tp2", {"tp": 2}),
+        job("pp2-gpipe", {"pp": 2, "schedule": "gpipe"}),
+        job("pp2-1f1b", {"pp": 2, "schedule": "1f1b", "recompute": "full"}),
+        job("pp2-interleaved1f1b", {"pp": 2, "vpp": 2, "schedule": "interleaved1f1b"}),
+        job("pp2-zbv", {"pp": 2, "vpp": 2, "schedule": "zbv"}),
+        job("ep2", {"dp_shard": 2, "ep": 2, "sharding": "zero2"}),
+        job("capacity-fsdp2", {"dp_shard": 2}, **CAPACITY),
+        job("capacity-ep2", {"dp_shard": 2, "ep": 2}, **CAPACITY),
+    ],
+    4: [
+        job("hsdp2x2", {"dp_replicate": 2, "dp_shard": 2}),
+        job("fsdp2-tp2", {"dp_shard": 2, "tp": 2}),
+        job("pp2-tp2", {"pp": 2, "tp": 2, "schedule": "1f1b"}),
+        job("fsdp2-tp2-ep2", {"dp_shard": 2, "tp": 2, "ep": 2, "recompute": "full"}),
+    ],
+    8: [
+        job("pp2-fsdp4-ep2", {"pp": 2, "dp_shard": 4, "ep": 2, "schedule": "interleaved1f1b", "vpp": 2}),
+        job("pp2-fsdp2-tp2-ep2", {"pp": 2, "dp_shard": 2, "tp": 2, "ep": 2, "schedule": "1f1b"}),
+    ],
+}
+MATRIX = [(world, j[0]) for world, jobs in JOBS.items() for j in jobs if not j[0].startswith("capacity")]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return reference_run(model_config())
+
+
+_results: dict[int, list[dict]] = {}
+
+
+def results_of(world: int, tmp_path_factory) -> list[dict]:
+    if world not in _results:
+        _results[world] = run_world(world, JOBS[world], tmp_path_factory.mktemp(f"world{world}"))
+    return _results[world]
+
+
+def layout_result(world: int, name: str, tmp_path_factory) -> dict:
+    per_rank = results_of(world, tmp_path_factory)
+    for rank, results in enumerate(per_rank):
+        if name not in results:
+            pytest.fail(f"{name}: not run (an earlier layout of the {world}-rank job failed)")
+        if "error" in results[name]:
+            pytest.fail(f"{name} failed on rank {rank}:\n{results[name]['error']}")
+    return per_rank[0][name]
+
+
+def assert_history_matches(got: list, expected: list, rtol: float = RTOL, atol: float = ATOL) -> None:
+    for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(got, expected)):
+        assert math.isclose(loss, ref_loss, rel_tol=rtol, abs_tol=atol), f"step {step}: loss {loss} != {ref_loss}"
+        assert math.isclose(norm, ref_norm, rel_tol=rtol, abs_tol=atol), f"step {step}: norm {norm} != {ref_norm}"
+    assert len(got) == len(expected)
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("world,name", MATRIX, ids=[f"{w}ranks-{n}" for w, n in MATRIX])
+def test_layout_trains_like_one_process(world, name, reference, tmp_path_factory):
+    result = layout_result(world, name, tmp_path_factory)
+    # Clipping must have acted, or the test would not cover it.
+    assert min(norm for _, norm in reference) > MAX_NORM
+    assert_history_matches(result["history"], reference)
+
+
+@pytest.mark.multiproc
+def test_all_ranks_report_the_same_loss_and_norm(tmp_path_factory):
+    for world in JOBS:
+        per_rank = results_of(world, tmp_path_factory)
+        for name in per_rank[0]:
+            histories = {json.dumps(r[name].get("history")) for r in per_rank}
+            assert len(histories) == 1, f"{world} ranks, {name}: ranks disagree"
+
+
+@pytest.mark.multiproc
+def test_capacity_dropping_is_the_same_with_and_without_expert_parallelism(tmp_path_factory):
+    """Capacity is per rank over its own tokens; moving experts to other ranks must not change it."""
+    without_ep = layout_result(2, "capacity-fsdp2", tmp_path_factory)
+    with_ep = layout_result(2, "capacity-ep2", tmp_path_factory)
+    assert without_ep["dropped"] > 0, "capacity_factor=1 dropped nothing: the test would not cover dropping"
+    assert with_ep["dropped"] == without_ep["dropped"]
+    assert_history_matches(with_ep["history"], without_ep["history"])
+
+
+@pytest.mark.multiproc
+def test_expert_groups_borrow_consecutive_data_ranks(tmp_path_factory):
+    # 8 ranks, pp2 x dp_shard4 x ep2: per pipeline stage, ranks 0-3 / 4-7; ep pairs (0,1), (2,3).
+    result = layout_result(8, "pp2-fsdp4-ep2", tmp_path_factory)
+    assert result["ep_groups"] == [0, 1]
+    assert result["edp_groups"] == [0, 2]
+    # pp2 x dp2 x tp2 x ep2: ep ranks of one group are tp apart (same tensor-parallel index).
+    result = layout_result(8, "pp2-fsdp2-tp2-ep2", tmp_path_factory)
+    assert result["ep_groups"] == [0, 2]
+
+
+# ----------------------------------------------------------------------------- exhaustive
+EXHAUSTIVE_MODEL = dict(n_layers=8, d_model=64, n_heads=8, n_kv_heads=4, d_ff=128, moe_d_ff=64, n_experts=8)
+EXHAUSTIVE_RUN = dict(steps=5, global_batch=16, seq=32, micro_steps=4)
+SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("interleaved1f1b", 2), ("zbv", 2)]
+EXHAUSTIVE = {
+    2: [job(f"pp2-{s}", {"pp": 2, "vpp": v, "schedule": s}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)
+        for s, v in SCHEDULES]
+    + [job(f"{name}-{rc}", spec | {"recompute": rc}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)
+       for name, spec in [("dp2", {"dp_replicate": 2, "sharding": "none"}), ("tp2", {"tp": 2}),
+                          ("ep2", {"dp_shard": 2, "ep": 2})]
+       for rc in ("none", "selective", "full")],
+    4: [job(f"pp2-tp2-{s}", {"pp": 2, "tp": 2, "vpp": v, "schedule": s}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)
+        for s, v in SCHEDULES]
+    + [job(f"pp2-fsdp2-ep2-{s}", {"pp": 2, "dp_shard": 2, "ep": 2, "vpp": v, "schedule": s},
+           **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL) for s, v in SCHEDULES]
+    + [job(f"fsdp2-{sh}", {"dp_shard": 2, "tp": 2, "sharding": sh}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)
+       for sh in ("zero1", "zero2", "zero3")]
+    + [job("hsdp-ep4", {"dp_replicate": 2, "dp_shard": 2, "ep": 4}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)],
+    8: [job(f"pp2-fsdp2-tp2-ep2-{s}", {"pp": 2, "dp_shard": 2, "tp": 2, "ep": 2, "vpp": v, "schedule": s},
+            **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL) for s, v in SCHEDULES],
+}
+BF16_JOBS = [job("bf16-fsdp2-tp2-ep2", {"dp_shard": 2, "tp": 2, "ep": 2}, dtype="bfloat16", **EXHAUSTIVE_RUN,
+                 **EXHAUSTIVE_MODEL),
+             job("bf16-pp2-tp2", {"pp": 2, "tp": 2}, dtype="bfloat16", **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)]
+
+
+@pytest.mark.exhaustive
+@pytest.mark.multiproc
+@pytest.mark.parametrize("world", sorted(EXHAUSTIVE))
+def test_exhaustive_matrix(world, tmp_path):
+    reference = reference_run(model_config(**EXHAUSTIVE_MODEL), **EXHAUSTIVE_RUN)
+    per_rank = run_world(world, EXHAUSTIVE[world], tmp_path, timeout=1200)
+    for name, result in per_rank[0].items():
+        assert "error" not in result, f"{name}: {result['error']}"
+        assert_history_matches(result["history"], reference)
+
+
+@pytest.mark.exhaustive
+@pytest.mark.multiproc
+def test_exhaustive_bf16_stays_close_to_fp32(tmp_path):
+    """bf16 compute with fp32 master weights and reduction: within 2% of the fp32 reference."""
+    reference = reference_run(model_config(**EXHAUSTIVE_MODEL), **EXHAUSTIVE_RUN)
+    per_rank = run_world(4, BF16_JOBS, tmp_path, timeout=1200)
+    for name, result in per_rank[0].items():
+        assert "error" not in result, f"{name}: {result['error']}"
+        assert_history_matches(result["history"], reference, rtol=2e-2, atol=1e-3)
