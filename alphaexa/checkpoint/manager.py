@@ -20,16 +20,15 @@ import warnings
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.staging import AsyncStager, DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from torch.distributed.checkpoint.stateful import Stateful
-from typing_extensions import Self
 
 import alphaexa
 from alphaexa.config import ConfigError, ModelConfig
@@ -100,6 +99,30 @@ def _shape(size: Any) -> list[int]:
     return [int(s) for s in size]
 
 
+class _ManagerOwnedStager(AsyncStager):
+    """DCP's DefaultStager as ``dcp.async_save`` sees it: DCP cannot close it, the manager does.
+
+    torch 2.11's ``async_save`` closes the ``async_stager`` it is given once the upload is done
+    (2.13 closes only a stager it created itself). A closed DefaultStager has dropped its host
+    buffers and emptied its copy-dispatch table, so the next save failed with
+    ``KeyError: <class 'type'>`` on the very first object, the state dict itself. Here close()
+    from DCP is ignored and ``CheckpointManager.close()`` closes ``self.stager``, so the buffers
+    are reused on every torch version.
+    """
+
+    def __init__(self, options: StagingOptions):
+        self.stager = DefaultStager(options)
+
+    def stage(self, state_dict: dict[str, Any]) -> Any:
+        return self.stager.stage(state_dict)
+
+    def synchronize_staging(self) -> None:
+        self.stager.synchronize_staging()
+
+    def close(self) -> None:
+        """Ignored: the staging buffers live as long as the manager (see the class docstring)."""
+
+
 class CheckpointManager:
     """Save, find, verify and load checkpoints under ``root_dir``.
 
@@ -149,7 +172,7 @@ class CheckpointManager:
             if async_save else None
         # One stager for the manager's lifetime: it keeps its host buffers between saves
         # (pinned on CUDA; shared memory when a separate process writes them).
-        self._stager = DefaultStager(StagingOptions(
+        self._stager = _ManagerOwnedStager(StagingOptions(
             use_pinned_memory=torch.cuda.is_available(), use_shared_memory=async_mode == "process",
             use_async_staging=False, use_non_blocking_copy=False)) if async_save else None
 
@@ -229,7 +252,7 @@ class CheckpointManager:
         """Wait for the pending save and release the staging buffers and the background thread."""
         self.wait()
         if self._stager is not None:
-            self._stager.close()
+            self._stager.stager.close()
             self._stager = None
         if self._finisher is not None:
             self._finisher.shutdown(wait=True)
@@ -275,7 +298,7 @@ class CheckpointManager:
         """Rank 0: manifest, rename into place, repoint ``latest``, drop old checkpoints."""
         manifest = {
             "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "world_size": self.world_size, "checkpoint_ranks": self.ranks,
             "torch_version": torch.__version__, "alphaexa_version": alphaexa.__version__,
             "model": self.model_config.to_dict() if self.model_config is not None else None,

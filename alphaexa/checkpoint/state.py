@@ -88,6 +88,17 @@ class ModelOptimizerState(Stateful):
                 set_optimizer_state_dict(model, optims, state_dict["optim"], options=_OPTIONS)
 
 
+def _numpy_state() -> tuple[str, list[int], int, int, float]:
+    """NumPy's legacy generator state with its key as a list of ints instead of an ndarray.
+
+    The state handed to DCP holds only tensors and plain Python values, so DCP's stager copies it
+    with its plain-container paths; ``np.random.set_state`` takes either form (older checkpoints
+    hold the ndarray).
+    """
+    name, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return name, key.tolist(), int(pos), int(has_gauss), float(cached_gaussian)
+
+
 def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
@@ -110,7 +121,7 @@ class RNGState(Stateful):
     def state_dict(self) -> dict[str, Any]:
         states: dict[str, Any] = {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": _numpy_state(),
             "torch_cpu": torch.get_rng_state(),
         }
         if torch.accelerator.is_available():
