@@ -2,9 +2,11 @@
 # Shared code of the site launchers (polaris.sh, aurora.sh) and local.sh.
 #
 # Sourced, never executed.  A launcher sets AX_PROG (its name, for messages) and
-# AX_SITE (polaris | aurora | local) before sourcing this file, then calls the
-# functions below in order: ax_parse_args, ax_read_nodes, ax_load_modules,
-# ax_site_env, ax_placement, ax_build_mpiexec, ax_launch.
+# AX_SITE (polaris | aurora | local), defines ax_usage, sources this file, then
+# calls: ax_parse_args; ax_submit (with --submit) or else ax_enter_workdir,
+# ax_read_nodes, ax_load_modules, its own site environment (ax_export ...),
+# ax_placement, ax_build_mpiexec, ax_launch.  local.sh uses the argument,
+# environment and train-command parts only.
 #
 # Every user-facing failure is ONE line on stderr, "<launcher>: error: <what>",
 # with exit status 2, so that a PBS output file or a terminal shows the cause
@@ -102,6 +104,7 @@ EOF
 # --------------------------------------------------------------------------- arguments
 # Launcher options, each also settable by the environment variable beside it.
 # Anything after "--" goes to `alphaexa train` verbatim.
+# shellcheck disable=SC2034  # AX_SUBMIT is read by the launcher that sources this file
 ax_parse_args() {
   AX_DRY_RUN="${DRY_RUN:-0}"
   AX_SUBMIT=0
@@ -132,7 +135,7 @@ ax_parse_args() {
   # A job submitted with --submit finds its arguments in the file written at submit time.
   if [[ -n "${ALPHAEXA_SUBMITTED_ARGS:-}" && $# -eq 0 ]]; then
     [[ -r "${ALPHAEXA_SUBMITTED_ARGS}" ]] || ax_die "ALPHAEXA_SUBMITTED_ARGS=${ALPHAEXA_SUBMITTED_ARGS} is not a readable file"
-    local saved=()
+    local saved=() word
     while IFS= read -r -d '' word; do saved+=("${word}"); done <"${ALPHAEXA_SUBMITTED_ARGS}"
     set -- "${saved[@]}"
   fi
@@ -181,7 +184,7 @@ ax_parse_args() {
   if [[ -n "${AX_NODES}" && ! "${AX_NODES}" =~ ^[1-9][0-9]*$ ]]; then
     ax_die "--nodes ${AX_NODES}: expected a positive integer"
   fi
-  if [[ "${AX_SITE}" != local && -n "${AX_NPROC}${AX_LAUNCHER}" && "${AX_SUBMIT}" == 0 ]]; then
+  if [[ "${AX_SITE}" != local && -n "${AX_NPROC}${AX_LAUNCHER}" ]]; then
     [[ -z "${AX_NPROC}" ]] || ax_die "--nproc/NPROC is for launchers/local.sh; here the plan sets the ranks"
     [[ -z "${AX_LAUNCHER}" ]] || ax_die "--launcher/LAUNCHER is for launchers/local.sh; here it is PALS mpiexec"
   fi
@@ -191,9 +194,7 @@ ax_parse_args() {
   if [[ -z "${AX_CONFIG}" ]]; then
     ax_die "no training config: pass --config FILE (or set ALPHAEXA_CONFIG), e.g. --config configs/tiny-moe.toml"
   fi
-  if [[ "${AX_SUBMIT}" == 0 ]] && ! ax_is_dry_run && [[ ! -r "${AX_CONFIG}" ]]; then
-    ax_die "config ${AX_CONFIG} is not a readable file"
-  fi
+  [[ -r "${AX_CONFIG}" ]] || ax_die "config ${AX_CONFIG} is not a readable file"
   if [[ -n "${AX_PLAN}" && ! -r "${AX_PLAN}" ]]; then
     ax_die "plan ${AX_PLAN} is not a readable file (make one with: alphaexa plan ... --json --out plan.json)"
   fi
