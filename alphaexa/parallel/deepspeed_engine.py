@@ -1,0 +1,170 @@
+"""DeepSpeed as the alternative engine for the dense / data-parallel part: ZeRO 1-3 and ZeRO-Infinity.
+
+Where it is the better tool: offloading optimizer state and parameters to CPU
+memory or to NVMe (ZeRO-Infinity), and sites whose users already run
+Megatron-DeepSpeed.  The FSDP2 path (``parallelize``) is the default and the
+only one with tensor, pipeline and expert parallelism.
+
+Mapping: every rank is a data-parallel rank; ``sharding`` gives the ZeRO stage
+(none -> 0, zero1 -> 1, zero2 -> 2, zero3 -> 3); ``offload_optimizer`` /
+``offload_params`` = "cpu" or "nvme" (``nvme_path``: a local directory) turn on
+ZeRO-Infinity (parameter offload needs stage 3, as in DeepSpeed).
+
+Limits, enforced before DeepSpeed (or any process group) starts, one line each:
+* tp, cp, ep > 1 and pp > 1 are not supported on this engine path; in
+  particular DeepSpeed's pipeline engine itself accepts only ZeRO stage 0/1
+  (it rejects ZeRO-2/3), and DeepSpeed's native MoE (its expert parallelism)
+  does not combine with ZeRO-3.  Our MoE layers run under DeepSpeed as plain
+  data-parallel modules (ep = 1), which every ZeRO stage supports.
+* dp_replicate > 1 with a ZeRO stage: DeepSpeed shards over all data ranks.
+
+Loss normalisation as in ``train_step``: DeepSpeed divides gradients by the
+data-parallel size and the micro-batch loss by the accumulation steps, so the
+micro-batch loss handed to it is ``summed CE / global tokens * dp * steps``
+and the MoE auxiliary gradient is injected with weight ``dp / steps``: the
+gradient is again that of the single-process global mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from alphaexa.model.moe import moe_layers, set_stats_reduce_hook
+from alphaexa.model.transformer import Transformer
+from topology.layout import Layout
+from topology.modelcfg import ConfigError
+
+from .expert_parallel import stats_reduce_hook
+from .train_step import IGNORE_INDEX, StepResult, summed_cross_entropy
+
+ZERO_STAGE = {"none": 0, "zero1": 1, "zero2": 2, "zero3": 3}
+OFFLOAD_DEVICES = (None, "cpu", "nvme")
+
+
+@dataclass(frozen=True)
+class DeepSpeedOptions:
+    offload_optimizer: str | None = None  # None, "cpu" or "nvme"
+    offload_params: str | None = None  # None, "cpu" or "nvme" (stage 3 only)
+    nvme_path: str | None = None  # local directory for "nvme"
+    max_norm: float = 1.0
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+def check_deepspeed_layout(layout: Layout, options: DeepSpeedOptions) -> int:
+    """The ZeRO stage for ``layout``; ConfigError (one line) for what this engine path cannot run."""
+    stage = ZERO_STAGE[layout.sharding]
+    if layout.pp > 1:
+        if stage >= 2:
+            raise ConfigError(f"pp={layout.pp} with sharding={layout.sharding}: DeepSpeed's pipeline engine "
+                              "supports ZeRO stage 0 or 1 only")
+        raise ConfigError(f"pp={layout.pp}: the DeepSpeed engine path runs data parallelism only; use the "
+                          "FSDP2 engine for pipeline parallelism")
+    if layout.ep > 1:
+        detail = " (and DeepSpeed's native MoE does not combine with ZeRO-3)" if stage == 3 else ""
+        raise ConfigError(f"ep={layout.ep}: expert parallelism is not available on the DeepSpeed engine path"
+                          f"{detail}; use the FSDP2 engine")
+    for name in ("tp", "cp"):
+        if getattr(layout, name) > 1:
+            raise ConfigError(f"{name}={getattr(layout, name)}: not supported on the DeepSpeed engine path; "
+                              "use the FSDP2 engine")
+    if layout.dp_replicate > 1 and stage > 0:
+        raise ConfigError(f"dp_replicate={layout.dp_replicate} with sharding={layout.sharding}: DeepSpeed "
+                          "shards over all data ranks; put them in dp_shard")
+    for what in ("offload_optimizer", "offload_params"):
+        device = getattr(options, what)
+        if device not in OFFLOAD_DEVICES:
+            raise ConfigError(f"{what}={device!r}: must be cpu, nvme or unset")
+        if device is not None and stage == 0:
+            raise ConfigError(f"{what}={device} needs ZeRO (sharding=zero1|zero2|zero3)")
+        if device == "nvme" and not options.nvme_path:
+            raise ConfigError(f"{what}=nvme needs nvme_path, a local directory")
+    if options.offload_params is not None and stage != 3:
+        raise ConfigError(f"offload_params={options.offload_params} needs sharding=zero3 (ZeRO-Infinity)")
+    return stage
+
+
+def deepspeed_config(layout: Layout, options: DeepSpeedOptions, *, n_microbatches: int,
+                     compute_dtype: torch.dtype) -> dict:
+    stage = check_deepspeed_layout(layout, options)
+    zero: dict = {"stage": stage}
+    if options.offload_optimizer:
+        zero["offload_optimizer"] = _offload(options.offload_optimizer, options.nvme_path, "optimizer")
+    if options.offload_params:
+        zero["offload_param"] = _offload(options.offload_params, options.nvme_path, "params")
+    config = {
+        "train_micro_batch_size_per_gpu": layout.mbs,
+        "gradient_accumulation_steps": n_microbatches,
+        "train_batch_size": layout.mbs * n_microbatches * layout.dp,
+        "gradient_clipping": options.max_norm,
+        "zero_optimization": zero,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if compute_dtype == torch.bfloat16:
+        config["bf16"] = {"enabled": True}
+    elif compute_dtype == torch.float16:
+        config["fp16"] = {"enabled": True}
+    return config
+
+
+def _offload(device: str, nvme_path: str | None, what: str) -> dict:
+    if device == "cpu":
+        return {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    path = Path(nvme_path) / what
+    path.mkdir(parents=True, exist_ok=True)
+    return {"device": "nvme", "nvme_path": str(path), "pin_memory": torch.cuda.is_available()}
+
+
+class DeepSpeedTrainStep:
+    """``step(inputs, targets)`` like ``TrainStep``, then clip + optimizer step inside DeepSpeed.
+
+    ``inputs``/``targets``: this rank's rows (``local_rows`` with dp = world size).
+    """
+
+    def __init__(self, model: Transformer, layout: Layout, options: DeepSpeedOptions, *, n_microbatches: int,
+                 compute_dtype: torch.dtype = torch.float32):
+        import deepspeed
+
+        self.config = deepspeed_config(layout, options, n_microbatches=n_microbatches, compute_dtype=compute_dtype)
+        self.n_microbatches = n_microbatches
+        self.dp = layout.dp
+        if self.dp > 1:
+            set_stats_reduce_hook(model, stats_reduce_hook(dist.group.WORLD))
+        for moe in moe_layers(model).values():
+            moe.aux_loss_scale = self.dp / n_microbatches
+        optimizer = _client_optimizer(options, self.config)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), optimizer=optimizer, config=self.config)
+        self.last_grad_norm: float | None = None
+
+    def __call__(self, inputs: Tensor, targets: Tensor) -> StepResult:
+        device = self.engine.device
+        inputs, targets = inputs.to(device), targets.to(device)
+        count = (targets != IGNORE_INDEX).sum().to(torch.float32)
+        dist.all_reduce(count)
+        scale = self.dp * self.n_microbatches
+        loss_sum = torch.zeros((), device=device)
+        for x, y in zip(inputs.chunk(self.n_microbatches), targets.chunk(self.n_microbatches)):
+            loss = summed_cross_entropy(self.engine(x), y) / count
+            self.engine.backward(loss * scale)
+            self.engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+            loss_sum += loss.detach().float()
+        dist.all_reduce(loss_sum)
+        self.last_grad_norm = float(self.engine.get_global_grad_norm())
+        return StepResult(loss=float(loss_sum), tokens=int(count))
+
+
+def _client_optimizer(options: DeepSpeedOptions, config: dict):
+    """DeepSpeed's own Adam when optimizer state is offloaded (it needs its CPU/NVMe Adam), else torch AdamW."""
+    adam = {"lr": options.lr, "betas": list(options.betas), "weight_decay": options.weight_decay}
+    if "offload_optimizer" in config["zero_optimization"]:
+        config["optimizer"] = {"type": "AdamW", "params": adam}
+        return None
+    return lambda params: torch.optim.AdamW(params, lr=options.lr, betas=options.betas,
+                                            weight_decay=options.weight_decay)

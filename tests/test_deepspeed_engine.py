@@ -1,0 +1,121 @@
+"""DeepSpeed engine: ZeRO-1 and ZeRO-3 on 2 gloo ranks (DeepSpeed's CPU accelerator) train the
+single-process model; its limits are one-line errors; ZeRO-Infinity offload to a local NVMe directory.
+
+Same model, data, micro-step split, optimizer and tolerance as test_parallel_equivalence.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions, check_deepspeed_layout, deepspeed_config
+from test_parallel_equivalence import (
+    GLOBAL_BATCH,
+    LR,
+    MAX_NORM,
+    MICRO_STEPS,
+    SEQ,
+    STEPS,
+    assert_history_matches,
+    model_config,
+    reference_run,
+    token_batches,
+)
+from topology.layout import Layout
+from topology.modelcfg import ConfigError
+
+deepspeed = pytest.importorskip("deepspeed")
+
+WORLD = 2
+OPTIONS = DeepSpeedOptions(max_norm=MAX_NORM, lr=LR, weight_decay=0.01, betas=(0.9, 0.999))
+
+
+def _run(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+    from alphaexa.model import build_model
+    from alphaexa.parallel import local_rows
+    from alphaexa.parallel.deepspeed_engine import DeepSpeedTrainStep
+
+    results = {}
+    for sharding in ("zero1", "zero3"):
+        try:
+            layout = Layout(dp_shard=world, sharding=sharding, mbs=GLOBAL_BATCH // (MICRO_STEPS * world))
+            step = DeepSpeedTrainStep(build_model(model_config()), layout, OPTIONS, n_microbatches=MICRO_STEPS)
+            inputs, targets = token_batches(STEPS, GLOBAL_BATCH, SEQ, 256)
+            rows = local_rows(GLOBAL_BATCH, MICRO_STEPS, rank, world)
+            history = []
+            for s in range(STEPS):
+                result = step(inputs[s][rows], targets[s][rows])
+                history.append((result.loss, step.last_grad_norm))
+            results[sharding] = {"history": history}
+        except Exception:
+            results[sharding] = {"error": traceback.format_exc()[-4000:]}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def deepspeed_results(tmp_path_factory):
+    import torch.multiprocessing as mp
+
+    from backends.launch import free_port
+
+    tmp = tmp_path_factory.mktemp("deepspeed")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    ctx = mp.start_processes(_run, args=(WORLD, free_port(), str(tmp)), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 300
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ctx.processes:
+                process.kill()
+            pytest.fail("DeepSpeed job did not finish in 300 s")
+    return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("sharding", ["zero1", "zero3"])
+def test_deepspeed_zero_trains_like_one_process(sharding, deepspeed_results):
+    reference = reference_run(model_config())
+    for rank, results in enumerate(deepspeed_results):
+        assert "error" not in results[sharding], f"rank {rank}: {results[sharding]['error']}"
+        assert_history_matches(results[sharding]["history"], reference)
+
+
+@pytest.mark.parametrize("spec,options,message", [
+    ({"pp": 2, "dp_shard": 1, "sharding": "zero2"}, OPTIONS, "pipeline engine supports ZeRO stage 0 or 1 only"),
+    ({"pp": 2, "dp_shard": 1, "sharding": "zero1"}, OPTIONS, "runs data parallelism only"),
+    ({"ep": 2, "dp_shard": 2, "sharding": "zero3"}, OPTIONS, "native MoE does not combine with ZeRO-3"),
+    ({"tp": 2, "dp_shard": 1}, OPTIONS, "tp=2: not supported on the DeepSpeed engine path"),
+    ({"dp_replicate": 2, "dp_shard": 2}, OPTIONS, "DeepSpeed shards over all data ranks"),
+    ({"dp_shard": 2, "sharding": "zero2"}, DeepSpeedOptions(offload_params="cpu"), "needs sharding=zero3"),
+    ({"dp_shard": 2}, DeepSpeedOptions(offload_optimizer="nvme"), "needs nvme_path"),
+    ({"dp_replicate": 2, "sharding": "none"}, DeepSpeedOptions(offload_optimizer="cpu"), "needs ZeRO"),
+])
+def test_deepspeed_limits_are_one_line_errors(spec, options, message):
+    with pytest.raises(ConfigError) as error:
+        check_deepspeed_layout(Layout(**spec), options)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_nvme_offload_config_points_at_a_local_directory(tmp_path):
+    options = DeepSpeedOptions(offload_optimizer="nvme", offload_params="nvme", nvme_path=str(tmp_path))
+    config = deepspeed_config(Layout(dp_shard=2, sharding="zero3", mbs=2), options, n_microbatches=4,
+                              compute_dtype=torch.bfloat16)
+    zero = config["zero_optimization"]
+    assert zero["stage"] == 3 and config["bf16"] == {"enabled": True}
+    assert zero["offload_param"]["device"] == "nvme" and Path(zero["offload_param"]["nvme_path"]).is_dir()
+    assert Path(zero["offload_optimizer"]["nvme_path"]).parent == tmp_path
+    assert config["train_batch_size"] == 2 * 4 * 2
