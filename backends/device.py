@@ -25,6 +25,7 @@ from .attention import available_kernels
 from .errors import BackendError
 
 BACKEND_ENV = "ALPHAEXA_BACKEND"
+DIST_BACKEND_ENV = "ALPHAEXA_DIST_BACKEND"
 FAMILIES = ("cpu", "cuda", "xpu")
 
 # Peak dense (no structured sparsity) bf16 tensor-core FLOP/s per device, for MFU.
@@ -157,9 +158,22 @@ class Backend:
         """The CPU allocator returns memory to the OS itself; nothing is cached."""
 
     # --- collectives and quirks -------------------------------------------------------------
+    # Collective libraries this family can use; the first is the default unless
+    # _default_dist_backend decides otherwise.  $ALPHAEXA_DIST_BACKEND picks one.
+    dist_backend_choices: tuple[str, ...] = ("gloo",)
+
     @property
     def dist_backend(self) -> str:
-        return "gloo"
+        forced = os.environ.get(DIST_BACKEND_ENV, "").strip()
+        if not forced:
+            return self._default_dist_backend()
+        if forced not in self.dist_backend_choices:
+            raise BackendError(f"{DIST_BACKEND_ENV}={forced!r} is not a collective backend for "
+                               f"{self.device_type}; choose one of {', '.join(self.dist_backend_choices)}")
+        return forced
+
+    def _default_dist_backend(self) -> str:
+        return self.dist_backend_choices[0]
 
     @property
     def needs_force_sum_reduction(self) -> bool:
@@ -261,9 +275,7 @@ class CudaBackend(AcceleratorBackend):
     def supports_fp16(self) -> bool:
         return True
 
-    @property
-    def dist_backend(self) -> str:
-        return "nccl"
+    dist_backend_choices = ("nccl", "gloo")
 
 
 class XpuBackend(AcceleratorBackend):
@@ -282,8 +294,9 @@ class XpuBackend(AcceleratorBackend):
     def supports_fp16(self) -> bool:
         return True
 
-    @property
-    def dist_backend(self) -> str:
+    dist_backend_choices = ("xccl", "ccl", "gloo")
+
+    def _default_dist_backend(self) -> str:
         # Native xccl ships with torch >= 2.8; oneccl_bindings_for_pytorch ("ccl") is the
         # end-of-life fallback for older stacks and is imported only when it is used.
         if torch.distributed.is_available() and torch.distributed.is_xccl_available():

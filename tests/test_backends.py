@@ -185,3 +185,13 @@ def test_env_cli_rejects_unknown_backend_flag_in_one_line():
         "alphaexa env: error: unknown backend 'tpu' (from ALPHAEXA_BACKEND or --backend); "
         "choices: auto, cpu, cuda, xpu\n"
     )
+
+
+def test_dist_backend_override_from_environment(monkeypatch):
+    from backends.device import get_backend
+
+    monkeypatch.setenv("ALPHAEXA_DIST_BACKEND", "gloo")
+    assert get_backend("cpu").dist_backend == "gloo"
+    monkeypatch.setenv("ALPHAEXA_DIST_BACKEND", "nccl")
+    with pytest.raises(BackendError, match=r"ALPHAEXA_DIST_BACKEND='nccl' is not a collective backend for cpu"):
+        get_backend("cpu").dist_backend
