@@ -1,5 +1,9 @@
 """Cost model: the published closed forms on hand-checked numbers, and the composed estimate."""
+import importlib.util
+import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +14,7 @@ from topology.modelcfg import ModelConfig, flops_per_token
 from topology.presets import get_preset
 
 GB = 1e9
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ------------------------------------------------------------------- ZeRO
@@ -92,17 +97,53 @@ def test_swiglu_gqa_and_moe_terms():
 
 
 # -------------------------------------------------------------- collectives
+CALL = 26e-6  # NCCL_CALL_US: every GPU preset's fixed cost per collective call
+
+
 def test_ring_all_reduce_on_one_link_class():
     polaris = load_system("polaris")
     path = cm.comm_path(polaris, 4, 1)
-    assert path.link_class == "NVLink3" and path.nodes == 1
-    nbytes = 2**30
+    assert path.link_class == "NVLink3" and path.nodes == 1 and path.call_us * 1e-6 == pytest.approx(CALL)
+    nbytes = 2**30  # large: NCCL's bandwidth protocol, after its pipeline set-up
     bw = 300e9 * 0.78
-    want = 2 * 3 / 4 * nbytes / bw + 2 * 2 * 3e-6  # 2(n-1)/n B/bw + 2 log2(n) latency
+    setup = 122e-6
+    want = CALL + setup + 2 * 3 / 4 * nbytes / bw + 2 * 2 * 3e-6  # 2(n-1)/n B/bw + 2 log2(n) latency
     assert cm.collective_seconds("all_reduce", nbytes, path) == pytest.approx(want)
-    assert cm.collective_seconds("reduce_scatter", nbytes, path) == pytest.approx(3 / 4 * nbytes / bw + 2 * 3e-6)
+    assert cm.collective_seconds("reduce_scatter", nbytes, path) == pytest.approx(
+        CALL + setup + 3 / 4 * nbytes / bw + 2 * 3e-6)
     assert cm.collective_seconds("all_gather", nbytes, path) == cm.collective_seconds("reduce_scatter", nbytes, path)
     assert cm.collective_seconds("all_reduce", nbytes, cm.comm_path(polaris, 1, 1)) == 0.0
+    small = 2**20  # small: the low-latency protocol, no set-up, lower bandwidth
+    ll_bw = 300e9 * 0.548
+    assert cm.collective_seconds("all_reduce", small, path) == pytest.approx(
+        CALL + 2 * 3 / 4 * small / ll_bw + 2 * 2 * 3e-6)
+
+
+def test_nvlink_protocol_switch_is_where_the_set_up_pays_for_itself():
+    """The faster of the low-latency and the bandwidth protocol: continuous at the crossover,
+    the low-latency one below it, the bandwidth one above it."""
+    path = cm.comm_path(load_system("h200-x4"), 4, 1)
+    link = path.intra
+    ll, bulk = 450e9 * link.low_latency_efficiency, 450e9 * link.efficiency
+    crossover = link.bandwidth_setup_us * 1e-6 / (1 / ll - 1 / bulk)  # bytes moved per rank
+    # the measurements put it between the 16 MiB and the 256 MiB all-gathers on 4 GPUs
+    assert 0.75 * 16 * 2**20 < crossover < 0.75 * 256 * 2**20
+    fixed = CALL + 2 * link.latency_us * 1e-6
+    below, above = 0.5 * crossover / 0.75, 2 * crossover / 0.75  # buffers whose 3/4 is moved
+    assert cm.collective_seconds("all_gather", below, path) == pytest.approx(fixed + 0.75 * below / ll)
+    assert cm.collective_seconds("all_gather", above, path) == pytest.approx(
+        fixed + link.bandwidth_setup_us * 1e-6 + 0.75 * above / bulk)
+    at = cm.collective_seconds("all_gather", crossover / 0.75, path)
+    assert at == pytest.approx(fixed + crossover / ll) and at == pytest.approx(
+        fixed + link.bandwidth_setup_us * 1e-6 + crossover / bulk)
+    # the latency grows with the group: one ring step per doubling, all-reduce twice
+    two, four, eight = (cm.comm_path(load_system(f"h200-x{n}"), n, 1) for n in (2, 4, 8))
+    tiny = 1024.0
+    step = link.latency_us * 1e-6
+    assert cm.collective_seconds("all_gather", tiny, four) - cm.collective_seconds("all_gather", tiny, two) \
+        == pytest.approx(step + (3 / 4 - 1 / 2) * tiny / ll)
+    assert cm.collective_seconds("all_reduce", tiny, eight) - cm.collective_seconds("all_reduce", tiny, four) \
+        == pytest.approx(2 * step + 2 * (7 / 8 - 3 / 4) * tiny / ll)
 
 
 @pytest.mark.parametrize("size, stride, link, k, nodes", [
@@ -126,7 +167,7 @@ def test_inter_node_bandwidth_is_the_nics_shared_by_the_ranks_of_a_node():
     path = cm.comm_path(aurora, 4, 12)
     assert path.inter_gbps == pytest.approx(8 * 25 * 0.85 / 12)
     nbytes = 1e9
-    want = 3 / 4 * nbytes / (path.inter_gbps * 1e9) + 2 * 8e-6
+    want = CALL + 3 / 4 * nbytes / (path.inter_gbps * 1e9) + 2 * 8e-6
     assert cm.collective_seconds("all_gather", nbytes, path) == pytest.approx(want)
 
 
@@ -138,7 +179,7 @@ def test_hierarchical_all_reduce_is_intra_reduce_scatter_inter_all_reduce_intra_
     inter = 8 * 25e9 * 0.85 / 12
     rs_intra = 11 / 12 * nbytes / intra + 4 * 5e-6
     ar_inter = 2 * 1 / 2 * (nbytes / 12) / inter + 2 * 1 * 8e-6
-    assert cm.collective_seconds("all_reduce", nbytes, path) == pytest.approx(2 * rs_intra + ar_inter)
+    assert cm.collective_seconds("all_reduce", nbytes, path) == pytest.approx(CALL + 2 * rs_intra + ar_inter)
 
 
 def test_all_to_all_splits_traffic_between_node_link_and_nics():
@@ -147,7 +188,7 @@ def test_all_to_all_splits_traffic_between_node_link_and_nics():
     nbytes = 1.2e9
     t_intra = nbytes * 11 / 24 / (106e9 * 0.6)
     t_inter = nbytes * 12 / 24 / (8 * 25e9 * 0.85 / 12)
-    want = max(t_intra, t_inter) + (5e-6 + 8e-6 * 1)
+    want = CALL + max(t_intra, t_inter) + (5e-6 * 4 + 8e-6 * 1)  # log2 steps in and between nodes
     assert cm.collective_seconds("all_to_all", nbytes, path) == pytest.approx(want)
 
 
@@ -205,6 +246,92 @@ def test_gemm_time_is_compute_bound_when_large_and_wave_quantised():
     # a skinny GEMM is memory bound
     skinny = cm.gemm_seconds(dev, 1, n, n)
     assert skinny == pytest.approx(2 * (n + n * n + n) / (dev.memory_gbps * 1e9) + dev.launch_us * 1e-6)
+
+
+def test_grouped_gemm_shares_the_waves_of_all_experts_and_launches_once():
+    dev = load_system("h200-x1").node.device
+    peak = dev.bf16_tflops * 1e12 * dev.gemm_efficiency
+    launch = dev.launch_us * 1e-6
+    flops = 2 * 2048 * 1408 * 2048
+    # one expert: 16 x 11 = 176 tiles, two waves over 132 SMs; eight in one kernel: 1408 tiles, 11 waves
+    assert cm.gemm_seconds(dev, 2048, 1408, 2048) == pytest.approx(flops / (peak * 176 / 264) + launch)
+    grouped = cm.grouped_gemm_seconds(dev, 8, 2048, 1408, 2048)
+    assert grouped == pytest.approx(8 * flops / (peak * 1408 / 1452) + launch)
+    assert grouped < 0.75 * 8 * cm.gemm_seconds(dev, 2048, 1408, 2048)
+
+
+def test_causal_attention_computes_its_diagonal_tiles_whole():
+    dev = load_system("h200-x1").node.device
+    peak = dev.bf16_tflops * 1e12 * dev.attention_efficiency
+    launch = dev.launch_us * 1e-6
+    # 128 queries and keys are one tile: the full square, 2 matmuls of 2 FLOPs per multiply-add
+    assert cm.attention_seconds(dev, 1, 128, 128, 4096) - launch == pytest.approx(4 * 128 * 128 * 4096 / peak)
+    # long sequences approach the visible half: 8192 / 128 = 64 tiles per row, 1/64 extra
+    assert cm.attention_seconds(dev, 2, 8192, 8192, 4096) - launch == pytest.approx(
+        2 * 4 * 8192 * 8192 * 4096 * 0.5 * (1 + 1 / 64) / peak)
+
+
+def _seconds(dev, nbytes: float, kernels: int) -> float:
+    return nbytes / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency) + kernels * dev.launch_us * 1e-6
+
+
+def test_dense_layer_is_its_gemms_attention_and_counted_elementwise_traffic():
+    model, system = get_preset("1b"), load_system("h200-x1")
+    dev = system.node.device
+    lc = cm.layer_cost(model, system, 1, 1, 1, 1, 4, 2048, 1)
+    tokens = 4 * 2048
+
+    def g(n, k):
+        return cm.gemm_seconds(dev, tokens, n, k)
+
+    gemms = g(2048, 2048) + 2 * g(256, 2048) + g(2048, 2048) + g(2 * 5632, 2048) + g(2048, 5632)  # q k v o, SwiGLU
+    attention = cm.attention_seconds(dev, 4, 2048, 2048, 2048)
+    # per token: two fp32 RMSNorms, two residual adds, fp32 RoPE of q and k (4 KV heads of 64),
+    # the attention-output copy, SwiGLU over 5632 hidden units
+    per_token = 2 * 20 * 2048 + 2 * 6 * 2048 + 48 * (2048 + 256) + 4 * 2048 + 10 * 5632
+    assert per_token == 281_600
+    kernels = 2 * 3 + 2 + 2 * 9 + 1 + 2
+    elementwise = _seconds(dev, tokens * per_token, kernels)
+    assert lc.fwd_dense == pytest.approx(gemms + attention + elementwise)
+    # backward: twice the GEMMs and elementwise work, 2.5x the attention core (it recomputes the scores)
+    assert lc.bwd_dense == pytest.approx(2 * (gemms + elementwise) + 2.5 * attention)
+
+
+def test_moe_layer_routes_through_grouped_experts_and_one_host_synchronisation():
+    model, system = get_preset("1b-moe"), load_system("h200-x1")  # 8 experts of 1408, top-2, 4 KV heads of 128
+    dev = system.node.device
+    lc = cm.layer_cost(model, system, 1, 1, 1, 1, 4, 2048, 1)
+    tokens = 4 * 2048
+
+    def g(n, k):
+        return cm.gemm_seconds(dev, tokens, n, k)
+
+    gemms = g(2048, 2048) + 2 * g(512, 2048) + g(2048, 2048) + g(8, 2048) \
+        + cm.grouped_gemm_seconds(dev, 8, 2048, 2 * 1408, 2048) + cm.grouped_gemm_seconds(dev, 8, 2048, 2048, 1408)
+    attention = cm.attention_seconds(dev, 4, 2048, 2048, 2048)
+    # per token as in the dense layer (RoPE on 2048 + 512), SwiGLU on 2 routed rows of 1408, and per
+    # routed row gather + weighting + index_add read (10 x 2048); zeros + index_add write per token (6 x 2048)
+    per_token = 2 * 20 * 2048 + 2 * 6 * 2048 + 48 * (2048 + 512) + 4 * 2048 + 2 * (10 * 1408 + 10 * 2048) + 6 * 2048
+    elementwise = _seconds(dev, tokens * per_token, 2 * 3 + 2 + 2 * 9 + 1 + 2 + cm.MOE_ROUTING_KERNELS)
+    assert lc.fwd_moe == pytest.approx(gemms + attention + elementwise + dev.host_sync_us * 1e-6)
+    assert lc.bwd_moe == pytest.approx(2 * (gemms + elementwise) + 2.5 * attention)
+
+
+def test_predictions_match_the_h200_measurements_they_were_fitted_to(monkeypatch):
+    """bench/calibration_report.py on the H200x4 run of 2026-11-22 (bench/gpu_calibrate.py): a change
+    to the cost model's time terms that loses the calibration fails here."""
+    spec = importlib.util.spec_from_file_location("calibration_report", ROOT / "bench" / "calibration_report.py")
+    report_tool = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, report_tool)  # its dataclass resolves annotations there
+    spec.loader.exec_module(report_tool)
+    report = json.loads((ROOT / "tests" / "data" / "topo" / "h200_x4_calibrate.json").read_text())
+    assert report_tool.family_of(report["device"]) == "h200"
+    summary = report_tool.error_summary(report_tool.compare(report, "h200"))
+    assert {k: v["count"] for k, v in summary.items()} == {"gemm": 8, "collectives": 32, "model": 3, "all": 43}
+    assert summary["model"]["now_max"] < 5  # 125m, 1b, 1b-moe forward+backward
+    assert summary["gemm"]["now_max"] < 8
+    assert summary["collectives"]["now_median"] < 5 and summary["collectives"]["now_max"] < 40
+    assert summary["all"]["before_median"] > 30  # what the uncalibrated model got wrong
 
 
 # ---------------------------------------------------------------- estimate

@@ -1,4 +1,4 @@
-"""Discovery on synthetic sysfs trees and captured/transcribed tool outputs."""
+"""Discovery on synthetic sysfs trees and captured/transcribed tool outputs (tests/data/topo/README.md)."""
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from topology.discovery import (
     read_nics,
     system_from_discovery,
 )
+from topology.hardware import NVLINK4, load_system
 from topology.modelcfg import ConfigError
 from topology.placement import local_ranks
 from topology.planner import plan
@@ -116,6 +117,18 @@ def test_parse_nvidia_smi_topo_dgx_h100(underline):
                                                      "mlx5_10", "mlx5_11"]
 
 
+def test_parse_a_real_h200_capture():
+    """`nvidia-smi topo -m` captured on a 4x H200 machine (driver 580.159.04) by bench/gpu_calibrate.py."""
+    text = (DATA / "h200_x4_nvidia_smi_topo.txt").read_text()
+    assert text.startswith("\t\x1b[4mGPU0")  # as captured: the header underlined with escape codes
+    m = parse_nvidia_smi_topo(text)
+    assert m.devices == ["GPU0", "GPU1", "GPU2", "GPU3"]
+    assert len(m.links) == 12 and set(m.links.values()) == {"NV18"}  # NVSwitch: every ordered pair
+    assert m.cpu_affinity == {f"GPU{i}": "0-63" for i in range(4)}
+    assert m.numa == {f"GPU{i}": 0 for i in range(4)}  # the empty "GPU NUMA ID" cell is not a NUMA node
+    assert m.nics == {} and m.nic_links == {} and m.nearest_nic("GPU2") == ""  # a VM: no NIC columns
+
+
 def test_parse_xpu_smi_topology_aurora():
     m = parse_xpu_smi_topo((DATA / "aurora_xpu_smi_topology.txt").read_text())
     assert m.devices == [f"{g}/{t}" for g in range(6) for t in range(2)]
@@ -169,6 +182,24 @@ def test_discover_a_dgx_h100_and_plan_on_it(tmp_path):
     assert local[5].nic == "mlx5_9" and local[0].cpu_list == "0-13" and local[4].cpu_list == "56-69"
     result = plan("7b", system, 4, 64, 4096, top=2)
     assert result.plans and result.plans[0].estimate.fits
+
+
+def test_discover_the_h200_machine_from_its_capture(tmp_path):
+    # the real topo capture with a synthetic sysfs of what it reports: 64 CPUs, one NUMA node, no fabric
+    root = make_sysfs(tmp_path / "h200", 1, 64, 1, {0: "0-63"}, 1024)
+    query = "\n".join(f"{i}, NVIDIA H200, 143771" for i in range(4))
+    run = fake_tools({"nvidia-smi --query-gpu=index,name,memory.total": query,
+                      "nvidia-smi topo": (DATA / "h200_x4_nvidia_smi_topo.txt").read_text()})
+    system = system_from_discovery(discover(root, run=run, env={}, torch_fallback=False))
+    assert system.node.device == load_system("h200-x4").node.device  # 140.4 GiB reported: the catalogue's
+    (level,) = system.node.link_levels
+    assert level.size == 4 and level.link.gbps == 450  # NV18 to every peer: NVSwitch, 18 x 25 GB/s
+    assert (level.link.efficiency, level.link.low_latency_efficiency) == (NVLINK4.efficiency,
+                                                                          NVLINK4.low_latency_efficiency)
+    assert system.network is None and system.max_nodes == 1
+    local = local_ranks(system)
+    assert [(lr.device, lr.cpu_list) for lr in local] == [("0", "0-15"), ("1", "16-31"), ("2", "32-47"),
+                                                           ("3", "48-63")]
 
 
 def test_discover_polaris_reproduces_the_catalogue_binding(tmp_path):

@@ -27,14 +27,21 @@ Sources of the closed forms (docs/planner.md derives each term):
   ceil(log2 n) steps each (tree/recursive-halving latency, as NCCL and oneCCL
   pick for large groups).  A group spread over nodes runs hierarchically: the
   intra-node part on the node's link, the inter-node part on the NIC bandwidth
-  of a node shared by all of its ranks.
+  of a node shared by all of its ranks.  Each call also pays the device's
+  fixed per-call cost, and on links with a low-latency protocol (NVLink) the
+  transfer is the faster of that protocol and the bandwidth protocol after its
+  set-up (``hardware.Link``).
 * GEMM time: a roofline per GEMM, max(FLOPs / (peak * efficiency * wave
   utilisation), bytes / HBM bandwidth) + launch overhead; the wave utilisation
   (output tiles of 128x128 over the device's compute units) makes small GEMMs
-  slower per FLOP, which is the size dependence.
+  slower per FLOP, which is the size dependence.  Grouped expert GEMMs share
+  their waves.  Fused attention runs at its own efficiency, its backward at 2.5x
+  the forward; elementwise work is the HBM traffic the eager implementation
+  moves (counted below) at the device's elementwise efficiency, plus launches.
 
 Nothing here is measured on the fly; efficiencies live in the hardware
-catalogue and bench/gpu_calibrate.py compares predictions against a GPU.
+catalogue, fitted to bench/gpu_calibrate.py runs; bench/calibration_report.py
+compares a run's measurements with the current model.
 """
 from __future__ import annotations
 
@@ -148,6 +155,7 @@ class CommPath:
     inter_gbps: float  # per rank, all ranks of a node sharing the NICs
     inter_latency_us: float
     link_class: str  # human-readable: "MDFI", "XeLink", "NVLink3", "Slingshot-11", "XeLink+Slingshot-11"
+    call_us: float = 0.0  # the device's fixed cost per collective call
 
 
 def comm_path(system: System, size: int, stride: int) -> CommPath:
@@ -158,61 +166,79 @@ def comm_path(system: System, size: int, stride: int) -> CommPath:
     inter_gbps = net.node_gbps / r if net else 0.0
     inter_lat = net.nic.latency_us if net else 0.0
     inter_name = net.nic.name if net else "none"
+    call = node.device.collective_call_us
     if size <= 1:
-        return CommPath(1, 1, 1, None, inter_gbps, inter_lat, "local")
+        return CommPath(1, 1, 1, None, inter_gbps, inter_lat, "local", call)
     span = size * stride
     if span <= r and r % span == 0:
         level = next(lv for lv in node.link_levels if lv.size % span == 0)
-        return CommPath(size, size, 1, level.link, inter_gbps, inter_lat, level.link.name)
+        return CommPath(size, size, 1, level.link, inter_gbps, inter_lat, level.link.name, call)
     if stride % r == 0:
-        return CommPath(size, 1, size, None, inter_gbps, inter_lat, inter_name)
+        return CommPath(size, 1, size, None, inter_gbps, inter_lat, inter_name, call)
     if r % stride == 0 and span % r == 0:
         k = r // stride
         link = node.link_levels[-1].link
-        return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}")
+        return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}", call)
     # A group that straddles node boundaries unevenly: charge it as inter-node throughout.
-    return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)")
+    return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)", call)
 
 
-def _ring(op: str, n: int, nbytes: float, gbps: float, latency_us: float) -> float:
+def _move(volume: float, link: Link | None, gbps: float) -> float:
+    """Seconds to move ``volume`` bytes per rank: over ``link`` with its protocols, else at ``gbps``."""
+    if link is None:
+        return volume / (gbps * 1e9)
+    bulk = volume / (link.effective_gbps * 1e9)
+    if link.low_latency_efficiency > 0:
+        # NCCL-style protocol choice: the low-latency protocol until the bandwidth
+        # protocol's pipeline set-up pays for itself.
+        return min(volume / (link.gbps * link.low_latency_efficiency * 1e9),
+                   link.bandwidth_setup_us * 1e-6 + bulk)
+    return bulk
+
+
+def _ring(op: str, n: int, nbytes: float, latency_us: float, link: Link | None, gbps: float = 0.0) -> float:
     if n <= 1 or nbytes <= 0:
         return 0.0
     steps = math.ceil(math.log2(n))
     frac = (n - 1) / n
     if op == "all_reduce":
-        return 2 * frac * nbytes / (gbps * 1e9) + 2 * steps * latency_us * 1e-6
-    return frac * nbytes / (gbps * 1e9) + steps * latency_us * 1e-6
+        return _move(2 * frac * nbytes, link, gbps) + 2 * steps * latency_us * 1e-6
+    return _move(frac * nbytes, link, gbps) + steps * latency_us * 1e-6
 
 
 def collective_seconds(op: str, nbytes: float, path: CommPath) -> float:
     """Time of one collective; ``nbytes`` is the full (unsharded) buffer per rank for
-    all_reduce/reduce_scatter/all_gather, the bytes a rank sends for all_to_all and p2p."""
+    all_reduce/reduce_scatter/all_gather, the bytes a rank sends for all_to_all and p2p.
+
+    Every call pays the device's ``collective_call_us`` once (one library call, even
+    when it runs hierarchically), plus per-step latencies and the transfer."""
     n = path.size
     if n <= 1 or nbytes <= 0:
         return 0.0
-    intra_bw = path.intra.effective_gbps if path.intra else 0.0
-    intra_lat = path.intra.latency_us if path.intra else 0.0
+    intra = path.intra
+    intra_lat = intra.latency_us if intra else 0.0
+    call = path.call_us * 1e-6
     if op == "p2p":
         if path.nodes == 1:
-            return nbytes / (intra_bw * 1e9) + intra_lat * 1e-6
-        return nbytes / (path.inter_gbps * 1e9) + path.inter_latency_us * 1e-6
+            return call + _move(nbytes, intra, 0.0) + intra_lat * 1e-6
+        return call + nbytes / (path.inter_gbps * 1e9) + path.inter_latency_us * 1e-6
     if op == "all_to_all":
-        t_intra = nbytes * (path.k - 1) / n / (intra_bw * 1e9) if path.k > 1 else 0.0
+        t_intra = _move(nbytes * (path.k - 1) / n, intra, 0.0) if path.k > 1 else 0.0
         t_inter = nbytes * (n - path.k) / n / (path.inter_gbps * 1e9) if path.nodes > 1 else 0.0
-        latency = (intra_lat if path.k > 1 else 0.0) + (
+        latency = (intra_lat * math.ceil(math.log2(path.k)) if path.k > 1 else 0.0) + (
             path.inter_latency_us * math.ceil(math.log2(path.nodes)) if path.nodes > 1 else 0.0)
-        return max(t_intra, t_inter) + latency * 1e-6
+        return call + max(t_intra, t_inter) + latency * 1e-6
     if op not in ("all_reduce", "reduce_scatter", "all_gather"):
         raise ValueError(f"unknown collective {op!r}")
     if path.nodes == 1:
-        return _ring(op, n, nbytes, intra_bw, intra_lat)
+        return call + _ring(op, n, nbytes, intra_lat, intra)
     if path.k == 1:
-        return _ring(op, n, nbytes, path.inter_gbps, path.inter_latency_us)
+        return call + _ring(op, n, nbytes, path.inter_latency_us, None, path.inter_gbps)
     # hierarchical: intra-node reduce-scatter/all-gather, inter-node on 1/k of the buffer
-    inter = _ring(op, path.nodes, nbytes / path.k, path.inter_gbps, path.inter_latency_us)
+    inter = _ring(op, path.nodes, nbytes / path.k, path.inter_latency_us, None, path.inter_gbps)
     if op == "all_reduce":
-        return 2 * _ring("reduce_scatter", path.k, nbytes, intra_bw, intra_lat) + inter
-    return _ring(op, path.k, nbytes, intra_bw, intra_lat) + inter
+        return call + 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra) + inter
+    return call + _ring(op, path.k, nbytes, intra_lat, intra) + inter
 
 
 # ------------------------------------------------------------ compute time
@@ -235,21 +261,64 @@ class LayerCost:
 
     fwd_dense: float  # compute of the forward (GEMMs, attention core, elementwise, launches)
     fwd_moe: float
+    bwd_dense: float  # compute of the backward
+    bwd_moe: float
     attn_fwd: float  # attention core alone (what selective recomputation repeats)
     tp_fwd: float  # exposed tensor-parallel collectives of one layer's forward
     ep_fwd: float  # expert all-to-all of one MoE layer's forward (dispatch + combine)
     cp_fwd_exposed: float  # ring-attention exchange not hidden behind the attention core
     cp_bwd_exposed: float
-    head_fwd: float  # LM head GEMM + loss on the last stage
-    embed_fwd: float
+    head_fwd: float  # LM head GEMM + loss on the last stage (backward: BWD_FACTOR times)
+    embed_fwd: float  # embedding lookup (backward: BWD_FACTOR times)
     act: dict[str, tuple[float, float]]  # recompute -> (dense layer bytes, moe layer bytes)
     moe_buffer: float  # all-to-all send+receive buffers of one MoE layer (transient)
     logits: float  # bytes of the last stage's logits for one micro-batch
     p2p: float  # one stage-boundary send (s) on the pipeline path
 
 
-BWD_FACTOR = 2.0  # backward GEMMs: data + weight gradients, each the forward's FLOPs
-ATTN_BWD_FACTOR = 2.5  # fused attention backward recomputes the scores
+BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
+ATTN_BWD_FACTOR = 2.5  # fused attention backward: 5 matmuls (it recomputes the scores) to the forward's 2
+ATTN_TILE = 128  # query/key tile of fused attention kernels: causal diagonal tiles are computed whole
+
+# Elementwise traffic of one layer's forward as alphaexa.model runs it in eager PyTorch: bytes read
+# plus written per element of the tensor named, and the kernels it takes.  Backward moves about
+# BWD_FACTOR times as much.  Counting the implementation (fp32 norms and rotary, unfused SwiGLU)
+# is what brings the 125m/1b predictions in line with the H200 measurements; a fused or compiled
+# model would move less.
+NORM_BYTES, NORM_KERNELS = 20, 3  # x.float() 2+4, fused rms_norm in fp32 4+4, .to(bf16) 4+2
+ROPE_BYTES, ROPE_KERNELS = 48, 9  # fp32 rotary: upcast 6, four half-width products 16, two sums 12,
+#                                   cat 8, downcast 6
+RESIDUAL_BYTES = 6  # read two bf16 tensors, write one
+ATTN_OUT_BYTES = 4  # (B, H, S, D) -> (B, S, H*D) copy before the output projection
+ACT_BYTES = {"gelu": (4, 1), "swiglu": (10, 2)}  # per hidden unit: gelu 2+2; silu 2+2, product 4+2
+# MoE layer, per routed row of width h: gather the token 2+2, weight the expert output 2+2, read it
+# in index_add 2; per token: zeros 2, index_add read-modify-write 4.
+MOE_ROW_BYTES, MOE_TOKEN_BYTES = 10, 6
+MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers, index_add, aux/z losses
+
+
+def grouped_gemm_seconds(device: Device, groups: float, m: float, n: float, k: float) -> float:
+    """``groups`` GEMMs (m x k) @ (k x n) in one kernel (torch._grouped_mm): the tiles of all
+    groups share the waves, one launch."""
+    if groups <= 0 or m <= 0 or n <= 0 or k <= 0:
+        return 0.0
+    tiles = groups * math.ceil(m / TILE) * math.ceil(n / TILE)
+    waves = math.ceil(tiles / device.compute_units)
+    utilisation = tiles / (waves * device.compute_units)
+    t_flops = groups * 2.0 * m * n * k / (device.bf16_tflops * 1e12 * device.gemm_efficiency * utilisation)
+    t_bytes = 2.0 * groups * (m * k + k * n + m * n) / (device.memory_gbps * 1e9)
+    return max(t_flops, t_bytes) + device.launch_us * 1e-6
+
+
+def elementwise_seconds(device: Device, nbytes: float, kernels: int) -> float:
+    """Memory-bound kernels streaming ``nbytes`` through HBM, plus their launches."""
+    return nbytes / (device.memory_gbps * 1e9 * device.elementwise_efficiency) + kernels * device.launch_us * 1e-6
+
+
+def attention_seconds(device: Device, mbs: int, queries: float, keys: float, q_width: float) -> float:
+    """Forward of fused causal attention: QK^T and AV over the visible half, diagonal tiles whole."""
+    flops = 4.0 * mbs * queries * keys * q_width * 0.5 * (1 + ATTN_TILE / keys)
+    return flops / (device.bf16_tflops * 1e12 * device.attention_efficiency) + device.launch_us * 1e-6
 
 
 def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int, ep: int, mbs: int,
@@ -257,24 +326,30 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     dev = system.node.device
     h, q, kv, v = model.d_model, model.q_dim, model.kv_dim, model.vocab_size
     t = tp
+    rep = t  # with sequence parallelism (whenever t > 1) norms and residuals see 1/t of the tokens
     tokens = mbs * seq / cp  # queries per rank; the GEMMs of a TP group see all of them
     g = gemm_seconds
-    attn_gemm = g(dev, tokens, (q + 2 * kv) / t, h) + g(dev, tokens, h, q / t)
+    # wq, wk and wv are separate projections in alphaexa.model
+    attn_gemm = g(dev, tokens, q / t, h) + 2 * g(dev, tokens, kv / t, h) + g(dev, tokens, h, q / t)
     s_eff = min(seq, model.sliding_window) if model.sliding_window else seq
-    attn_flops = 4.0 * mbs * (seq / cp) * s_eff * (q / t) * 0.5  # QK^T and AV, causal half
-    attn_core = attn_flops / (dev.bf16_tflops * 1e12 * dev.attention_efficiency)
+    attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t)
     up = 2 if model.ffn_type == "swiglu" else 1
+    act_bytes, act_kernels = ACT_BYTES[model.ffn_type]
+    rope = model.pos_encoding == "rope"
+    # norms, residual adds, rotary, attention-output copy: the same in dense and MoE layers
+    common_bytes = tokens * ((2 * NORM_BYTES + 2 * RESIDUAL_BYTES) * h / rep + ATTN_OUT_BYTES * q / t
+                             + (ROPE_BYTES * (q + kv) / t if rope else 0.0))
+    common_kernels = 2 * NORM_KERNELS + 2 + 1 + (2 * ROPE_KERNELS if rope else 0)
 
-    def ffn(width: float, rows: float, count: int = 1) -> float:
-        return count * (g(dev, rows, up * width / t, h) + g(dev, rows, h, width / t))
+    def ffn(width: float, rows: float) -> float:
+        return g(dev, rows, up * width / t, h) + g(dev, rows, h, width / t)
 
-    def elementwise(width: float) -> float:
-        # norms, residuals, rotary, activation function: bytes read and written once each
-        nbytes = 2.0 * (tokens / t * h * 12 + tokens * width / t * 3 * up + tokens * (q + 2 * kv) / t * 2)
-        return nbytes / (dev.memory_gbps * 1e9) + 24 * dev.launch_us * 1e-6
-
-    fwd_dense = attn_gemm + attn_core + ffn(model.d_ff, tokens) + elementwise(model.d_ff)
-    fwd_moe = 0.0
+    dense_gemms = attn_gemm + ffn(model.d_ff, tokens)
+    dense_ew = elementwise_seconds(dev, common_bytes + tokens * act_bytes * model.d_ff / t,
+                                   common_kernels + act_kernels)
+    fwd_dense = dense_gemms + dense_ew + attn_core
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
+    fwd_moe = bwd_moe = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
     is_moe = model.is_moe
@@ -282,10 +357,23 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         cf = model.capacity_factor or 1.0
         local_experts = model.n_experts / ep
         rows_per_expert = tokens * model.top_k * cf * ep / model.n_experts
-        experts = ffn(model.moe_d_ff, rows_per_expert, 1) * local_experts
-        shared = ffn(model.n_shared_experts * model.moe_d_ff, tokens) if model.n_shared_experts else 0.0
+        routed = rows_per_expert * local_experts
+        gg = grouped_gemm_seconds
+        experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / t, h) \
+            + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / t)
+        shared_width = model.n_shared_experts * model.moe_d_ff
+        shared = ffn(shared_width, tokens) if shared_width else 0.0
         router = g(dev, tokens, model.n_experts, h)
-        fwd_moe = attn_gemm + attn_core + experts + shared + router + elementwise(model.moe_d_ff * model.top_k)
+        moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / t + MOE_ROW_BYTES * h)
+                     + tokens * MOE_TOKEN_BYTES * h + (tokens * (act_bytes * shared_width / t + RESIDUAL_BYTES * h)
+                                                        if shared_width else 0.0))
+        moe_kernels = common_kernels + act_kernels + MOE_ROUTING_KERNELS + (act_kernels + 1 if shared_width else 0)
+        moe_gemms = attn_gemm + experts + shared + router
+        moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
+        # dropless routing sizes its output from the token counts (torch.bincount): one host
+        # synchronisation per MoE layer forward, after which the device waits for the host
+        fwd_moe = moe_gemms + moe_ew + attn_core + dev.host_sync_us * 1e-6
+        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew) + ATTN_BWD_FACTOR * attn_core
         dispatched = tokens / t * model.top_k * cf * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
         if ep > 1:
@@ -304,8 +392,9 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         ring = (cp - 1) * collective_seconds("p2p", kv_chunk, cp_path)
         cp_fwd_exposed = max(0.0, ring - attn_core)
         cp_bwd_exposed = max(0.0, 2 * ring - ATTN_BWD_FACTOR * attn_core)
-    head_fwd = g(dev, tokens, v / t, h) + 3 * 4.0 * tokens * v / t / (dev.memory_gbps * 1e9)
-    embed_fwd = 2.0 * tokens * h * 2 / (dev.memory_gbps * 1e9)
+    # LM head GEMM, then logits.float() and the fp32 cross-entropy: 12 bytes per logit, 3 kernels
+    head_fwd = g(dev, tokens, v / t, h) + elementwise_seconds(dev, 12.0 * tokens * v / t, 3)
+    embed_fwd = elementwise_seconds(dev, 2.0 * tokens * h * 2, 1)
     act = {}
     for mode in ("none", "selective", "full"):
         kw = {"s": seq, "b": mbs, "t": tp, "cp": cp, "recompute": mode, "fused_attention": dev.fused_attention}
@@ -315,8 +404,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     p2p = 0.0
     if pp_stride < world:
         p2p = collective_seconds("p2p", 2.0 * tokens * h / t, comm_path(system, 2, pp_stride))
-    return LayerCost(fwd_dense, fwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed, cp_bwd_exposed,
-                     head_fwd, embed_fwd, act, moe_buffer, logits, p2p)
+    return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
+                     cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p)
 
 
 # ------------------------------------------------------------ parameters
@@ -486,6 +575,7 @@ class StageTerms:
     unit: float  # parameters of this rank's largest block (the ZeRO-3 gather unit)
     acts: float  # activation bytes at the rank's peak (in-flight micro-batches, buffers, logits)
     fwd: float  # forward compute of one micro-batch
+    bwd: float  # backward compute of one micro-batch
     t_f: float  # forward incl. exposed TP/EP communication
     t_b: float  # backward incl. recomputation and exposed TP/EP communication
     cp_comm: float  # exposed context-parallel exchange per micro-batch
@@ -525,6 +615,8 @@ def structures(req: Request, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: 
         buffers = (lc.moe_buffer if prof.n_moe else 0.0) + (lc.logits if prof.head else 0.0)
         fwd = prof.n_dense * lc.fwd_dense + prof.n_moe * lc.fwd_moe \
             + (lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)
+        bwd = prof.n_dense * lc.bwd_dense + prof.n_moe * lc.bwd_moe \
+            + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0))
         n_layers = prof.n_dense + prof.n_moe
         tp_comm = n_layers * lc.tp_fwd
         ep_comm = prof.n_moe * lc.ep_fwd
@@ -540,8 +632,8 @@ def structures(req: Request, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: 
                 redo = n_layers * lc.attn_fwd
             else:
                 redo = 0.0
-            t_b = BWD_FACTOR * fwd + tp_comm + ep_comm + redo
-            per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, t_f, t_b, cp_comm,
+            t_b = bwd + tp_comm + ep_comm + redo
+            per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers)))
     pp_comm = 2 * (pp * vpp - 1) * lc.p2p if pp > 1 else 0.0
     out = {}
@@ -643,7 +735,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
     chosen = None
     for s in st.stages:
         rs, ag, ar = dp_comm(req, g, sharding, s.p_dense, s.p_exp)
-        bwd = BWD_FACTOR * s.fwd
+        bwd = s.bwd
         per_mb = 0.0
         if not sharded:
             step_exposed = max(ar - bwd, ar / s.units)
@@ -666,7 +758,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
     s, per_mb, step_exposed, optimizer, rs, ag, ar = chosen
     dp_total = {"none": ar, "zero1": rs + ar + ag, "zero2": m * rs + ar + ag}.get(sharding, m * (2 * ag + rs) + ar)
     breakdown = {
-        "compute_s": m * (1 + BWD_FACTOR) * s.fwd,
+        "compute_s": m * (s.fwd + s.bwd),
         "recompute_s": m * s.recompute,
         "tp_comm_s": m * 2 * s.tp_comm,
         "ep_comm_s": m * 2 * s.ep_comm,

@@ -5,7 +5,9 @@ A ``System`` is what the cost model, the planner and placement read:
 * ``Device``  - what one rank drives (an A100, an H100, one tile of a Max 1550),
   with its peak matrix FLOP/s, memory, and the efficiencies the cost model uses.
 * ``Link``    - a bandwidth (GB/s per direction per device, or per NIC), a
-  latency and the fraction of the bandwidth collectives achieve.
+  latency per collective step and the fraction of the bandwidth collectives
+  achieve (for NVLink4 also the low-latency protocol NCCL uses for small
+  buffers, see ``Link``).
 * ``Node``    - the devices of one node ("slots", one rank each), the link
   levels between them (innermost first: Aurora's two tiles of one GPU share
   MDFI, all twelve tiles share Xe Link), NUMA domains with their physical
@@ -15,9 +17,11 @@ A ``System`` is what the cost model, the planner and placement read:
 
 Figures come from vendor datasheets and ALCF user guides; each preset carries
 its sources.  Efficiencies (fraction of peak a large bf16 GEMM reaches, fraction
-of link bandwidth a collective reaches) are measured values where a measurement
-is cited, otherwise conservative estimates marked "estimate: calibrate with
-bench/gpu_calibrate.py".
+of link bandwidth a collective reaches, fraction of HBM bandwidth elementwise
+kernels reach, per-kernel and per-call overheads) are measured values where a
+measurement is cited - the H100/H200 ones are fitted to the H200x4 run of
+bench/gpu_calibrate.py (2026-11-22, tests of the fit: bench/calibration_report.py)
+- otherwise conservative estimates marked "estimate: calibrate".
 
 Custom systems: a YAML/JSON file with the same fields (``load_system``); a file
 may start from a preset with ``preset: NAME`` and override any field, nested
@@ -52,16 +56,33 @@ class Device:
     attention_efficiency: float  # fused attention, fraction of bf16 peak
     reserved_gib: float  # runtime context, allocator slack, NCCL/CCL buffers
     fused_attention: bool = True  # FlashAttention-style kernel: no s^2 activations
-    launch_us: float = 5.0  # per-kernel launch/dispatch overhead
+    launch_us: float = 5.0  # per kernel queued in a stream: launch gap and ramp-up/tail
+    elementwise_efficiency: float = 0.8  # fraction of memory_gbps eager elementwise kernels stream at
+    collective_call_us: float = 0.0  # fixed cost of one collective call (kernel launch, rank handshake)
+    host_sync_us: float = 0.0  # host->device->host round trip of one synchronised call (a timed kernel,
+    #                            a .item()): what an isolated measurement adds to the device time
     source: str = ""
 
 
 @dataclass(frozen=True)
 class Link:
+    """A link class and how collectives use it.
+
+    A collective moving ``V`` bytes per rank over ``steps`` latency steps takes
+    ``steps * latency_us + V / (gbps * efficiency)``; when
+    ``low_latency_efficiency`` is set the link also has a low-latency protocol
+    (NCCL's LL/LL128: no pipeline set-up, lower bandwidth) and the collective
+    takes the faster of ``V / (gbps * low_latency_efficiency)`` and
+    ``bandwidth_setup_us + V / (gbps * efficiency)`` - the protocol switch NCCL
+    makes as buffers grow.
+    """
+
     name: str
     gbps: float  # GB/s per direction, per device (intra-node) or per NIC
     latency_us: float  # per collective step
-    efficiency: float  # achievable fraction of gbps in collectives
+    efficiency: float  # achievable fraction of gbps in collectives (bandwidth protocol)
+    low_latency_efficiency: float = 0.0  # fraction of gbps of the low-latency protocol; 0: none
+    bandwidth_setup_us: float = 0.0  # pipeline set-up of the bandwidth protocol (with a low-latency one)
     source: str = ""
 
     @property
@@ -158,30 +179,64 @@ class System:
 
 
 # ----------------------------------------------------------------- devices
+# Fitted to H200x4 measurements 2026-11-22, bench/gpu_calibrate.py (NVIDIA H200 SXM, torch
+# 2.11+cu130, NCCL; figures in docs/planner.md "Calibration", re-check with
+# bench/calibration_report.py).  Hopper = H100 and H200: the same GH100 compute at the same 700 W,
+# the same NVLink4 and NCCL, so every figure below applies to both; only HBM differs (datasheets).
+HOPPER_GEMM_EFFICIENCY = 0.665  # least squares over 8 GEMM shapes (1024^3 .. 16384x5632x2048) with the
+#   128x128-tile wave rule: 655-660 TF/s sustained on 8192^3.  Sustained matters: the same GEMM timed
+#   for 35 ms instead of 0.3 s gave 772 TF/s (bench/gpu_backends.py, same machine) - boost clocks
+#   before the 700 W cap bites; a training step runs at the sustained figure.
+HOPPER_ATTENTION_EFFICIENCY = 0.457  # SDPA's default kernel on H200 (cuDNN attention), causal,
+#   b=2 hq=32 hkv=8 s=4096 d=128 forward+backward: 438 TF/s counting the visible half at 3.5x the
+#   forward (bench/gpu_backends.py, same machine), i.e. 0.443 of peak; / (1 + 128/4096) for the
+#   diagonal tiles the cost model adds back.
+HOPPER_LAUNCH_US = 2.0  # kernel-to-kernel gap in a busy stream; not separable from the elementwise
+#   efficiency with these data (any 1-5 us fits the model steps within 5% with a matching efficiency);
+#   2 us is the usual figure for back-to-back launches on Hopper.
+HOPPER_ELEMENTWISE_EFFICIENCY = 0.72  # fitted (least squares) to forward+backward of 125m (mbs 8) and
+#   1b (mbs 4), seq 2048, with the eager traffic counted in costmodel; 1b-moe held out (-3%).
+HOPPER_HOST_SYNC_US = 18.5  # intercept of the GEMM fit (20.5 us) less one launch: what timing a
+#   single synchronised call adds (Python dispatch, launch latency, cudaStreamSynchronize).
+NCCL_CALL_US = 26.0  # fixed cost of one NCCL call beyond the host round trip (kernel launch, rank
+#   handshake): fitted with NVLINK4 below on 32 collectives (1 MiB-1 GiB, 2 and 4 GPUs).  Measured on
+#   isolated calls, so an upper bound for collectives queued back to back.
+
 A100_40 = Device(
     name="A100-SXM4-40GB", vendor="nvidia", bf16_tflops=312.0, fp8_tflops=0.0, fp32_tflops=19.5,
     memory_gib=40.0, memory_gbps=1555.0, compute_units=108, gemm_efficiency=0.80,
-    attention_efficiency=0.55, reserved_gib=1.5,
+    attention_efficiency=0.55, reserved_gib=1.5, launch_us=HOPPER_LAUNCH_US,
+    elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
+    host_sync_us=HOPPER_HOST_SYNC_US,
     source="NVIDIA A100 datasheet (312 TF dense bf16, 40GB HBM2 1555 GB/s); ALCF Polaris machine "
-           "overview; GEMM efficiency ~250/312 TF measured by cuBLAS users (estimate: calibrate)")
+           "overview; GEMM efficiency ~250/312 TF measured by cuBLAS users, attention 0.55 from the "
+           "FlashAttention-2 paper's A100 forward+backward (estimates: no A100 access); launch, "
+           "elementwise, NCCL call and host sync as fitted on H200 (same CUDA/NCCL stack, assumed)")
 A100_80 = dataclasses.replace(
     A100_40, name="A100-SXM4-80GB", memory_gib=80.0, memory_gbps=2039.0,
     source="NVIDIA A100 datasheet (80GB HBM2e 2039 GB/s); efficiencies as A100-40GB")
 H100_SXM = Device(
     name="H100-SXM5-80GB", vendor="nvidia", bf16_tflops=989.4, fp8_tflops=1978.9, fp32_tflops=66.9,
-    memory_gib=80.0, memory_gbps=3350.0, compute_units=132, gemm_efficiency=0.72,
-    attention_efficiency=0.45, reserved_gib=2.0,
+    memory_gib=80.0, memory_gbps=3350.0, compute_units=132, gemm_efficiency=HOPPER_GEMM_EFFICIENCY,
+    attention_efficiency=HOPPER_ATTENTION_EFFICIENCY, reserved_gib=2.0, launch_us=HOPPER_LAUNCH_US,
+    elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
+    host_sync_us=HOPPER_HOST_SYNC_US,
     source="NVIDIA H100 datasheet (SXM5: 989 TF dense bf16, 1979 TF fp8, 80GB HBM3 3.35 TB/s); "
-           "efficiencies estimate: calibrate with bench/gpu_calibrate.py")
+           "efficiencies fitted on H200 (same GH100 compute and power), bench/gpu_calibrate.py 2026-11-22")
 H200_SXM = dataclasses.replace(
     H100_SXM, name="H200-SXM-141GB", memory_gib=141.0, memory_gbps=4800.0,
-    source="NVIDIA H200 datasheet (same Hopper compute as H100 SXM, 141GB HBM3e 4.8 TB/s)")
+    source="NVIDIA H200 datasheet (same Hopper compute as H100 SXM, 141GB HBM3e 4.8 TB/s); efficiencies "
+           "fitted to H200x4 measurements 2026-11-22, bench/gpu_calibrate.py")
 PVC_TILE = Device(
     name="Max1550-tile", vendor="intel", bf16_tflops=419.4, fp8_tflops=0.0, fp32_tflops=26.2,
     memory_gib=64.0, memory_gbps=1638.4, compute_units=64, gemm_efficiency=0.65,
     attention_efficiency=0.35, reserved_gib=2.0, launch_us=8.0,
+    elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
+    host_sync_us=HOPPER_HOST_SYNC_US,
     source="Intel ark Max 1550: 838.9 TF bf16, 128 GB HBM2e 3.2768 TB/s per GPU = 2 tiles; ALCF "
-           "Aurora node performance overview measured 273 TF bf16 per tile (GEMM efficiency 0.65)")
+           "Aurora node performance overview measured 273 TF bf16 per tile (GEMM efficiency 0.65); "
+           "attention and launch estimates (no Aurora access); elementwise efficiency, collective call "
+           "(oneCCL assumed no cheaper than NCCL) and host sync as fitted on H200")
 CPU_SOCKET = Device(
     name="cpu", vendor="cpu", bf16_tflops=2.0, fp8_tflops=0.0, fp32_tflops=1.0, memory_gib=64.0,
     memory_gbps=100.0, compute_units=32, gemm_efficiency=0.5, attention_efficiency=0.2,
@@ -189,10 +244,25 @@ CPU_SOCKET = Device(
     source="generic server socket (AVX-512/AMX class); estimate - use --system auto for the real host")
 
 # ------------------------------------------------------------------- links
+# NVLink4 fitted to H200x4 measurements 2026-11-22, bench/gpu_calibrate.py: NCCL all-reduce,
+# all-gather, reduce-scatter and all-to-all of 1 MiB-1 GiB on 2 and 4 GPUs (NV18, NVSwitch),
+# least squares on log time with NCCL_CALL_US and the host round trip: |error| median 3.5%.
+# Large buffers reach 0.74 x 450 = 333 GB/s bus bandwidth after ~120 us of pipeline set-up; below
+# ~96 MB moved per rank the low-latency protocol at 0.52 x 450 = 234 GB/s is faster; 4.2 us per ring step
+# (log2 n steps; all-reduce twice).  What no link parameter captures, and is left as error: the
+# 2-GPU all-gather/reduce-scatter of 1 GiB (12-15% below the bus bandwidth 4 GPUs reach) and the
+# 4-GPU all-to-all of 16 MiB (35% slower: 4 MiB per peer, between NCCL's protocols).
+NVLINK4 = Link("NVLink4", gbps=450.0, latency_us=4.2, efficiency=0.74, low_latency_efficiency=0.52,
+               bandwidth_setup_us=122.0,
+               source="H100/H200 SXM: 18 NVLink4 links x 25 GB/s per direction = 450 GB/s (900 bidir); "
+                      "efficiencies, latency and protocols fitted to H200x4 measurements 2026-11-22, "
+                      "bench/gpu_calibrate.py")
 NVLINK3 = Link("NVLink3", gbps=300.0, latency_us=3.0, efficiency=0.78,
-               source="A100: 12 NVLink3 links x 25 GB/s per direction = 300 GB/s (600 GB/s bidirectional)")
-NVLINK4 = Link("NVLink4", gbps=450.0, latency_us=3.0, efficiency=0.80,
-               source="H100/H200 SXM: 18 NVLink4 links x 25 GB/s per direction = 450 GB/s (900 bidir)")
+               low_latency_efficiency=round(0.78 * NVLINK4.low_latency_efficiency / NVLINK4.efficiency, 3),
+               bandwidth_setup_us=NVLINK4.bandwidth_setup_us,
+               source="A100: 12 NVLink3 links x 25 GB/s per direction = 300 GB/s (600 GB/s bidirectional); "
+                      "efficiency estimate (no A100 access); NCCL's protocol switch as fitted on H200 "
+                      "NVLink4 (same ratio of low-latency to bandwidth protocol, same set-up)")
 MDFI = Link("MDFI", gbps=230.0, latency_us=3.0, efficiency=0.70,
             source="Max 1550 tile-to-tile on one package; estimate: calibrate")
 XELINK = Link("XeLink", gbps=106.0, latency_us=5.0, efficiency=0.60,
@@ -399,7 +469,8 @@ def validate_system(system: System) -> None:
     if system.max_nodes < 1:
         raise ConfigError(f"{where}: max_nodes must be >= 1")
     d = node.device
-    for f in ("bf16_tflops", "memory_gib", "memory_gbps", "gemm_efficiency", "attention_efficiency"):
+    for f in ("bf16_tflops", "memory_gib", "memory_gbps", "gemm_efficiency", "attention_efficiency",
+              "elementwise_efficiency"):
         if getattr(d, f) <= 0:
             raise ConfigError(f"{where}: device.{f} must be > 0")
 
