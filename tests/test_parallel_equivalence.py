@@ -31,9 +31,9 @@ RTOL, ATOL = 1e-5, 1e-6
 
 
 def model_config(**changes) -> ModelConfig:
-    base = dict(name="parallel-test", n_layers=4, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
-                ffn_type="swiglu", vocab_size=256, max_seq_len=32, moe_every=2, n_experts=4, top_k=2,
-                moe_d_ff=32, aux_loss_coef=0.01, z_loss_coef=0.001)
+    base = {"name": "parallel-test", "n_layers": 4, "d_model": 32, "n_heads": 4, "n_kv_heads": 2, "d_ff": 64,
+                "ffn_type": "swiglu", "vocab_size": 256, "max_seq_len": 32, "moe_every": 2, "n_experts": 4, "top_k": 2,
+                "moe_d_ff": 32, "aux_loss_coef": 0.01, "z_loss_coef": 0.001}
     return ModelConfig(**{**base, **changes})
 
 
@@ -71,7 +71,14 @@ def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOB
 def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_batch: int, seq: int,
                   micro_steps: int, compute_dtype: torch.dtype) -> dict:
     from alphaexa.model import build_model, moe_metrics
-    from alphaexa.parallel import build_mesh, check_layout, clip_grad_norm_, local_rows, make_train_step, parallelize
+    from alphaexa.parallel import (
+        build_mesh,
+        check_layout,
+        clip_grad_norm_,
+        local_rows,
+        make_train_step,
+        parallelize,
+    )
     from backends.device import get_backend
     from topology.layout import Layout, resolve_layout
 
@@ -113,7 +120,7 @@ def _worker(rank: int, world: int, port: int, jobs: list, out_dir: str) -> None:
             cfg = model_config(**cfg_changes)
             run = {k: v for k, v in options.items() if k != "dtype"}
             results[name] = _train_layout(spec, cfg, world, compute_dtype=getattr(torch, options["dtype"]), **run)
-        except Exception:  # reported per layout by the test that reads it
+        except Exception:  # noqa: BLE001 - the test reading the results reports it per layout
             results[name] = {"error": traceback.format_exc()[-4000:]}
             break  # a failed collective leaves the group unusable for the next layouts
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
@@ -140,12 +147,12 @@ def run_world(world: int, jobs: list, tmp: Path, timeout: float = 300.0) -> list
 
 def job(name: str, spec: dict, steps: int = STEPS, global_batch: int = GLOBAL_BATCH, seq: int = SEQ,
         micro_steps: int = MICRO_STEPS, dtype: str = "float32", **cfg_changes) -> tuple:
-    return (name, spec, cfg_changes, dict(steps=steps, global_batch=global_batch, seq=seq,
-                                          micro_steps=micro_steps, dtype=dtype))
+    return (name, spec, cfg_changes, {"steps": steps, "global_batch": global_batch, "seq": seq,
+                                          "micro_steps": micro_steps, "dtype": dtype})
 
 
 # ----------------------------------------------------------------------------- the matrix
-CAPACITY = dict(capacity_factor=1.0)
+CAPACITY = {"capacity_factor": 1.0}
 
 JOBS = {
     2: [
@@ -246,8 +253,8 @@ def test_expert_groups_borrow_consecutive_data_ranks(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- exhaustive
-EXHAUSTIVE_MODEL = dict(n_layers=8, d_model=64, n_heads=8, n_kv_heads=4, d_ff=128, moe_d_ff=64, n_experts=8)
-EXHAUSTIVE_RUN = dict(steps=5, global_batch=16, seq=32, micro_steps=4)
+EXHAUSTIVE_MODEL = {"n_layers": 8, "d_model": 64, "n_heads": 8, "n_kv_heads": 4, "d_ff": 128, "moe_d_ff": 64, "n_experts": 8}
+EXHAUSTIVE_RUN = {"steps": 5, "global_batch": 16, "seq": 32, "micro_steps": 4}
 SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("interleaved1f1b", 2), ("zbv", 2)]
 EXHAUSTIVE = {
     2: [job(f"pp2-{s}", {"pp": 2, "vpp": v, "schedule": s}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)

@@ -43,9 +43,9 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh
-import torch.distributed._functional_collectives as funcol
 from torch.distributed.tensor import DTensor, Shard, distribute_tensor
 
 from alphaexa.model.moe import GroupedExperts, MoE, moe_layers, set_stats_reduce_hook

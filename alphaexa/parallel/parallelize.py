@@ -25,7 +25,7 @@ from topology.modelcfg import ConfigError, ModelConfig
 from .data_parallel import apply_data_parallel
 from .expert_parallel import apply_expert_parallel, apply_moe_statistics
 from .mesh import ParallelDims
-from .pipeline import stage_ids_of_rank, stage_layer_counts, split_model
+from .pipeline import split_model, stage_ids_of_rank, stage_layer_counts
 from .recompute import apply_compile, apply_recompute
 from .tensor_parallel import apply_tensor_parallel
 

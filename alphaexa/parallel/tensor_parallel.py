@@ -75,8 +75,8 @@ def apply_tensor_parallel(chunk: Transformer, tp_mesh: DeviceMesh, *, receives_f
         gather_in = receives_full_sequence and position == 0
         gather_out = sends_full_sequence and position == len(names) - 1
         # Block.forward(h, rope, cache): only h changes layout.
-        to_shard = dict(input_layouts=(Replicate(), None, None), desired_input_layouts=(Shard(1), None, None))
-        to_full = dict(output_layouts=Shard(1), desired_output_layouts=Replicate(), use_local_output=True)
+        to_shard = {"input_layouts": (Replicate(), None, None), "desired_input_layouts": (Shard(1), None, None)}
+        to_full = {"output_layouts": Shard(1), "desired_output_layouts": Replicate(), "use_local_output": True}
         if gather_in and gather_out:
             parallelize_module(block, tp_mesh, PrepareModuleInputOutput(**to_shard, use_local_input=True, **to_full))
         elif gather_in:
