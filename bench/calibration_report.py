@@ -47,12 +47,14 @@ class Row:
 
 
 def family_of(device_name: str) -> str:
-    """The preset family (h100 / h200) whose systems describe the measured GPU."""
+    """The presets gpu_calibrate.py compared with: h100-xN / h200-xN, or cpu for a --smoke run."""
     name = device_name.upper()
     if "H200" in name:
         return "h200"
     if "H100" in name:
         return "h100"
+    if name == "CPU":
+        return "cpu"
     raise SystemExit(f"{device_name!r} is neither an H100 nor an H200: pass --family h100|h200")
 
 
@@ -61,7 +63,7 @@ def compare(report: dict, family: str) -> list[Row]:
 
     def system(n: int) -> System:
         if n not in systems:
-            systems[n] = load_system(f"{family}-x{n}")
+            systems[n] = load_system("cpu" if family == "cpu" else f"{family}-x{n}")
         return systems[n]
 
     sync = system(1).node.device.host_sync_us * 1e-6
@@ -140,7 +142,7 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], markdown: bool)
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report", help="JSON written by bench/gpu_calibrate.py --out")
-    ap.add_argument("--family", choices=("h100", "h200"), help="system presets to compare with "
+    ap.add_argument("--family", choices=("h100", "h200", "cpu"), help="system presets to compare with "
                     "(default: from the report's device name)")
     ap.add_argument("--markdown", action="store_true", help="Markdown tables (for docs/planner.md)")
     args = ap.parse_args(argv)

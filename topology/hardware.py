@@ -184,7 +184,7 @@ class System:
 # bench/calibration_report.py).  Hopper = H100 and H200: the same GH100 compute at the same 700 W,
 # the same NVLink4 and NCCL, so every figure below applies to both; only HBM differs (datasheets).
 HOPPER_GEMM_EFFICIENCY = 0.665  # least squares over 8 GEMM shapes (1024^3 .. 16384x5632x2048) with the
-#   128x128-tile wave rule: 655-660 TF/s sustained on 8192^3.  Sustained matters: the same GEMM timed
+#   128x128-tile wave rule: 655 TF/s sustained on 8192^3.  Sustained matters: the same GEMM timed
 #   for 35 ms instead of 0.3 s gave 772 TF/s (bench/gpu_backends.py, same machine) - boost clocks
 #   before the 700 W cap bites; a training step runs at the sustained figure.
 HOPPER_ATTENTION_EFFICIENCY = 0.457  # SDPA's default kernel on H200 (cuDNN attention), causal,
@@ -246,7 +246,7 @@ CPU_SOCKET = Device(
 # ------------------------------------------------------------------- links
 # NVLink4 fitted to H200x4 measurements 2026-11-22, bench/gpu_calibrate.py: NCCL all-reduce,
 # all-gather, reduce-scatter and all-to-all of 1 MiB-1 GiB on 2 and 4 GPUs (NV18, NVSwitch),
-# least squares on log time with NCCL_CALL_US and the host round trip: |error| median 3.5%.
+# least squares on log time with NCCL_CALL_US and the host round trip: |error| median 3.6%.
 # Large buffers reach 0.74 x 450 = 333 GB/s bus bandwidth after ~120 us of pipeline set-up; below
 # ~96 MB moved per rank the low-latency protocol at 0.52 x 450 = 234 GB/s is faster; 4.2 us per ring step
 # (log2 n steps; all-reduce twice).  What no link parameter captures, and is left as error: the
