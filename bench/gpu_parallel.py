@@ -61,6 +61,8 @@ def fit(spec: dict, world: int) -> dict:
     spec = dict(spec)
     own = spec.get("pp", 1) * spec.get("tp", 1) * spec.get("dp_replicate", 1) * spec.get("dp_shard", 1)
     factor = world // own
+    if factor == 1:
+        return spec
     if spec.get("sharding") == "none":
         spec["dp_replicate"] = spec.get("dp_replicate", 1) * factor
     else:
@@ -90,8 +92,6 @@ def reference(steps: int, device) -> list[tuple[float, float]]:
         out.append((total, float(torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM))))
         optimizer.step()
         optimizer.zero_grad()
-    del model, optimizer
-    torch.cuda.empty_cache()
     return out
 
 
@@ -119,10 +119,10 @@ def run_layout(spec: dict, world: int, backend, steps: int, dtype: torch.dtype, 
         history.append((result.loss, float(norm)))
     backend.synchronize()
     tokens_per_s = GLOBAL_BATCH * SEQ * (steps - 1) / (time.perf_counter() - started)
-    peak = torch.cuda.max_memory_allocated() / 2**30
+    peak = backend.max_memory_allocated() / 2**30
     del pmodel, optimizer, step
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
+    backend.empty_cache()
+    backend.reset_peak_memory()
     return history, tokens_per_s, peak
 
 
@@ -132,22 +132,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--only", default="")
+    parser.add_argument("--tiny", action="store_true", help="a 4-block d_model-64 model: a CPU smoke run of this script")
     args = parser.parse_args()
+    if args.tiny:
+        global GLOBAL_BATCH, SEQ, MODEL
+        GLOBAL_BATCH, SEQ = 16, 32
+        MODEL = MODEL.replace(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, moe_d_ff=64, vocab_size=512,
+                              n_experts=4, max_seq_len=SEQ)
     dtype = getattr(torch, args.dtype)
     loss_tol, norm_tol = (2e-2, 5e-2) if dtype == torch.bfloat16 else (1e-4, 1e-3)
+    # Exact fp32 on the GPU: no TF32 in matmuls or convolutions.
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
     info = init_distributed()
     world, rank = info.world_size, info.rank
-    ref = reference(args.steps, info.device) if rank == 0 else None
+    if rank == 0:
+        ref = reference(args.steps, info.device)
+        info.backend.empty_cache()
     dist.barrier()
     layouts = {name: spec for size, group in LAYOUTS.items() if size <= world and world % size == 0
                for name, spec in group.items()}
     if args.only:
         layouts = {n: layouts[n] for n in args.only.split(",")}
     if rank == 0:
-        print(f"{world} x {torch.cuda.get_device_name()}, {args.dtype}, global batch {GLOBAL_BATCH} x {SEQ}, "
+        print(f"{world} x {info.backend.device_name()}, {args.dtype}, global batch {GLOBAL_BATCH} x {SEQ}, "
               f"{MICRO_STEPS} micro-steps, {args.steps} steps; reference (1 GPU, fp32): "
               + " ".join(f"{loss:.4f}/{norm:.3f}" for loss, norm in ref), flush=True)
         print(f"{'layout':24s} {'world':>5s} {'d_loss':>9s} {'d_norm':>9s} {'match':>5s} {'tokens/s':>10s} "
