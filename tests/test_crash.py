@@ -13,6 +13,7 @@ import pytest
 from train_runs import HANG_GUARD_S, REPO, run_env, steps, train, train_command
 
 from alphaexa.data import PackedSamples, ResumableSampler
+from alphaexa.parallel import local_rows
 from alphaexa.train.metrics import read_metrics
 
 pytestmark = pytest.mark.multiproc
@@ -85,9 +86,9 @@ def test_sigkill_of_a_rank_stops_the_job_and_resume_repeats_and_skips_no_sample(
         assert [r["step"] for r in resumed] == list(range(last_complete + 1, STEPS + 1))
         final = {r["step"]: r for r in first_launch if r["step"] <= last_complete}
         final.update({r["step"]: r for r in resumed})
-        local = GLOBAL_BATCH // DP
+        rows = local_rows(GLOBAL_BATCH, GLOBAL_BATCH // DP, dp_rank, DP).numpy()  # mbs 1
         for step in range(1, STEPS + 1):
-            expected = stream.sample_ids((step - 1) * GLOBAL_BATCH + dp_rank * local, local).tolist()
+            expected = stream.sample_ids((step - 1) * GLOBAL_BATCH, GLOBAL_BATCH)[rows].tolist()
             assert final[step]["sample_ids"] == expected, (dp_rank, step)
         # Steps run after the checkpoint and before the kill are replayed with the very same samples.
         for r in first_launch:

@@ -60,20 +60,21 @@ def test_truncated_checkpoint_is_reported_and_the_previous_one_used(straight_2_r
 
 
 def test_four_rank_checkpoint_resumes_on_two_ranks_with_another_layout(tmp_path, cache):
-    # 4 ranks: FSDP over 4, one micro-batch of 2 per rank.  2 ranks: plain replicas
-    # (dp_replicate=2), two micro-batches of 2 per rank: the same 8 sequences per step, summed in
-    # another order over other process groups.
+    # 4 ranks: 2 pipeline stages x FSDP over 2.  2 ranks: FSDP over 2 with the experts split over
+    # them (ep=2), no pipeline.  Both run 2 micro-steps of 4 sequences per step, so each micro-step
+    # holds the same samples; weights are resharded from 2 stage-shards x 2 FSDP shards to 2 FSDP
+    # shards with experts placed by expert parallelism.
     uninterrupted = tmp_path / "four"
-    train(uninterrupted, "parallel.mbs=2", nproc=4, cache_dir=cache)
+    train(uninterrupted, "parallel.pp=2", "parallel.mbs=2", nproc=4, cache_dir=cache)
     elastic = tmp_path / "two"
     copy_checkpoint_run(uninterrupted, elastic, step=4)
-    train(elastic, "parallel.dp_replicate=2", "parallel.dp_shard=1", "parallel.mbs=2", nproc=2, resume=True,
-          config=None, cache_dir=cache)
+    train(elastic, "parallel.pp=1", "parallel.ep=2", "parallel.mbs=2", nproc=2, resume=True, config=None,
+          cache_dir=cache)
 
     four, two = steps(uninterrupted), steps(elastic)
     assert sorted(two) == [5, 6, 7, 8]
     start = [e for e in _events(elastic) if e["event"] == "resume"][-1]
-    assert start["world_size"] == 2 and start["layout"]["dp_replicate"] == 2 and start["consumed_samples"] == 32
+    assert start["world_size"] == 2 and start["layout"]["ep"] == 2 and start["consumed_samples"] == 32
     for step in range(5, 9):
         assert two[step]["consumed_samples"] == four[step]["consumed_samples"]
         # Same data, same weights: only the summation order differs (float32).

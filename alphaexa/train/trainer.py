@@ -30,10 +30,20 @@ from topology.layout import Layout
 from topology.modelcfg import flops_per_token
 
 from ..checkpoint import CheckpointManager, ModelOptimizerState, RNGState
-from ..data import PackedSamples, PackedTokens, TrainLoader, validation_batches
-from ..model import moe_layers
+from ..data import PackedSamples, PackedTokens
+from ..model import build_model, moe_layers
+from ..parallel import (
+    build_mesh,
+    clip_grad_norm_,
+    local_rows,
+    make_train_step,
+    parallelize,
+    summed_cross_entropy,
+)
+from .batches import StepLoader, eval_batches
 from .config import RunConfig
 from .dataset import prepare_dataset
+from .evaluation import evaluate_loss
 from .metrics import MetricsLogger
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .preflight import CHECKPOINT_DIR
@@ -90,20 +100,31 @@ class Trainer:
         self.train_samples = PackedSamples(dataset, cfg.train.seq_len, "train")
         self.val_samples = PackedSamples(dataset, cfg.train.seq_len, "val")
 
-        self.parallel = self._build_parallel()
         self.n_micro = self.layout.n_microbatches(cfg.train.global_batch)
-        self.optimizer = build_optimizer(self.parallel.model_parts, cfg.train, self.device.type)
-        self.loader = TrainLoader(self.train_samples, cfg.train.global_batch, self.parallel.dp_rank,
-                                  self.parallel.dp_size, cfg.train.seed, prefetch=cfg.data.prefetch,
-                                  pin_memory=self.device.type == "cuda")
+        self.dims = build_mesh(self.layout, self.backend, self.device)
+        # Full weights first, as one process would initialise them; parallelize keeps this rank's slice.
+        model = build_model(cfg.model, device=self.device, seed=cfg.train.seed)
+        compute_dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else torch.float32
+        self.model = parallelize(model, self.dims, compute_dtype=compute_dtype)
+        self.step_fn = make_train_step(self.model, self.n_micro, loss_fn=self._loss)
+        # One optimizer per model chunk (pipeline ranks with several stages hold several chunks).
+        self.optimizers = [build_optimizer([chunk], cfg.train, self.device.type) for chunk in self.model.chunks]
+        self.rows = local_rows(cfg.train.global_batch, self.n_micro, self.dims.dp_rank, self.layout.dp).numpy()
+        self.loader = StepLoader(self.train_samples, cfg.train.global_batch, self.rows, cfg.train.seed,
+                                 prefetch=cfg.data.prefetch, pin_memory=self.device.type == "cuda")
         self.progress = TrainProgress()
-        self._moe = [m for part in self.parallel.model_parts for m in moe_layers(part).values()]
+        self._loss_scale = 1.0
+        self.n_experts = cfg.model.n_experts if cfg.model.is_moe else 0
+        self._moe_stats = self._new_moe_stats()
+        for chunk in self.model.chunks:
+            for layer in moe_layers(chunk).values():
+                layer.register_forward_hook(self._collect_moe_stats)
         # The checkpoint's own collectives get the same timeout as training's.
         timeout = datetime.timedelta(seconds=cfg.train.collective_timeout_s)
         self.checkpoints = CheckpointManager(
             self.run_dir / CHECKPOINT_DIR, keep_last=cfg.checkpoint.keep_last, async_save=cfg.checkpoint.async_,
             process_group=dist.new_group(backend="gloo", timeout=timeout), model_config=cfg.model)
-        self.app_state = {"model": ModelOptimizerState(self.parallel.model_parts, self.optimizer),
+        self.app_state = {"model": ModelOptimizerState(self.model.chunks, self.optimizers),
                           "rng": self.rng, "data": self.loader, "progress": self.progress}
         self.flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)["total"]
         self.peak_flops = self._job_peak_flops()
@@ -117,12 +138,9 @@ class Trainer:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
             self.sample_log = open(self.run_dir / "samples" / f"rank_{self.rank}.jsonl", "a", buffering=1)  # noqa: SIM115
 
-    def _build_parallel(self):
-        # TEMPORARY: the data-parallel path until alphaexa.parallel lands.
-        from .interim_parallel import build_data_parallel
-
-        return build_data_parallel(self.cfg.model, self.layout, self.device, self.cfg.train.dtype,
-                                   self.cfg.train.seed)
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # The debug scale reaches the gradient and the reported loss, as a real bad batch would.
+        return summed_cross_entropy(logits, targets) * self._loss_scale
 
     def _job_peak_flops(self) -> float:
         """Peak FLOP/s of the devices this job runs on, the denominator of MFU.
@@ -214,53 +232,46 @@ class Trainer:
     def _train_step(self, step: int, recent_losses: list[float]) -> dict[str, Any]:
         cfg = self.cfg
         lr = learning_rate(step, cfg.train)
-        set_learning_rate(self.optimizer, lr)
+        for optimizer in self.optimizers:
+            set_learning_rate(optimizer, lr)
         self.backend.reset_peak_memory()
         batch = next(self.loader)
         if self.sample_log is not None:
-            self.sample_log.write(json.dumps({"step": step, "dp_rank": self.parallel.dp_rank,
+            self.sample_log.write(json.dumps({"step": step, "dp_rank": self.dims.dp_rank,
                                               "sample_ids": batch.sample_ids.tolist(),
                                               "consumed_samples": batch.consumed_samples}) + "\n")
-        inputs = batch.inputs.to(self.device, non_blocking=True)
-        targets = batch.targets.to(self.device, non_blocking=True)
-        mbs = self.layout.mbs
-        micro = [(inputs[i:i + mbs], targets[i:i + mbs]) for i in range(0, inputs.shape[0], mbs)]
-        loss_scale = 1.0
+        self._loss_scale = 1.0
         if cfg.debug.nan_at_step == step and not self._nan_injected:
-            loss_scale, self._nan_injected = float("nan"), True
+            self._loss_scale, self._nan_injected = float("nan"), True
         if cfg.debug.spike_at_step == step and not self._spike_injected:
-            loss_scale, self._spike_injected = SPIKE_INJECTION, True
-        # Each MoE layer injects its aux/z-loss gradient once per micro-batch: average them.
-        for layer in self._moe:
-            layer.aux_loss_scale = 1.0 / len(micro)
-        stats = self._new_moe_stats()
-        loss = self.parallel.forward_backward(micro, loss_scale=loss_scale,
-                                              after_micro_batch=lambda: self._add_moe_stats(stats))
-        # The debug scale shows in the reported loss too, as a real bad batch would.
-        loss = loss * loss_scale
-        grad_norm = self.parallel.clip_grad_norm_(cfg.train.clip)
-        reduced = self._reduce_step_values(loss, stats)
-        loss_value = reduced["loss"]
-        finite = math.isfinite(loss_value) and math.isfinite(float(grad_norm))
+            self._loss_scale, self._spike_injected = SPIKE_INJECTION, True
+        self._moe_stats = self._new_moe_stats()
+        result = self.step_fn(batch.inputs, batch.targets)
+        grad_norm = float(clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims))
+        reduced = self._reduce_step_values()
+        # The step's loss is the global mean, identical on every rank: every rank decides alike.
+        loss = result.loss
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
         spike = False
         if finite and cfg.train.loss_spike_factor and len(recent_losses) >= cfg.train.loss_spike_window:
             mean = sum(recent_losses[-cfg.train.loss_spike_window:]) / cfg.train.loss_spike_window
-            spike = loss_value > cfg.train.loss_spike_factor * mean
-        record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm)}
+            spike = loss > cfg.train.loss_spike_factor * mean
+        record: dict[str, Any] = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
         if spike:
             self.progress.spikes_total += 1
             if cfg.train.loss_spike_rollback and self._has_checkpoint():
-                self.optimizer.zero_grad(set_to_none=True)
+                self._zero_grad()
                 return {**record, "rollback": True}
         skipped = not finite and cfg.train.skip_nonfinite
         if skipped:
             self.progress.skipped_total += 1
         else:
-            self.optimizer.step()
-            recent_losses.append(loss_value)
-        self.optimizer.zero_grad(set_to_none=True)
+            for optimizer in self.optimizers:
+                optimizer.step()
+            recent_losses.append(loss)
+        self._zero_grad()
         self.progress.step = step
-        self.progress.tokens_seen += cfg.train.global_batch * cfg.train.seq_len
+        self.progress.tokens_seen += result.tokens
         record.update({
             "mem_gib": reduced["mem_bytes"] / 2**30,
             "aux_loss": reduced.get("aux_loss"), "z_loss": reduced.get("z_loss"),
@@ -270,28 +281,34 @@ class Trainer:
         })
         return record
 
+    def _zero_grad(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
     def _new_moe_stats(self) -> dict[str, Any]:
-        experts = self._moe[0].n_experts if self._moe else 0
-        return {"aux": 0.0, "z": 0.0, "forwards": 0, "dropped": 0.0, "counts": torch.zeros(experts, dtype=torch.float64)}
+        return {"aux": 0.0, "z": 0.0, "forwards": 0, "dropped": 0.0,
+                "counts": torch.zeros(self.n_experts, dtype=torch.float64)}
 
-    def _add_moe_stats(self, stats: dict[str, Any]) -> None:
-        for layer in self._moe:
-            if layer.aux_loss is None:
-                continue
-            stats["aux"] += float(layer.aux_loss)
-            stats["z"] += float(layer.z_loss)
-            stats["forwards"] += 1
-            stats["dropped"] += float(layer.dropped_tokens)
-            stats["counts"] += layer.tokens_per_expert.detach().to("cpu", torch.float64)
-            layer.aux_loss = None
+    def _collect_moe_stats(self, layer: torch.nn.Module, _inputs: Any, _output: Any) -> None:
+        """Forward hook of every MoE layer: its routing figures of each training micro-batch."""
+        if not layer.training or layer.aux_loss is None:
+            return
+        stats = self._moe_stats
+        stats["aux"] += float(layer.aux_loss)
+        stats["z"] += float(layer.z_loss)
+        stats["forwards"] += 1
+        stats["dropped"] += float(layer.dropped_tokens)
+        stats["counts"] += layer.tokens_per_expert.detach().to("cpu", torch.float64)
 
-    def _reduce_step_values(self, loss: torch.Tensor, stats: dict[str, Any]) -> dict[str, Any]:
-        """One SUM all-reduce of [loss, aux, z, forwards, dropped, counts...] and one MAX of memory.
+    def _reduce_step_values(self) -> dict[str, Any]:
+        """One SUM all-reduce of [aux, z, forwards, dropped, counts...] and one MAX of memory.
 
-        Every rank adds its own loss (ranks of one tensor-parallel group add equal values), so the
-        mean is over ranks; MoE figures are summed over every layer forward on every rank.
+        MoE figures are summed over every layer forward of every rank: each rank routes its own
+        tokens (data, sequence shards), and every layer is counted by the same number of ranks,
+        so the shares are those of all tokens of the step.
         """
-        packed = torch.cat([torch.tensor([float(loss), stats["aux"], stats["z"], stats["forwards"], stats["dropped"]],
+        stats = self._moe_stats
+        packed = torch.cat([torch.tensor([stats["aux"], stats["z"], stats["forwards"], stats["dropped"]],
                                          dtype=torch.float64), stats["counts"]])
         memory = torch.tensor([float(self.backend.max_memory_allocated())], dtype=torch.float64)
         if self.device.type != "cpu":
@@ -299,14 +316,14 @@ class Trainer:
         dist.all_reduce(packed)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
         packed = packed.cpu()
-        out: dict[str, Any] = {"loss": float(packed[0]) / self.world, "mem_bytes": float(memory[0])}
-        forwards = float(packed[3])
+        out: dict[str, Any] = {"mem_bytes": float(memory[0])}
+        forwards = float(packed[2])
         if forwards:
-            counts = packed[5:]
+            counts = packed[4:]
             routed = float(counts.sum())
-            out.update(aux_loss=float(packed[1]) / forwards, z_loss=float(packed[2]) / forwards,
+            out.update(aux_loss=float(packed[0]) / forwards, z_loss=float(packed[1]) / forwards,
                        expert_load=[round(float(c) / routed, 6) for c in counts],
-                       dropped_fraction=float(packed[4]) / routed if routed else 0.0)
+                       dropped_fraction=float(packed[3]) / routed if routed else 0.0)
         return out
 
     def _has_checkpoint(self) -> bool:
@@ -336,29 +353,17 @@ class Trainer:
     # ----------------------------------------------------------- eval/save
     def _evaluate(self, step: int) -> None:
         cfg = self.cfg
-        for part in self.parallel.model_parts:
-            part.eval()
-        total = torch.zeros(2, dtype=torch.float64)
-        batches = validation_batches(self.val_samples, cfg.train.global_batch, self.parallel.dp_rank,
-                                     self.parallel.dp_size, max_batches=cfg.train.eval_batches)
+        self.model.eval()
+        loss_sum, tokens = 0.0, 0
         started = time.perf_counter()
-        for batch in batches:
-            loss_sum, count = self.parallel.eval_loss(batch.inputs.to(self.device), batch.targets.to(self.device))
-            total += torch.tensor([float(loss_sum), float(count)], dtype=torch.float64)
-        for part in self.parallel.model_parts:
-            part.train()
-        if self.device.type != "cpu":
-            total = total.to(self.device)
-        dist.all_reduce(total)
-        loss = float(total[0] / total[1])
+        for batch in eval_batches(self.val_samples, cfg.train.global_batch, self.rows, cfg.train.eval_batches):
+            batch_sum, batch_tokens = evaluate_loss(self.step_fn, batch.inputs, batch.targets)
+            loss_sum, tokens = loss_sum + batch_sum, tokens + batch_tokens
+        self.model.train()
+        loss = loss_sum / tokens
         if self.metrics is not None:
             self.metrics.eval({"step": step, "loss": loss, "perplexity": math.exp(min(loss, 700.0)),
-                               "tokens": int(total[1]) // self._loss_copies(), "eval_time_s": time.perf_counter() - started,
-                               "time": time.time()})
-
-    def _loss_copies(self) -> int:
-        """Ranks that evaluate the same tokens (tensor/context-parallel and pipeline groups)."""
-        return self.world // self.parallel.dp_size
+                               "tokens": tokens, "eval_time_s": time.perf_counter() - started, "time": time.time()})
 
     def _save(self, step: int) -> None:
         extra = {"config": self.cfg.to_dict(), "layout": self.layout.to_dict(),
