@@ -266,6 +266,7 @@ def test_causal_attention_computes_its_diagonal_tiles_whole():
     launch = dev.launch_us * 1e-6
     # 128 queries and keys are one tile: the full square, 2 matmuls of 2 FLOPs per multiply-add
     assert cm.attention_seconds(dev, 1, 128, 128, 4096) - launch == pytest.approx(4 * 128 * 128 * 4096 / peak)
+    assert cm.attention_seconds(dev, 1, 64, 64, 4096) - launch == pytest.approx(4 * 64 * 64 * 4096 / peak)
     # long sequences approach the visible half: 8192 / 128 = 64 tiles per row, 1/64 extra
     assert cm.attention_seconds(dev, 2, 8192, 8192, 4096) - launch == pytest.approx(
         2 * 4 * 8192 * 8192 * 4096 * 0.5 * (1 + 1 / 64) / peak)

@@ -316,8 +316,9 @@ def elementwise_seconds(device: Device, nbytes: float, kernels: int) -> float:
 
 
 def attention_seconds(device: Device, mbs: int, queries: float, keys: float, q_width: float) -> float:
-    """Forward of fused causal attention: QK^T and AV over the visible half, diagonal tiles whole."""
-    flops = 4.0 * mbs * queries * keys * q_width * 0.5 * (1 + ATTN_TILE / keys)
+    """Forward of fused causal attention: QK^T and AV over the visible half, diagonal tiles whole
+    (at most the full square, for sequences of one tile or less)."""
+    flops = 4.0 * mbs * queries * keys * q_width * 0.5 * min(2.0, 1 + ATTN_TILE / keys)
     return flops / (device.bf16_tflops * 1e12 * device.attention_efficiency) + device.launch_us * 1e-6
 
 
