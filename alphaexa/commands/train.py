@@ -26,7 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import datetime
     import os
-    import shutil
     from pathlib import Path
 
     from backends.launch import detect_launch
@@ -62,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.nproc is None or args.nproc == 1 and launch.world_size == 1 and os.environ.get("RANK") is None:
         if args.plan and launch.rank == 0:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(args.plan, run_dir / "plan.json")
+            _keep_plan(Path(args.plan), run_dir)
         from ..train.trainer import Trainer
 
         return Trainer(cfg, run_dir, resume=args.resume, stop_at=args.stop_at).run()
@@ -77,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.toml")
     if args.plan:
-        shutil.copyfile(args.plan, run_dir / "plan.json")
+        _keep_plan(Path(args.plan), run_dir)
     argv = ["train", "--config", str(run_dir / "config.toml"), "--run-dir", str(run_dir)]
     if args.resume:
         argv.append("--resume")
@@ -87,3 +85,13 @@ def run(args: argparse.Namespace) -> int:
     if code == 0:
         print(f"run directory: {run_dir.resolve()}", flush=True)
     return code
+
+
+def _keep_plan(plan, run_dir) -> None:
+    """The plan the run was started from goes into the run directory as plan.json."""
+    import shutil
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = run_dir / "plan.json"
+    if not (target.exists() and target.samefile(plan)):
+        shutil.copyfile(plan, target)

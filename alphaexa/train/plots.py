@@ -45,9 +45,9 @@ def plot_run(steps: list[dict], evals: list[dict], out_dir: Path) -> list[Path]:
         n_experts = len(loads[0][1])
         ax.stackplot([s for s, _ in loads], *[[load[e] for _, load in loads] for e in range(n_experts)],
                      labels=[f"expert {e}" for e in range(n_experts)])
-        ax.axhline(1.0, color="black", linewidth=0.5)
         ax.set(xlabel="step", ylabel="share of routed tokens", title="Expert load (all MoE layers)", ylim=(0, 1))
-        ax.legend(loc="upper left", fontsize="small", ncol=min(4, n_experts))
+        fig.legend(loc="lower center", fontsize="small", ncol=min(8, n_experts), frameon=False)
+        fig.subplots_adjust(bottom=0.2)
         written.append(_save(fig, out_dir / "expert_load.png"))
     return written
 
@@ -55,7 +55,7 @@ def plot_run(steps: list[dict], evals: list[dict], out_dir: Path) -> list[Path]:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1) if fig.legends else None)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
