@@ -3,7 +3,8 @@
 ``preflight`` validates the config against the world size (layout), the data inputs, the
 logging options and the run directory: a fresh run may not reuse a directory holding
 checkpoints, and ``--resume`` needs the newest complete checkpoint to be of this model.
-Nothing here imports torch.
+Only the layout check of ``alphaexa.parallel`` (which rules this implementation adds, e.g.
+no context parallelism on CPU) imports torch.
 """
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ class Preflight:
 
 
 def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Preflight:
+    from backends.device import get_backend
+
+    from ..parallel import check_layout
+
     layout = cfg.layout_for(world)
+    check_layout(layout, cfg.model, get_backend().device_type)
     check_data_inputs(cfg.data, cfg.model)
     if cfg.logging.tensorboard and not tensorboard_available():
         raise UserError("logging.tensorboard=true needs the tensorboard package (pip install tensorboard)")

@@ -31,6 +31,7 @@ from topology.modelcfg import flops_per_token
 
 from ..checkpoint import CheckpointManager, ModelOptimizerState, RNGState
 from ..data import PackedSamples, PackedTokens
+from ..errors import UserError
 from ..model import build_model, moe_layers
 from ..parallel import (
     build_mesh,
@@ -81,6 +82,7 @@ class Trainer:
         self.stop_at = stop_at
         self._nan_injected = False
         self._spike_injected = False
+        self._created = time.perf_counter()
 
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
@@ -99,6 +101,11 @@ class Trainer:
         self.tokenizer.check_fits(cfg.model.vocab_size)
         self.train_samples = PackedSamples(dataset, cfg.train.seq_len, "train")
         self.val_samples = PackedSamples(dataset, cfg.train.seq_len, "val")
+        if len(self.val_samples) < cfg.train.global_batch:
+            # Found now, not at the first evaluation after hours of training.
+            raise UserError(f"the held-out split of {self.dataset_dir} has {len(self.val_samples)} samples of "
+                            f"{cfg.train.seq_len + 1} tokens, fewer than one evaluation batch of train.global_batch="
+                            f"{cfg.train.global_batch}: raise data.val_fraction or lower the batch")
 
         self.n_micro = self.layout.n_microbatches(cfg.train.global_batch)
         self.dims = build_mesh(self.layout, self.backend, self.device)
@@ -180,12 +187,15 @@ class Trainer:
     def _train(self) -> int:
         cfg = self.cfg
         start = 0
+        loading = time.perf_counter()
         if self.resume:
             start = self.checkpoints.load_latest(self.app_state) or 0
+        load_s = time.perf_counter() - loading
         if self.metrics is not None:
             self.metrics.event("resume" if start else "start", step=start, world_size=self.world,
                                layout=self.layout.to_dict(), layout_short=self.layout.short(),
-                               consumed_samples=self.loader.consumed_samples, dataset=str(self.dataset_dir))
+                               consumed_samples=self.loader.consumed_samples, dataset=str(self.dataset_dir),
+                               setup_s=loading - self._created, load_s=load_s)
             where = f"resumed from {CHECKPOINT_DIR}/step_{start:06d}" if start else "starting"
             self.metrics.note(f"{where}: {cfg.model.name} on {self.world} {self.device.type} rank(s), layout "
                               f"{self.layout.short()}, {self.n_micro} micro-batch(es) of {self.layout.mbs} x "
