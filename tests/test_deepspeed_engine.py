@@ -96,7 +96,7 @@ def reference():
 def test_deepspeed_zero_trains_like_one_process(sharding, deepspeed_results, reference):
     for rank, results in enumerate(deepspeed_results):
         assert "error" not in results[sharding], f"rank {rank}: {results[sharding]['error']}"
-        assert_history_matches(results[sharding]["history"], reference)
+        assert_history_matches(results[sharding]["history"], reference["history"])
 
 
 @pytest.mark.parametrize("spec,options,message", [

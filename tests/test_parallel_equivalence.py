@@ -8,7 +8,7 @@ blocks 2 and 4 MoE with 4 experts top-2, dropless, aux and z losses on), trained
 micro-steps, clipping at a norm below the one observed so clipping acts.
 
 Tolerance (fp32): rtol 1e-5, atol 1e-6 on each step's loss and pre-clip gradient
-norm.  What differs between layouts is only the order of floating-point sums.
+norm, and on the trained model's evaluation loss (``TrainStep.evaluate``).  What differs between layouts is only the order of floating-point sums.
 """
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ def token_batches(steps: int, global_batch: int, seq: int, vocab: int) -> tuple[
 
 
 def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOBAL_BATCH, seq: int = SEQ,
-                  micro_steps: int = MICRO_STEPS) -> list[tuple[float, float]]:
-    """One process, the same micro-step split: [(mean loss, gradient norm before clipping)] per step."""
+                  micro_steps: int = MICRO_STEPS) -> dict:
+    """One process, the same micro-step split: {"history": [(mean loss, gradient norm before clipping)]
+    per step, "eval": mean loss of the trained model on the first batch in evaluation mode}."""
     from alphaexa.model import build_model, moe_layers
     from alphaexa.parallel import summed_cross_entropy
 
@@ -64,7 +65,10 @@ def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOB
         optimizer.step()
         optimizer.zero_grad()
         out.append((total, float(norm)))
-    return out
+    model.eval()
+    with torch.no_grad():
+        eval_loss = summed_cross_entropy(model(inputs[0]), targets[0]).item() / targets[0].numel()
+    return {"history": out, "eval": eval_loss}
 
 
 # ----------------------------------------------------------------------------- workers
@@ -102,7 +106,10 @@ def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_b
         optimizer.zero_grad()
         history.append((result.loss, float(norm)))
     dropped = [moe_metrics(chunk).get("moe_dropped_fraction", 0.0) for chunk in pmodel.chunks]
-    return {"history": history, "seconds": time.perf_counter() - started, "dropped": max(dropped),
+    pmodel.eval()
+    eval_sum, eval_tokens = step.evaluate(inputs[0][rows], targets[0][rows])
+    return {"history": history, "eval": eval_sum / eval_tokens, "seconds": time.perf_counter() - started,
+            "dropped": max(dropped),
             "ep_groups": dims["ep"].mesh.tolist(), "edp_groups": dims["edp"].mesh.tolist()}
 
 
@@ -198,11 +205,12 @@ def results_of(world: int, tmp_path_factory) -> list[dict]:
 
 def layout_result(world: int, name: str, tmp_path_factory) -> dict:
     per_rank = results_of(world, tmp_path_factory)
-    for rank, results in enumerate(per_rank):
-        if name not in results:
-            pytest.fail(f"{name}: not run (an earlier layout of the {world}-rank job failed)")
-        if "error" in results[name]:
-            pytest.fail(f"{name} failed on rank {rank}:\n{results[name]['error']}")
+    if any(name not in results for results in per_rank):
+        pytest.fail(f"{name}: not run (an earlier layout of the {world}-rank job failed)")
+    errors = [f"rank {rank}:\n{results[name]['error']}" for rank, results in enumerate(per_rank)
+              if "error" in results[name]]
+    if errors:
+        pytest.fail(f"{name} failed on " + "\n".join(errors))
     return per_rank[0][name]
 
 
@@ -215,11 +223,12 @@ def assert_history_matches(got: list, expected: list, rtol: float = RTOL, atol: 
 
 @pytest.mark.multiproc
 @pytest.mark.parametrize("world,name", MATRIX, ids=[f"{w}ranks-{n}" for w, n in MATRIX])
-def test_layout_trains_like_one_process(world, name, reference, tmp_path_factory):
+def test_layout_trains_and_evaluates_like_one_process(world, name, reference, tmp_path_factory):
     result = layout_result(world, name, tmp_path_factory)
     # Clipping must have acted, or the test would not cover it.
-    assert min(norm for _, norm in reference) > MAX_NORM
-    assert_history_matches(result["history"], reference)
+    assert min(norm for _, norm in reference["history"]) > MAX_NORM
+    assert_history_matches(result["history"], reference["history"])
+    assert math.isclose(result["eval"], reference["eval"], rel_tol=RTOL, abs_tol=ATOL)
 
 
 @pytest.mark.multiproc
@@ -286,7 +295,8 @@ def test_exhaustive_matrix(world, tmp_path):
     per_rank = run_world(world, EXHAUSTIVE[world], tmp_path, timeout=1200)
     for name, result in per_rank[0].items():
         assert "error" not in result, f"{name}: {result['error']}"
-        assert_history_matches(result["history"], reference)
+        assert_history_matches(result["history"], reference["history"])
+        assert math.isclose(result["eval"], reference["eval"], rel_tol=RTOL, abs_tol=ATOL)
 
 
 @pytest.mark.exhaustive
@@ -297,4 +307,4 @@ def test_exhaustive_bf16_stays_close_to_fp32(tmp_path):
     per_rank = run_world(4, BF16_JOBS, tmp_path, timeout=1200)
     for name, result in per_rank[0].items():
         assert "error" not in result, f"{name}: {result['error']}"
-        assert_history_matches(result["history"], reference, rtol=2e-2, atol=1e-3)
+        assert_history_matches(result["history"], reference["history"], rtol=2e-2, atol=1e-3)

@@ -57,6 +57,7 @@ class ParallelModel:
     stage_ids: list[int]
     n_stages: int
     stage_layers: list[int] = field(default_factory=list)
+    activation_dtype: torch.dtype = torch.float32  # what flows between pipeline stages
 
     @property
     def layout(self) -> Layout:
@@ -123,4 +124,5 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
         if compile:
             apply_compile(chunk)
         apply_data_parallel(chunk, dims, compute_dtype=compute_dtype, cpu_offload=cpu_offload)
-    return ParallelModel(dims=dims, chunks=chunks, stage_ids=stage_ids, n_stages=n_stages, stage_layers=counts)
+    return ParallelModel(dims=dims, chunks=chunks, stage_ids=stage_ids, n_stages=n_stages, stage_layers=counts,
+                         activation_dtype=compute_dtype)
