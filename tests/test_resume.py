@@ -77,9 +77,10 @@ def test_four_rank_checkpoint_resumes_on_two_ranks_with_another_layout(tmp_path,
     assert start["world_size"] == 2 and start["layout"]["ep"] == 2 and start["consumed_samples"] == 32
     for step in range(5, 9):
         assert two[step]["consumed_samples"] == four[step]["consumed_samples"]
-        # Same data, same weights: only the summation order differs (float32).
-        assert two[step]["loss"] == pytest.approx(four[step]["loss"], rel=1e-5), step
-        assert two[step]["grad_norm"] == pytest.approx(four[step]["grad_norm"], rel=1e-4), step
+        # Same samples per micro-step, same weights: only the float32 summation order differs
+        # (measured: losses equal, gradient norms within 1.2e-7 relative).
+        assert two[step]["loss"] == pytest.approx(four[step]["loss"], rel=1e-6), step
+        assert two[step]["grad_norm"] == pytest.approx(four[step]["grad_norm"], rel=1e-5), step
 
 
 def _events(run):
