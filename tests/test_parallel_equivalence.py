@@ -73,7 +73,7 @@ def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOB
 
 # ----------------------------------------------------------------------------- workers
 def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_batch: int, seq: int,
-                  micro_steps: int, compute_dtype: torch.dtype) -> dict:
+                  micro_steps: int, compute_dtype: torch.dtype, compile: bool = False) -> dict:
     from alphaexa.model import build_model, moe_metrics
     from alphaexa.parallel import (
         build_mesh,
@@ -92,7 +92,7 @@ def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_b
                             global_batch, seq)
     check_layout(layout, cfg, "cpu")
     dims = build_mesh(layout, get_backend("cpu"))
-    pmodel = parallelize(build_model(cfg), dims, compute_dtype=compute_dtype)
+    pmodel = parallelize(build_model(cfg), dims, compute_dtype=compute_dtype, compile=compile)
     n_micro = layout.n_microbatches(global_batch)
     step = make_train_step(pmodel, n_micro)
     optimizer = torch.optim.AdamW(list(pmodel.parameters()), lr=LR)
@@ -271,14 +271,18 @@ EXHAUSTIVE = {
     + [job(f"{name}-{rc}", spec | {"recompute": rc}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)
        for name, spec in [("dp2", {"dp_replicate": 2, "sharding": "none"}), ("tp2", {"tp": 2}),
                           ("ep2", {"dp_shard": 2, "ep": 2})]
-       for rc in ("none", "selective", "full")],
+       for rc in ("none", "selective", "full")]
+    + [job("ep2-compile", {"dp_shard": 2, "ep": 2}, compile=True, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL),
+       job("tp2-compile", {"tp": 2}, compile=True, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)],
     4: [job(f"pp2-tp2-{s}", {"pp": 2, "tp": 2, "vpp": v, "schedule": s}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)
         for s, v in SCHEDULES]
     + [job(f"pp2-fsdp2-ep2-{s}", {"pp": 2, "dp_shard": 2, "ep": 2, "vpp": v, "schedule": s},
            **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL) for s, v in SCHEDULES]
     + [job(f"fsdp2-{sh}", {"dp_shard": 2, "tp": 2, "sharding": sh}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)
        for sh in ("zero1", "zero2", "zero3")]
-    + [job("hsdp-ep4", {"dp_replicate": 2, "dp_shard": 2, "ep": 4}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)],
+    + [job("hsdp-ep4", {"dp_replicate": 2, "dp_shard": 2, "ep": 4}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL),
+       job("replicate2-tp2", {"dp_replicate": 2, "tp": 2, "sharding": "none"}, **EXHAUSTIVE_RUN,
+           **EXHAUSTIVE_MODEL)],
     8: [job(f"pp2-fsdp2-tp2-ep2-{s}", {"pp": 2, "dp_shard": 2, "tp": 2, "ep": 2, "vpp": v, "schedule": s},
             **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL) for s, v in SCHEDULES],
 }
