@@ -27,6 +27,7 @@ from topology.modelcfg import ModelConfig
 
 GLOBAL_BATCH, SEQ, MICRO_STEPS, STEPS = 8, 16, 2, 3
 LR, MAX_NORM = 1e-2, 0.5
+SGD_LR, SGD_MOMENTUM = 0.5, 0.9
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -42,8 +43,17 @@ def token_batches(steps: int, global_batch: int, seq: int, vocab: int) -> tuple[
     return tokens[..., :-1], tokens[..., 1:]
 
 
+def make_optimizer(params, name: str) -> torch.optim.Optimizer:
+    """AdamW, or SGD for long comparisons: Adam's update g / sqrt(v) turns the rounding noise of
+    gradient components that nearly cancel into parameter differences that grow step by step,
+    while SGD keeps differences as small as the gradients'."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=SGD_LR, momentum=SGD_MOMENTUM)
+    return torch.optim.AdamW(params, lr=LR)
+
+
 def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOBAL_BATCH, seq: int = SEQ,
-                  micro_steps: int = MICRO_STEPS) -> dict:
+                  micro_steps: int = MICRO_STEPS, optimizer: str = "adamw") -> dict:
     """One process, the same micro-step split: {"history": [(mean loss, gradient norm before clipping)]
     per step, "eval": mean loss of the trained model on the first batch in evaluation mode}."""
     from alphaexa.model import build_model, moe_layers
@@ -52,7 +62,7 @@ def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOB
     model = build_model(cfg)
     for moe in moe_layers(model).values():
         moe.aux_loss_scale = 1.0 / micro_steps
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
+    optimizer = make_optimizer(model.parameters(), optimizer)
     inputs, targets = token_batches(steps, global_batch, seq, cfg.vocab_size)
     out = []
     for s in range(steps):
@@ -73,7 +83,8 @@ def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOB
 
 # ----------------------------------------------------------------------------- workers
 def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_batch: int, seq: int,
-                  micro_steps: int, compute_dtype: torch.dtype, compile: bool = False) -> dict:
+                  micro_steps: int, compute_dtype: torch.dtype, compile: bool = False,
+                  optimizer: str = "adamw") -> dict:
     from alphaexa.model import build_model, moe_metrics
     from alphaexa.parallel import (
         build_mesh,
@@ -95,7 +106,7 @@ def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_b
     pmodel = parallelize(build_model(cfg), dims, compute_dtype=compute_dtype, compile=compile)
     n_micro = layout.n_microbatches(global_batch)
     step = make_train_step(pmodel, n_micro)
-    optimizer = torch.optim.AdamW(list(pmodel.parameters()), lr=LR)
+    optimizer = make_optimizer(list(pmodel.parameters()), optimizer)
     inputs, targets = token_batches(steps, global_batch, seq, cfg.vocab_size)
     rows = local_rows(global_batch, n_micro, dims.dp_rank, layout.dp)
     history, started = [], time.perf_counter()
@@ -153,9 +164,12 @@ def run_world(world: int, jobs: list, tmp: Path, timeout: float = 300.0) -> list
 
 
 def job(name: str, spec: dict, steps: int = STEPS, global_batch: int = GLOBAL_BATCH, seq: int = SEQ,
-        micro_steps: int = MICRO_STEPS, dtype: str = "float32", **cfg_changes) -> tuple:
+        micro_steps: int = MICRO_STEPS, dtype: str = "float32", compile: bool = False, optimizer: str = "adamw",
+        **cfg_changes) -> tuple:
+    """(name, layout, model changes, run options) for ``run_world``."""
     return (name, spec, cfg_changes, {"steps": steps, "global_batch": global_batch, "seq": seq,
-                                          "micro_steps": micro_steps, "dtype": dtype})
+                                      "micro_steps": micro_steps, "dtype": dtype, "compile": compile,
+                                      "optimizer": optimizer})
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -263,7 +277,7 @@ def test_expert_groups_borrow_consecutive_data_ranks(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- exhaustive
 EXHAUSTIVE_MODEL = {"n_layers": 8, "d_model": 64, "n_heads": 8, "n_kv_heads": 4, "d_ff": 128, "moe_d_ff": 64, "n_experts": 8}
-EXHAUSTIVE_RUN = {"steps": 5, "global_batch": 16, "seq": 32, "micro_steps": 4}
+EXHAUSTIVE_RUN = {"steps": 5, "global_batch": 16, "seq": 32, "micro_steps": 4, "optimizer": "sgd"}
 SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("interleaved1f1b", 2), ("zbv", 2)]
 EXHAUSTIVE = {
     2: [job(f"pp2-{s}", {"pp": 2, "vpp": v, "schedule": s}, **EXHAUSTIVE_RUN, **EXHAUSTIVE_MODEL)
