@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the GPU checks and benchmarks in one go on an NVIDIA machine, logging each
 # section to $OUT (or ./gpu-logs).  Usage: bench/gpu_suite.sh SECTION...
-# Sections: env backends model calibrate checkpoint parallel train launchers
+# Sections: env backends model calibrate checkpoint parallel parallel-fp32 deepspeed train launchers
 # Works on a machine whose python already has torch (no venv needed): the working
 # tree goes on PYTHONPATH and an `alphaexa` shim is put on PATH.
 set -uo pipefail
@@ -33,10 +33,12 @@ for section in "$@"; do
               run attention-tests python3 -m pytest -q -m gpu tests/test_attention.py ;;
     model) run model python3 bench/gpu_model.py ;;
     calibrate) run calibrate python3 bench/gpu_calibrate.py --capture-topo "$out/nvidia-smi-topo.txt" --out "$out/calibrate.json" ;;
-    checkpoint) run checkpoint python3 bench/checkpoint_speed.py --params 1B --modes sync,thread --dir /tmp/ckpt-bench ;;
+    checkpoint) run checkpoint python3 bench/checkpoint_speed.py --params 1B --modes sync,thread,process --repeats 2 --dir /tmp/ckpt-bench ;;
     parallel) run parallel torchrun --nproc-per-node "$ngpu" bench/gpu_parallel.py ;;
     train) run train python3 bench/gpu_train.py ;;
-    launchers) run launchers env LAUNCHER=torchrun NPROC="$ngpu" launchers/local.sh --config configs/debug.toml ;;
+    parallel-fp32) run parallel-fp32 torchrun --nproc-per-node "$ngpu" bench/gpu_parallel.py --dtype float32 ;;
+    deepspeed) run deepspeed torchrun --nproc-per-node 2 bench/gpu_deepspeed.py --nvme-dir /tmp/alphaexa-nvme ;;
+    launchers) run launchers python3 bench/gpu_launchers.py ;;
     *) echo "unknown section $section" >&2; status=2 ;;
   esac
 done
