@@ -81,19 +81,6 @@ class ParallelDims:
         """Index of this rank's share of the global batch (0 .. dp-1)."""
         return self.local_rank("dp")
 
-    @property
-    def tp_enabled(self) -> bool:
-        return self.layout.tp > 1
-
-    @property
-    def data_parallel(self) -> bool:
-        """Whether gradients must be reduced over data ranks (dp or cp > 1)."""
-        return self.size("dp_cp") > 1
-
-    @property
-    def sharded(self) -> bool:
-        return self.layout.sharding != "none"
-
 
 def build_mesh(layout: Layout, backend: Backend, device: torch.device | None = None) -> ParallelDims:
     """The DeviceMesh of a resolved ``layout`` over the already initialised default process group.
