@@ -46,7 +46,8 @@ LAYOUTS = {
         "pp2-gpipe": {"pp": 2, "schedule": "gpipe"}, "pp2-1f1b": {"pp": 2, "schedule": "1f1b"},
         "pp2-interleaved": {"pp": 2, "vpp": 2, "schedule": "interleaved1f1b"},
         "pp2-zbv": {"pp": 2, "vpp": 2, "schedule": "zbv"}, "ep2": {"dp_shard": 2, "ep": 2},
-        "fsdp2-full-recompute": {"dp_shard": 2, "recompute": "full"}},
+        "fsdp2-full-recompute": {"dp_shard": 2, "recompute": "full"},
+        "fsdp2-cpu-offload": {"dp_shard": 2, "cpu_offload": True}},
     4: {"hsdp2x2": {"dp_replicate": 2, "dp_shard": 2}, "fsdp2-tp2": {"dp_shard": 2, "tp": 2},
         "pp2-tp2": {"pp": 2, "tp": 2}, "fsdp2-tp2-ep2": {"dp_shard": 2, "tp": 2, "ep": 2},
         "pp2-fsdp2-ep2": {"pp": 2, "dp_shard": 2, "ep": 2}, "fsdp4-ep4": {"dp_shard": 4, "ep": 4}},
@@ -96,12 +97,15 @@ def reference(steps: int, device) -> list[tuple[float, float]]:
 
 
 def run_layout(spec: dict, world: int, backend, steps: int, dtype: torch.dtype, compile: bool):
+    spec = dict(spec)
+    cpu_offload = spec.pop("cpu_offload", False)  # a parallelize option, not a layout field
     layout = Layout.from_dict(spec).resolve(world)
     layout = resolve_layout(layout.replace(mbs=GLOBAL_BATCH // (MICRO_STEPS * layout.dp)), world, MODEL,
                             GLOBAL_BATCH, SEQ)
     check_layout(layout, MODEL, backend.device_type)
     dims = build_mesh(layout, backend)
-    pmodel = parallelize(build_model(MODEL, device=backend.device), dims, compute_dtype=dtype, compile=compile)
+    pmodel = parallelize(build_model(MODEL, device=backend.device), dims, compute_dtype=dtype, compile=compile,
+                         cpu_offload=cpu_offload)
     n_micro = layout.n_microbatches(GLOBAL_BATCH)
     step = make_train_step(pmodel, n_micro)
     optimizer = torch.optim.AdamW(list(pmodel.parameters()), lr=LR)

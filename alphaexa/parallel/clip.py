@@ -41,7 +41,8 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter], dims: ParallelDims) -
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
-        squared += norm.float().square()
+        # With CPU offload the gradients (and so this norm) live on the host.
+        squared += norm.float().square().to(squared.device)
     if dims.layout.pp > 1:
         dist.all_reduce(squared, group=dims.group("pp"))
     return squared.sqrt()

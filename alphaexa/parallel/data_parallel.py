@@ -65,7 +65,8 @@ def apply_data_parallel(chunk: Transformer, dims: ParallelDims, *, compute_dtype
                         cpu_offload: bool = False) -> None:
     layout = dims.layout
     policy = mixed_precision(compute_dtype)
-    offload: OffloadPolicy = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    # Pinned host memory needs an accelerator runtime.
+    offload = CPUOffloadPolicy(pin_memory=dims.device.type != "cpu") if cpu_offload else OffloadPolicy()
     experts_apart = layout.ep > 1 or layout.tp > 1
 
     def wrap(module: nn.Module, mesh_name: str, reshard: bool | None) -> None:
