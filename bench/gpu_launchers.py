@@ -56,7 +56,7 @@ def check_rank_env(uuids: list[str], nproc: int) -> bool:
         print("   SKIP: no mpiexec (pip install mpich)")
         return True
     devices = ":".join(str(nproc - 1 - r) for r in range(nproc))
-    probe = ("import os, torch; print(os.environ['MPI_LOCALRANKID'], torch.cuda.device_count(), "
+    probe = ("import os, torch; print(next(os.environ[v] for v in ('PALS_LOCAL_RANKID', 'MPI_LOCALRANKID', 'OMPI_COMM_WORLD_LOCAL_RANK') if v in os.environ), torch.cuda.device_count(), "
              "'GPU-' + str(torch.cuda.get_device_properties(0).uuid))")
     proc = subprocess.run([mpiexec, "-n", str(nproc), str(ROOT / "launchers/lib/rank_env.sh"), sys.executable,
                            "-c", probe], capture_output=True, text=True, check=False, timeout=300,

@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 out=${OUT:-gpu-logs}
 mkdir -p "$out" /tmp/alphaexa-bin
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-printf '#!/bin/sh\nexec python3 -m alphaexa "$@"\n' > /tmp/alphaexa-bin/alphaexa
+# The shim names the interpreter by its full path: Open MPI's mpiexec puts its own
+# prefix (/usr/bin) first on PATH, where a python3 without torch may live.
+printf '#!/bin/sh\nexec %s -m alphaexa "$@"\n' "$(command -v python3)" > /tmp/alphaexa-bin/alphaexa
 chmod +x /tmp/alphaexa-bin/alphaexa
 export PATH="/tmp/alphaexa-bin:$PATH"
 # The GPU machines run commands as root; Open MPI refuses root unless told.
