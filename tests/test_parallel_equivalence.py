@@ -180,7 +180,7 @@ JOBS = {
         job("dp2-replicate", {"dp_replicate": 2, "sharding": "none"}),
         job("fsdp2", {"dp_shard": 2}),
         job("fsdp2-zero1-selective", {"dp_shard": 2, "sharding": "zero1", "recompute": "selective"}),
-        job("tp2", {"tp": 2}),
+        job("tp2-selective", {"tp": 2, "recompute": "selective"}),
         job("pp2-gpipe", {"pp": 2, "schedule": "gpipe"}),
         job("pp2-1f1b", {"pp": 2, "schedule": "1f1b", "recompute": "full"}),
         job("pp2-interleaved1f1b", {"pp": 2, "vpp": 2, "schedule": "interleaved1f1b"}),
@@ -192,7 +192,7 @@ JOBS = {
     4: [
         job("hsdp2x2", {"dp_replicate": 2, "dp_shard": 2}),
         job("fsdp2-tp2", {"dp_shard": 2, "tp": 2}),
-        job("pp2-tp2", {"pp": 2, "tp": 2, "schedule": "1f1b"}),
+        job("pp2-tp2-full", {"pp": 2, "tp": 2, "schedule": "1f1b", "recompute": "full"}),
         job("fsdp2-tp2-ep2", {"dp_shard": 2, "tp": 2, "ep": 2, "recompute": "full"}),
     ],
     8: [

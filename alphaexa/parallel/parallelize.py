@@ -1,8 +1,8 @@
 """``parallelize``: apply a layout to a model from the outside, in the order the pieces need.
 
 Per model chunk (the whole model, or each pipeline stage of this rank):
-tensor + sequence parallel -> expert parallel (experts become ep/etp DTensors)
--> MoE statistics hook -> activation checkpointing -> torch.compile -> FSDP2.
+activation checkpointing -> tensor + sequence parallel -> expert parallel (experts
+become ep/etp DTensors) -> MoE statistics hook -> torch.compile -> FSDP2.
 
 Pass a model with real weights (built and initialised as for one process:
 ``alphaexa.model.build_model``) and every rank keeps exactly its slice of those
@@ -115,12 +115,15 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
     else:
         stage_ids, chunks = [0], [model]
     for chunk, stage in zip(chunks, stage_ids):
+        # Recompute hooks first: the tensor-parallel input/output hooks registered after them
+        # then run inside the checkpointed region, so a selective policy sees (and keeps)
+        # their collectives instead of meeting them for the first time during recomputation.
+        apply_recompute(chunk, layout.recompute)
         if layout.tp > 1:
             apply_tensor_parallel(chunk, dims["tp"], receives_full_sequence=stage > 0,
                                   sends_full_sequence=stage < n_stages - 1)
         apply_expert_parallel(chunk, dims["ep"], dims["etp"], dims["ep_etp"])
         apply_moe_statistics(chunk, dims["tokens"])
-        apply_recompute(chunk, layout.recompute)
         if compile:
             apply_compile(chunk)
         apply_data_parallel(chunk, dims, compute_dtype=compute_dtype, cpu_offload=cpu_offload)
