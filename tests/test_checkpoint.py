@@ -309,8 +309,9 @@ def non_plain_leaves(tree, path: str = "") -> list[str]:
 
 
 def test_async_saves_survive_dcp_closing_the_stager_and_stage_only_plain_values(tmp_path, monkeypatch):
-    # torch 2.11's dcp.async_save closes the async_stager it is given after each upload (2.13 does
-    # not): emulate that on this torch by closing the previous save's stager before the next save.
+    # On torch 2.11 a second save through a reused stager failed; the manager hands DCP a new
+    # stager per save. Closing the previous save's stager (as 2.11's async_save may) must not
+    # matter, and every save must get its own.
     real_async_save, handed_over = dcp.async_save, []
 
     def async_save_closing_its_stager(state_dict, **kwargs):
@@ -333,6 +334,7 @@ def test_async_saves_survive_dcp_closing_the_stager_and_stage_only_plain_values(
                 expected = copy.deepcopy(model.state_dict())
             train_steps(model, optim, sched, 1, start=step)  # changes nothing in the staged copy
     assert len(handed_over) == 3
+    assert len({id(stager) for _, stager in handed_over}) == 3
     for state, _ in handed_over:  # what DCP's stager deep-copies: nothing it must reduce generically
         assert non_plain_leaves(state) == []
     restored, optim2, sched2 = make_training(SEED + 1)

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-from torch.distributed.checkpoint.staging import AsyncStager, DefaultStager, StagingOptions
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from torch.distributed.checkpoint.stateful import Stateful
 
@@ -99,28 +99,16 @@ def _shape(size: Any) -> list[int]:
     return [int(s) for s in size]
 
 
-class _ManagerOwnedStager(AsyncStager):
-    """DCP's DefaultStager as ``dcp.async_save`` sees it: DCP cannot close it, the manager does.
+def _fresh_stager(options: StagingOptions) -> DefaultStager:
+    """A new DCP stager for one asynchronous save.
 
-    torch 2.11's ``async_save`` closes the ``async_stager`` it is given once the upload is done
-    (2.13 closes only a stager it created itself). A closed DefaultStager has dropped its host
-    buffers and emptied its copy-dispatch table, so the next save failed with
-    ``KeyError: <class 'type'>`` on the very first object, the state dict itself. Here close()
-    from DCP is ignored and ``CheckpointManager.close()`` closes ``self.stager``, so the buffers
-    are reused on every torch version.
+    A stager is never reused: on torch 2.11 the second save through a reused
+    DefaultStager failed inside its copy (``KeyError: <class 'type'>``, seen on an H200
+    with the stager both closed and kept open by us), so each save stages through its
+    own, and the previous one is released with the save that used it.  The cost is a
+    fresh host buffer per save instead of a cached one.
     """
-
-    def __init__(self, options: StagingOptions):
-        self.stager = DefaultStager(options)
-
-    def stage(self, state_dict: dict[str, Any]) -> Any:
-        return self.stager.stage(state_dict)
-
-    def synchronize_staging(self) -> None:
-        self.stager.synchronize_staging()
-
-    def close(self) -> None:
-        """Ignored: the staging buffers live as long as the manager (see the class docstring)."""
+    return DefaultStager(options)
 
 
 class CheckpointManager:
@@ -170,11 +158,10 @@ class CheckpointManager:
         self._pending: Future | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-finish") \
             if async_save else None
-        # One stager for the manager's lifetime: it keeps its host buffers between saves
-        # (pinned on CUDA; shared memory when a separate process writes them).
-        self._stager = _ManagerOwnedStager(StagingOptions(
+        # Host buffers for staging: pinned on CUDA; shared memory when a separate process writes them.
+        self._staging_options = StagingOptions(
             use_pinned_memory=torch.cuda.is_available(), use_shared_memory=async_mode == "process",
-            use_async_staging=False, use_non_blocking_copy=False)) if async_save else None
+            use_async_staging=False, use_non_blocking_copy=False)
 
     # ------------------------------------------------------------ collectives
     def _all_gather(self, obj: Any) -> list[Any]:
@@ -230,7 +217,8 @@ class CheckpointManager:
             self._finish(step, tmp, extra, contents, timing)
             return
         upload = dcp.async_save(state, storage_writer=writer, process_group=self.process_group,
-                                async_checkpointer_type=ASYNC_MODES[self.async_mode], async_stager=self._stager,
+                                async_checkpointer_type=ASYNC_MODES[self.async_mode],
+                                async_stager=_fresh_stager(self._staging_options),
                                 no_dist=not self._distributed)
         blocking = time.perf_counter() - started
 
@@ -251,9 +239,6 @@ class CheckpointManager:
     def close(self) -> None:
         """Wait for the pending save and release the staging buffers and the background thread."""
         self.wait()
-        if self._stager is not None:
-            self._stager.stager.close()
-            self._stager = None
         if self._finisher is not None:
             self._finisher.shutdown(wait=True)
             self._finisher = None
