@@ -94,3 +94,26 @@ def test_sigkill_of_a_rank_stops_the_job_and_resume_repeats_and_skips_no_sample(
         for r in first_launch:
             if r["step"] > last_complete:
                 assert final[r["step"]]["sample_ids"] == r["sample_ids"]
+
+
+@pytest.mark.exhaustive
+def test_without_a_supervisor_the_surviving_rank_ends_on_its_own(tmp_path):
+    """Ranks started directly (as torchrun would, but with nobody to stop them): after SIGKILL of
+    rank 1, rank 0's next collective fails or times out (train.collective_timeout_s) and it exits."""
+    from alphaexa.train.spawn import rank_environment
+    from backends.launch import free_port
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    cmd = train_command(run, f"train.steps={STEPS}", "train.collective_timeout_s=20", f"data.cache_dir={cache}")
+    port = free_port()
+    ranks = [subprocess.Popen(cmd, env=rank_environment(r, DP, port, run_env()), cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for r in range(DP)]
+    deadline = time.monotonic() + HANG_GUARD_S
+    while _logged_steps(run) < 3:
+        assert all(r.poll() is None for r in ranks) and time.monotonic() < deadline
+        time.sleep(0.02)
+    ranks[1].kill()
+    _, stderr = ranks[0].communicate(timeout=HANG_GUARD_S)
+    ranks[1].wait()
+    assert ranks[0].returncode != 0, stderr
+    assert _logged_steps(run) < STEPS
