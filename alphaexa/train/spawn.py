@@ -43,6 +43,9 @@ def spawn_ranks(nproc: int, argv: list[str], announce=print) -> int:
     """Run ``python -m alphaexa ARGV`` as ranks 0..N-1; returns 0 when every rank succeeded,
     else the first failure's status (128 + signal for a killed rank)."""
     port = free_port()
+    # A SIGTERM to the parent (a batch system ending the job) must not orphan the ranks:
+    # turned into an exception, it reaches the ``finally`` that stops them.
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     children = [subprocess.Popen([sys.executable, "-m", "alphaexa", *argv], env=rank_environment(r, nproc, port))
                 for r in range(nproc)]
     announce(f"spawned {nproc} ranks (pids {', '.join(str(c.pid) for c in children)}), "
@@ -59,14 +62,27 @@ def spawn_ranks(nproc: int, argv: list[str], announce=print) -> int:
                 time.sleep(POLL_S)
         if failure is None:
             failure = next(((r, c.returncode) for r, c in enumerate(children) if c.returncode), None)
+    except Terminated:
+        _stop(children)
+        print("alphaexa train: terminated (SIGTERM); stopped the ranks", file=sys.stderr, flush=True)
+        return 128 + signal.SIGTERM
     finally:
         _stop(children)
+        signal.signal(signal.SIGTERM, previous)
     if failure is None:
         return 0
     rank, code = failure
     print(f"alphaexa train: rank {rank} ended with {describe_exit(code)}; stopped the other ranks",
           file=sys.stderr, flush=True)
     return 128 - code if code < 0 else code
+
+
+class Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
 def _stop(children: list[subprocess.Popen]) -> None:
