@@ -84,10 +84,10 @@ def _no_deferred_weight_grads():
 
 def build_schedule(chunks: list[nn.Module], stage_ids: list[int], n_stages: int, schedule: str,
                    n_microbatches: int, loss_fn, device: torch.device, pp_group):
-    # zbv: torch 2.13's split backward (input gradients first, weight gradients later by
-    # autograd-graph surgery) gives wrong weight gradients for our blocks (checked against
-    # the single-process reference); a dw_builder makes the I step run the full backward
-    # and W a no-op, so the V-shaped schedule stays exact and only the I/W split is lost.
+    # zbv: with torch 2.13's split backward (input gradients first, weight gradients later by
+    # autograd-graph surgery) our training step got wrong weight gradients (checked against
+    # the single-process reference; docs/parallelism.md); a dw_builder makes the I step run
+    # the full backward and W a no-op, so the V schedule stays exact, only the I/W split is lost.
     dw_builder = _no_deferred_weight_grads if schedule == "zbv" else None
     stages = [PipelineStage(chunk, stage, n_stages, device, group=pp_group, dw_builder=dw_builder)
               for chunk, stage in zip(chunks, stage_ids)]
