@@ -44,7 +44,6 @@ from ..parallel import (
 from .batches import StepLoader, eval_batches
 from .config import RunConfig
 from .dataset import prepare_dataset
-from .evaluation import evaluate_loss
 from .metrics import MetricsLogger
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .preflight import CHECKPOINT_DIR
@@ -257,6 +256,7 @@ class Trainer:
             self._loss_scale, self._spike_injected = SPIKE_INJECTION, True
         self._moe_stats = self._new_moe_stats()
         result = self.step_fn(batch.inputs, batch.targets)
+        self._loss_scale = 1.0
         grad_norm = float(clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims))
         reduced = self._reduce_step_values()
         # The step's loss is the global mean, identical on every rank: every rank decides alike.
@@ -367,7 +367,7 @@ class Trainer:
         loss_sum, tokens = 0.0, 0
         started = time.perf_counter()
         for batch in eval_batches(self.val_samples, cfg.train.global_batch, self.rows, cfg.train.eval_batches):
-            batch_sum, batch_tokens = evaluate_loss(self.step_fn, batch.inputs, batch.targets)
+            batch_sum, batch_tokens = self.step_fn.evaluate(batch.inputs, batch.targets)
             loss_sum, tokens = loss_sum + batch_sum, tokens + batch_tokens
         self.model.train()
         loss = loss_sum / tokens
