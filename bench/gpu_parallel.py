@@ -102,7 +102,7 @@ def run_layout(spec: dict, world: int, backend, steps: int, dtype: torch.dtype, 
     layout = Layout.from_dict(spec).resolve(world)
     layout = resolve_layout(layout.replace(mbs=GLOBAL_BATCH // (MICRO_STEPS * layout.dp)), world, MODEL,
                             GLOBAL_BATCH, SEQ)
-    check_layout(layout, MODEL, backend.device_type)
+    check_layout(layout, MODEL, backend.device_type, compile=compile)
     dims = build_mesh(layout, backend)
     pmodel = parallelize(build_model(MODEL, device=backend.device), dims, compute_dtype=dtype, compile=compile,
                          cpu_offload=cpu_offload)

@@ -44,6 +44,14 @@ def test_good_layouts_pass():
     assert validate({"pp": 2, "vpp": 2, "schedule": "zbv"}, 2).n_microbatches(8) == 8
 
 
+def test_compile_with_tensor_parallel_is_refused_on_cpu():
+    layout = resolve_layout(Layout(tp=2), 2, MODEL, 8, 16)
+    with pytest.raises(ConfigError, match="compile with tp=2 on CPU gives wrong gradients"):
+        check_layout(layout, MODEL, "cpu", compile=True)
+    check_layout(layout, MODEL, "cpu", compile=False)
+    check_layout(layout, MODEL, "cuda", compile=True)
+
+
 def test_cp_on_an_accelerator_is_refused_as_not_implemented():
     with pytest.raises(ConfigError, match="not implemented"):
         validate({"cp": 2}, 2, device="cuda")
