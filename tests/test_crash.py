@@ -18,7 +18,7 @@ from alphaexa.train.metrics import read_metrics
 
 pytestmark = pytest.mark.multiproc
 
-STEPS, GLOBAL_BATCH, DP = 30, 8, 2
+STEPS, GLOBAL_BATCH, DP = 16, 8, 2
 
 
 def _logged_steps(run: Path) -> int:
@@ -54,7 +54,7 @@ def test_sigkill_of_a_rank_stops_the_job_and_resume_repeats_and_skips_no_sample(
     assert first_line.startswith("spawned 2 ranks"), first_line
     pids = [int(p) for p in first_line.split("(pids ")[1].split(")")[0].split(", ")]
     deadline = time.monotonic() + HANG_GUARD_S
-    while _logged_steps(run) < 5:
+    while _logged_steps(run) < 4:
         assert parent.poll() is None and time.monotonic() < deadline, parent.communicate()
         time.sleep(0.02)
     os.kill(pids[1], signal.SIGKILL)
