@@ -4,6 +4,7 @@
     python3 bench/gpu_train.py --nproc 1            # one GPU
     python3 bench/gpu_train.py --launcher torchrun  # the same under torchrun instead of --nproc
     options: --steps N --stop-at N --config FILE --set section.key=value ... --out result.json
+    e.g. --set train.compile=true, --set parallel.sharding=zero2, --set parallel.mbs=8
 
 Two launches of ``alphaexa train`` (configs/1b.toml: 32 x 2048 tokens per step, FSDP2 over
 the GPUs, bf16 compute with fp32 master weights, async checkpoints every 100 steps):

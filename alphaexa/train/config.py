@@ -51,6 +51,7 @@ class TrainSection:
     clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still logged)
     dtype: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction)
     optimizer_impl: str = "auto"  # auto | fused | foreach | for-loop (auto: fused on accelerators)
+    compile: bool = False  # torch.compile each block (alphaexa.parallel refuses the combinations it cannot do)
     eval_every: int = 50  # steps between evaluations; 0 = only at the end
     eval_batches: int = 4  # global batches of held-out data per evaluation
     log_every: int = 1  # steps between progress lines (metrics.jsonl gets every step)

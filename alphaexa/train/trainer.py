@@ -111,7 +111,7 @@ class Trainer:
         # Full weights first, as one process would initialise them; parallelize keeps this rank's slice.
         model = build_model(cfg.model, device=self.device, seed=cfg.train.seed)
         compute_dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else torch.float32
-        self.model = parallelize(model, self.dims, compute_dtype=compute_dtype)
+        self.model = parallelize(model, self.dims, compute_dtype=compute_dtype, compile=cfg.train.compile)
         self.step_fn = make_train_step(self.model, self.n_micro, loss_fn=self._loss)
         # One optimizer per model chunk (pipeline ranks with several stages hold several chunks).
         self.optimizers = [build_optimizer([chunk], cfg.train, self.device.type) for chunk in self.model.chunks]
