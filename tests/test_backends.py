@@ -194,4 +194,4 @@ def test_dist_backend_override_from_environment(monkeypatch):
     assert get_backend("cpu").dist_backend == "gloo"
     monkeypatch.setenv("ALPHAEXA_DIST_BACKEND", "nccl")
     with pytest.raises(BackendError, match=r"ALPHAEXA_DIST_BACKEND='nccl' is not a collective backend for cpu"):
-        get_backend("cpu").dist_backend
+        _ = get_backend("cpu").dist_backend
