@@ -171,9 +171,8 @@ def _flash_unsupported(call: AttentionCall) -> str | None:
     return None
 
 
-def _flash2_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
-    from flash_attn import flash_attn_func
-
+def _call_flash(flash_attn_func, q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
+    """FlashAttention 2 and 3 take and return (batch, seq, heads, head_dim); ours is (batch, heads, seq, head_dim)."""
     out = flash_attn_func(
         q.transpose(1, 2),
         k.transpose(1, 2),
@@ -181,7 +180,16 @@ def _flash2_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> T
         causal=call.causal,
         window_size=_flash_window(call),
     )
+    # Some FlashAttention-3 releases return (out, softmax_lse), later ones only out.
+    if isinstance(out, tuple):
+        out = out[0]
     return out.transpose(1, 2)
+
+
+def _flash2_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
+    from flash_attn import flash_attn_func
+
+    return _call_flash(flash_attn_func, q, k, v, call)
 
 
 def _flash3_unsupported(call: AttentionCall) -> str | None:
@@ -194,17 +202,7 @@ def _flash3_unsupported(call: AttentionCall) -> str | None:
 def _flash3_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
     from flash_attn_interface import flash_attn_func
 
-    out = flash_attn_func(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        causal=call.causal,
-        window_size=_flash_window(call),
-    )
-    # Some FlashAttention-3 releases return (out, softmax_lse), later ones only out.
-    if isinstance(out, tuple):
-        out = out[0]
-    return out.transpose(1, 2)
+    return _call_flash(flash_attn_func, q, k, v, call)
 
 
 # --- the registry -------------------------------------------------------------------------------
