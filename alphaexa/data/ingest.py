@@ -247,7 +247,7 @@ def default_cache_dir() -> Path:
 
 
 @contextmanager
-def _exclusive(lock_path: Path):
+def exclusive_lock(lock_path: Path):
     """One process builds, the others (e.g. the other ranks of a job) wait and then reuse its result."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as fh:
@@ -278,7 +278,7 @@ def ensure_demo_dataset(cache_dir: str | Path | None = None, tokenizer: str = "s
     corpus = demo_corpus_name()
     out_dir = cache_dir / f"{corpus}-{tok_name}-val{val_fraction:g}-seed{seed}"
     identity = demo_metadata()
-    with _exclusive(cache_dir / f".{out_dir.name}.lock"):
+    with exclusive_lock(cache_dir / f".{out_dir.name}.lock"):
         if _is_valid_build(out_dir, identity):
             return out_dir
         files = write_demo_corpus(cache_dir / "corpus" / corpus)

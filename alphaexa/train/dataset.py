@@ -7,10 +7,8 @@ file lock and reuse its result.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
-from contextlib import contextmanager
 from pathlib import Path
 
 from topology.modelcfg import ConfigError, ModelConfig
@@ -48,6 +46,7 @@ def _tokenizer_kind(data: DataSection, model: ModelConfig) -> str:
 def prepare_dataset(data: DataSection, model: ModelConfig, progress: bool = False) -> Path:
     """The dataset directory for this config, tokenizing into the cache the first time."""
     from ..data import default_cache_dir, ensure_demo_dataset, tokenize_corpus
+    from ..data.ingest import exclusive_lock
 
     check_data_inputs(data, model)
     cache = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
@@ -63,7 +62,7 @@ def prepare_dataset(data: DataSection, model: ModelConfig, progress: bool = Fals
         return inputs[0]
     key = _corpus_key(inputs, kind, vocab, data)
     out = cache / f"corpus-{key}"
-    with _exclusive(cache / f".corpus-{key}.lock"):
+    with exclusive_lock(cache / f".corpus-{key}.lock"):
         if not _is_dataset_dir(out):
             tokenize_corpus(inputs, out, tokenizer=kind, vocab_size=vocab, model_type=data.sp_model_type,
                             val_fraction=data.val_fraction, seed=data.split_seed, text_unit=data.text_unit,
@@ -82,14 +81,3 @@ def _corpus_key(inputs: list[Path], tokenizer: str, vocab: int | None, data: Dat
     material = {"files": files, "tokenizer": str(tokenizer), "vocab": vocab, "model_type": data.sp_model_type,
                 "val_fraction": data.val_fraction, "seed": data.split_seed, "text_unit": data.text_unit}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@contextmanager
-def _exclusive(lock_path: Path):
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
