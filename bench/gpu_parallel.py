@@ -22,7 +22,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from alphaexa.model import build_model, moe_layers
+from alphaexa.model import build_model
 from alphaexa.parallel import (
     build_mesh,
     check_layout,
@@ -30,8 +30,8 @@ from alphaexa.parallel import (
     local_rows,
     make_train_step,
     parallelize,
-    summed_cross_entropy,
 )
+from alphaexa.parallel.equivalence import reference_history, token_batches
 from backends.launch import init_distributed
 from topology.layout import Layout, resolve_layout
 from topology.modelcfg import ModelConfig
@@ -72,27 +72,13 @@ def fit(spec: dict, world: int) -> dict:
 
 
 def batches(steps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = torch.randint(0, MODEL.vocab_size, (steps, GLOBAL_BATCH, SEQ + 1),
-                           generator=torch.Generator().manual_seed(1))
-    return tokens[..., :-1].to(device), tokens[..., 1:].to(device)
+    return token_batches(steps, GLOBAL_BATCH, SEQ, MODEL.vocab_size, device)
 
 
 def reference(steps: int, device) -> list[tuple[float, float]]:
     model = build_model(MODEL, device=device)
-    for moe in moe_layers(model).values():
-        moe.aux_loss_scale = 1.0 / MICRO_STEPS
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
-    inputs, targets = batches(steps, device)
-    out = []
-    for s in range(steps):
-        total = 0.0
-        for x, y in zip(inputs[s].chunk(MICRO_STEPS), targets[s].chunk(MICRO_STEPS)):
-            loss = summed_cross_entropy(model(x), y) / targets[s].numel()
-            loss.backward()
-            total += loss.item()
-        out.append((total, float(torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM))))
-        optimizer.step()
-        optimizer.zero_grad()
+    out = reference_history(model, optimizer, *batches(steps, device), MICRO_STEPS, MAX_NORM)
     return out
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from alphaexa.parallel.equivalence import reference_history, token_batches
 from topology.modelcfg import ModelConfig
 
 GLOBAL_BATCH, SEQ, MICRO_STEPS, STEPS = 8, 16, 2, 3
@@ -38,11 +39,6 @@ def model_config(**changes) -> ModelConfig:
     return ModelConfig(**{**base, **changes})
 
 
-def token_batches(steps: int, global_batch: int, seq: int, vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = torch.randint(0, vocab, (steps, global_batch, seq + 1), generator=torch.Generator().manual_seed(1))
-    return tokens[..., :-1], tokens[..., 1:]
-
-
 def make_optimizer(params, name: str) -> torch.optim.Optimizer:
     """AdamW, or SGD for long comparisons: Adam's update g / sqrt(v) turns the rounding noise of
     gradient components that nearly cancel into parameter differences that grow step by step,
@@ -56,25 +52,13 @@ def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOB
                   micro_steps: int = MICRO_STEPS, optimizer: str = "adamw") -> dict:
     """One process, the same micro-step split: {"history": [(mean loss, gradient norm before clipping)]
     per step, "eval": mean loss of the trained model on the first batch in evaluation mode}."""
-    from alphaexa.model import build_model, moe_layers
+    from alphaexa.model import build_model
     from alphaexa.parallel import summed_cross_entropy
 
     model = build_model(cfg)
-    for moe in moe_layers(model).values():
-        moe.aux_loss_scale = 1.0 / micro_steps
-    optimizer = make_optimizer(model.parameters(), optimizer)
     inputs, targets = token_batches(steps, global_batch, seq, cfg.vocab_size)
-    out = []
-    for s in range(steps):
-        total = 0.0
-        for x, y in zip(inputs[s].chunk(micro_steps), targets[s].chunk(micro_steps)):
-            loss = summed_cross_entropy(model(x), y) / targets[s].numel()
-            loss.backward()
-            total += loss.item()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_NORM)
-        optimizer.step()
-        optimizer.zero_grad()
-        out.append((total, float(norm)))
+    out = reference_history(model, make_optimizer(model.parameters(), optimizer), inputs, targets, micro_steps,
+                            MAX_NORM)
     model.eval()
     with torch.no_grad():
         eval_loss = summed_cross_entropy(model(inputs[0]), targets[0]).item() / targets[0].numel()
