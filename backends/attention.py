@@ -101,18 +101,17 @@ def _math_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Ten
     # rounding (float64 inputs stay float64, for tests).
     compute_dtype = torch.promote_types(q.dtype, torch.float32)
     scores = (q.to(compute_dtype) @ k.to(compute_dtype).transpose(-2, -1)) / math.sqrt(call.head_dim)
-    mask = visibility_mask(
-        call.q_len,
-        call.kv_len,
-        causal=call.causal,
-        window=call.window,
-        q_offset=call.q_offset,
-        device=q.device,
-    )
+    mask = _call_mask(call, q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return (probs @ v.to(compute_dtype)).to(q.dtype)
+
+
+def _call_mask(call: AttentionCall, device: torch.device) -> Tensor | None:
+    """The boolean visibility mask of ``call`` (None when every key is visible)."""
+    return visibility_mask(call.q_len, call.kv_len, causal=call.causal, window=call.window,
+                           q_offset=call.q_offset, device=device)
 
 
 def _math_unsupported(call: AttentionCall) -> str | None:
@@ -128,14 +127,7 @@ def _sdpa_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Ten
     # call without offset or window; everything else gets an explicit boolean mask.
     if call.causal and call.window == 0 and call.q_offset == 0 and call.q_len == call.kv_len:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    mask = visibility_mask(
-        call.q_len,
-        call.kv_len,
-        causal=call.causal,
-        window=call.window,
-        q_offset=call.q_offset,
-        device=q.device,
-    )
+    mask = _call_mask(call, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 
