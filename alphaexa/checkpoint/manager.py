@@ -70,6 +70,8 @@ ARCHITECTURE_FIELDS = ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim
                        "vocab_size", "pos_encoding", "norm", "moe_layers", "n_experts", "moe_d_ff",
                        "n_shared_experts", "tie_embeddings", "tokenizer")
 _RANK_FILE = re.compile(r"^__(\d+)_")
+# Manifest key of a checkpoint holding model weights and nothing else (``alphaexa import``).
+WEIGHTS_ONLY_KEY = "weights_only"
 
 
 def _architecture_value(cfg: ModelConfig, field: str) -> Any:
@@ -302,12 +304,15 @@ class CheckpointManager:
                 remove_dir(stale)
 
     # ------------------------------------------------------------------- load
-    def load_latest(self, app_state: Mapping[str, Any]) -> int | None:
+    def load_latest(self, app_state: Mapping[str, Any],
+                    weights_only_state: Mapping[str, Any] | None = None) -> int | None:
         """Load the newest good checkpoint into ``app_state``; returns its step, None if there is none.
 
         Corrupt or incomplete checkpoints are skipped with one warning line naming what is
         wrong and which checkpoint is used instead. Raises UserError if checkpoints exist but
-        none is usable, or if the usable one is from a different model.
+        none is usable, or if the usable one is from a different model. A weights-only
+        checkpoint (its manifest says ``weights_only``) loads into ``weights_only_state``
+        instead, when given: the rest of the training state then starts fresh.
         """
         self.wait()
         candidates = self._from_rank0([str(p) for p in candidate_dirs(self.root)] if self.rank == 0 else None)
@@ -317,6 +322,8 @@ class CheckpointManager:
             if problem is None:
                 if problems and self.rank == 0:
                     log.warning("%s; using %s", "; ".join(problems), candidate.name)
+                if manifest.get(WEIGHTS_ONLY_KEY) and weights_only_state is not None:
+                    app_state = weights_only_state
                 return self._load_verified(candidate, manifest, app_state)
             problems.append(f"checkpoint {candidate.name} is corrupt ({problem})")
         if problems:
