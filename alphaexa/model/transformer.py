@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -18,8 +19,36 @@ from topology.modelcfg import ModelConfig
 
 from .attention import Attention, KVCache
 from .layers import NORM_TYPES, FeedForward, build_norm
-from .moe import MoE
+from .moe import GroupedExperts, MoE
 from .positions import rope_tables, sinusoidal_table
+
+
+@dataclass(frozen=True)
+class ParamInit:
+    """How one parameter starts: ``constant`` (std None), or normal(0, std) drawn from a
+    generator seeded by (seed, name); with ``per_expert`` (a stacked (E, ...) expert weight)
+    expert e draws from its own generator, seeded by (seed, "name.e")."""
+
+    name: str
+    std: float | None = None
+    constant: float = 0.0
+    seed: int = 0
+    per_expert: bool = False
+
+    def write_(self, out: Tensor, expert: int | None = None) -> Tensor:
+        """Write the initial values of the whole parameter, or of one expert's slice, into ``out``."""
+        if self.std is None:
+            return out.fill_(self.constant)
+        name = self.name if expert is None else f"{self.name}.{expert}"
+        generator = torch.Generator(device=out.device).manual_seed(_param_seed(self.seed, name))
+        return out.normal_(0.0, self.std, generator=generator)
+
+    def write_whole_(self, param: Tensor) -> None:
+        if self.per_expert and self.std is not None:
+            for expert in range(param.shape[0]):
+                self.write_(param[expert], expert)
+        else:
+            self.write_(param)
 
 
 class Block(nn.Module):
@@ -67,10 +96,10 @@ class Transformer(nn.Module):
         if self.cfg.tie_embeddings and self.output is not None and self.tok_embeddings is not None:
             self.output.weight = self.tok_embeddings.weight
 
-    def init_buffers(self) -> None:
-        """(Re)compute the float32 position tables on the device of the model's parameters."""
+    def init_buffers(self, device: torch.device | str | None = None) -> None:
+        """(Re)compute the float32 position tables on ``device`` (default: that of the parameters)."""
         cfg = self.cfg
-        device = next(self.parameters()).device
+        device = device or next(self.parameters()).device
         if cfg.pos_encoding == "rope":
             original_len = max(1, round(cfg.max_seq_len / cfg.rope_scaling_factor))
             self.rope_cos, self.rope_sin = rope_tables(cfg.max_seq_len, cfg.head_dim, cfg.rope_theta,
@@ -81,18 +110,26 @@ class Transformer(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
-        """Deterministic initialisation: normal(0, init_std) for matrices and embeddings, with
-        the projections that write into the residual stream (attention ``wo``, FFN/expert
-        ``w2``) scaled by 1/sqrt(2 n_layers); norms to one (and zero bias).
-
-        Each parameter draws from its own generator seeded by ``seed`` and its name, so a
-        pipeline stage holding only some layers gets exactly the weights those layers have
-        in the whole model.
-        """
+        """Deterministic initialisation of every parameter as ``param_inits`` describes."""
         self.tie_weights()
         self.init_buffers()
+        params = dict(self.named_parameters())
+        for name, init in self.param_inits(seed).items():
+            init.write_whole_(params[name])
+
+    def param_inits(self, seed: int = 0) -> dict[str, ParamInit]:
+        """How each parameter (by its global name) starts: normal(0, init_std) for matrices and
+        embeddings, with the projections that write into the residual stream (attention ``wo``,
+        FFN/expert ``w2``) scaled by 1/sqrt(2 n_layers); norms to one (and zero bias).
+
+        Each parameter draws from its own generator seeded by ``seed`` and its name, and a
+        stacked expert weight from one generator per expert: whoever holds a parameter, or
+        some experts of it (a pipeline stage, an expert-parallel rank), can draw exactly the
+        values the whole model has without drawing the rest.
+        """
         std = self.cfg.init_std
         residual_std = std / math.sqrt(2 * self.cfg.n_layers)
+        inits: dict[str, ParamInit] = {}
         seen: set[int] = set()
         for module_name, module in self.named_modules():
             for param_name, param in module.named_parameters(recurse=False):
@@ -101,11 +138,12 @@ class Transformer(nn.Module):
                 seen.add(id(param))
                 name = f"{module_name}.{param_name}" if module_name else param_name
                 if isinstance(module, NORM_TYPES):
-                    param.fill_(1.0 if param_name == "weight" else 0.0)
+                    inits[name] = ParamInit(name, constant=1.0 if param_name == "weight" else 0.0)
                     continue
-                generator = torch.Generator(device=param.device).manual_seed(_param_seed(seed, name))
                 writes_residual = name.endswith(("attention.wo.weight", "w2.weight", "experts.w2"))
-                param.normal_(0.0, residual_std if writes_residual else std, generator=generator)
+                inits[name] = ParamInit(name, std=residual_std if writes_residual else std, seed=seed,
+                                        per_expert=isinstance(module, GroupedExperts))
+        return inits
 
     def set_attention_kernel(self, kernel: str | None) -> None:
         """Force a backend attention kernel by name for every layer (None: best available)."""
@@ -162,13 +200,18 @@ def _param_seed(seed: int, name: str) -> int:
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                seed: int = 0) -> Transformer:
-    """Construct on the meta device, allocate on ``device`` in ``dtype``, initialise with ``seed``."""
+                seed: int | None = 0) -> Transformer:
+    """Construct on the meta device, allocate on ``device`` in ``dtype``, initialise with ``seed``
+    (None: leave the weights uninitialised, for a checkpoint to fill)."""
     with torch.device("meta"):
         model = Transformer(cfg)
     model.to_empty(device=device)
     model.to(dtype)
-    model.init_weights(seed)
+    if seed is None:
+        model.tie_weights()
+        model.init_buffers()
+    else:
+        model.init_weights(seed)
     return model
 
 

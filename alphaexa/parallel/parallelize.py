@@ -4,11 +4,14 @@ Per model chunk (the whole model, or each pipeline stage of this rank):
 activation checkpointing -> tensor + sequence parallel -> expert parallel (experts
 become ep/etp DTensors) -> MoE statistics hook -> torch.compile -> FSDP2.
 
-Pass a model with real weights (built and initialised as for one process:
-``alphaexa.model.build_model``) and every rank keeps exactly its slice of those
-weights, so a parallel run starts from the very model a single process would
-train.  Validate the layout first with ``check_layout`` (no process group is
-needed for that).
+Pass a model built on the meta device (``Transformer(cfg)`` under
+``torch.device("meta")``), then allocate and initialise this rank's shards with
+``alphaexa.parallel.materialise``: nothing larger than one parameter ever exists on
+a rank, and the shards hold exactly the single-process build's values, so a
+parallel run starts from the very model one process would train.  A model with
+real weights (``alphaexa.model.build_model``) works too: every rank then keeps its
+slice of them (every rank needs the whole model's memory for a moment).  Validate
+the layout first with ``check_layout`` (no process group is needed for that).
 """
 from __future__ import annotations
 
@@ -64,6 +67,7 @@ class ParallelModel:
     n_stages: int
     stage_layers: list[int] = field(default_factory=list)
     activation_dtype: torch.dtype = torch.float32  # what flows between pipeline stages
+    cpu_offload: bool = False  # FSDP2 keeps the sharded parameters in host memory
 
     @property
     def layout(self) -> Layout:
@@ -134,4 +138,4 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
             apply_compile(chunk)
         apply_data_parallel(chunk, dims, compute_dtype=compute_dtype, cpu_offload=cpu_offload)
     return ParallelModel(dims=dims, chunks=chunks, stage_ids=stage_ids, n_stages=n_stages, stage_layers=counts,
-                         activation_dtype=compute_dtype)
+                         activation_dtype=compute_dtype, cpu_offload=cpu_offload)
