@@ -32,12 +32,13 @@ from topology.modelcfg import flops_per_token
 from ..checkpoint import CheckpointManager, ModelOptimizerState, RNGState
 from ..data import PackedSamples, PackedTokens
 from ..errors import UserError
-from ..model import build_model, moe_layers
+from ..model import Transformer, moe_layers
 from ..parallel import (
     build_mesh,
     clip_grad_norm_,
     local_rows,
     make_train_step,
+    materialise,
     parallelize,
     summed_cross_entropy,
 )
@@ -108,10 +109,13 @@ class Trainer:
 
         self.n_micro = self.layout.n_microbatches(cfg.train.global_batch)
         self.dims = build_mesh(self.layout, self.backend, self.device)
-        # Full weights first, as one process would initialise them; parallelize keeps this rank's slice.
-        model = build_model(cfg.model, device=self.device, seed=cfg.train.seed)
+        # Built on meta, laid out, then only this rank's shards are allocated, holding the values one
+        # process would initialise (a resume then loads the checkpoint straight into these shards).
+        with torch.device("meta"):
+            model = Transformer(cfg.model)
         compute_dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else torch.float32
         self.model = parallelize(model, self.dims, compute_dtype=compute_dtype, compile=cfg.train.compile)
+        materialise(self.model, seed=cfg.train.seed)
         self.step_fn = make_train_step(self.model, self.n_micro, loss_fn=self._loss)
         # One optimizer per model chunk (pipeline ranks with several stages hold several chunks).
         self.optimizers = [build_optimizer([chunk], cfg.train, self.device.type) for chunk in self.model.chunks]
