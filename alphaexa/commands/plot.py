@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 NAME = "plot"
-HELP = "draw loss, throughput and expert-load curves of a run directory to PNG files"
+HELP = ("draw loss, throughput, expert-load (per layer) and predicted-vs-measured step-time plots of a run "
+        "directory to PNG files")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,12 +18,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
     from ..train.metrics import read_metrics
-    from ..train.plots import plot_run
+    from ..train.plots import plot_run, read_plan
 
     steps, evals, _ = read_metrics(args.run_dir)
     if not steps:
         raise UserError(f"{args.run_dir}/metrics.jsonl holds no training step yet")
     out = Path(args.out) if args.out else Path(args.run_dir) / "plots"
-    for path in plot_run(steps, evals, out):
+    for path in plot_run(steps, evals, out, read_plan(Path(args.run_dir))):
         print(path)
     return 0

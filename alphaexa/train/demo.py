@@ -163,10 +163,10 @@ def _generate(run_dir: Path) -> list[str]:
 
 def _summary(run_dir: Path, samples: list[str], seconds: float) -> None:
     from .metrics import read_metrics
-    from .plots import plot_run
+    from .plots import plot_run, read_plan
 
     steps, evals, events = read_metrics(run_dir)
-    plots = plot_run(steps, evals, run_dir / "plots")
+    plots = plot_run(steps, evals, run_dir / "plots", read_plan(run_dir))
     resume = next(e for e in events if e["event"] == "resume")
     first, last = steps[0], steps[-1]
     print(f"== done in {_duration(seconds)}", flush=True)

@@ -3,7 +3,9 @@
 ``metrics.jsonl`` (directly in the run directory) has one JSON object per line:
 
 * a training step: ``step, loss, lr, grad_norm, tokens_per_s, mfu, mem_gib, aux_loss, z_loss,
-  expert_load, dropped_fraction, skipped, skipped_total, spike, consumed_samples, step_time_s, time``;
+  expert_load, dropped_fraction, expert_load_per_layer, dropped_fraction_per_layer, skipped,
+  skipped_total, spike, consumed_samples, step_time_s, time`` (the expert figures are null for
+  dense models; the per-layer ones map a block index to that block's shares);
 * an evaluation: ``{"eval": true, "step", "loss", "perplexity", "tokens", "time"}``;
 * an event (start, resume, rollback, end): ``{"event": NAME, "step", "time", ...}``.
 
@@ -23,8 +25,11 @@ from ..errors import UserError
 
 METRICS_FILE = "metrics.jsonl"
 STEP_KEYS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gib", "aux_loss", "z_loss",
-             "expert_load", "dropped_fraction", "skipped", "skipped_total", "spike", "consumed_samples",
-             "step_time_s", "time")
+             "expert_load", "dropped_fraction", "expert_load_per_layer", "dropped_fraction_per_layer", "skipped",
+             "skipped_total", "spike", "consumed_samples", "step_time_s", "time")
+# Under train/ in TensorBoard; the expert figures go under experts/ (all layers, and per layer).
+TENSORBOARD_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gib", "aux_loss", "z_loss",
+                       "dropped_fraction")
 
 
 def tensorboard_available() -> bool:
@@ -64,14 +69,22 @@ class MetricsLogger:
         self._write(record)
         self._recent_step_times.append(record["step_time_s"])
         if self._tensorboard is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gib", "aux_loss", "z_loss"):
-                if record.get(key) is not None and math.isfinite(record[key]):
-                    self._tensorboard.add_scalar(f"train/{key}", record[key], record["step"])
-            for e, share in enumerate(record.get("expert_load") or []):
-                self._tensorboard.add_scalar(f"experts/load_{e}", share, record["step"])
+            self._tensorboard_step(record)
         step = record["step"]
         if self.progress and (step % self.log_every == 0 or step == self.total_steps):
             print(self._progress_line(record), flush=True)
+
+    def _tensorboard_step(self, record: dict[str, Any]) -> None:
+        step = record["step"]
+        scalars = {f"train/{key}": record.get(key) for key in TENSORBOARD_SCALARS}
+        scalars.update({f"experts/load_{e}": share for e, share in enumerate(record.get("expert_load") or [])})
+        for layer, shares in (record.get("expert_load_per_layer") or {}).items():
+            scalars.update({f"experts/layer_{layer}/load_{e}": share for e, share in enumerate(shares)})
+        for layer, fraction in (record.get("dropped_fraction_per_layer") or {}).items():
+            scalars[f"experts/layer_{layer}/dropped_fraction"] = fraction
+        for tag, value in scalars.items():
+            if value is not None and math.isfinite(value):
+                self._tensorboard.add_scalar(tag, value, step)
 
     def _progress_line(self, r: dict[str, Any]) -> str:
         mean_step = sum(self._recent_step_times) / len(self._recent_step_times)

@@ -15,6 +15,7 @@ import datetime
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -125,9 +126,13 @@ class Trainer:
         self.progress = TrainProgress()
         self._loss_scale = 1.0
         self.n_experts = cfg.model.n_experts if cfg.model.is_moe else 0
+        # Row of each MoE block in the per-layer statistics (a pipeline stage fills only its own rows).
+        self.moe_layer_ids = cfg.model.moe_layer_indices()
+        self._moe_row: dict[int, int] = {}
         self._moe_stats = self._new_moe_stats()
         for chunk in self.model.chunks:
-            for layer in moe_layers(chunk).values():
+            for name, layer in moe_layers(chunk).items():
+                self._moe_row[id(layer)] = self.moe_layer_ids.index(int(re.search(r"layers\.(\d+)", name)[1]))
                 layer.register_forward_hook(self._collect_moe_stats)
         # The checkpoint's own collectives get the same timeout as training's.
         timeout = datetime.timedelta(seconds=cfg.train.collective_timeout_s)
@@ -292,6 +297,8 @@ class Trainer:
             "mem_gib": reduced["mem_bytes"] / 2**30,
             "aux_loss": reduced.get("aux_loss"), "z_loss": reduced.get("z_loss"),
             "expert_load": reduced.get("expert_load"), "dropped_fraction": reduced.get("dropped_fraction"),
+            "expert_load_per_layer": reduced.get("expert_load_per_layer"),
+            "dropped_fraction_per_layer": reduced.get("dropped_fraction_per_layer"),
             "skipped": int(skipped), "skipped_total": self.progress.skipped_total, "spike": int(spike),
             "consumed_samples": self.loader.consumed_samples,
         })
@@ -302,8 +309,9 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
 
     def _new_moe_stats(self) -> dict[str, Any]:
-        return {"aux": 0.0, "z": 0.0, "forwards": 0, "dropped": 0.0,
-                "counts": torch.zeros(self.n_experts, dtype=torch.float64)}
+        return {"aux": 0.0, "z": 0.0, "forwards": 0,
+                "dropped": torch.zeros(len(self.moe_layer_ids), 1, dtype=torch.float64),
+                "counts": torch.zeros(len(self.moe_layer_ids), self.n_experts, dtype=torch.float64)}
 
     def _collect_moe_stats(self, layer: torch.nn.Module, _inputs: Any, _output: Any) -> None:
         """Forward hook of every MoE layer: its routing figures of each training micro-batch."""
@@ -313,19 +321,21 @@ class Trainer:
         stats["aux"] += float(layer.aux_loss)
         stats["z"] += float(layer.z_loss)
         stats["forwards"] += 1
-        stats["dropped"] += float(layer.dropped_tokens)
-        stats["counts"] += layer.tokens_per_expert.detach().to("cpu", torch.float64)
+        row = self._moe_row[id(layer)]
+        stats["dropped"][row] += float(layer.dropped_tokens)
+        stats["counts"][row] += layer.tokens_per_expert.detach().to("cpu", torch.float64)
 
     def _reduce_step_values(self) -> dict[str, Any]:
-        """One SUM all-reduce of [aux, z, forwards, dropped, counts...] and one MAX of memory.
+        """One SUM all-reduce of [aux, z, forwards, per-layer (dropped, counts...)] and one MAX of memory.
 
         MoE figures are summed over every layer forward of every rank: each rank routes its own
         tokens (data, sequence shards), and every layer is counted by the same number of ranks,
         so the shares are those of all tokens of the step.
         """
         stats = self._moe_stats
-        packed = torch.cat([torch.tensor([stats["aux"], stats["z"], stats["forwards"], stats["dropped"]],
-                                         dtype=torch.float64), stats["counts"]])
+        per_layer = torch.cat([stats["dropped"], stats["counts"]], dim=1)
+        packed = torch.cat([torch.tensor([stats["aux"], stats["z"], stats["forwards"]], dtype=torch.float64),
+                            per_layer.flatten()])
         memory = torch.tensor([float(self.backend.max_memory_allocated())], dtype=torch.float64)
         if self.device.type != "cpu":
             packed, memory = packed.to(self.device), memory.to(self.device)
@@ -335,11 +345,16 @@ class Trainer:
         out: dict[str, Any] = {"mem_bytes": float(memory[0])}
         forwards = float(packed[2])
         if forwards:
-            counts = packed[4:]
-            routed = float(counts.sum())
+            per_layer = packed[3:].view(len(self.moe_layer_ids), 1 + self.n_experts)
+            dropped, counts = per_layer[:, 0], per_layer[:, 1:]
+            routed = counts.sum(dim=1).clamp(min=1.0)
             out.update(aux_loss=float(packed[0]) / forwards, z_loss=float(packed[1]) / forwards,
-                       expert_load=[round(float(c) / routed, 6) for c in counts],
-                       dropped_fraction=float(packed[3]) / routed if routed else 0.0)
+                       expert_load=[round(float(c) / float(routed.sum()), 6) for c in counts.sum(dim=0)],
+                       dropped_fraction=float(dropped.sum() / routed.sum()),
+                       expert_load_per_layer={str(i): [round(float(c), 6) for c in row]
+                                              for i, row in zip(self.moe_layer_ids, counts / routed[:, None])},
+                       dropped_fraction_per_layer={str(i): float(d) for i, d in
+                                                   zip(self.moe_layer_ids, dropped / routed)})
         return out
 
     def _has_checkpoint(self) -> bool:
