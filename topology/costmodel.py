@@ -45,6 +45,7 @@ compares a run's measurements with the current model.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -297,6 +298,38 @@ MOE_ROW_BYTES, MOE_TOKEN_BYTES = 10, 6
 MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers, index_add, aux/z losses
 
 
+@dataclass(frozen=True)
+class Implementation:
+    """What the framework running the step does, as far as time is concerned.
+
+    The default is alphaexa's eager model (the byte counts above).  Published runs
+    use other frameworks: fused kernels move fewer bytes (counted per kernel, not
+    fitted), some materialise the attention scores, and some overlap communication
+    the trainer leaves exposed.  ``topology/data/published_runs.json`` names one per row.
+    """
+
+    name: str = "alphaexa"
+    norm_bytes: float = NORM_BYTES  # per element of each norm's input
+    norm_kernels: int = NORM_KERNELS
+    rope_bytes: float = ROPE_BYTES  # per element of q and k
+    rope_kernels: int = ROPE_KERNELS
+    residual_bytes: float = RESIDUAL_BYTES
+    attn_out_bytes: float = ATTN_OUT_BYTES
+    act_scale: float = 1.0  # of ACT_BYTES (1: unfused activation and product; fused SwiGLU/GELU: 0.6)
+    logit_bytes: float = 12.0  # per logit after the LM head GEMM (fp32 upcast + cross-entropy)
+    attention: str = "fused"  # fused (FlashAttention-style) | unfused (scores in HBM, softmax, dropout)
+    moe_routing_kernels: int = MOE_ROUTING_KERNELS
+    moe_host_sync: bool = True  # dropless routing sizes its output on the host (torch.bincount)
+    ep_overlap: bool = False  # expert all-to-all hidden behind another micro-batch's compute
+    ep_dedup: bool = False  # a token goes once to each rank holding its experts (DeepEP), not once per expert
+    gemm_scale: float = 1.0  # of the device's gemm_efficiency: this framework's GEMM kernels and their vintage
+    attention_scale: float = 1.0  # of the device's attention_efficiency: this framework's attention kernel
+    param_gather_overlap: bool = False  # zero1/zero2 parameter all-gather overlapped with the next forward
+
+
+ALPHAEXA = Implementation()
+
+
 def grouped_gemm_seconds(device: Device, groups: float, m: float, n: float, k: float) -> float:
     """``groups`` GEMMs (m x k) @ (k x n) in one kernel (torch._grouped_mm): the tiles of all
     groups share the waves, one launch."""
@@ -322,9 +355,31 @@ def attention_seconds(device: Device, mbs: int, queries: float, keys: float, q_w
     return flops / (device.bf16_tflops * 1e12 * device.attention_efficiency) + device.launch_us * 1e-6
 
 
+UNFUSED_SCORE_BYTES = 9  # per attention score, forward: scale-mask-softmax 2+2, dropout 2+2 and its mask 1
+
+
+def unfused_attention_seconds(device: Device, mbs: int, heads: float, queries: float, keys: float,
+                              head_dim: float) -> float:
+    """Forward of attention that materialises the scores (Megatron before FlashAttention): two
+    batched GEMMs over the full square, then softmax and dropout streaming the scores through HBM."""
+    gemms = 2 * grouped_gemm_seconds(device, mbs * heads, queries, keys, head_dim)
+    return gemms + elementwise_seconds(device, UNFUSED_SCORE_BYTES * mbs * heads * queries * keys, 2)
+
+
+def expected_destinations(n_experts: int, top_k: int, ep: int) -> float:
+    """Expected number of the ``ep`` ranks (``n_experts/ep`` experts each) a token's ``top_k``
+    distinct experts fall on, under balanced routing."""
+    per_rank = n_experts // ep
+    miss = math.comb(n_experts - per_rank, top_k) / math.comb(n_experts, top_k) if top_k <= n_experts - per_rank else 0.0
+    return ep * (1.0 - miss)
+
+
 def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int, ep: int, mbs: int,
-               seq: int, pp_stride: int) -> LayerCost:
+               seq: int, pp_stride: int, impl: Implementation = ALPHAEXA) -> LayerCost:
     dev = system.node.device
+    if impl.gemm_scale != 1.0 or impl.attention_scale != 1.0:
+        dev = dataclasses.replace(dev, gemm_efficiency=dev.gemm_efficiency * impl.gemm_scale,
+                                  attention_efficiency=dev.attention_efficiency * impl.attention_scale)
     h, q, kv, v = model.d_model, model.q_dim, model.kv_dim, model.vocab_size
     t = tp
     rep = t  # with sequence parallelism (whenever t > 1) norms and residuals see 1/t of the tokens
@@ -333,14 +388,18 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     # wq, wk and wv are separate projections in alphaexa.model
     attn_gemm = g(dev, tokens, q / t, h) + 2 * g(dev, tokens, kv / t, h) + g(dev, tokens, h, q / t)
     s_eff = min(seq, model.sliding_window) if model.sliding_window else seq
-    attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t)
+    if impl.attention == "unfused":
+        attn_core = unfused_attention_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff, model.head_dim)
+    else:
+        attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t)
     up = 2 if model.ffn_type == "swiglu" else 1
     act_bytes, act_kernels = ACT_BYTES[model.ffn_type]
+    act_bytes *= impl.act_scale
     rope = model.pos_encoding == "rope"
     # norms, residual adds, rotary, attention-output copy: the same in dense and MoE layers
-    common_bytes = tokens * ((2 * NORM_BYTES + 2 * RESIDUAL_BYTES) * h / rep + ATTN_OUT_BYTES * q / t
-                             + (ROPE_BYTES * (q + kv) / t if rope else 0.0))
-    common_kernels = 2 * NORM_KERNELS + 2 + 1 + (2 * ROPE_KERNELS if rope else 0)
+    common_bytes = tokens * ((2 * impl.norm_bytes + 2 * impl.residual_bytes) * h / rep + impl.attn_out_bytes * q / t
+                             + (impl.rope_bytes * (q + kv) / t if rope else 0.0))
+    common_kernels = 2 * impl.norm_kernels + 2 + 1 + (2 * impl.rope_kernels if rope else 0)
 
     def ffn(width: float, rows: float) -> float:
         return g(dev, rows, up * width / t, h) + g(dev, rows, h, width / t)
@@ -368,16 +427,18 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / t + MOE_ROW_BYTES * h)
                      + tokens * MOE_TOKEN_BYTES * h + (tokens * (act_bytes * shared_width / t + RESIDUAL_BYTES * h)
                                                         if shared_width else 0.0))
-        moe_kernels = common_kernels + act_kernels + MOE_ROUTING_KERNELS + (act_kernels + 1 if shared_width else 0)
+        moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
         moe_gemms = attn_gemm + experts + shared + router
         moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + attn_core + dev.host_sync_us * 1e-6
+        fwd_moe = moe_gemms + moe_ew + attn_core + (dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew) + ATTN_BWD_FACTOR * attn_core
-        dispatched = tokens / t * model.top_k * cf * h * 2  # bytes a rank sends per all-to-all
+        copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
+            else model.top_k * cf
+        dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
-        if ep > 1:
+        if ep > 1 and not impl.ep_overlap:
             ep_path = comm_path(system, ep, tp)
             ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
     tp_fwd = 0.0
@@ -394,7 +455,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         cp_fwd_exposed = max(0.0, ring - attn_core)
         cp_bwd_exposed = max(0.0, 2 * ring - ATTN_BWD_FACTOR * attn_core)
     # LM head GEMM, then logits.float() and the fp32 cross-entropy: 12 bytes per logit, 3 kernels
-    head_fwd = g(dev, tokens, v / t, h) + elementwise_seconds(dev, 12.0 * tokens * v / t, 3)
+    head_fwd = g(dev, tokens, v / t, h) + elementwise_seconds(dev, impl.logit_bytes * tokens * v / t, 3)
     embed_fwd = elementwise_seconds(dev, 2.0 * tokens * h * 2, 1)
     act = {}
     for mode in ("none", "selective", "full"):
@@ -530,6 +591,7 @@ class Request:
     nodes: int
     global_batch: int
     seq_len: int
+    impl: Implementation = ALPHAEXA  # the framework whose step is predicted (the trainer by default)
     _memo: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -544,7 +606,7 @@ class Request:
         key = ("lc", tp, cp, ep, mbs, pp_stride)
         if key not in self._memo:
             self._memo[key] = layer_cost(self.model, self.system, self.world, tp, cp, ep, mbs,
-                                         self.seq_len, pp_stride)
+                                         self.seq_len, pp_stride, self.impl)
         return self._memo[key]
 
     def profiles(self, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
@@ -729,6 +791,11 @@ def peak_memory_bytes(st: Structure, g: DPGroups, reserved: float) -> tuple[floa
 def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_breakdown: bool = False):
     """(step seconds, details|None) of a structure under one sharding choice."""
     m = st.microbatches
+
+    def gather_exposed(ag: float, stage: StageTerms) -> float:
+        # overlapped with the next step's first forward, block by block, except the first block
+        return max(ag - stage.fwd, ag / stage.units) if req.impl.param_gather_overlap else ag
+
     dev = req.system.node.device
     hbm = dev.memory_gbps * 1e9
     sharded = sharding != "none"
@@ -741,10 +808,10 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         if not sharded:
             step_exposed = max(ar - bwd, ar / s.units)
         elif sharding == "zero1":
-            step_exposed = max(rs + ar - bwd, (rs + ar) / s.units) + ag
+            step_exposed = max(rs + ar - bwd, (rs + ar) / s.units) + gather_exposed(ag, s)
         elif sharding == "zero2":
             per_mb = max(rs - bwd, rs / s.units)
-            step_exposed = max(ar - bwd, ar / s.units) + ag
+            step_exposed = max(ar - bwd, ar / s.units) + gather_exposed(ag, s)
         else:
             per_mb = max(ag - s.fwd, 0.0) + max(ag + rs - bwd, 0.0) + ag / s.units
             step_exposed = max(ar - bwd, ar / s.units)

@@ -202,15 +202,21 @@ NCCL_CALL_US = 26.0  # fixed cost of one NCCL call beyond the host round trip (k
 #   handshake): fitted with NVLINK4 below on 32 collectives (1 MiB-1 GiB, 2 and 4 GPUs).  Measured on
 #   isolated calls, so an upper bound for collectives queued back to back.
 
+# Fitted to the fit rows of topology/data/published_runs.json (Megatron-LM 2022 and llm-foundry A100
+# runs, 8-280 GPUs; bench/fit_published_runs.py, docs/planner.md "Validation").  Before: 0.80 and 0.55,
+# estimates.  The attention figure is what the runs' FlashAttention-class kernels sustained there.
+A100_GEMM_EFFICIENCY = 0.86
+A100_ATTENTION_EFFICIENCY = 0.40
+
 A100_40 = Device(
     name="A100-SXM4-40GB", vendor="nvidia", bf16_tflops=312.0, fp8_tflops=0.0, fp32_tflops=19.5,
-    memory_gib=40.0, memory_gbps=1555.0, compute_units=108, gemm_efficiency=0.80,
-    attention_efficiency=0.55, reserved_gib=1.5, launch_us=HOPPER_LAUNCH_US,
+    memory_gib=40.0, memory_gbps=1555.0, compute_units=108, gemm_efficiency=A100_GEMM_EFFICIENCY,
+    attention_efficiency=A100_ATTENTION_EFFICIENCY, reserved_gib=1.5, launch_us=HOPPER_LAUNCH_US,
     elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
     host_sync_us=HOPPER_HOST_SYNC_US,
     source="NVIDIA A100 datasheet (312 TF dense bf16, 40GB HBM2 1555 GB/s); ALCF Polaris machine "
-           "overview; GEMM efficiency ~250/312 TF measured by cuBLAS users, attention 0.55 from the "
-           "FlashAttention-2 paper's A100 forward+backward (estimates: no A100 access); launch, "
+           "overview; GEMM and attention efficiencies fitted to the published A100 runs of "
+           "topology/data/published_runs.json (fit rows, bench/fit_published_runs.py); launch, "
            "elementwise, NCCL call and host sync as fitted on H200 (same CUDA/NCCL stack, assumed)")
 A100_80 = dataclasses.replace(
     A100_40, name="A100-SXM4-80GB", memory_gib=80.0, memory_gbps=2039.0,

@@ -1,0 +1,201 @@
+"""The cost model against published training runs (torch-free).
+
+``topology/data/published_runs.json`` holds large published runs - model shape,
+GPUs, layout, batch, recompute, the framework that ran them and the throughput
+the source reports, with the source of every row.  Each row is in the fit set or
+held out, by a rule fixed in the file before anything was fitted.  ``predict``
+costs a row's layout with ``costmodel.estimate`` on the row's system and
+framework; ``summary`` gives the mean and max |step-time error| of each split.
+
+    python -m topology.validation            # every row, then the summary
+    python -m topology.validation --markdown # the table docs/planner.md shows
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass, replace
+from functools import cache
+from pathlib import Path
+
+from . import costmodel as cm
+from .hardware import System, system_from_dict
+from .layout import Layout
+from .modelcfg import ConfigError, ModelConfig
+
+DATA = Path(__file__).with_name("data") / "published_runs.json"
+SPLITS = ("fit", "heldout")
+
+# Byte counts per kernel of each framework's step (what it reads + writes per element; see
+# costmodel's alphaexa counts for the notation).  Counted from the frameworks' documented
+# kernels, not fitted.
+FUSED_NORM = {"norm_bytes": 4.0, "norm_kernels": 1}  # bf16 in, bf16 out, one kernel
+IMPLEMENTATIONS: dict[str, cm.Implementation] = {
+    "megatron-2022": cm.Implementation(
+        name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
+        attention="unfused"),
+    # low-precision LayerNorm; triton FlashAttention and the cuBLAS of 2023: kernel scales fitted to the
+    # fit rows (bench/fit_published_runs.py)
+    "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.925, attention_scale=0.5),
+    "megatron-core": cm.Implementation(
+        name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
+        act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
+        param_gather_overlap=True, ep_dedup=True),  # TE fused rotary, SwiGLU (6 of 10 bytes), cross-entropy; fused router/permute
+    "automodel-te": cm.Implementation(
+        name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
+        logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
+}
+EP_OVERLAP_SUFFIX = "+ep-overlap"
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    source: str
+    model: str
+    system: str
+    gpus: int
+    tp: int
+    pp: int
+    vpp: int
+    ep: int
+    sharding: str
+    mbs: int
+    global_batch: int
+    seq_len: int
+    recompute: str
+    implementation: str
+    measured_kind: str
+    measured: float
+    split: str
+    note: str
+
+    @property
+    def measured_step_s(self) -> float:
+        tokens = self.global_batch * self.seq_len
+        if self.measured_kind == "step_time_s":
+            return self.measured
+        if self.measured_kind == "tokens_per_s":
+            return tokens / self.measured
+        if self.measured_kind == "tokens_per_s_per_gpu":
+            return tokens / (self.measured * self.gpus)
+        raise ConfigError(f"run {self.id}: unknown measured_kind {self.measured_kind!r}")
+
+    def layout(self) -> Layout:
+        dp = self.gpus // (self.tp * self.pp)
+        schedule = "interleaved1f1b" if self.vpp > 1 else "1f1b"
+        sharded = self.sharding != "none"
+        return Layout(tp=self.tp, pp=self.pp, vpp=self.vpp, dp_replicate=1 if sharded else dp,
+                      dp_shard=dp if sharded else 1, ep=self.ep, mbs=self.mbs, schedule=schedule,
+                      recompute=self.recompute, sharding=self.sharding)
+
+
+@cache
+def _data(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def load_runs(path: Path = DATA) -> list[Run]:
+    data = _data(str(path))
+    cols = data["columns"]
+    runs = [Run(**dict(zip(cols, row, strict=True))) for row in data["runs"]]
+    for r in runs:
+        if r.split not in SPLITS:
+            raise ConfigError(f"run {r.id}: split must be fit or heldout, got {r.split!r}")
+        if r.source not in data["sources"]:
+            raise ConfigError(f"run {r.id}: source {r.source!r} is not described under 'sources'")
+    return runs
+
+
+def model_of(run: Run, path: Path = DATA) -> ModelConfig:
+    return ModelConfig.from_dict({"name": run.model, **_data(str(path))["models"][run.model]})
+
+
+def system_of(run: Run, path: Path = DATA) -> System:
+    return system_from_dict(dict(_data(str(path))["systems"][run.system]), where=f"systems.{run.system}")
+
+
+def implementation_of(run: Run) -> cm.Implementation:
+    name, overlap, _ = run.implementation.partition(EP_OVERLAP_SUFFIX)
+    impl = IMPLEMENTATIONS[name]
+    return replace(impl, ep_overlap=True) if overlap else impl
+
+
+def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Estimate:
+    """The cost model's estimate of ``run`` (``system`` replaces the row's, e.g. with trial constants)."""
+    system = system or system_of(run, path)
+    nodes = run.gpus // system.ranks_per_node
+    req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, implementation_of(run))
+    return cm.estimate(req, run.layout())
+
+
+def error_pct(run: Run, est: cm.Estimate) -> float:
+    return 100.0 * (est.step_time_s - run.measured_step_s) / run.measured_step_s
+
+
+@dataclass
+class Row:
+    run: Run
+    estimate: cm.Estimate
+
+    @property
+    def error_pct(self) -> float:
+        return error_pct(self.run, self.estimate)
+
+
+def evaluate(runs: list[Run] | None = None) -> list[Row]:
+    return [Row(r, predict(r)) for r in (load_runs() if runs is None else runs)]
+
+
+def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
+    """Per split (and MoE held out): n, mean and max |error| in percent, mean signed error."""
+    out = {}
+    groups = {split: [r for r in rows if r.run.split == split] for split in SPLITS}
+    groups["heldout_moe"] = [r for r in groups["heldout"] if model_is_moe(r.run)]
+    for name, group in groups.items():
+        errs = [r.error_pct for r in group]
+        if errs:
+            out[name] = {"n": len(errs), "mean_abs": statistics.fmean(abs(e) for e in errs),
+                         "max_abs": max(abs(e) for e in errs), "mean": statistics.fmean(errs)}
+    return out
+
+
+def model_is_moe(run: Run) -> bool:
+    return "n_experts" in _data(str(DATA))["models"][run.model]
+
+
+def table(rows: list[Row], markdown: bool = False) -> str:
+    head = ("run", "split", "GPUs", "layout", "measured s", "predicted s", "error")
+    lines = []
+    for r in rows:
+        lay = r.run.layout()
+        desc = f"tp{lay.tp} pp{lay.pp}" + (f"x{lay.vpp}" if lay.vpp > 1 else "") + \
+            (f" ep{lay.ep}" if lay.ep > 1 else "") + f" {lay.sharding} mbs{lay.mbs} {lay.recompute}"
+        lines.append((r.run.id, r.run.split, str(r.run.gpus), desc, f"{r.run.measured_step_s:.3f}",
+                      f"{r.estimate.step_time_s:.3f}", f"{r.error_pct:+.1f}%"))
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    out += ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in lines]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args(argv)
+    rows = evaluate()
+    print(table(rows, args.markdown))
+    print()
+    for name, s in summary(rows).items():
+        print(f"{name:12s} n={s['n']:2d}  mean |error| {s['mean_abs']:.1f}%  max {s['max_abs']:.1f}%  "
+              f"mean signed {s['mean']:+.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
