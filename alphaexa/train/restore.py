@@ -1,7 +1,8 @@
 """Load a trained model from a training checkpoint into one process (for ``alphaexa generate``).
 
-A checkpoint saved by any number of ranks and any layout loads here: DCP reassembles the
-full tensors.  The model config comes from the checkpoint's manifest and the tokenizer
+A checkpoint saved by any number of ranks and any layout loads here: DCP reads each tensor
+straight into the allocated (never randomly initialised) model, so one copy of the weights
+exists.  The model config comes from the checkpoint's manifest and the tokenizer
 from the run directory (``RUN_DIR/tokenizer``, copied there when the run started), so a
 run directory alone is enough to generate from.
 """
@@ -60,7 +61,7 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     if not manifest.get("model"):
         raise UserError(f"checkpoint {checkpoint} records no model config; pass --model")
     cfg = ModelConfig.from_dict(manifest["model"], where=f"{checkpoint / MANIFEST_NAME} model")
-    model = build_model(cfg, device=device)
+    model = build_model(cfg, device=device, seed=None)  # allocated only: the checkpoint fills every weight
     manager = CheckpointManager(checkpoint.parent, model_config=cfg)
     step = manager.load(checkpoint, {"model": ModelOptimizerState(model)})
     manager.close()
