@@ -15,6 +15,7 @@ the package (it is self-contained so that it starts in milliseconds).  Steps:
    supplementary groups (as root), scrubbed environment, ``execve``.
 
 The launcher reports on the status file descriptor given in the spec, as one JSON line:
+``{"init_pid": N}`` (the host pid of the jail's init, the one to kill) after the fork, then
 ``{"setup_error": "..."}`` when the isolation cannot be established (the program never
 ran), otherwise ``{"exit": N}`` or ``{"signal": N}``.
 """
@@ -145,6 +146,8 @@ def main() -> int:
         os.close(error_r)
         status.close()
         _become_program(spec, error_w)
+    status.write(json.dumps({"init_pid": pid}) + "\n")
+    status.flush()
     os.close(error_w)
     exec_error = os.read(error_r, 4096).decode(errors="replace")
     _, wait_status = os.waitpid(pid, 0)

@@ -159,11 +159,11 @@ def run_bounded(arguments: dict, wall_s: float = WALL_S) -> object:
     return payload["result"]
 
 
-def math_tool() -> Tool:
+def math_tool(wall_s: float = WALL_S) -> Tool:
     def run(arguments: dict) -> object:
         # Parse in this process first: a syntax error comes back without a fork.
         (parse_system if arguments["op"] in ("solve", "linsolve") else parse_expression)(arguments["expr"])
-        return run_bounded(arguments)
+        return run_bounded(arguments, wall_s)
 
     return Tool("math", f"SymPy symbolic math. op: {', '.join(OPS)}. expr uses numbers, variables, + - * / ^, "
                         "and functions like sin, exp, log, sqrt; 'a = b' is an equation, ',' separates a system.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -85,6 +86,20 @@ def _snapshot(scratch: Path) -> dict[str, tuple[int, int]]:
     return seen
 
 
+def _stop(proc: subprocess.Popen, status_file) -> None:
+    """Kill the jail's init, whose host pid the launcher reported first: the kernel then kills every
+    process of its PID namespace, and the launcher reaps it (no zombie is left to the host's init)."""
+    if select.select([status_file], [], [], 0.5)[0]:
+        first = status_file.readline()
+        os.kill(json.loads(first)["init_pid"], signal.SIGKILL)
+        try:
+            proc.wait(timeout=2)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)  # a launcher stuck before its fork: PR_SET_PDEATHSIG does the rest
+
+
 def _time_limit(limits: Limits) -> tuple[str, str]:
     return "TimeLimit", f"the program ran past the wall-clock limit of {limits.wall_s:g} s and was killed"
 
@@ -135,13 +150,13 @@ class Sandbox:
         try:
             stdout, stderr, over = self._communicate(proc, stdin, limits)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)  # the jail's init dies with it, and the kernel kills the rest
-            proc.wait()
-            with os.fdopen(status_r) as f:
-                status_line = f.read()
+            with os.fdopen(status_r, "rb") as status_file:
+                if proc.poll() is None:
+                    _stop(proc, status_file)
+                proc.wait()
+                status_lines = status_file.read().decode().splitlines()
             os.rmdir(root)
-        status = json.loads(status_line) if status_line.strip() else {}
+        status = json.loads(status_lines[-1]) if status_lines else {}
         if "setup_error" in status:
             raise ToolFailure("SandboxUnavailable", f"refusing to run untrusted code: {status['setup_error']}")
         if over:

@@ -72,7 +72,7 @@ def default_registry(sandbox: Sandbox, http_config: str | Path | None = None) ->
     from .http import http_tool
     from .mathtool import math_tool
 
-    tools = [math_tool(), python_tool(sandbox), shell_tool(sandbox)]
+    tools = [math_tool(sandbox.limits.wall_s), python_tool(sandbox), shell_tool(sandbox)]
     if http_config is not None:
         tools.append(http_tool(http_config))
     return Registry(tools)
