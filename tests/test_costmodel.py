@@ -198,9 +198,16 @@ def test_pipeline_bubble_per_schedule():
     assert cm.bubble_seconds("1f1b", 8, 1, tf, tb) == pytest.approx(7 * 3)
     assert cm.bubble_seconds("gpipe", 8, 1, tf, tb) == pytest.approx(7 * 3)
     assert cm.bubble_seconds("interleaved1f1b", 8, 4, tf, tb) == pytest.approx(7 * 3 / 4)
-    zbv = cm.bubble_seconds("zbv", 8, 2, tf, tb)  # F=0.5, B=W=0.5: F+B-2W = 0 -> floor 10% of a chunk
-    assert zbv == pytest.approx(7 * 0.1 * 1.5)
+    # the trainer's zbv has no split weight-gradient step: a chunk's whole backward is on the critical
+    # path, the same bubble as interleaving two chunks
+    assert cm.bubble_seconds("zbv", 8, 2, tf, tb) == pytest.approx(cm.bubble_seconds("interleaved1f1b", 8, 2, tf, tb))
     assert cm.bubble_seconds("1f1b", 1, 1, tf, tb) == 0.0
+
+
+def test_zbv_bubble_with_a_split_backward(monkeypatch):
+    monkeypatch.setattr(cm, "ZBV_SPLIT_BACKWARD", True)
+    zbv = cm.bubble_seconds("zbv", 8, 2, 1.0, 2.0)  # F=0.5, B=W=0.5: F+B-2W = 0 -> floor 10% of a chunk
+    assert zbv == pytest.approx(7 * 0.1 * 1.5)
 
 
 def test_in_flight_micro_batches_per_schedule():

@@ -511,6 +511,14 @@ class StageProfile:
 
 def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
     """Every pipeline rank with a distinct (layers, embedding, head) content; the lowest rank of each."""
+    seen: dict[tuple, StageProfile] = {}
+    for prof in rank_profiles(model, pp, vpp, schedule):
+        seen.setdefault((prof.n_dense, prof.n_moe, prof.embed, prof.head), prof)
+    return tuple(seen.values())
+
+
+def rank_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> list[StageProfile]:
+    """The content of every pipeline rank 0..pp-1 (stages of balanced layer counts, as the trainer cuts them)."""
     chunks = pp * vpp
     base, extra = divmod(model.n_layers, chunks)
     bounds = [0]
@@ -526,14 +534,12 @@ def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> tupl
     per_rank: dict[int, list[int]] = {r: [] for r in range(pp)}
     for c in range(chunks):
         per_rank[owner[c]].append(c)
-    seen: dict[tuple, StageProfile] = {}
+    out = []
     for r in range(pp):
         layers = [i for c in per_rank[r] for i in range(bounds[c], bounds[c + 1])]
         n_moe = sum(1 for i in layers if i in moe)
-        key = (len(layers) - n_moe, n_moe, 0 in per_rank[r], chunks - 1 in per_rank[r])
-        if key not in seen:
-            seen[key] = StageProfile(r, key[0], key[1], key[2], key[3])
-    return tuple(seen.values())
+        out.append(StageProfile(r, len(layers) - n_moe, n_moe, 0 in per_rank[r], chunks - 1 in per_rank[r]))
+    return out
 
 
 def inflight(schedule: str, pp: int, vpp: int, m: int, rank: int) -> float:
@@ -550,6 +556,9 @@ def inflight(schedule: str, pp: int, vpp: int, m: int, rank: int) -> float:
     return held
 
 
+ZBV_SPLIT_BACKWARD = False  # the trainer's zbv runs without the split weight-gradient step (see bubble_seconds)
+
+
 def bubble_seconds(schedule: str, pp: int, vpp: int, t_fwd: float, t_bwd: float) -> float:
     """Idle time per step of the slowest stage, from its per-micro-batch forward/backward times."""
     if pp == 1:
@@ -558,8 +567,14 @@ def bubble_seconds(schedule: str, pp: int, vpp: int, t_fwd: float, t_bwd: float)
         return (pp - 1) * (t_fwd + t_bwd)
     if schedule == "interleaved1f1b":
         return (pp - 1) * (t_fwd + t_bwd) / vpp
-    # zbv: two chunks per rank; B (input grads) and W (weight grads) split the backward evenly.
-    f, b, w = t_fwd / 2, t_bwd / 4, t_bwd / 4
+    # zbv: two chunks per rank.  The zero bubble needs the backward split into B (input grads) and
+    # W (weight grads, deferred into the bubble); the trainer runs the whole backward in B and an
+    # empty W (docs/parallelism.md, "ZBV caveat"), so with ZBV_SPLIT_BACKWARD off a chunk's backward
+    # is all B and the V schedule idles like an interleaved one with two chunks.
+    f = t_fwd / 2
+    if not ZBV_SPLIT_BACKWARD:
+        return (pp - 1) * (f + t_bwd / 2)
+    b, w = t_bwd / 4, t_bwd / 4
     return (pp - 1) * max(f + b - 2 * w, 0.1 * (f + b + w))
 
 
@@ -838,6 +853,26 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         "dp_comm_total_s": dp_total,
     }
     return step, {"breakdown": breakdown, "time_stage": s.rank}
+
+
+# What the FSDP2 trainer keeps between steps, per parameter of a rank, before sharding: the fp32
+# parameters (the master weights themselves; bf16 copies exist only around compute), fp32
+# gradients (FSDP2's reduce dtype) and AdamW's fp32 exp_avg and exp_avg_sq.  The same 16 bytes
+# as ZeRO's 2 + 2 + 12, split as the trainer holds them.
+RESIDENT_BYTES = {"params": 4, "grads": 4, "optimizer": 8}
+
+
+def resident_state_bytes(req: Request, lay: Layout, pp_rank: int) -> dict[str, float]:
+    """Bytes of the parameter, gradient and optimizer shards one rank of pipeline rank ``pp_rank``
+    holds between steps (what ``alphaexa plan --verify`` measures on the real sharded model)."""
+    prof = rank_profiles(req.model, lay.pp, lay.vpp, lay.schedule)[pp_rank]
+    lp = req.params(lay.tp, lay.ep)
+    p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
+        + (lp.embed if prof.embed else 0.0) + (lp.head if prof.head else 0.0)
+    p_exp = prof.n_moe * lp.moe_layer_experts
+    g = dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
+    per_rank = p_dense / g.dense_shards + p_exp / g.expert_shards
+    return {k: v * per_rank for k, v in RESIDENT_BYTES.items()}
 
 
 def memory_breakdown(req: Request, st: Structure, g: DPGroups, sharding: str) -> tuple[dict[str, float], int]:

@@ -55,6 +55,7 @@ from .layout import CHOICE_FIELDS, INT_FIELDS, RECOMPUTE_MODES, SHARDING_MODES, 
 from .modelcfg import ConfigError, ModelConfig, human, param_counts
 from .placement import Placement, place
 from .presets import resolve_model
+from .support import SUPPORTED_CP, check_supported, pipeline_supported, tp_supported
 
 PIN_KEYS = (*INT_FIELDS, *CHOICE_FIELDS, "dp")
 INTERLEAVE_CHOICES = (2, 3, 4, 6, 8)
@@ -250,10 +251,11 @@ class _Space:
         # tp also splits the vocabulary (vocabulary-parallel embedding and loss)
         divides_model = [t for t in _divisors(r) if model.n_heads % t == 0 and model.n_kv_heads % t == 0
                          and model.d_ff % t == 0 and (not model.is_moe or model.moe_d_ff % t == 0)
-                         and model.vocab_size % t == 0]
+                         and tp_supported(model, t)]
         self.tps = pinned("tp", divides_model)
         cps = [1] + [c for c in (2, 4, 8, 16) if req.seq_len // c >= MIN_TOKENS_PER_CP_RANK]
-        self.cps = pinned("cp", [c for c in cps if req.seq_len % (2 * c) == 0 or c == 1])
+        # only what the trainer implements (topology.support); the cost model itself can cost cp > 1
+        self.cps = pinned("cp", [c for c in cps if (req.seq_len % (2 * c) == 0 or c == 1) and c in SUPPORTED_CP])
         self.eps = [1] if not model.is_moe else _divisors(model.n_experts)
         if "ep" in pins:
             self.eps = [pins["ep"]]
@@ -267,7 +269,7 @@ class _Space:
             return []
         # a tied embedding/LM head cannot live on two pipeline stages
         options = [p for p in _divisors(rest) if p <= self.req.model.n_layers
-                   and (p == 1 or not self.req.model.tie_embeddings)]
+                   and (p == 1 or pipeline_supported(self.req.model))]
         if "pp" in self.pins:
             options = [p for p in options if p == self.pins["pp"]]
         if "dp" in self.pins:
@@ -473,6 +475,8 @@ def plan(model: ModelConfig | str, system: System | str, nodes: int, global_batc
     if top < 1:
         raise ConfigError(f"top={top}: must be >= 1")
     pins = _normalise_pins(pins)
+    if pins.get("cp", 1) not in SUPPORTED_CP:
+        check_supported(Layout(cp=pins["cp"]), model)
     req = Request(model, system, nodes, global_batch, seq_len)
     t0 = time.perf_counter()
     found = _search(req, pins, top, track_alternatives=explain)

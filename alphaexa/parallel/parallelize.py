@@ -23,7 +23,8 @@ from torch import nn
 
 from alphaexa.model.transformer import Transformer
 from topology.layout import Layout
-from topology.modelcfg import ConfigError, ModelConfig
+from topology.modelcfg import ModelConfig
+from topology.support import check_supported
 
 from .data_parallel import apply_data_parallel
 from .expert_parallel import apply_expert_parallel, apply_moe_statistics
@@ -33,28 +34,15 @@ from .recompute import apply_compile, apply_recompute
 from .tensor_parallel import apply_tensor_parallel
 
 
-def check_layout(layout: Layout, model: ModelConfig, device_type: str, *, compile: bool = False) -> None:
+def check_layout(layout: Layout, model: ModelConfig, device_type: str, *, compile: bool = False,
+                 engine: str = "native", offload: str = "none") -> None:
     """Rules beyond ``topology.layout`` that depend on this implementation; raises ConfigError (one line).
 
-    Call after ``resolve_layout`` and before any process group exists; ``compile``: whether
-    the blocks will be compiled (``parallelize(compile=...)``).
+    The rules live in ``topology.support`` (shared with the planner, so a plan is always
+    something this trainer runs).  Call after ``resolve_layout`` and before any process
+    group exists; ``compile``: whether the blocks will be compiled (``parallelize(compile=...)``).
     """
-    if layout.cp > 1 and device_type == "cpu":
-        raise ConfigError(f"cp={layout.cp}: context parallelism needs an accelerator (its ring-attention "
-                          "kernels have no CPU implementation); use cp=1 on CPU")
-    if layout.cp > 1:
-        raise ConfigError(f"cp={layout.cp}: context parallelism is not implemented in this trainer yet; use cp=1")
-    if layout.pp > 1 and model.tie_embeddings:
-        raise ConfigError(f"pp={layout.pp} with tie_embeddings: the embedding (first stage) and the LM head "
-                          "(last stage) cannot share one weight across pipeline ranks")
-    if compile and layout.tp > 1 and device_type == "cpu":
-        # Measured (tests, -m exhaustive, before this check): tp2 with compiled blocks gives
-        # the right loss but a gradient norm 12% off on CPU/gloo with torch 2.13.
-        raise ConfigError(f"compile with tp={layout.tp} on CPU gives wrong gradients (torch 2.13); "
-                          "turn compile off or use tp=1")
-    if layout.tp > 1 and model.vocab_size % layout.tp:
-        raise ConfigError(f"tp={layout.tp} does not divide vocab_size={model.vocab_size} (vocabulary-parallel "
-                          "embedding and loss)")
+    check_supported(layout, model, device_type, compile=compile, engine=engine, offload=offload)
 
 
 @dataclass
