@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .hardware import PRESETS
+from .hardware import ANY_NODES, PRESETS
 from .layout import RECOMPUTE_MODES, SCHEDULES, SHARDING_MODES
 from .modelcfg import ConfigError
 from .presets import preset_names
@@ -21,12 +21,14 @@ PIN_OPTIONS = (("tp", int), ("pp", int), ("vpp", int), ("dp", int), ("dp_replica
 
 
 def add_plan_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help=f"preset ({', '.join(preset_names())}) or a TOML/YAML/JSON file")
+    p.add_argument("--model", help=f"preset ({', '.join(preset_names())}) or a TOML/YAML/JSON file")
     p.add_argument("--system", required=True,
                    help=f"preset ({', '.join(PRESETS)}), a YAML/JSON file, or 'auto' (this node)")
     p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
-    p.add_argument("--global-batch", type=int, required=True, help="sequences per optimizer step")
-    p.add_argument("--seq-len", type=int, required=True, help="tokens per sequence")
+    p.add_argument("--global-batch", type=int, help="sequences per optimizer step")
+    p.add_argument("--seq-len", type=int, help="tokens per sequence")
+    p.add_argument("--print-system", action="store_true",
+                   help="write the --system entry as an editable YAML file to stdout (or --out) and stop")
     pins = p.add_argument_group("pins (fix a dimension; the rest is searched)")
     for name, typ in PIN_OPTIONS:
         pins.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None, metavar="N",
@@ -42,9 +44,34 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated host names for the placement (default: the job's PBS/SLURM node list)")
 
 
+def print_system(args: argparse.Namespace) -> int:
+    """The catalogue entry (or file, or discovered node) as YAML that ``--system FILE`` reads back."""
+    import yaml
+
+    from .planner import resolve_system
+
+    system = resolve_system(args.system)
+    header = (f"# {system.description}\n# edit and pass back with --system FILE; a file may also start from a preset "
+              f"with 'preset: NAME' and list only what differs\n")
+    text = header + yaml.safe_dump(system.to_dict(), sort_keys=False)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"system {system.name} written to {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def run_plan(args: argparse.Namespace) -> int:
     from .discovery import node_list
     from .planner import plan
+
+    if args.print_system:
+        return print_system(args)
+    missing = [f"--{name.replace('_', '-')}" for name in ("model", "global_batch", "seq_len")
+               if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} required (only --print-system works without them)")
 
     pins = {name: getattr(args, name) for name, _ in PIN_OPTIONS}
     pins.update(recompute=args.recompute, sharding=args.sharding, schedule=args.schedule)
@@ -117,8 +144,9 @@ def run_systems(args: argparse.Namespace) -> int:
         return 0
     for name, s in PRESETS.items():
         d = s.node.device
+        size = "any number of nodes" if s.max_nodes >= ANY_NODES else f"max {s.max_nodes:5d} nodes"
         print(f"{name:15s} {s.ranks_per_node:2d} x {d.name:16s} {d.memory_gib:5.0f} GiB {d.bf16_tflops:6.0f} TF  "
-              f"max {s.max_nodes:5d} nodes  {s.description}")
+              f"{size}  {s.description}")
     return 0
 
 

@@ -357,6 +357,9 @@ def _cpu_node() -> Node:
                 host_memory_gib=64.0)
 
 
+ANY_NODES = 1_000_000  # generic catalogue systems (DGX/HGX clusters): as many nodes as a request names
+
+
 def _presets() -> dict[str, System]:
     alcf = "https://docs.alcf.anl.gov"
     out = {
@@ -372,12 +375,16 @@ def _presets() -> dict[str, System]:
              "https://www.intel.com/content/www/us/en/products/sku/232873/")),
         "dgx-a100-80gb": System(
             "dgx-a100-80gb", "NVIDIA DGX A100: 8x A100-80GB on NVSwitch, 8x HDR 200 Gb/s",
-            _dgx_a100_node(), Network(HDR200, 8, "fat-tree"), 140,
+            _dgx_a100_node(), Network(HDR200, 8, "fat-tree"), ANY_NODES,
             ("NVIDIA DGX A100 user guide", "https://github.com/NVIDIA/deepops workloads/bit/syscfg-dgxa100-80gb.sh")),
         "dgx-h100": System(
             "dgx-h100", "NVIDIA DGX H100: 8x H100-SXM5-80GB on NVSwitch, 8x NDR 400 Gb/s",
-            _hgx_h_node("dgx-h100", H100_SXM, 8), Network(NDR400, 8, "fat-tree"), 128,
+            _hgx_h_node("dgx-h100", H100_SXM, 8), Network(NDR400, 8, "fat-tree"), ANY_NODES,
             ("NVIDIA DGX H100 user guide", "NVIDIA H100 datasheet")),
+        "dgx-h200": System(
+            "dgx-h200", "NVIDIA DGX/HGX H200: 8x H200-SXM-141GB on NVSwitch, 8x NDR 400 Gb/s",
+            _hgx_h_node("dgx-h200", H200_SXM, 8), Network(NDR400, 8, "fat-tree"), ANY_NODES,
+            ("NVIDIA DGX H200 user guide", "NVIDIA H200 datasheet")),
         "cpu": System("cpu", "one CPU host (gloo); use --system auto for the real machine", _cpu_node(),
                       Network(ETHERNET, 1, "ethernet"), 64, ()),
     }
@@ -512,6 +519,7 @@ def load_system(name_or_path: str) -> System:
 
 
 __all__ = [
+    "ANY_NODES",
     "GIB",
     "PRESETS",
     "Device",
