@@ -25,6 +25,7 @@ from typing import Any, Self
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._extension import ZStandard
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
@@ -60,6 +61,7 @@ log = logging.getLogger("alphaexa.checkpoint")
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized",
                         category=UserWarning)
 
+COMPRESSIONS = ("none", "zstd")
 ASYNC_MODES = {"thread": AsyncCheckpointerType.THREAD, "process": AsyncCheckpointerType.PROCESS}
 # Manifest keys the manager writes; manifest_extra may not reuse them.
 RESERVED_KEYS = ("format", "version", "step", "created", "world_size", "checkpoint_ranks", "torch_version",
@@ -128,15 +130,23 @@ class CheckpointManager:
     over all ranks, created here (so construct the manager on every rank).
     ``model_config``: written into every manifest and compared with a checkpoint's before
     loading it. ``verify_checksums``: False checks only file presence and sizes on load.
+    ``compress``: "zstd" writes every tensor stream through DCP's ZStandard transform (checksums
+    are of the compressed files); loading needs no option, the transform is in DCP's metadata.
     """
 
     def __init__(self, root_dir: str | os.PathLike, keep_last: int | None = 3, async_save: bool = False,
                  process_group: dist.ProcessGroup | None = None, *, async_mode: str = "thread",
-                 model_config: ModelConfig | Mapping[str, Any] | None = None, verify_checksums: bool = True):
+                 model_config: ModelConfig | Mapping[str, Any] | None = None, verify_checksums: bool = True,
+                 compress: str = "none"):
         if keep_last is not None and keep_last < 1:
             raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
         if async_mode not in ASYNC_MODES:
             raise ValueError(f"async_mode must be one of {', '.join(ASYNC_MODES)}, got {async_mode!r}")
+        if compress not in COMPRESSIONS:
+            raise ValueError(f"compress must be one of {', '.join(COMPRESSIONS)}, got {compress!r}")
+        if compress == "zstd" and not ZStandard.is_available():
+            raise UserError("checkpoint.compress=zstd needs the zstandard package (pip install zstandard)")
+        self.compress = compress
         self.root = Path(root_dir)
         self.keep_last = keep_last
         self.async_save = async_save
@@ -212,10 +222,12 @@ class CheckpointManager:
             raise UserError(f"checkpoint step {step}: {prepare_error}")
         contents = {k: type(v).__name__ for k, v in app_state.items()}
         state = _state_dicts(app_state)
-        writer = dcp.FileSystemWriter(tmp, single_file_per_rank=True, sync_files=True)
+        # DCP records the transform in its metadata, so any reader (another world size too) undoes it.
+        writer = dcp.FileSystemWriter(tmp, single_file_per_rank=True, sync_files=True,
+                                      _extensions=[ZStandard()] if self.compress == "zstd" else None)
         if not self.async_save:
             dcp.save(state, storage_writer=writer, process_group=self.process_group, no_dist=not self._distributed)
-            timing = {"mode": "sync", "write_s": time.perf_counter() - started}
+            timing = {"mode": "sync", "compress": self.compress, "write_s": time.perf_counter() - started}
             self._finish(step, tmp, extra, contents, timing)
             return
         upload = dcp.async_save(state, storage_writer=writer, process_group=self.process_group,
@@ -226,7 +238,7 @@ class CheckpointManager:
 
         def finish_in_background() -> None:
             upload.result()
-            timing = {"mode": f"async-{self.async_mode}", "blocking_s": blocking,
+            timing = {"mode": f"async-{self.async_mode}", "compress": self.compress, "blocking_s": blocking,
                       "write_s": time.perf_counter() - started}
             self._finish(step, tmp, extra, contents, timing)
 

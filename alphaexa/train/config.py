@@ -32,6 +32,7 @@ from topology.presets import get_preset
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("fp32", "bf16")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
+COMPRESSIONS = ("none", "zstd")
 
 
 @dataclass
@@ -129,12 +130,14 @@ class CheckpointSection:
     every: int = 50  # steps between checkpoints; 0 = only at the end (the end always saves)
     keep_last: int = 3  # complete checkpoints kept on disk
     async_: bool = True  # write in the background while training continues (TOML key: async)
+    compress: str = "none"  # none | zstd (DCP's ZStandard stream transform; needs zstandard)
 
     def validate(self) -> None:
         if self.every < 0:
             raise ConfigError(f"checkpoint.every={self.every}: must be >= 0")
         if self.keep_last < 1:
             raise ConfigError(f"checkpoint.keep_last={self.keep_last}: must be >= 1")
+        _choice("checkpoint.compress", self.compress, COMPRESSIONS)
 
 
 @dataclass

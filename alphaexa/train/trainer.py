@@ -138,7 +138,8 @@ class Trainer:
         timeout = datetime.timedelta(seconds=cfg.train.collective_timeout_s)
         self.checkpoints = CheckpointManager(
             self.run_dir / CHECKPOINT_DIR, keep_last=cfg.checkpoint.keep_last, async_save=cfg.checkpoint.async_,
-            process_group=dist.new_group(backend="gloo", timeout=timeout), model_config=cfg.model)
+            process_group=dist.new_group(backend="gloo", timeout=timeout), model_config=cfg.model,
+            compress=cfg.checkpoint.compress)
         self.app_state = {"model": ModelOptimizerState(self.model.chunks, self.optimizers),
                           "rng": self.rng, "data": self.loader, "progress": self.progress}
         self.flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)["total"]
