@@ -73,7 +73,7 @@ class _Builder:
             return -value if isinstance(node.op, ast.USub) else value
         if isinstance(node, ast.BinOp):
             left, right = self.build(node.left), self.build(node.right)
-            if isinstance(node.op, (ast.Pow, ast.BitXor)):  # models write x^2 for a power
+            if isinstance(node.op, ast.Pow):
                 return _power(left, right)
             if type(node.op) in BINARY:
                 return BINARY[type(node.op)](left, right)
@@ -109,7 +109,8 @@ def parse_expression(text: str):
     if not text.strip():
         raise ToolFailure("MathSyntax", "empty expression")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        # Models write x^2 for a power; as Python's xor it would bind looser than + and -.
+        tree = ast.parse(text.strip().replace("^", "**"), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise ToolFailure("MathSyntax", f"cannot parse {text[:80]!r}: {getattr(e, 'msg', e)}") from None
     return _Builder().build(tree.body)
