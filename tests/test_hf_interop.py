@@ -18,12 +18,13 @@ from tests.train_runs import train
 
 transformers = pytest.importorskip("transformers")
 
-SHAPE = dict(n_layers=4, d_model=64, n_heads=4, d_ff=96, vocab_size=300, max_seq_len=64, init_std=0.1,
-             norm_eps=1e-6, rope_theta=500.0)
+SHAPE = {"n_layers": 4, "d_model": 64, "n_heads": 4, "d_ff": 96, "vocab_size": 300, "max_seq_len": 64,
+         "init_std": 0.1, "norm_eps": 1e-6, "rope_theta": 500.0}
 FAMILIES = {
-    "LlamaForCausalLM": dict(ffn_type="swiglu", n_kv_heads=2),
-    "ArceeForCausalLM": dict(ffn_type="gelu", tie_embeddings=True),
-    "Qwen2MoeForCausalLM": dict(ffn_type="swiglu", n_kv_heads=2, moe_every=2, n_experts=4, top_k=2, moe_d_ff=48),
+    "LlamaForCausalLM": {"ffn_type": "swiglu", "n_kv_heads": 2},
+    "ArceeForCausalLM": {"ffn_type": "gelu", "tie_embeddings": True},
+    "Qwen2MoeForCausalLM": {"ffn_type": "swiglu", "n_kv_heads": 2, "moe_every": 2, "n_experts": 4, "top_k": 2,
+                            "moe_d_ff": 48},
 }
 
 

@@ -45,9 +45,9 @@ def test_tensorboard_has_every_scalar_of_metrics_jsonl(moe_run):
 def test_plot_draws_the_expert_heatmap_and_the_step_breakdown(moe_run, capsys):
     from matplotlib.image import imread
 
-    from topology.planner import plan
     from alphaexa.train.config import load_run_config
     from alphaexa.train.demo import local_system
+    from topology.planner import plan
 
     cfg = load_run_config(moe_run / "config.toml")
     result = plan(cfg.model, local_system(1), 1, cfg.train.global_batch, cfg.train.seq_len, top=1)

@@ -191,9 +191,9 @@ def model_config_from_hf(config: dict[str, Any], name: str, tokenizer: str) -> M
             problems.append("renormalised top-k weights (norm_topk_prob=true)")
         step = int(config.get("decoder_sparse_step", 1))
         dense = set(config.get("mlp_only_layers") or [])
-        moe_fields = dict(moe_layers=[i for i in range(n_layers) if i not in dense and (i + 1) % step == 0],
-                          n_experts=int(config["num_experts"]), top_k=int(config["num_experts_per_tok"]),
-                          moe_d_ff=int(config["moe_intermediate_size"]), capacity_factor=0.0)
+        moe_fields = {"moe_layers": [i for i in range(n_layers) if i not in dense and (i + 1) % step == 0],
+                      "n_experts": int(config["num_experts"]), "top_k": int(config["num_experts_per_tok"]),
+                      "moe_d_ff": int(config["moe_intermediate_size"]), "capacity_factor": 0.0}
     if problems:
         raise UserError(f"this {family} model differs from what AlphaExa computes: {'; '.join(problems)}")
     theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
