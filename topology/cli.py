@@ -15,6 +15,7 @@ from .hardware import ANY_NODES, PRESETS
 from .layout import RECOMPUTE_MODES, SCHEDULES, SHARDING_MODES
 from .modelcfg import ConfigError
 from .presets import preset_names
+from .support import OFFLOADS
 
 PIN_OPTIONS = (("tp", int), ("pp", int), ("vpp", int), ("dp", int), ("dp_replicate", int), ("dp_shard", int),
                ("ep", int), ("cp", int), ("mbs", int))
@@ -36,6 +37,10 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     pins.add_argument("--recompute", choices=RECOMPUTE_MODES, default=None)
     pins.add_argument("--sharding", choices=SHARDING_MODES, default=None)
     pins.add_argument("--schedule", choices=SCHEDULES, default=None)
+    p.add_argument("--offload", choices=OFFLOADS, default=None,
+                   help="none: never offload; cpu|nvme: only that; default: offload only when nothing fits without it")
+    p.add_argument("--nvme-path", default=None, metavar="DIR",
+                   help="local NVMe directory written into the plan (parallel.nvme_path) when it offloads to nvme")
     p.add_argument("--top", type=int, default=5, help="how many layouts to list (default 5)")
     p.add_argument("--explain", action="store_true", help="why the winner wins and what binds")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
@@ -83,7 +88,7 @@ def run_plan(args: argparse.Namespace) -> int:
         job = node_list()  # inside a PBS/SLURM job: name the allocated nodes when the counts agree
         hosts = job[:args.nodes] if len(job) >= args.nodes else None
     result = plan(args.model, args.system, args.nodes, args.global_batch, args.seq_len, pins=pins,
-                  top=args.top, hosts=hosts, explain=args.explain)
+                  top=args.top, hosts=hosts, explain=args.explain, offload=args.offload, nvme_path=args.nvme_path)
     text = result.to_json()
     if args.out:
         Path(args.out).write_text(text + "\n")

@@ -556,6 +556,7 @@ def inflight(schedule: str, pp: int, vpp: int, m: int, rank: int) -> float:
     return held
 
 
+OFFLOAD_USABLE = 0.8  # of host memory / NVMe an offloaded state may take (the OS, pinned buffers, data)
 ZBV_SPLIT_BACKWARD = False  # the trainer's zbv runs without the split weight-gradient step (see bubble_seconds)
 
 
@@ -594,7 +595,8 @@ class Estimate:
 
     @property
     def fits(self) -> bool:
-        return self.memory["total"] <= self.memory["capacity"]
+        return self.memory["total"] <= self.memory["capacity"] and (
+            self.memory.get("offloaded_per_node", 0.0) <= OFFLOAD_USABLE * self.memory.get("offload_capacity", 0.0))
 
 
 @dataclass(frozen=True, eq=False)
@@ -607,6 +609,8 @@ class Request:
     global_batch: int
     seq_len: int
     impl: Implementation = ALPHAEXA  # the framework whose step is predicted (the trainer by default)
+    offload: str = "none"  # none | cpu | nvme: parameters, gradients and optimizer state off the device
+    engine: str = "native"  # native (FSDP2) | deepspeed: who runs the step (the CPU optimizer differs)
     _memo: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -762,7 +766,8 @@ def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replica
         exp_rep = req.path(dp * cp // (ep * expert_shards), tp * ep * expert_shards)
     zd = zero_bytes_per_param(sharding, dense_shards)
     zx = zero_bytes_per_param(sharding, expert_shards)
-    out = DPGroups(dense_shards, expert_shards, sum(zd.values()), sum(zx.values()),
+    resident = 0.0 if req.offload != "none" else 1.0  # offloaded: the sharded state lives off the device
+    out = DPGroups(dense_shards, expert_shards, resident * sum(zd.values()), resident * sum(zx.values()),
                    (2 * WEIGHT_BYTES + GRAD_BYTES) if sharding == "zero3" else 0.0,
                    req.path(dense_shards, tp), req.path(expert_shards, tp * ep), rep, exp_rep)
     memo[key] = out
@@ -803,6 +808,37 @@ def peak_memory_bytes(st: Structure, g: DPGroups, reserved: float) -> tuple[floa
     return best + reserved, worst
 
 
+# Offload (docs/planner.md "Offload").  Estimates until calibrated: DeepSpeed's vectorised CPU Adam
+# streams at about half the host DRAM bandwidth; torch's AdamW on CPU tensors (FSDP2's CPU offload
+# policy) about a fifth of that (ZeRO-Offload paper: CPU-Adam 5-7x faster than PyTorch's CPU Adam).
+CPU_ADAM_EFFICIENCY = {"deepspeed": 0.5, "native": 0.1}
+NVME_STATE_BYTES = 2 * OPTIMIZER_BYTES  # ZeRO-Infinity swaps fp32 master, m and v in and out every step
+
+
+def offload_seconds(req: Request, local_params: float, stage: StageTerms) -> tuple[float, float]:
+    """(exposed transfer time per micro-batch, optimizer step time) of one rank with offload.
+
+    Per micro-batch the shard's bf16 parameters come to the device for the forward and again for
+    the backward (prefetched: hidden behind that pass's compute as far as the link allows), and its
+    gradients go back during the backward (the other PCIe direction); with nvme the parameters are
+    read from the drives too, which the node's ranks share.  The optimizer step runs on the host,
+    after the backward (DeepSpeed's default: no overlap), and with nvme swaps its state through
+    the drives."""
+    node = req.system.node
+    ranks = node.ranks
+    params = WEIGHT_BYTES * local_params
+    fetch = params / (node.pcie_gbps * 1e9)
+    if req.offload == "nvme":
+        fetch = max(fetch, params / (node.nvme_gbps * 1e9 / ranks))
+    grads = GRAD_BYTES * local_params / (node.pcie_gbps * 1e9)
+    exposed = max(0.0, fetch - stage.fwd) + max(0.0, max(fetch, grads) - stage.bwd)
+    efficiency = CPU_ADAM_EFFICIENCY[req.engine]
+    optimizer = ADAM_UPDATE_BYTES * local_params * ranks / (node.host_memory_gbps * 1e9 * efficiency)
+    if req.offload == "nvme":
+        optimizer += NVME_STATE_BYTES * local_params * ranks / (node.nvme_gbps * 1e9)
+    return exposed, optimizer
+
+
 def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_breakdown: bool = False):
     """(step seconds, details|None) of a structure under one sharding choice."""
     m = st.microbatches
@@ -830,15 +866,20 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         else:
             per_mb = max(ag - s.fwd, 0.0) + max(ag + rs - bwd, 0.0) + ag / s.units
             step_exposed = max(ar - bwd, ar / s.units)
-        optimizer = ADAM_UPDATE_BYTES * (s.p_dense / g.dense_shards + s.p_exp / g.expert_shards) / hbm
-        busy = m * (s.t_f + s.t_b + s.cp_comm + per_mb) + step_exposed + optimizer
+        local = s.p_dense / g.dense_shards + s.p_exp / g.expert_shards
+        transfers = 0.0
+        if req.offload == "none":
+            optimizer = ADAM_UPDATE_BYTES * local / hbm
+        else:
+            transfers, optimizer = offload_seconds(req, local, s)
+        busy = m * (s.t_f + s.t_b + s.cp_comm + per_mb + transfers) + step_exposed + optimizer
         if busy > longest:
             longest = busy
-            chosen = (s, per_mb, step_exposed, optimizer, rs, ag, ar)
+            chosen = (s, per_mb, step_exposed, optimizer, rs, ag, ar, transfers)
     step = longest + st.bubble + st.pp_comm
     if not want_breakdown:
         return step, None
-    s, per_mb, step_exposed, optimizer, rs, ag, ar = chosen
+    s, per_mb, step_exposed, optimizer, rs, ag, ar, transfers = chosen
     dp_total = {"none": ar, "zero1": rs + ar + ag, "zero2": m * rs + ar + ag}.get(sharding, m * (2 * ag + rs) + ar)
     breakdown = {
         "compute_s": m * (s.fwd + s.bwd),
@@ -850,6 +891,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         "pp_comm_s": st.pp_comm,
         "bubble_s": st.bubble,
         "optimizer_s": optimizer,
+        "offload_s": m * transfers,
         "dp_comm_total_s": dp_total,
     }
     return step, {"breakdown": breakdown, "time_stage": s.rank}
@@ -884,9 +926,19 @@ def memory_breakdown(req: Request, st: Structure, g: DPGroups, sharding: str) ->
     params = w.p_dense * zd["params"] + w.p_exp * zx["params"] + (2 * WEIGHT_BYTES * w.unit if gathered else 0)
     grads = w.p_dense * zd["grads"] + w.p_exp * zx["grads"] + (GRAD_BYTES * w.unit if gathered else 0)
     optim = w.p_dense * zd["optimizer"] + w.p_exp * zx["optimizer"]
-    return ({"params": params / GIB, "grads": grads / GIB, "optimizer": optim / GIB,
-             "activations": w.acts / GIB, "overhead": reserved / GIB, "total": peak / GIB,
-             "capacity": req.system.node.device.memory_gib}, w.rank)
+    out = {"params": params / GIB, "grads": grads / GIB, "optimizer": optim / GIB,
+           "activations": w.acts / GIB, "overhead": reserved / GIB, "total": peak / GIB,
+           "capacity": req.system.node.device.memory_gib}
+    if req.offload != "none":
+        # what left the device (one node's ranks), against the host memory or the NVMe that holds it
+        state = w.p_dense * sum(zd.values()) + w.p_exp * sum(zx.values())
+        out["params"] -= w.p_dense * zd["params"] / GIB + w.p_exp * zx["params"] / GIB
+        out["grads"] -= (w.p_dense * zd["grads"] + w.p_exp * zx["grads"]) / GIB
+        out["optimizer"] = 0.0
+        node = req.system.node
+        out["offloaded_per_node"] = state * node.ranks / GIB
+        out["offload_capacity"] = node.host_memory_gib if req.offload == "cpu" else node.nvme_gib
+    return out, w.rank
 
 
 def structure_of(req: Request, lay: Layout) -> Structure:

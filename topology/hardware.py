@@ -126,6 +126,12 @@ class Node:
     visibility_env: str = ""  # CUDA_VISIBLE_DEVICES | ZE_AFFINITY_MASK | ""
     ccl_worker_affinity: bool = False  # emit CCL_WORKER_AFFINITY (oneCCL)
     host_memory_gib: float = 0.0
+    # What offload (parameters, gradients and optimizer state off the device) runs on; 0 = unknown,
+    # and the planner then does not offload to it.
+    pcie_gbps: float = 0.0  # host <-> device copies, GB/s per direction per device (achievable)
+    host_memory_gbps: float = 0.0  # host DRAM bandwidth of the node (the CPU optimizer step streams through it)
+    nvme_gbps: float = 0.0  # local NVMe of the node, GB/s per direction (achievable, all drives)
+    nvme_gib: float = 0.0  # local NVMe capacity of the node
 
     @property
     def ranks(self) -> int:
@@ -299,7 +305,9 @@ def _polaris_node() -> Node:
         link_levels=(LinkLevel(4, NVLINK3),),
         numa_cores=("0-7", "8-15", "16-23", "24-31"), threads_per_core=2,
         nics=(Nic("cxi0", 0), Nic("cxi1", 2)),
-        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=512.0)
+        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=512.0,
+        # estimates: PCIe Gen4 x16 per GPU, 8 channels DDR4-3200, 2 local NVMe drives (ALCF: 2x 1.6 TB)
+        pcie_gbps=22.0, host_memory_gbps=150.0, nvme_gbps=6.0, nvme_gib=2980.0)
 
 
 def _aurora_node() -> Node:
@@ -315,7 +323,10 @@ def _aurora_node() -> Node:
         link_levels=(LinkLevel(2, MDFI), LinkLevel(12, XELINK)),
         numa_cores=("0-51", "52-103"), reserved_cores=(0, 52), threads_per_core=2,
         nics=tuple(Nic(f"cxi{i}", 0 if i < 4 else 1) for i in range(8)),
-        visibility_env="ZE_AFFINITY_MASK", ccl_worker_affinity=True, host_memory_gib=1024.0)
+        visibility_env="ZE_AFFINITY_MASK", ccl_worker_affinity=True, host_memory_gib=1024.0,
+        # estimates: PCIe Gen5 x16 per GPU shared by its two tiles; DDR5 of two Xeon Max sockets; no local
+        # NVMe for jobs (DAOS instead), so no NVMe offload
+        pcie_gbps=25.0, host_memory_gbps=500.0)
 
 
 def _dgx_a100_node() -> Node:
@@ -332,7 +343,9 @@ def _dgx_a100_node() -> Node:
         link_levels=(LinkLevel(8, NVLINK3),),
         numa_cores=tuple(f"{16 * i}-{16 * i + 15}" for i in range(8)), threads_per_core=2,
         nics=tuple(Nic(n, gpu_numa[i]) for i, n in enumerate(nics)),
-        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=2048.0)
+        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=2048.0,
+        # DGX A100 user guide: 8x 3.84 TB NVMe (RAID 0), PCIe Gen4; bandwidths are estimates
+        pcie_gbps=22.0, host_memory_gbps=300.0, nvme_gbps=20.0, nvme_gib=28600.0)
 
 
 def _hgx_h_node(name: str, device: Device, n_gpus: int) -> Node:
@@ -348,7 +361,11 @@ def _hgx_h_node(name: str, device: Device, n_gpus: int) -> Node:
         link_levels=(LinkLevel(n_gpus, NVLINK4),),
         numa_cores=("0-55", "56-111")[:sockets], threads_per_core=2,
         nics=tuple(Nic(f"mlx5_{g}", slots[g].numa) for g in range(n_gpus)),
-        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=2048.0)
+        # DGX H100/H200 user guides: 2 TB DDR5, 8x 3.84 TB NVMe U.2 (RAID 0), PCIe Gen5 per GPU; a machine
+        # with fewer GPUs gets its per-GPU share.  Bandwidths: estimates (Gen5 x16 ~50 GB/s achievable,
+        # 16 channels DDR5-4800, ~3 GB/s per drive under DeepSpeed's async I/O) - calibrate.
+        visibility_env="CUDA_VISIBLE_DEVICES", host_memory_gib=256.0 * n_gpus,
+        pcie_gbps=50.0, host_memory_gbps=75.0 * n_gpus, nvme_gbps=3.0 * n_gpus, nvme_gib=3576.0 * n_gpus)
 
 
 def _cpu_node() -> Node:

@@ -55,7 +55,7 @@ from .layout import CHOICE_FIELDS, INT_FIELDS, RECOMPUTE_MODES, SHARDING_MODES, 
 from .modelcfg import ConfigError, ModelConfig, human, param_counts
 from .placement import Placement, place
 from .presets import resolve_model
-from .support import SUPPORTED_CP, check_supported, pipeline_supported, tp_supported
+from .support import OFFLOADS, SUPPORTED_CP, check_supported, pipeline_supported, tp_supported, unsupported
 
 PIN_KEYS = (*INT_FIELDS, *CHOICE_FIELDS, "dp")
 INTERLEAVE_CHOICES = (2, 3, 4, 6, 8)
@@ -68,11 +68,16 @@ EXPLAIN_ALTERNATIVES = 8  # runners-up listed by --explain, closest first
 class Plan:
     estimate: Estimate
     placement: Placement
+    engine: str = "native"  # run config parallel.engine
+    offload: str = "none"  # parallel.offload
+    nvme_path: str | None = None  # parallel.nvme_path (offload=nvme)
 
     def to_dict(self) -> dict[str, Any]:
         e = self.estimate
         return {
-            "layout": e.layout.to_dict(),
+            # the run config's [parallel] section: the Layout fields plus how the trainer runs it
+            "layout": {**e.layout.to_dict(), "engine": self.engine, "offload": self.offload,
+                       "nvme_path": self.nvme_path},
             "memory_gib": {k: round(v, 3) for k, v in e.memory.items()},
             "step_time_s": e.step_time_s,
             "tokens_per_s": e.tokens_per_s,
@@ -96,6 +101,7 @@ class PlanResult:
     nearest_miss: Estimate | None = None  # the layout with the least memory when nothing fits
     advice: list[str] = field(default_factory=list)
     runners_up: dict[str, Estimate] = field(default_factory=dict)  # best per alternative, for --explain
+    offload_reason: str = ""  # why the plans offload (only when they do)
 
     @property
     def best(self) -> Plan | None:
@@ -112,6 +118,8 @@ class PlanResult:
             "search": {"candidates": self.candidates, "feasible": self.feasible, "evaluated": self.evaluated,
                        "seconds": round(self.seconds, 4)},
         }
+        if self.offload_reason:
+            out["offload_reason"] = self.offload_reason
         if not self.plans:
             out["infeasible"] = {
                 "advice": self.advice,
@@ -145,8 +153,10 @@ class PlanResult:
                   f"in {self.seconds:.2f} s")
         if not self.plans:
             return "\n".join([head, search, "NO LAYOUT FITS", *self.advice])
+        if self.offload_reason:
+            search += "\n" + self.offload_reason
         cols = ("#", "tp", "pp", "vpp", "dp_r", "dp_s", "ep", "cp", "mbs", "schedule", "recompute", "sharding",
-                "mem GiB", "step s", "tok/s", "TF/dev", "MFU")
+                "mem GiB", "step s", "tok/s", "TF/dev", "MFU") + (("engine", "offload") if self.offload_reason else ())
         rows = []
         for i, p in enumerate(self.plans, 1):
             e, lay = p.estimate, p.estimate.layout
@@ -154,7 +164,8 @@ class PlanResult:
                          str(lay.dp_shard), str(lay.ep), str(lay.cp), str(lay.mbs),
                          lay.schedule if lay.pp > 1 else "-", lay.recompute, lay.sharding,
                          f"{e.memory['total']:.1f}/{e.memory['capacity']:.0f}", f"{e.step_time_s:.3f}",
-                         f"{e.tokens_per_s:,.0f}", f"{e.model_tflops_per_device:.1f}", f"{100 * e.mfu:.1f}%"))
+                         f"{e.tokens_per_s:,.0f}", f"{e.model_tflops_per_device:.1f}", f"{100 * e.mfu:.1f}%")
+                        + ((p.engine, p.offload) if self.offload_reason else ()))
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
         lines = [head, search, "  ".join(c.rjust(w) for c, w in zip(cols, widths))]
         lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
@@ -192,6 +203,10 @@ class PlanResult:
                    "cp_comm_exposed_s": "cp"}[worst]
             binds.append(f"bandwidth ({100 * comm / step:.0f}% of the step is exposed communication, most "
                          f"in {worst[:-2]} over {groups[dim]['link']})")
+        offload = br.get("offload_s", 0.0) + (br["optimizer_s"] if self.plans[0].offload != "none" else 0.0)
+        if offload > 0.1 * step:
+            binds.append(f"offload ({100 * offload / step:.0f}% of the step: the host optimizer step and "
+                         f"{self.plans[0].offload} traffic the compute does not hide)")
         if br["recompute_s"] > 0.05 * step:
             binds.append(f"recomputation ({100 * br['recompute_s'] / step:.0f}% of the step) buys the memory")
         lines.append("What binds: " + ("; ".join(binds) if binds else "compute (little bubble, communication "
@@ -465,8 +480,11 @@ def _check_request(model: ModelConfig, system: System, nodes: int, global_batch:
 
 def plan(model: ModelConfig | str, system: System | str, nodes: int, global_batch: int, seq_len: int,
          pins: dict[str, Any] | None = None, top: int = 5, hosts: list[str] | None = None,
-         explain: bool = False) -> PlanResult:
-    """Search layouts for ``model`` on ``nodes`` x ``system``; the fastest ``top`` that fit, best first."""
+         explain: bool = False, offload: str | None = None, nvme_path: str | None = None) -> PlanResult:
+    """Search layouts for ``model`` on ``nodes`` x ``system``; the fastest ``top`` that fit, best first.
+
+    ``offload``: None searches without offload and, only when nothing fits, with it (the result
+    says why); "none" never offloads; "cpu"/"nvme" search only that offload."""
     if isinstance(model, str):
         model = resolve_model(model)
     if isinstance(system, str):
@@ -477,12 +495,21 @@ def plan(model: ModelConfig | str, system: System | str, nodes: int, global_batc
     pins = _normalise_pins(pins)
     if pins.get("cp", 1) not in SUPPORTED_CP:
         check_supported(Layout(cp=pins["cp"]), model)
+    if offload not in (None, *OFFLOADS):
+        raise ConfigError(f"offload={offload!r}: must be one of {', '.join(OFFLOADS)}")
     req = Request(model, system, nodes, global_batch, seq_len)
     t0 = time.perf_counter()
-    found = _search(req, pins, top, track_alternatives=explain)
+    if offload in ("cpu", "nvme"):
+        found = _Search()
+    else:
+        found = _search(req, pins, top, track_alternatives=explain)
+        if found.candidates == 0:
+            _explain_empty(req, pins)
+    if not found.best and offload != "none":
+        offloaded = _offload_search(req, pins, top, offload, nvme_path, hosts, t0, found)
+        if offloaded is not None:
+            return offloaded
     seconds = time.perf_counter() - t0
-    if found.candidates == 0:
-        _explain_empty(req, pins)
     ranked = sorted(found.best, key=lambda item: -item[0])
     plans = []
     for _, _, args in ranked:
@@ -500,6 +527,65 @@ def plan(model: ModelConfig | str, system: System | str, nodes: int, global_batc
             result.nearest_miss = estimate(req, _layout(*found.min_memory_args))
         result.advice = _advice(req, pins, result.nearest_miss)
     return result
+
+
+def _offload_search(req: Request, pins: dict[str, Any], top: int, offload: str | None, nvme_path: str | None,
+                    hosts: list[str] | None, t0: float, plain: _Search) -> PlanResult | None:
+    """The fastest plans with parameters, gradients and optimizer state off the device; None if none fit.
+
+    Each (offload, engine) the trainer supports is searched with its own rules: zero3 always,
+    DeepSpeed for data parallelism only (topology.support)."""
+    offloads = [offload] if offload in ("cpu", "nvme") else ["cpu", "nvme"]
+    node = req.system.node
+    candidates: list[Plan] = []
+    searched = _Search()
+    for off in offloads:
+        if not node.pcie_gbps or not node.host_memory_gbps or off == "nvme" and not node.nvme_gbps:
+            continue  # the catalogue does not know this node's offload path
+        for engine in ("native", "deepspeed") if off == "cpu" else ("deepspeed",):
+            engine_pins = {**pins, "sharding": "zero3"}
+            if engine == "deepspeed":
+                engine_pins.update(tp=1, pp=1, cp=1, ep=1, dp_replicate=1)
+            if any(pins.get(k, v) != v for k, v in engine_pins.items()):
+                continue  # the user's pins rule this engine out
+            sub = Request(req.model, req.system, req.nodes, req.global_batch, req.seq_len, offload=off, engine=engine)
+            found = _search(sub, engine_pins, top, track_alternatives=False)
+            searched.candidates += found.candidates
+            searched.feasible += found.feasible
+            searched.evaluated += found.evaluated
+            for _, _, args in found.best:
+                est = estimate(sub, _layout(*args))
+                if est.fits and not unsupported(est.layout, req.model, engine=engine, offload=off):
+                    candidates.append(Plan(est, place(est.layout, req.system, req.nodes, hosts), engine, off,
+                                           nvme_path if off == "nvme" else None))
+    if not candidates:
+        return None
+    candidates.sort(key=lambda p: p.estimate.step_time_s)
+    plans = candidates[:top]
+    result = PlanResult(req, plans, plain.candidates + searched.candidates, searched.feasible,
+                        plain.evaluated + searched.evaluated, time.perf_counter() - t0, pins)
+    result.offload_reason = _offload_reason(req, pins, plans[0], offload, plain)
+    return result
+
+
+def _offload_reason(req: Request, pins: dict[str, Any], best: Plan, offload: str | None, plain: _Search) -> str:
+    mem = best.estimate.memory
+    where = "host memory" if best.offload == "cpu" else f"NVMe ({best.nvme_path or 'set parallel.nvme_path'})"
+    moved = (f"with offload={best.offload} ({best.engine} engine) the sharded parameters, gradients and optimizer "
+             f"state, {mem['offloaded_per_node']:.0f} GiB per node, live in {where} "
+             f"({mem['offload_capacity']:.0f} GiB), the device keeps {mem['total']:.1f} of "
+             f"{mem['capacity']:.0f} GiB, and the step pays "
+             f"{best.estimate.breakdown['optimizer_s']:.2f} s of host optimizer and "
+             f"{best.estimate.breakdown['offload_s']:.2f} s of exposed PCIe/NVMe traffic")
+    if offload in ("cpu", "nvme"):
+        return f"Offload pinned: {moved}."
+    if plain.min_memory_args is not None:
+        lean = estimate(req, _layout(*plain.min_memory_args))
+        need = (f"the leanest layout ({lean.layout.short()}) needs {lean.memory['total']:.1f} GiB per device, "
+                f"{lean.memory['total'] - lean.memory['capacity']:.1f} over the {lean.memory['capacity']:.0f} GiB")
+    else:
+        need = "no layout is valid without it"
+    return f"Offload because nothing fits without it: {need}; {moved}."
 
 
 def _label_matches(label: str, lay: Layout) -> bool:

@@ -1,0 +1,55 @@
+"""The planner offloads only when nothing fits without it, says why, and the trainer accepts the plan."""
+import json
+
+import pytest
+
+from alphaexa.parallel import check_layout
+from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions, check_deepspeed_layout
+from topology.cli import main as topology_main
+from topology.planner import plan
+from topology.presets import get_preset
+
+
+def test_30b_on_one_h200_fits_only_with_offload_and_the_plan_says_why():
+    assert plan("30b", "h200-x1", 1, 16, 4096, offload="none").plans == []
+    result = plan("30b", "h200-x1", 1, 16, 4096, nvme_path="/nvme/alphaexa")
+    best = result.best
+    assert best.offload == "nvme" and best.engine == "deepspeed"  # 485 GiB of state: more than the host share
+    assert best.estimate.memory["total"] <= best.estimate.memory["capacity"]
+    assert result.offload_reason.startswith("Offload because nothing fits without it: the leanest layout")
+    layout = json.loads(result.to_json())["plans"][0]["layout"]
+    assert (layout["engine"], layout["offload"], layout["nvme_path"]) == ("deepspeed", "nvme", "/nvme/alphaexa")
+    # what the trainer and the DeepSpeed engine check before any work
+    lay = best.estimate.layout
+    check_layout(lay, get_preset("30b"), "cuda", engine="deepspeed", offload="nvme")
+    options = DeepSpeedOptions(offload_optimizer="nvme", offload_params="nvme", nvme_path="/nvme/alphaexa")
+    assert check_deepspeed_layout(lay, options) == 3
+
+
+def test_host_memory_offload_when_the_state_fits_the_host():
+    result = plan("30b", "h200-x1", 1, 16, 4096, offload="cpu")
+    assert result.plans == []  # 485 GiB of state, 256 GiB of host memory per GPU
+    result = plan("30b", "h200-x4", 1, 32, 4096, offload="cpu", top=20)
+    assert {p.engine for p in result.plans} == {"native", "deepspeed"}
+    for p in result.plans:
+        assert p.offload == "cpu" and p.estimate.layout.sharding == "zero3"
+        assert p.estimate.memory["offloaded_per_node"] <= 0.8 * p.estimate.memory["offload_capacity"]
+        check_layout(p.estimate.layout, get_preset("30b"), "cuda", engine=p.engine, offload="cpu")
+
+
+def test_no_offload_when_a_plan_fits_without_it():
+    result = plan("7b", "h200-x1", 1, 16, 4096)
+    assert result.best.offload == "none" and not result.offload_reason
+
+
+def test_cli_table_names_engine_and_offload(capsys):
+    assert topology_main(["plan", "--model", "30b", "--system", "h200-x1", "--global-batch", "16", "--seq-len",
+                          "4096", "--explain"]) == 0
+    out = capsys.readouterr().out
+    assert "Offload because nothing fits without it" in out and "deepspeed     nvme" in out
+    assert "offload (" in out  # what binds
+
+
+@pytest.mark.parametrize("pins", [{"tp": 2}, {"pp": 2}])
+def test_deepspeed_offload_respects_pins_that_rule_it_out(pins):
+    assert plan("30b", "h200-x4", 1, 32, 4096, offload="nvme", pins=pins).plans == []
