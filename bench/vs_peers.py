@@ -1,0 +1,549 @@
+"""AlphaExa against a hand-written PyTorch loop and torchtitan 0.3.0, side by side on one GPU.
+
+    python3 bench/vs_peers.py [OUT_DIR] [--sections dense,moe,long,attention] [--budget-s 500]
+                              [--ablations compile-off,...] [--alphaexa-set section.key=value ...]
+
+Every contender trains the same model shape with the same tokens per step, bf16
+compute with fp32 master weights and AdamW, each in its own subprocess (fresh
+CUDA context, its own peak-memory figures, a timeout of its own: one failure
+loses nothing else).  Sections, in the order they run:
+
+* dense: the ``1b`` preset, 8 x 2048 tokens per step: a hand-written loop
+  (embedding, RMSNorm, GQA attention through SDPA, SwiGLU, LM head, fused AdamW,
+  bf16 autocast) eager and under ``torch.compile``; torchtitan's own trainer and
+  Llama-3 model (``bench/titan_configs.py``; compile on, its CUDA graphs on, flex
+  attention); ``alphaexa train`` with its defaults.
+* moe: ``1b-moe`` and a Mixtral-like shape (every block MoE, 8 experts top-2),
+  torchtitan's MoE family (Qwen3 blocks at this shape) against ``alphaexa train``.
+* long: ``1b`` at 8k, 32k and 128k tokens per sequence with full recompute, and
+  32k with a 4096-token sliding window (``model.sliding_window``).
+* attention: forward + backward of every attention kernel the registry has on
+  this device at the 1b shape, each first checked against the math reference.
+
+Figures: tokens/s = tokens per step / mean step time over the timed steps (after
+the warm-up, which includes compilation); MFU = tokens/s x FLOPs per token (one
+formula, ``train_flops_per_token`` below, for every contender) / the GPU's dense
+bf16 peak; peak memory = the most memory allocated by tensors during a timed step
+(torchtitan: its ``max_active``), plus the reserved peak where the contender
+reports it.  The ratio column is AlphaExa's tokens/s over each peer's.
+``--budget-s`` bounds the whole run: a contender whose timeout would overrun it
+is skipped and reported as skipped.  JSON goes to OUT_DIR/vs_peers.json (OUT_DIR
+defaults to $OUT, else ./vs-peers-out), the contenders' log tails to
+OUT_DIR/vs_peers.log.  torchtitan and its needs come from wheels (see
+docs/performance.md); without them its rows say so and the rest runs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RESULT_TAG = "VS_PEERS_RESULT "
+LONG_MAX_SEQ = 131072
+
+# name -> (preset, model field overrides)
+SHAPES: dict[str, tuple[str, dict]] = {
+    "1b": ("1b", {}),
+    "1b-moe": ("1b-moe", {}),
+    # Mixtral's layout (every block MoE, 8 experts, top-2, GQA 4:1, expert width 2.75 d) at 1b-moe's width.
+    "mixtral-like": ("1b-moe", {"n_layers": 12, "n_heads": 16, "n_kv_heads": 4, "moe_every": 1, "moe_d_ff": 5632}),
+    # --smoke: the same plumbing on CPU at the debug preset's size.
+    "smoke": ("debug", {"moe_every": 0}),
+    "smoke-moe": ("debug", {}),
+}
+SMOKE_SHAPE = {"1b": "smoke", "1b-moe": "smoke-moe", "mixtral-like": "smoke-moe"}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Named override sets, each one lever of docs/performance.md turned the other way.
+ABLATIONS: dict[str, list[str]] = {
+    "compile-off": ["train.compile=false"],
+    "compile-on": ["train.compile=true"],
+    "recompute-selective": ["parallel.recompute=selective"],
+}
+
+
+@dataclass
+class Contender:
+    section: str
+    name: str
+    kind: str  # loop | titan | alphaexa | attention
+    shape: str
+    batch: int
+    seq: int
+    warmup: int
+    timed: int
+    timeout_s: int
+    options: dict = field(default_factory=dict)
+
+
+def model_fields(shape: str, seq: int, window: int = 0) -> dict:
+    """The model shape every framework is built with (from AlphaExa's preset + overrides)."""
+    from topology.presets import get_preset
+
+    preset, overrides = SHAPES[shape]
+    cfg = get_preset(preset).replace(**overrides, max_seq_len=max(seq, 2048), sliding_window=window)
+    fields = ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size", "n_experts",
+              "top_k", "moe_d_ff", "tie_embeddings", "rope_theta", "norm_eps", "sliding_window", "ffn_type",
+              "max_seq_len")
+    return {"preset": preset, "overrides": overrides, "moe_layers": cfg.moe_layer_indices(),
+            **{name: getattr(cfg, name) for name in fields}}
+
+
+def train_flops_per_token(m: dict, seq: int) -> float:
+    """Training FLOPs per token, the same for every contender: 6 x the active matmul parameters
+    (attention projections, dense or top-k expert SwiGLU FFNs, router, LM head; no embedding
+    lookup) + causal attention scores and values, 12 x q_dim x (mean keys a query sees) per layer."""
+    d, q_dim, kv_dim = m["d_model"], m["n_heads"] * m["head_dim"], m["n_kv_heads"] * m["head_dim"]
+    attention = d * (q_dim + 2 * kv_dim) + q_dim * d
+    dense = 3 * d * m["d_ff"]
+    moe = m["top_k"] * 3 * d * m["moe_d_ff"] + d * m["n_experts"]
+    n_moe = len(m["moe_layers"])
+    matmul = m["n_layers"] * attention + n_moe * moe + (m["n_layers"] - n_moe) * dense + d * m["vocab_size"]
+    window = m["sliding_window"]
+    visible = window * (1 - window / (2 * seq)) if 0 < window < seq else (seq + 1) / 2
+    return 6.0 * matmul + 12.0 * m["n_layers"] * q_dim * visible
+
+
+# ------------------------------------------------------------------------------ the contenders
+def contenders(args) -> list[Contender]:
+    out: list[Contender] = []
+    sections = args.sections.split(",")
+    w, t = args.warmup, args.timed
+    if "dense" in sections:
+        out += [Contender("dense", "loop eager", "loop", "1b", 8, 2048, w, t, 150, {"compile": False}),
+                Contender("dense", "loop compile", "loop", "1b", 8, 2048, w, t, 240, {"compile": True}),
+                Contender("dense", "torchtitan", "titan", "1b", 8, 2048, w, t, 300, {"compile": True}),
+                Contender("dense", "alphaexa", "alphaexa", "1b", 8, 2048, w, t, 240)]
+        out += [Contender("dense", f"alphaexa {a}", "alphaexa", "1b", 8, 2048, w, t, 240, {"sets": ABLATIONS[a]})
+                for a in args.ablations]
+    if "moe" in sections:
+        for shape in ("1b-moe", "mixtral-like"):
+            out += [Contender("moe", f"torchtitan {shape}", "titan", shape, 8, 2048, w, t, 300, {"compile": True}),
+                    Contender("moe", f"alphaexa {shape}", "alphaexa", shape, 8, 2048, w, t, 240)]
+    if "long" in sections:
+        full = {"sets": ["parallel.recompute=full"]}
+        out += [Contender("long", "alphaexa 8k", "alphaexa", "1b", 2, 8192, 3, 5, 200, full),
+                Contender("long", "alphaexa 32k", "alphaexa", "1b", 1, 32768, 2, 4, 240, full),
+                Contender("long", "alphaexa 128k", "alphaexa", "1b", 1, 131072, 1, 2, 300, full),
+                Contender("long", "alphaexa 32k window 4096", "alphaexa", "1b", 1, 32768, 2, 4, 240,
+                          {"sets": ["parallel.recompute=full"], "window": 4096})]
+    if "attention" in sections:
+        out.append(Contender("attention", "attention kernels", "attention", "1b", 8, 2048, 3, 10, 150))
+    if args.smoke:
+        for c in out:
+            c.shape, c.batch, c.seq, c.warmup, c.timed = SMOKE_SHAPE[c.shape], 2, min(128, c.seq // 64), 1, 2
+            if "window" in c.options:
+                c.options = {**c.options, "window": 32}
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", nargs="?", default=os.environ.get("OUT") or "vs-peers-out")
+    parser.add_argument("--sections", default="dense,moe,long,attention")
+    parser.add_argument("--budget-s", type=float, default=500.0, help="wall-clock bound of the whole bench")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--timed", type=int, default=20)
+    parser.add_argument("--ablations", type=lambda s: [a for a in s.split(",") if a], default=[],
+                        help=f"extra alphaexa runs on the dense shape, one lever each: {', '.join(ABLATIONS)}")
+    parser.add_argument("--alphaexa-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an override for every alphaexa run")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check the plumbing on CPU: the debug preset's size, 1 + 2 steps (figures mean nothing)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return _worker(json.loads(args.worker))
+    unknown = [a for a in args.ablations if a not in ABLATIONS]
+    if unknown:
+        parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
+
+    started = time.monotonic()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="vs-peers-"))
+    env_info = _environment()
+    print(json.dumps(env_info), flush=True)
+    rows, logs = [], []
+    for c in contenders(args):
+        left = args.budget_s - (time.monotonic() - started)
+        if left < min(c.timeout_s, 120):
+            rows.append({**asdict(c), "status": f"skipped: {left:.0f} s of the budget left"})
+            continue
+        spec = {**asdict(c), "scratch": str(scratch), "alphaexa_sets": args.alphaexa_set}
+        row, log = _run_contender(c, spec, min(c.timeout_s, left))
+        rows.append(row)
+        logs.append(f"===== {c.section} / {c.name}: {row['status']}\n{log[-6000:]}\n")
+        print(f"[{time.monotonic() - started:5.0f} s] {c.section:<9} {c.name:<26} {_short(row)}", flush=True)
+    result = {"environment": env_info, "rows": rows, "ratios": _ratios(rows),
+              "wall_s": time.monotonic() - started, "steps": {"warmup": args.warmup, "timed": args.timed}}
+    (out_dir / "vs_peers.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out_dir / "vs_peers.log").write_text("".join(logs))
+    _print_tables(result)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _run_contender(c: Contender, spec: dict, timeout: float) -> tuple[dict, str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1"}
+    begun = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+        log, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as e:
+        log = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+        return {**asdict(c), "status": f"timeout after {timeout:.0f} s", "wall_s": timeout}, log
+    row = {**asdict(c), "wall_s": time.monotonic() - begun}
+    found = [line[len(RESULT_TAG):] for line in log.splitlines() if line.startswith(RESULT_TAG)]
+    if code == 0 and found:
+        row.update(json.loads(found[-1]), status="ok")
+    else:
+        last = [line for line in log.strip().splitlines() if line.strip()][-1:] or ["no output"]
+        row["status"] = f"failed (exit {code}): {last[0][:200]}"
+    return row, log
+
+
+# ------------------------------------------------------------------------------ workers
+def _worker(spec: dict) -> int:
+    window = spec["options"].get("window", 0)
+    m = model_fields(spec["shape"], spec["seq"], window)
+    tokens = spec["batch"] * spec["seq"]
+    kind = spec["kind"]
+    if kind == "attention":
+        print(RESULT_TAG + json.dumps({"kernels": _attention_kernels(m, spec)}), flush=True)
+        return 0
+    figures = {"loop": _loop, "titan": _titan, "alphaexa": _alphaexa}[kind](spec, m)
+    step_s = statistics.fmean(figures.pop("step_times"))
+    tokens_per_s = tokens / step_s
+    flops = train_flops_per_token(m, spec["seq"])
+    peak = _peak_flops(torch.cuda.get_device_name()) if DEVICE == "cuda" else None
+    figures.update(tokens_per_step=tokens, step_s=step_s, tokens_per_s=tokens_per_s,
+                   flops_per_token=flops, tflops=tokens_per_s * flops / 1e12,
+                   mfu=tokens_per_s * flops / peak if peak else None)
+    print(RESULT_TAG + json.dumps(figures), flush=True)
+    return 0
+
+
+def _peak_flops(device_name: str) -> float | None:
+    from backends.device import peak_bf16_flops_for
+
+    return peak_bf16_flops_for(device_name)
+
+
+def _loop(spec: dict, m: dict) -> dict:
+    """The hand-written reference: what a user writes without a framework."""
+    torch.manual_seed(0)
+    model = HandWrittenLM(m).to(DEVICE)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+
+    def loss_of(inputs, targets):
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            logits = model(inputs)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    loss_fn = torch.compile(loss_of) if spec["options"]["compile"] else loss_of
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+
+    def step() -> torch.Tensor:
+        batch = torch.randint(0, m["vocab_size"], (spec["batch"], spec["seq"] + 1), device=DEVICE, generator=generator)
+        loss = loss_fn(batch[:, :-1], batch[:, 1:])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    for _ in range(spec["warmup"]):
+        step()
+    _synchronize()
+    if DEVICE == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    for _ in range(spec["timed"]):
+        begun = time.perf_counter()
+        losses.append(step())
+        _synchronize()
+        times.append(time.perf_counter() - begun)
+    memory = ({"peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+               "reserved_gib": torch.cuda.max_memory_reserved() / 2**30} if DEVICE == "cuda" else {"peak_gib": 0.0})
+    return {"step_times": times, **memory, "loss": float(losses[-1])}
+
+
+def _synchronize() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+class HandWrittenBlock(nn.Module):
+    def __init__(self, m: dict):
+        super().__init__()
+        d, hd = m["d_model"], m["head_dim"]
+        self.heads, self.kv_heads, self.head_dim, self.eps = m["n_heads"], m["n_kv_heads"], hd, m["norm_eps"]
+        self.attention_norm = nn.Parameter(torch.ones(d))
+        self.ffn_norm = nn.Parameter(torch.ones(d))
+        self.wq = nn.Linear(d, m["n_heads"] * hd, bias=False)
+        self.wkv = nn.Linear(d, 2 * m["n_kv_heads"] * hd, bias=False)
+        self.wo = nn.Linear(m["n_heads"] * hd, d, bias=False)
+        self.w13 = nn.Linear(d, 2 * m["d_ff"], bias=False)
+        self.w2 = nn.Linear(m["d_ff"], d, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        b, s, d = x.shape
+        h = F.rms_norm(x, (d,), self.attention_norm, self.eps)
+        q = self.wq(h).view(b, s, self.heads, self.head_dim)
+        k, v = self.wkv(h).view(b, s, 2, self.kv_heads, self.head_dim).unbind(2)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=True, enable_gqa=True)
+        x = x + self.wo(o.transpose(1, 2).reshape(b, s, -1))
+        up, gate = self.w13(F.rms_norm(x, (d,), self.ffn_norm, self.eps)).chunk(2, dim=-1)
+        return x + self.w2(F.silu(gate) * up)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+class HandWrittenLM(nn.Module):
+    """Embedding, RMSNorm, GQA attention through SDPA with RoPE, SwiGLU, LM head: plain PyTorch."""
+
+    def __init__(self, m: dict):
+        super().__init__()
+        self.embedding = nn.Embedding(m["vocab_size"], m["d_model"])
+        self.blocks = nn.ModuleList(HandWrittenBlock(m) for _ in range(m["n_layers"]))
+        self.norm = nn.Parameter(torch.ones(m["d_model"]))
+        self.head = nn.Linear(m["d_model"], m["vocab_size"], bias=False)
+        self.eps = m["norm_eps"]
+        half = m["head_dim"] // 2
+        inv_freq = 1.0 / m["rope_theta"] ** (torch.arange(half, dtype=torch.float32) / half)
+        angles = torch.outer(torch.arange(m["max_seq_len"], dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos()[:, None, :], persistent=False)
+        self.register_buffer("sin", angles.sin()[:, None, :], persistent=False)
+        for p in self.parameters():
+            if p.ndim == 2:
+                nn.init.normal_(p, std=0.02)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        s = tokens.shape[1]
+        x = self.embedding(tokens)
+        for block in self.blocks:
+            x = block(x, self.cos[:s], self.sin[:s])
+        return self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps))
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _titan(spec: dict, m: dict) -> dict:
+    """torchtitan's own trainer (``torchtitan.train.main``) on a config from bench/titan_configs.py."""
+    dump = Path(spec["scratch"]) / f"titan-{spec['shape']}-{spec['seq']}"
+    shape = {**m, "batch": spec["batch"], "seq_len": spec["seq"], "steps": spec["warmup"] + spec["timed"],
+             "compile": spec["options"]["compile"], "cuda_graphs": spec["options"].get("cuda_graphs", True),
+             "attention": spec["options"].get("attention", "flex"), "recompute": "none",
+             "dump_folder": str(dump)}
+    os.environ.update(VS_PEERS_TITAN=json.dumps(shape), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                      LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    config = "qwen3_moe_at_shape" if m["moe_layers"] else "llama3_at_shape"
+    sys.argv = ["torchtitan.train", "--module", "bench.titan_configs", "--config", config]
+    from torchtitan.train import main as titan_main
+
+    titan_main()
+    scalars = _tensorboard_scalars(dump)
+    timed = {s: v for s, v in scalars["time_metrics/end_to_end(s)"].items() if s > spec["warmup"]}
+    if len(timed) < spec["timed"]:
+        raise RuntimeError(f"torchtitan logged {len(timed)} timed steps, expected {spec['timed']}")
+    active = [v for s, v in scalars["memory/max_active(GiB)"].items() if s > spec["warmup"]]
+    reserved = [v for s, v in scalars["memory/max_reserved(GiB)"].items() if s > spec["warmup"]]
+    losses = scalars["loss_metrics/global_avg_loss"]
+    return {"step_times": list(timed.values()), "peak_gib": max(active), "reserved_gib": max(reserved),
+            "loss": losses[max(losses)], "titan_tps": statistics.fmean(
+                v for s, v in scalars["throughput(tps)"].items() if s > spec["warmup"])}
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, dict[int, float]] = {}
+    for events in sorted(folder.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            out.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
+    if not out:
+        raise RuntimeError(f"torchtitan wrote no TensorBoard scalars under {folder}")
+    return out
+
+
+def _demo_text_corpus(scratch: Path, copies: int = 24) -> Path:
+    """Enough byte-tokenized text for 128k-token sequences: the demo corpus, several times over."""
+    from alphaexa.data.demo_corpus import demo_corpus_documents
+
+    folder = scratch / "corpus"
+    if not folder.is_dir():
+        text = "\n\n".join(body for _, body in demo_corpus_documents())
+        folder.mkdir(parents=True)
+        for i in range(copies):
+            (folder / f"part{i:02d}.txt").write_text(text)
+    return folder
+
+
+def _alphaexa(spec: dict, m: dict) -> dict:
+    """``alphaexa train`` (the CLI entry point, in this process) on configs/1b.toml at the shape."""
+    from alphaexa.cli import main as alphaexa_main
+    from alphaexa.train.metrics import read_metrics
+
+    scratch = Path(spec["scratch"])
+    run_dir = scratch / f"alphaexa-{spec['name'].replace(' ', '_')}"
+    steps = spec["warmup"] + spec["timed"]
+    sets = [f"model.preset={m['preset']}", *(f"model.{k}={v}" for k, v in m["overrides"].items()),
+            f"model.max_seq_len={m['max_seq_len']}", f"model.sliding_window={m['sliding_window']}",
+            f"train.steps={steps}", f"train.warmup={min(2, steps - 1)}", f"train.global_batch={spec['batch']}",
+            f"train.seq_len={spec['seq']}", f"parallel.mbs={spec['batch']}", "train.eval_every=0",
+            "train.eval_batches=1", "train.log_every=1000", "checkpoint.every=0", "checkpoint.keep_last=1",
+            f"data.corpus={_demo_text_corpus(scratch)}", f"data.cache_dir={scratch / 'data-cache'}",
+            "data.tokenizer=byte", "data.val_fraction=0.25", "logging.progress=false",
+            *spec["options"].get("sets", []), *spec["alphaexa_sets"]]
+    argv = ["train", "--config", str(REPO / "configs" / "1b.toml"), "--run-dir", str(run_dir)]
+    code = alphaexa_main([*argv, *(a for s in sets for a in ("--set", s))])
+    if code:
+        raise RuntimeError(f"alphaexa train exited {code}")
+    records, _, events = read_metrics(run_dir)
+    timed = [r for r in records if r["step"] > spec["warmup"]]
+    layout = next(e for e in events if e["event"] == "start")["layout_short"]
+    return {"step_times": [r["step_time_s"] for r in timed], "peak_gib": max(r["mem_gib"] for r in timed),
+            "loss": timed[-1]["loss"], "layout": layout, "sets": sets}
+
+
+def _attention_kernels(m: dict, spec: dict) -> list[dict]:
+    """Every registered kernel on this device at the model's attention shape: error against the math
+    reference (fresh random inputs, small batch), then forward + backward time at the full batch."""
+    from backends.attention import attend, available_kernels
+    from backends.errors import BackendError
+
+    rows = []
+    b, s = spec["batch"], spec["seq"]
+    shape_q, shape_kv = (b, m["n_heads"], s, m["head_dim"]), (b, m["n_kv_heads"], s, m["head_dim"])
+    for name in available_kernels(DEVICE):
+        row = {"kernel": name}
+        try:
+            q, k, v = (torch.randn(sh, device=DEVICE, dtype=torch.float64)[:1, :, :512]
+                       for sh in (shape_q, shape_kv, shape_kv))
+            reference = attend(q, k, v, causal=True, kernel="math")
+            low = [t.to(torch.bfloat16) for t in (q, k, v)]
+            got = attend(*low, causal=True, kernel=name).double()
+            row["rel_error"] = float((got - reference).norm() / reference.norm())
+            q, k, v = (torch.randn(sh, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+                       for sh in (shape_q, shape_kv, shape_kv))
+            grad = torch.randn(shape_q, device=DEVICE, dtype=torch.bfloat16)
+
+            ms = _fwd_bwd_ms(name, q, k, v, grad, spec["warmup"], spec["timed"])
+            flops = 3 * 4 * b * m["n_heads"] * m["head_dim"] * s * s / 2
+            row.update(fwd_bwd_ms=ms, tflops=flops / ms / 1e9, status="ok" if row["rel_error"] < 2e-2 else "WRONG")
+        except (BackendError, RuntimeError) as e:
+            row["status"] = f"failed: {type(e).__name__}: {str(e)[:160]}"
+        rows.append(row)
+    return rows
+
+
+def _fwd_bwd_ms(kernel: str, q: Tensor, k: Tensor, v: Tensor, grad: Tensor, warmup: int, timed: int) -> float:
+    from backends.attention import attend
+
+    for _ in range(warmup):
+        attend(q, k, v, causal=True, kernel=kernel).backward(grad)
+    _synchronize()
+    begun = time.perf_counter()
+    for _ in range(timed):
+        attend(q, k, v, causal=True, kernel=kernel).backward(grad)
+    _synchronize()
+    return 1000 * (time.perf_counter() - begun) / timed
+
+
+# ------------------------------------------------------------------------------ reporting
+def _environment() -> dict:
+    info: dict = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+                  "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    info["peak_bf16_tflops"] = (_peak_flops(info["device"]) or 0) / 1e12 if info["device"] else None
+    for module in ("torchtitan", "torchao", "liger_kernel", "flash_attn", "flash_attn_interface"):
+        try:
+            info[module] = __import__(module).__version__
+        except (ImportError, AttributeError) as e:
+            info[module] = f"unavailable ({type(e).__name__})"
+    return info
+
+
+def _short(row: dict) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    if "kernels" in row:
+        return ", ".join(f"{k['kernel']} {k.get('fwd_bwd_ms', float('nan')):.2f} ms" for k in row["kernels"])
+    return f"{row['tokens_per_s']:,.0f} tok/s, peak {row['peak_gib']:.1f} GiB"
+
+
+def _ratios(rows: list[dict]) -> list[dict]:
+    """AlphaExa's tokens/s (and peak memory) over every peer's in the same section and shape."""
+    ok = [r for r in rows if r["status"] == "ok" and "tokens_per_s" in r]
+    out = []
+    for ours in (r for r in ok if r["kind"] == "alphaexa"):
+        for peer in (r for r in ok if r["kind"] != "alphaexa" and (r["shape"], r["seq"]) == (ours["shape"], ours["seq"])):
+            out.append({"alphaexa": ours["name"], "peer": peer["name"],
+                        "tokens_per_s_ratio": ours["tokens_per_s"] / peer["tokens_per_s"],
+                        "peak_memory_ratio": ours["peak_gib"] / peer["peak_gib"] if peer["peak_gib"] else None})
+    return out
+
+
+def _print_tables(result: dict) -> None:
+    env = result["environment"]
+    print(f"\n== vs_peers on {env.get('device')}: torch {env.get('torch')}, torchtitan {env.get('torchtitan')}; "
+          f"{result['steps']['warmup']} warm-up + {result['steps']['timed']} timed steps; {result['wall_s']:.0f} s")
+    header = (f"{'section':<10}{'contender':<28}{'shape':<14}{'tokens':>8}{'tokens/s':>11}{'MFU':>7}"
+              f"{'peak GiB':>10}{'rsv GiB':>9}{'loss':>7}  status")
+    print(header)
+    print("-" * len(header))
+    for r in result["rows"]:
+        if "kernels" in r:
+            continue
+        ok = r["status"] == "ok"
+        mfu = f"{r['mfu']:.1%}" if ok and r.get("mfu") else "-"
+        figures = (f"{r['tokens_per_s']:>11,.0f}{mfu:>7}{r['peak_gib']:>10.1f}"
+                   f"{r.get('reserved_gib', float('nan')):>9.1f}{r['loss']:>7.2f}") if ok else f"{'':>44}"
+        print(f"{r['section']:<10}{r['name']:<28}{r['shape'] + ' ' + str(r['seq']):<14}"
+              f"{r['batch'] * r['seq']:>8}{figures}  {r['status']}")
+    if result["ratios"]:
+        print("\nAlphaExa / peer (same shape, same run):")
+        for q in result["ratios"]:
+            memory = f"{q['peak_memory_ratio']:.2f}x" if q["peak_memory_ratio"] is not None else "-"
+            print(f"  {q['alphaexa']:<26} / {q['peer']:<26} tokens/s {q['tokens_per_s_ratio']:.3f}x, "
+                  f"peak memory {memory}")
+    for r in result["rows"]:
+        for k in r.get("kernels", []):
+            if k.get("status") == "ok" or "fwd_bwd_ms" in k:
+                print(f"  attention {k['kernel']:<12} fwd+bwd {k['fwd_bwd_ms']:7.2f} ms  {k['tflops']:6.1f} TFLOP/s  "
+                      f"error vs math {k['rel_error']:.1e}  {k['status']}")
+            else:
+                print(f"  attention {k['kernel']:<12} {k['status']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
