@@ -107,17 +107,18 @@ def test_request_errors():
 
 def test_infeasible_request_says_by_how_much_and_what_would_fit():
     system = small_memory_system(6)
-    result = plan("7b", system, 1, 64, 4096)
+    result = plan("7b", system, 1, 64, 4096, offload="none")  # offloaded plans: tests/test_planner_offload.py
     assert not result.plans and result.feasible == 0
     nearest = result.nearest_miss
     assert nearest is not None and nearest.memory["total"] > 6
     assert f"{nearest.memory['total'] - 6:.1f} GiB over the 6 GiB capacity" in result.advice[0]
     assert any(line.startswith("It fits on 4 nodes (32 devices)") for line in result.advice)
     assert plan("7b", system, 4, 64, 4096, top=1).plans  # and it does
-    assert not plan("7b", system, 2, 64, 4096, top=1).plans
+    assert not plan("7b", system, 2, 64, 4096, top=1, offload="none").plans
     d = result.to_dict()
     assert d["plans"] == [] and d["infeasible"]["nearest"]["memory_gib"]["total"] > 6
-    pinned = plan("7b", small_memory_system(14), 1, 64, 4096, pins={"recompute": "none", "sharding": "zero1"})
+    pinned = plan("7b", small_memory_system(14), 1, 64, 4096, pins={"recompute": "none", "sharding": "zero1"},
+                  offload="none")
     assert not pinned.plans
     assert any(line.startswith("It fits without pinning recompute=none, sharding=zero1") for line in pinned.advice)
 

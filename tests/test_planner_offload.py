@@ -17,8 +17,8 @@ def test_30b_on_one_h200_fits_only_with_offload_and_the_plan_says_why():
     assert best.offload == "nvme" and best.engine == "deepspeed"  # 485 GiB of state: more than the host share
     assert best.estimate.memory["total"] <= best.estimate.memory["capacity"]
     assert result.offload_reason.startswith("Offload because nothing fits without it: the leanest layout")
-    layout = json.loads(result.to_json())["plans"][0]["layout"]
-    assert (layout["engine"], layout["offload"], layout["nvme_path"]) == ("deepspeed", "nvme", "/nvme/alphaexa")
+    first = json.loads(result.to_json())["plans"][0]
+    assert (first["engine"], first["offload"], first["nvme_path"]) == ("deepspeed", "nvme", "/nvme/alphaexa")
     # what the trainer and the DeepSpeed engine check before any work
     lay = best.estimate.layout
     check_layout(lay, get_preset("30b"), "cuda", engine="deepspeed", offload="nvme")

@@ -75,9 +75,11 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         e = self.estimate
         return {
-            # the run config's [parallel] section: the Layout fields plus how the trainer runs it
-            "layout": {**e.layout.to_dict(), "engine": self.engine, "offload": self.offload,
-                       "nvme_path": self.nvme_path},
+            "layout": e.layout.to_dict(),
+            # with the layout, the run config's [parallel] section: how the trainer runs it
+            "engine": self.engine,
+            "offload": self.offload,
+            "nvme_path": self.nvme_path,
             "memory_gib": {k: round(v, 3) for k, v in e.memory.items()},
             "step_time_s": e.step_time_s,
             "tokens_per_s": e.tokens_per_s,
