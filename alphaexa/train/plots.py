@@ -110,9 +110,13 @@ def _step_breakdown(plt, planned: dict, steps: list[dict], path: Path) -> Path:
     ax.bar(1, measured * 1e3, width=0.6, color="0.45", label="measured (median, not broken down)")
     ax.text(0, bottom, f"{planned.get('step_time_s', bottom / 1e3) * 1e3:.0f} ms", ha="center", va="bottom")
     ax.text(1, measured * 1e3, f"{measured * 1e3:.0f} ms", ha="center", va="bottom")
+    import dataclasses
+
     from topology.layout import Layout
 
-    layout = Layout.from_dict(planned["layout"]).short() if planned.get("layout") else "?"
+    # Only the fields this Layout knows: a plan written by another version may carry more.
+    known = {f.name for f in dataclasses.fields(Layout)}
+    layout = Layout.from_dict({k: v for k, v in planned.get("layout", {}).items() if k in known}).short()
     ax.set_xticks([0, 1], ["predicted (planner)", f"measured ({len(timed)} steps)"])
     ax.set(ylabel="ms per optimizer step", title=f"Step time, layout {layout}")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
