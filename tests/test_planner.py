@@ -198,7 +198,7 @@ def test_plans_never_violate_divisibility_or_memory(model, preset, nodes, batch,
         lay = p.estimate.layout
         lay.validate(world=world, model=model, global_batch=batch, seq_len=seq)  # raises on any broken rule
         assert p.estimate.memory["total"] <= memory
-        again = cm.estimate(cm.Request(model, system, nodes, batch, seq), lay)
+        again = cm.estimate(cm.Request(model, system, nodes, batch, seq, offload=p.offload, engine=p.engine), lay)
         assert again.step_time_s == pytest.approx(p.estimate.step_time_s)
     if not result.plans:
         assert result.advice
