@@ -12,6 +12,7 @@ floating-point summation order.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import math
 import os
@@ -51,6 +52,7 @@ from .optim import build_optimizer, learning_rate, set_learning_rate
 from .preflight import CHECKPOINT_DIR
 
 SPIKE_INJECTION = 1000.0
+MOE_STATS_HEAD = 4  # aux, z, forwards, dropped; the expert counts follow
 
 
 @dataclass
@@ -128,12 +130,15 @@ class Trainer:
         self.n_experts = cfg.model.n_experts if cfg.model.is_moe else 0
         # Row of each MoE block in the per-layer statistics (a pipeline stage fills only its own rows).
         self.moe_layer_ids = cfg.model.moe_layer_indices()
-        self._moe_row: dict[int, int] = {}
-        self._moe_stats = self._new_moe_stats()
+        # Per MoE layer [aux, z, forwards, dropped, counts (E)], summed on the device over the step's
+        # micro-batches: the hooks add tensors (no host sync, no graph break under compile) and the
+        # step reads them once, in _reduce_step_values.
+        self._moe_stats = torch.zeros(len(self.moe_layer_ids), MOE_STATS_HEAD + self.n_experts,
+                                      dtype=torch.float64, device=self.device)
         for chunk in self.model.chunks:
             for name, layer in moe_layers(chunk).items():
-                self._moe_row[id(layer)] = self.moe_layer_ids.index(int(re.search(r"layers\.(\d+)", name)[1]))
-                layer.register_forward_hook(self._collect_moe_stats)
+                row = self.moe_layer_ids.index(int(re.search(r"layers\.(\d+)", name)[1]))
+                layer.register_forward_hook(functools.partial(self._collect_moe_stats, row))
         # The checkpoint's own collectives get the same timeout as training's.
         timeout = datetime.timedelta(seconds=cfg.train.collective_timeout_s)
         self.checkpoints = CheckpointManager(
@@ -266,7 +271,7 @@ class Trainer:
             self._loss_scale, self._nan_injected = float("nan"), True
         if cfg.debug.spike_at_step == step and not self._spike_injected:
             self._loss_scale, self._spike_injected = SPIKE_INJECTION, True
-        self._moe_stats = self._new_moe_stats()
+        self._moe_stats.zero_()
         result = self.step_fn(batch.inputs, batch.targets)
         self._loss_scale = 1.0
         grad_norm = float(clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims))
@@ -309,47 +314,33 @@ class Trainer:
         for optimizer in self.optimizers:
             optimizer.zero_grad(set_to_none=True)
 
-    def _new_moe_stats(self) -> dict[str, Any]:
-        return {"aux": 0.0, "z": 0.0, "forwards": 0,
-                "dropped": torch.zeros(len(self.moe_layer_ids), 1, dtype=torch.float64),
-                "counts": torch.zeros(len(self.moe_layer_ids), self.n_experts, dtype=torch.float64)}
-
-    def _collect_moe_stats(self, layer: torch.nn.Module, _inputs: Any, _output: Any) -> None:
-        """Forward hook of every MoE layer: its routing figures of each training micro-batch."""
+    def _collect_moe_stats(self, row: int, layer: torch.nn.Module, _inputs: Any, _output: Any) -> None:
+        """Forward hook of MoE layer ``row``: its routing figures of each training micro-batch."""
         if not layer.training or layer.aux_loss is None:
             return
-        stats = self._moe_stats
-        stats["aux"] += float(layer.aux_loss)
-        stats["z"] += float(layer.z_loss)
-        stats["forwards"] += 1
-        row = self._moe_row[id(layer)]
-        stats["dropped"][row] += float(layer.dropped_tokens)
-        stats["counts"][row] += layer.tokens_per_expert.detach().to("cpu", torch.float64)
+        figures = torch.stack([layer.aux_loss, layer.z_loss, torch.ones_like(layer.aux_loss),
+                               layer.dropped_tokens.to(layer.aux_loss.dtype)])
+        self._moe_stats[row] += torch.cat([figures, layer.tokens_per_expert.to(figures.dtype)]).to(torch.float64)
 
     def _reduce_step_values(self) -> dict[str, Any]:
-        """One SUM all-reduce of [aux, z, forwards, per-layer (dropped, counts...)] and one MAX of memory.
+        """One SUM all-reduce of the per-layer [aux, z, forwards, dropped, counts...] and one MAX of memory.
 
         MoE figures are summed over every layer forward of every rank: each rank routes its own
         tokens (data, sequence shards), and every layer is counted by the same number of ranks,
         so the shares are those of all tokens of the step.
         """
-        stats = self._moe_stats
-        per_layer = torch.cat([stats["dropped"], stats["counts"]], dim=1)
-        packed = torch.cat([torch.tensor([stats["aux"], stats["z"], stats["forwards"]], dtype=torch.float64),
-                            per_layer.flatten()])
-        memory = torch.tensor([float(self.backend.max_memory_allocated())], dtype=torch.float64)
-        if self.device.type != "cpu":
-            packed, memory = packed.to(self.device), memory.to(self.device)
-        dist.all_reduce(packed)
+        packed = self._moe_stats.clone()
+        memory = torch.tensor([float(self.backend.max_memory_allocated())], dtype=torch.float64, device=self.device)
+        if packed.numel():  # a dense model has no rows
+            dist.all_reduce(packed)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
-        packed = packed.cpu()
+        per_layer = packed.cpu()
         out: dict[str, Any] = {"mem_bytes": float(memory[0])}
-        forwards = float(packed[2])
+        aux, z, forwards = (float(per_layer[:, i].sum()) for i in range(3))
         if forwards:
-            per_layer = packed[3:].view(len(self.moe_layer_ids), 1 + self.n_experts)
-            dropped, counts = per_layer[:, 0], per_layer[:, 1:]
+            dropped, counts = per_layer[:, 3], per_layer[:, MOE_STATS_HEAD:]
             routed = counts.sum(dim=1).clamp(min=1.0)
-            out.update(aux_loss=float(packed[0]) / forwards, z_loss=float(packed[1]) / forwards,
+            out.update(aux_loss=aux / forwards, z_loss=z / forwards,
                        expert_load=[round(float(c) / float(routed.sum()), 6) for c in counts.sum(dim=0)],
                        dropped_fraction=float(dropped.sum() / routed.sum()),
                        expert_load_per_layer={str(i): [round(float(c), 6) for c in row]
