@@ -69,7 +69,7 @@ def test_alphaexa_plan_reports_bad_pins_on_one_line(capsys):
 
 def test_infeasible_plan_exits_1_with_advice(capsys):
     code = alphaexa_main(["plan", "--model", "30b", "--system", "h100-x1", "--global-batch", "8",
-                          "--seq-len", "4096"])
+                          "--seq-len", "4096", "--offload", "none"])
     out = capsys.readouterr().out
     assert code == 1 and "NO LAYOUT FITS" in out and "GiB over the 80 GiB capacity" in out
 
