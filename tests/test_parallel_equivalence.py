@@ -4,11 +4,29 @@ One process group per world size (2, 4 and 8 ranks) runs all layouts of that siz
 in turn; the single-process reference is computed once in the test process.  The
 model is a 4-block dense+MoE transformer (d_model 32, 4 heads / 2 kv heads,
 blocks 2 and 4 MoE with 4 experts top-2, dropless, aux and z losses on), trained
-3 AdamW steps in fp32 on a global batch of 8 sequences of 16 tokens in 2
-micro-steps, clipping at a norm below the one observed so clipping acts.
+3 AdamW steps on a global batch of 8 sequences of 16 tokens in 2 micro-steps,
+clipping at a norm below the one observed so clipping acts.
 
-Tolerance (fp32): rtol 1e-5, atol 1e-6 on each step's loss and pre-clip gradient
-norm, and on the trained model's evaluation loss (``TrainStep.evaluate``).  What differs between layouts is only the order of floating-point sums.
+What differs between layouts is only the order of floating-point sums, so the
+tolerance is a number of unit roundoffs, and the matrix runs in float64, where that
+number is both strict and the same on every CPU.  In fp32 it was not: Adam's first
+step, m / (sqrt(v) + eps), turns the rounding of gradient components near eps
+(some MoE expert and attention weights) into parameter differences about 200 unit
+roundoffs wide by step 3.  That is 1.4e-5 in fp32, over a 1e-5 tolerance on some
+Intel Xeons, where MKL and ATen pick other kernels (shape-dependent GEMM blocking,
+AVX-512 reductions) for the full and the sharded matrices than on this AMD EPYC;
+here ATEN_CPU_CAPABILITY=default/avx2/avx512 alone moves the fp32 reference by up
+to 6e-6.  In float64 the same amplification leaves 2.4e-14 (measured worst, 8 ranks).
+
+The tolerances, each derived next to its constant below:
+- float64 matrix (AdamW): ``RTOL``.
+- fp32 (SGD, so no Adam amplification): ``FP32_RTOL`` from the longest reduction.
+- bf16 compute with fp32 master weights, against the fp32 reference: ``BF16_*``.
+- ``test_broken_layouts_fail``: a wrong shard, a missing gradient reduction and an
+  aux loss counted twice each fail the float64 check.  Measured relative deviations
+  (loss / gradient norm) at the first step: wrong shard 7e-8 / 6e-6, missing
+  reduction 0 / 2e-2, aux twice 0 / 1.2e-4; by step 3 each loss is off by 2e-4 to 1e-3.
+  The wrong shard would have slipped through the old fp32 tolerance (1e-5) at step 1.
 """
 from __future__ import annotations
 
@@ -29,7 +47,25 @@ from topology.modelcfg import ModelConfig
 GLOBAL_BATCH, SEQ, MICRO_STEPS, STEPS = 8, 16, 2, 3
 LR, MAX_NORM = 1e-2, 0.5
 SGD_LR, SGD_MOMENTUM = 0.5, 0.9
-RTOL, ATOL = 1e-5, 1e-6
+# float64: about 1e6 unit roundoffs (2**-53 = 1.1e-16); the measured worst is 2.4e-14 (~200),
+# while the broken layouts of test_broken_layouts_fail move results by 1e-4 and more.
+RTOL, ATOL = 1e-10, 1e-12
+# fp32 with SGD: rounding grows like sqrt(n) unit roundoffs over a reduction of length n; the
+# longest here is the log-sum-exp over the 256-word vocabulary. 2 * sqrt(256) * 2**-24 = 1.9e-6
+# (measured worst 2.3e-7, the step-3 gradient norm, with avx2 and avx512 kernels alike).
+FP32_REDUCTION = 256
+FP32_RTOL = 2 * math.sqrt(FP32_REDUCTION) * 2.0**-24
+# Adam in fp32 amplifies rounding ~200 roundoffs over 3 steps (measured in float64, above):
+# 1000 roundoffs, 6e-5, for engines that train only in fp32 (DeepSpeed).
+FP32_ADAM_RTOL = 1000 * 2.0**-24
+# bf16 compute (unit roundoff 2**-9) with fp32 master weights and reductions, against the fp32
+# reference: each token's loss carries independent rounding, which the mean over the N = 128
+# target tokens of a step averages down: 2 * 2**-9 / sqrt(128) = 3.5e-4 (measured worst 2.7e-5).
+# Gradient components are sums with cancellation, so the norm gets no averaging: 2**-9 = 2.0e-3
+# (measured worst 2.5e-4).
+BF16_TOKENS = GLOBAL_BATCH * SEQ
+BF16_LOSS_RTOL = 2 * 2.0**-9 / math.sqrt(BF16_TOKENS)
+BF16_NORM_RTOL = 2.0**-9
 
 
 def model_config(**changes) -> ModelConfig:
@@ -49,13 +85,13 @@ def make_optimizer(params, name: str) -> torch.optim.Optimizer:
 
 
 def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOBAL_BATCH, seq: int = SEQ,
-                  micro_steps: int = MICRO_STEPS, optimizer: str = "adamw") -> dict:
+                  micro_steps: int = MICRO_STEPS, optimizer: str = "adamw", dtype: str = "float64") -> dict:
     """One process, the same micro-step split: {"history": [(mean loss, gradient norm before clipping)]
     per step, "eval": mean loss of the trained model on the first batch in evaluation mode}."""
     from alphaexa.model import build_model
     from alphaexa.parallel import summed_cross_entropy
 
-    model = build_model(cfg)
+    model = build_model(cfg, dtype=getattr(torch, dtype))
     inputs, targets = token_batches(steps, global_batch, seq, cfg.vocab_size)
     out = reference_history(model, make_optimizer(model.parameters(), optimizer), inputs, targets, micro_steps,
                             MAX_NORM)
@@ -66,9 +102,34 @@ def reference_run(cfg: ModelConfig, steps: int = STEPS, global_batch: int = GLOB
 
 
 # ----------------------------------------------------------------------------- workers
+def _sabotage(pmodel, how: str) -> None:
+    """Break a parallelized model the way real bugs do, to show the check catches each."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    from alphaexa.model import moe_layers
+
+    if how == "wrong-shard":  # rank 1's shard of a tensor-parallel weight taken from the wrong rows
+        weight = dict(pmodel.named_parameters())["layers.0.attention.wq.weight"]
+        assert isinstance(weight, DTensor)
+        if torch.distributed.get_rank() == 1:
+            with torch.no_grad():
+                local = weight.to_local()
+                local.copy_(local.roll(1, dims=0))
+    elif how == "no-grad-sync":  # one block's data-parallel gradient reduction never runs
+        block = pmodel.chunks[0].layers["1"]
+        assert isinstance(block, FSDPModule)
+        block.set_requires_gradient_sync(False, recurse=False)
+    elif how == "aux-twice":  # each MoE layer's auxiliary losses counted twice
+        for moe in moe_layers(pmodel.chunks[0]).values():
+            moe.aux_loss_scale *= 2
+    else:
+        raise ValueError(f"unknown sabotage {how!r}")
+
+
 def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_batch: int, seq: int,
                   micro_steps: int, compute_dtype: torch.dtype, compile: bool = False,
-                  optimizer: str = "adamw") -> dict:
+                  optimizer: str = "adamw", sabotage: str | None = None) -> dict:
     from alphaexa.model import build_model, moe_metrics
     from alphaexa.parallel import (
         build_mesh,
@@ -87,9 +148,13 @@ def _train_layout(spec: dict, cfg: ModelConfig, world: int, steps: int, global_b
                             global_batch, seq)
     check_layout(layout, cfg, "cpu", compile=compile)
     dims = build_mesh(layout, get_backend("cpu"))
-    pmodel = parallelize(build_model(cfg), dims, compute_dtype=compute_dtype, compile=compile)
+    # Master weights in float64 for a float64 run, else fp32 (bf16 is compute only).
+    master_dtype = torch.float64 if compute_dtype == torch.float64 else torch.float32
+    pmodel = parallelize(build_model(cfg, dtype=master_dtype), dims, compute_dtype=compute_dtype, compile=compile)
     n_micro = layout.n_microbatches(global_batch)
     step = make_train_step(pmodel, n_micro)
+    if sabotage:
+        _sabotage(pmodel, sabotage)
     optimizer = make_optimizer(list(pmodel.parameters()), optimizer)
     inputs, targets = token_batches(steps, global_batch, seq, cfg.vocab_size)
     rows = local_rows(global_batch, n_micro, dims.dp_rank, layout.dp)
@@ -148,12 +213,12 @@ def run_world(world: int, jobs: list, tmp: Path, timeout: float = 300.0) -> list
 
 
 def job(name: str, spec: dict, steps: int = STEPS, global_batch: int = GLOBAL_BATCH, seq: int = SEQ,
-        micro_steps: int = MICRO_STEPS, dtype: str = "float32", compile: bool = False, optimizer: str = "adamw",
-        **cfg_changes) -> tuple:
+        micro_steps: int = MICRO_STEPS, dtype: str = "float64", compile: bool = False, optimizer: str = "adamw",
+        sabotage: str | None = None, **cfg_changes) -> tuple:
     """(name, layout, model changes, run options) for ``run_world``."""
     return (name, spec, cfg_changes, {"steps": steps, "global_batch": global_batch, "seq": seq,
                                       "micro_steps": micro_steps, "dtype": dtype, "compile": compile,
-                                      "optimizer": optimizer})
+                                      "optimizer": optimizer, "sabotage": sabotage})
 
 
 # ----------------------------------------------------------------------------- the matrix
@@ -172,24 +237,39 @@ JOBS = {
         job("ep2", {"dp_shard": 2, "ep": 2, "sharding": "zero2"}),
         job("capacity-fsdp2", {"dp_shard": 2}, **CAPACITY),
         job("capacity-ep2", {"dp_shard": 2, "ep": 2}, **CAPACITY),
+        job("fp32-tp2", {"tp": 2}, dtype="float32", optimizer="sgd"),
+        job("bf16-fsdp2", {"dp_shard": 2}, dtype="bfloat16", optimizer="sgd"),
+        job("broken-wrong-shard-tp2", {"tp": 2}, sabotage="wrong-shard"),
+        job("broken-no-grad-sync-fsdp2", {"dp_shard": 2}, sabotage="no-grad-sync"),
+        job("broken-aux-twice-ep2", {"dp_shard": 2, "ep": 2, "sharding": "zero2"}, sabotage="aux-twice"),
     ],
     4: [
         job("hsdp2x2", {"dp_replicate": 2, "dp_shard": 2}),
         job("fsdp2-tp2", {"dp_shard": 2, "tp": 2}),
         job("pp2-tp2-full", {"pp": 2, "tp": 2, "schedule": "1f1b", "recompute": "full"}),
         job("fsdp2-tp2-ep2", {"dp_shard": 2, "tp": 2, "ep": 2, "recompute": "full"}),
+        job("fp32-fsdp2-tp2-ep2", {"dp_shard": 2, "tp": 2, "ep": 2}, dtype="float32", optimizer="sgd"),
+        job("bf16-fsdp2-tp2-ep2", {"dp_shard": 2, "tp": 2, "ep": 2}, dtype="bfloat16", optimizer="sgd"),
     ],
     8: [
         job("pp2-fsdp4-ep2", {"pp": 2, "dp_shard": 4, "ep": 2, "schedule": "interleaved1f1b", "vpp": 2}),
         job("pp2-fsdp2-tp2-ep2", {"pp": 2, "dp_shard": 2, "tp": 2, "ep": 2, "schedule": "1f1b"}),
     ],
 }
-MATRIX = [(world, j[0]) for world, jobs in JOBS.items() for j in jobs if not j[0].startswith("capacity")]
+MATRIX = [(world, j[0]) for world, jobs in JOBS.items() for j in jobs
+          if not j[0].startswith(("capacity", "fp32", "bf16", "broken"))]
+LOW_PRECISION = [(world, j[0]) for world, jobs in JOBS.items() for j in jobs if j[0].startswith(("fp32", "bf16"))]
+BROKEN = [(world, j[0]) for world, jobs in JOBS.items() for j in jobs if j[0].startswith("broken")]
 
 
 @pytest.fixture(scope="module")
 def reference():
     return reference_run(model_config())
+
+
+@pytest.fixture(scope="module")
+def fp32_sgd_reference():
+    return reference_run(model_config(), optimizer="sgd", dtype="float32")
 
 
 _results: dict[int, list[dict]] = {}
@@ -230,10 +310,34 @@ def test_layout_trains_and_evaluates_like_one_process(world, name, reference, tm
 
 
 @pytest.mark.multiproc
+@pytest.mark.parametrize("world,name", LOW_PRECISION, ids=[f"{w}ranks-{n}" for w, n in LOW_PRECISION])
+def test_fp32_and_bf16_layouts_stay_within_their_rounding(world, name, fp32_sgd_reference, tmp_path_factory):
+    result = layout_result(world, name, tmp_path_factory)
+    expected = fp32_sgd_reference["history"]
+    if name.startswith("fp32"):
+        assert_history_matches(result["history"], expected, rtol=FP32_RTOL, atol=0.0)
+        return
+    for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(result["history"], expected)):
+        assert math.isclose(loss, ref_loss, rel_tol=BF16_LOSS_RTOL), f"step {step}: loss {loss} != {ref_loss}"
+        assert math.isclose(norm, ref_norm, rel_tol=BF16_NORM_RTOL), f"step {step}: norm {norm} != {ref_norm}"
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("world,name", BROKEN, ids=[f"{w}ranks-{n}" for w, n in BROKEN])
+def test_broken_layouts_fail(world, name, reference, tmp_path_factory):
+    """The matrix's check is not too weak to see real bugs: each sabotaged layout fails it."""
+    result = layout_result(world, name, tmp_path_factory)
+    with pytest.raises(AssertionError):
+        assert_history_matches(result["history"], reference["history"])
+
+
+@pytest.mark.multiproc
 def test_all_ranks_report_the_same_loss_and_norm(tmp_path_factory):
     for world in JOBS:
         per_rank = results_of(world, tmp_path_factory)
         for name in per_rank[0]:
+            if name.startswith("broken"):
+                continue
             histories = {json.dumps(r[name].get("history")) for r in per_rank}
             assert len(histories) == 1, f"{world} ranks, {name}: ranks disagree"
 
@@ -307,7 +411,7 @@ def test_exhaustive_bf16_stays_close_to_fp32(tmp_path):
     """bf16 compute with fp32 master weights and reduction, against the fp32 reference: losses
     within 1e-3 and the first gradient norm within 1e-3 (relative); later norms drift with the
     momentum, as bf16 rounding of the gradients accumulates (observed 3% by step 5)."""
-    reference = reference_run(model_config(**EXHAUSTIVE_MODEL), **EXHAUSTIVE_RUN)
+    reference = reference_run(model_config(**EXHAUSTIVE_MODEL), **EXHAUSTIVE_RUN, dtype="float32")
     per_rank = run_world(4, BF16_JOBS, tmp_path, timeout=1200)
     for name, result in per_rank[0].items():
         assert "error" not in result, f"{name}: {result['error']}"

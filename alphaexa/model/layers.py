@@ -1,4 +1,4 @@
-"""Norms (computed in fp32 whatever the activation dtype) and the dense feed-forward block."""
+"""Norms (computed in at least fp32 whatever the activation dtype) and the dense feed-forward block."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,12 @@ from torch import Tensor, nn
 from topology.modelcfg import ModelConfig
 
 
+def at_least_float32(x: Tensor) -> Tensor:
+    """``x`` in fp32 if it is a narrower float, else as it is: bf16/fp16 math is widened, while
+    float64 (the CPU equivalence tests) keeps its precision instead of being rounded to fp32."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -15,7 +21,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        return F.rms_norm(at_least_float32(x), (x.shape[-1],), at_least_float32(self.weight), self.eps).to(x.dtype)
 
 
 class LayerNorm(nn.Module):
@@ -26,7 +32,8 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x.float(), (x.shape[-1],), self.weight.float(), self.bias.float(),
+        return F.layer_norm(at_least_float32(x), (x.shape[-1],), at_least_float32(self.weight),
+                            at_least_float32(self.bias),
                             self.eps).to(x.dtype)
 
 

@@ -28,6 +28,8 @@ import math
 import torch
 from torch import Tensor
 
+from .layers import at_least_float32
+
 # YaRN ramp bounds (turns over the trained length), the values the YaRN paper uses for LLaMA.
 YARN_ALPHA = 1.0
 YARN_BETA = 32.0
@@ -63,9 +65,9 @@ def rope_tables(n_positions: int, head_dim: int, theta: float, scaling: str = "n
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` (B, S, H, D) by per-position tables broadcastable to (B, S, 1, D/2); fp32 math."""
+    """Rotate ``x`` (B, S, H, D) by per-position tables broadcastable to (B, S, 1, D/2); at least fp32 math."""
     half = x.shape[-1] // 2
-    xf = x.float()
+    xf = at_least_float32(x)
     x1, x2 = xf[..., :half], xf[..., half:]
     rotated = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
     return rotated.to(x.dtype)

@@ -36,13 +36,15 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter], dims: ParallelDims) -
     for p in params:
         if p.grad is not None:
             groups[_group_key(p.grad)].append(p.grad)
-    squared = torch.zeros((), device=dims.device, dtype=torch.float32)
+    # At least fp32; float64 gradients (the CPU equivalence tests) keep their precision.
+    dtype = torch.promote_types(torch.float32, next(iter(groups.values()))[0].dtype if groups else torch.float32)
+    squared = torch.zeros((), device=dims.device, dtype=dtype)
     for grads in groups.values():
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
         # With CPU offload the gradients (and so this norm) live on the host.
-        squared += norm.float().square().to(squared.device)
+        squared += norm.to(dtype).square().to(squared.device)
     if dims.layout.pp > 1:
         dist.all_reduce(squared, group=dims.group("pp"))
     return squared.sqrt()

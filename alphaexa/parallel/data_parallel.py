@@ -55,8 +55,8 @@ from .mesh import ParallelDims
 
 
 def mixed_precision(compute_dtype: torch.dtype) -> MixedPrecisionPolicy:
-    """bf16/fp16 compute with fp32 gradient reduction; fp32 casts nothing."""
-    if compute_dtype == torch.float32:
+    """bf16/fp16 compute with fp32 gradient reduction; fp32 and fp64 (CPU tests) cast nothing."""
+    if compute_dtype in (torch.float32, torch.float64):
         return MixedPrecisionPolicy()
     return MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
 

@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
+from alphaexa.model.layers import at_least_float32
 from alphaexa.model.moe import moe_layers
 
 from .data_parallel import set_gradient_sync
@@ -57,8 +58,8 @@ class StepResult:
 
 
 def summed_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Sum of token cross-entropies in fp32; works on vocabulary-sharded DTensor logits under loss_parallel."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum",
+    """Sum of token cross-entropies in at least fp32; works on vocabulary-sharded DTensor logits under loss_parallel."""
+    return F.cross_entropy(at_least_float32(logits.flatten(0, 1)), targets.flatten(), reduction="sum",
                            ignore_index=IGNORE_INDEX)
 
 
@@ -80,6 +81,8 @@ class TrainStep:
         self.n_microbatches = n_microbatches
         self.sum_loss_fn = loss_fn
         self._token_count: Tensor | None = None
+        # Loss sums and token counts in the master weights' precision, at least fp32.
+        self.accumulate_dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
         layout = self.dims.layout
         self.pipelined = layout.pp > 1
         self.vocab_parallel = layout.tp > 1
@@ -103,10 +106,10 @@ class TrainStep:
     def __call__(self, inputs: Tensor, targets: Tensor) -> StepResult:
         device = self.dims.device
         inputs, targets = inputs.to(device), targets.to(device)
-        count = (targets != IGNORE_INDEX).sum().to(torch.float32)
+        count = (targets != IGNORE_INDEX).sum().to(self.accumulate_dtype)
         dist.all_reduce(count, group=self.dims.group("dp_cp"))
         self._token_count = count
-        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        loss_sum = torch.zeros((), device=device, dtype=self.accumulate_dtype)
         if self.pipelined:
             loss_sum = self._pipelined(inputs, targets, loss_sum)
         else:
@@ -126,14 +129,14 @@ class TrainStep:
         """
         device = self.dims.device
         inputs, targets = inputs.to(device), targets.to(device)
-        count = (targets != IGNORE_INDEX).sum().to(torch.float32)
+        count = (targets != IGNORE_INDEX).sum().to(self.accumulate_dtype)
         dist.all_reduce(count, group=self.dims.group("dp_cp"))
-        loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+        loss_sum = torch.zeros((), device=device, dtype=self.accumulate_dtype)
         for x, y in zip(inputs.chunk(self.n_microbatches), targets.chunk(self.n_microbatches)):
             with self._loss_context():
                 logits = self._pipelined_forward(x) if self.pipelined else self.model.chunks[0](x)
                 if logits is not None:
-                    loss_sum += _plain(self.sum_loss_fn(logits, y)).float()
+                    loss_sum += _plain(self.sum_loss_fn(logits, y)).to(loss_sum.dtype)
         dist.all_reduce(loss_sum, group=self.dims.group("dp_cp"))
         if self.pipelined:
             dist.broadcast(loss_sum, src=self._last_stage_global_rank, group=self.dims.group("pp"))
@@ -167,7 +170,7 @@ class TrainStep:
             with self._loss_context():
                 loss = self._normalised_loss(chunk(x), y)
                 loss.backward()
-            loss_sum += _plain(loss.detach()).float()
+            loss_sum += _plain(loss.detach()).to(loss_sum.dtype)
         return loss_sum
 
     def _pipelined(self, inputs: Tensor, targets: Tensor, loss_sum: Tensor) -> Tensor:
@@ -179,7 +182,7 @@ class TrainStep:
         with self._loss_context():
             self.schedule.step(*args, **kwargs)
         for loss in losses:
-            loss_sum += _plain(loss.detach()).float()
+            loss_sum += _plain(loss.detach()).to(loss_sum.dtype)
         return loss_sum
 
 
