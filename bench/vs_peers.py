@@ -148,6 +148,7 @@ def contenders(args) -> list[Contender]:
     if args.smoke:
         for c in out:
             c.shape, c.batch, c.seq, c.warmup, c.timed = SMOKE_SHAPE[c.shape], 2, min(128, c.seq // 64), 1, 2
+            c.options = {**c.options, "compile": False} if "compile" in c.options else c.options
             if "window" in c.options:
                 c.options = {**c.options, "window": 32}
     return out
@@ -173,6 +174,8 @@ def main() -> int:
     unknown = [a for a in args.ablations if a not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
+    if args.smoke:
+        args.warmup, args.timed = 1, 2
 
     started = time.monotonic()
     out_dir = Path(args.out_dir)
