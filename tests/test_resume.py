@@ -64,8 +64,9 @@ def test_four_rank_checkpoint_resumes_on_two_ranks_with_another_layout(tmp_path,
     # them (ep=2), no pipeline.  Both run 2 micro-steps of 4 sequences per step, so each micro-step
     # holds the same samples; weights are resharded from 2 stage-shards x 2 FSDP shards to 2 FSDP
     # shards with experts placed by expert parallelism.
+    # float64, so that the comparison is strict on any CPU (see tests/test_parallel_equivalence.py).
     uninterrupted = tmp_path / "four"
-    train(uninterrupted, "parallel.pp=2", "parallel.mbs=2", nproc=4, cache_dir=cache)
+    train(uninterrupted, "parallel.pp=2", "parallel.mbs=2", "train.dtype=fp64", nproc=4, cache_dir=cache)
     elastic = tmp_path / "two"
     copy_checkpoint_run(uninterrupted, elastic, step=4)
     train(elastic, "parallel.pp=1", "parallel.ep=2", "parallel.mbs=2", nproc=2, resume=True, config=None,
@@ -77,10 +78,10 @@ def test_four_rank_checkpoint_resumes_on_two_ranks_with_another_layout(tmp_path,
     assert start["world_size"] == 2 and start["layout"]["ep"] == 2 and start["consumed_samples"] == 32
     for step in range(5, 9):
         assert two[step]["consumed_samples"] == four[step]["consumed_samples"]
-        # Same samples per micro-step, same weights: only the float32 summation order differs
-        # (measured: losses equal, gradient norms within 1.2e-7 relative).
-        assert two[step]["loss"] == pytest.approx(four[step]["loss"], rel=1e-6), step
-        assert two[step]["grad_norm"] == pytest.approx(four[step]["grad_norm"], rel=1e-5), step
+        # Same samples per micro-step, same weights: only the summation order differs (in fp32 the
+        # gradient norms differed by 1.2e-7, which Adam can amplify past 1e-5 on other CPUs).
+        assert two[step]["loss"] == pytest.approx(four[step]["loss"], rel=1e-10), step
+        assert two[step]["grad_norm"] == pytest.approx(four[step]["grad_norm"], rel=1e-10), step
 
 
 def _events(run):

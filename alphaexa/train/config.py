@@ -30,7 +30,7 @@ from topology.modelcfg import ConfigError, ModelConfig, load_mapping, save_mappi
 from topology.presets import get_preset
 
 SCHEDULES = ("cosine", "wsd", "constant")
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp64")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
 COMPRESSIONS = ("none", "zstd")
 
@@ -50,7 +50,7 @@ class TrainSection:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still logged)
-    dtype: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction)
+    dtype: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp64 (CPU tests)
     optimizer_impl: str = "auto"  # auto | fused | foreach | for-loop (auto: fused on accelerators)
     compile: bool = False  # torch.compile each block (alphaexa.parallel refuses the combinations it cannot do)
     eval_every: int = 50  # steps between evaluations; 0 = only at the end

@@ -116,7 +116,9 @@ class Trainer:
         # process would initialise (a resume then loads the checkpoint straight into these shards).
         with torch.device("meta"):
             model = Transformer(cfg.model)
-        compute_dtype = torch.bfloat16 if cfg.train.dtype == "bf16" else torch.float32
+        compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}[cfg.train.dtype]
+        if compute_dtype == torch.float64:  # master weights too: exact comparisons between layouts
+            model.to(torch.float64)
         self.model = parallelize(model, self.dims, compute_dtype=compute_dtype, compile=cfg.train.compile)
         materialise(self.model, seed=cfg.train.seed)
         self.step_fn = make_train_step(self.model, self.n_micro, loss_fn=self._loss)
