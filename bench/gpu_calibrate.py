@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,20 +32,22 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from alphaexa.calibrate import (
+    COLLECTIVE_BYTES,
+    GEMM_SHAPES,
+    SMOKE_COLLECTIVE_BYTES,
+    SMOKE_GEMM_SHAPES,
+    group_sizes,
+    measure_collectives,
+    measure_gemms,
+    timed,
+)
 from topology import costmodel as cm
 from topology.hardware import load_system
 
-GEMM_SHAPES = [(1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192),
-               (8192, 12288, 4096), (8192, 4096, 11008), (16384, 5632, 2048), (2048, 32000, 2048)]
-COLLECTIVE_BYTES = [1 << 20, 16 << 20, 256 << 20, 1 << 30]
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
-# torch >= 2.12 names the tensor all-gather all_gather_single (all_gather_into_tensor is deprecated)
-GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 MODEL_CASES = [("125m", 8, 2048), ("1b", 4, 2048), ("1b-moe", 4, 2048)]
 
 
@@ -65,116 +65,38 @@ def system_for(n_gpus: int, smoke: bool):
     return load_system(f"{family}-x{n_gpus}")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_reps(fn, device: torch.device, reps: int, warmup: int) -> list[float]:
-    """Seconds of each of ``reps`` calls after ``warmup`` (a fixed count: collectives must match across ranks)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    samples = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        samples.append(time.perf_counter() - t0)
-    return samples
-
-
-def timed(fn, device: torch.device, min_seconds: float, warmup: int = 3) -> float:
-    """Median seconds per call, over enough calls to fill ``min_seconds``."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    once = max(time.perf_counter() - t0, 1e-6)
-    reps = max(3, min(200, int(min_seconds / once)))
-    return statistics.median(timed_reps(fn, device, reps, 0))
-
-
 # ------------------------------------------------------------------ GEMMs
 def bench_gemms(device: torch.device, smoke: bool) -> list[dict]:
     system = system_for(1, smoke)
-    shapes = [(64, 64, 64), (128, 256, 64)] if smoke else GEMM_SHAPES
     print(f"\n== bf16 matmul on {device} vs cost model ({system.node.device.name}) ==")
     print(f"{'M':>6} {'N':>6} {'K':>6} {'measured TF/s':>14} {'predicted TF/s':>15} {'time err':>9}")
     rows = []
-    for m, n, k in shapes:
-        a = torch.randn(m, k, device=device, dtype=torch.bfloat16)
-        b = torch.randn(k, n, device=device, dtype=torch.bfloat16)
-        t = timed(lambda a=a, b=b: a @ b, device, 0.05 if smoke else 0.3)
+    for r in measure_gemms(device, SMOKE_GEMM_SHAPES if smoke else GEMM_SHAPES, 0.05 if smoke else 0.3):
+        m, n, k, t = r["m"], r["n"], r["k"], r["measured_s"]
         pred = cm.gemm_seconds(system.node.device, m, n, k)
         flops = 2.0 * m * n * k
-        rows.append({"m": m, "n": n, "k": k, "measured_s": t, "predicted_s": pred, "error_pct": pct(t, pred)})
+        rows.append({**r, "predicted_s": pred, "error_pct": pct(t, pred)})
         print(f"{m:6d} {n:6d} {k:6d} {flops / t / 1e12:14.1f} {flops / pred / 1e12:15.1f} {pct(t, pred):+8.1f}%")
     return rows
 
 
 # ------------------------------------------------------------ collectives
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _collective_worker(rank: int, world: int, port: int, smoke: bool, sizes: list[int], out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if smoke:
-        device = torch.device("cpu")
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-    else:
-        torch.cuda.set_device(rank)
-        device = torch.device("cuda", rank)
-        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=device)
-    results = []
-    for nbytes in sizes:
-        numel = nbytes // 2 // world * world  # bf16, divisible by the world
-        full = torch.ones(numel, device=device, dtype=torch.bfloat16)
-        shard = torch.ones(numel // world, device=device, dtype=torch.bfloat16)
-        recv = torch.empty_like(full)
-        calls = {
-            "all_reduce": lambda full=full: dist.all_reduce(full),
-            "all_gather": lambda recv=recv, shard=shard: GATHER(recv, shard),
-            "reduce_scatter": lambda shard=shard, full=full: dist.reduce_scatter_tensor(shard, full),
-            "all_to_all": lambda recv=recv, full=full: dist.all_to_all_single(recv, full),
-        }
-        reps = 5 if nbytes >= 1 << 30 else 10 if nbytes >= 1 << 28 else 20
-        for op in OPS:
-            dist.barrier()
-            samples = timed_reps(calls[op], device, reps, warmup=2)
-            mine = torch.tensor([statistics.median(samples)], dtype=torch.float64, device=device)
-            dist.all_reduce(mine, op=dist.ReduceOp.MAX)  # the slowest rank is the collective's time
-            results.append({"op": op, "bytes": numel * 2, "seconds": float(mine.item())})
-    if rank == 0:
-        Path(out).write_text(json.dumps(results))
-    dist.destroy_process_group()
-
-
 def bench_collectives(n_gpus: int, smoke: bool, tmp: Path) -> list[dict]:
     rows = []
-    sizes = [1 << 12, 1 << 16] if smoke else COLLECTIVE_BYTES
-    world = 2
-    while world <= n_gpus:
+    sizes = SMOKE_COLLECTIVE_BYTES if smoke else COLLECTIVE_BYTES
+    for world in group_sizes(n_gpus):
         system = system_for(world, smoke)
         path = cm.comm_path(system, world, 1)
-        out = tmp / f"collectives_{world}.json"
-        mp.spawn(_collective_worker, args=(world, _free_port(), smoke, sizes, str(out)), nprocs=world, join=True)
         print(f"\n== {world} ranks, {'gloo' if smoke else 'NCCL'} vs cost model ({system.name}, "
               f"{path.link_class}) ==")
         print(f"{'op':>15} {'MiB':>8} {'measured ms':>12} {'predicted ms':>13} {'busbw GB/s':>11} {'err':>8}")
-        for r in json.loads(out.read_text()):
+        for r in measure_collectives(world, sizes, smoke, tmp):
             pred = cm.collective_seconds(r["op"], r["bytes"], path)
             factor = {"all_reduce": 2 * (world - 1) / world}.get(r["op"], (world - 1) / world)
             busbw = r["bytes"] * factor / r["seconds"] / 1e9
-            rows.append({**r, "world": world, "predicted_s": pred, "error_pct": pct(r["seconds"], pred)})
+            rows.append({**r, "predicted_s": pred, "error_pct": pct(r["seconds"], pred)})
             print(f"{r['op']:>15} {r['bytes'] / 2**20:8.1f} {1e3 * r['seconds']:12.3f} {1e3 * pred:13.3f} "
                   f"{busbw:11.1f} {pct(r['seconds'], pred):+7.1f}%")
-        world *= 2
     return rows
 
 

@@ -26,4 +26,4 @@ def test_a_pinned_unimplemented_dimension_is_refused_with_the_trainers_own_messa
 
 def test_support_rules_never_import_torch():
     code = "import sys, topology.support, topology.planner; sys.exit('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -28,6 +28,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=1, help="number of nodes (default 1)")
     p.add_argument("--global-batch", type=int, help="sequences per optimizer step")
     p.add_argument("--seq-len", type=int, help="tokens per sequence")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="calibration profile from `alphaexa calibrate`: its measured constants replace the system's")
     p.add_argument("--print-system", action="store_true",
                    help="write the --system entry as an editable YAML file to stdout (or --out) and stop")
     pins = p.add_argument_group("pins (fix a dimension; the rest is searched)")
@@ -49,13 +51,20 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated host names for the placement (default: the job's PBS/SLURM node list)")
 
 
+def planned_system(args: argparse.Namespace):
+    """--system, with --profile's fitted constants when given."""
+    from .planner import resolve_system
+    from .profile import apply_profile, load_profile
+
+    system = resolve_system(args.system)
+    return apply_profile(system, load_profile(args.profile)) if args.profile else system
+
+
 def print_system(args: argparse.Namespace) -> int:
     """The catalogue entry (or file, or discovered node) as YAML that ``--system FILE`` reads back."""
     import yaml
 
-    from .planner import resolve_system
-
-    system = resolve_system(args.system)
+    system = planned_system(args)
     header = (f"# {system.description}\n# edit and pass back with --system FILE; a file may also start from a preset "
               f"with 'preset: NAME' and list only what differs\n")
     text = header + yaml.safe_dump(system.to_dict(), sort_keys=False)
@@ -87,7 +96,7 @@ def run_plan(args: argparse.Namespace) -> int:
     else:
         job = node_list()  # inside a PBS/SLURM job: name the allocated nodes when the counts agree
         hosts = job[:args.nodes] if len(job) >= args.nodes else None
-    result = plan(args.model, args.system, args.nodes, args.global_batch, args.seq_len, pins=pins,
+    result = plan(args.model, planned_system(args), args.nodes, args.global_batch, args.seq_len, pins=pins,
                   top=args.top, hosts=hosts, explain=args.explain, offload=args.offload, nvme_path=args.nvme_path)
     text = result.to_json()
     if args.out:
