@@ -76,7 +76,9 @@ def print_system(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_plan(args: argparse.Namespace) -> int:
+def run_plan(args: argparse.Namespace, check=None) -> int:
+    """``check``: optional ``PlanResult -> (verify object, text, passed)`` run on a plan before it
+    is printed (``alphaexa plan --verify``); its object joins the plan JSON as ``verify``."""
     from .discovery import node_list
     from .planner import plan
 
@@ -98,7 +100,8 @@ def run_plan(args: argparse.Namespace) -> int:
         hosts = job[:args.nodes] if len(job) >= args.nodes else None
     result = plan(args.model, planned_system(args), args.nodes, args.global_batch, args.seq_len, pins=pins,
                   top=args.top, hosts=hosts, explain=args.explain, offload=args.offload, nvme_path=args.nvme_path)
-    text = result.to_json()
+    checked, check_text, passed = check(result) if check and result.plans else (None, "", True)
+    text = result.to_json() if checked is None else result.to_json(extra={"verify": checked})
     if args.out:
         Path(args.out).write_text(text + "\n")
     if args.json:
@@ -108,9 +111,12 @@ def run_plan(args: argparse.Namespace) -> int:
         if args.explain and result.plans:
             print()
             print(result.explain())
+        if check_text:
+            print()
+            print(check_text)
         if args.out:
             print(f"plan written to {args.out}")
-    return 0 if result.plans else 1
+    return 0 if result.plans and passed else 1
 
 
 def add_topo_arguments(p: argparse.ArgumentParser) -> None:

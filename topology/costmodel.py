@@ -50,7 +50,7 @@ import math
 from dataclasses import dataclass, field
 
 from .hardware import GIB, Device, Link, System
-from .layout import RECOMPUTE_MODES, Layout
+from .layout import RECOMPUTE_MODES, Layout, expert_shard_dim
 from .modelcfg import ModelConfig, ffn_params, flops_per_token, norm_params
 
 WEIGHT_BYTES = 2  # bf16 weights
@@ -746,6 +746,16 @@ class DPGroups:
     expert_replicate: CommPath
 
 
+def fullest_expert_shards(model: ModelConfig, ep: int, edp: int) -> float:
+    """1 / the fraction of a rank's stacked expert weights that the fullest of its ``edp`` FSDP
+    ranks holds (``topology.layout.expert_shard_dim``: whole experts in ``torch.chunk`` pieces
+    when neither the expert count nor d_model splits evenly)."""
+    local = model.n_experts // ep if model.is_moe else 1
+    if local % edp == 0 or expert_shard_dim(local, model.d_model, edp) != 0:
+        return float(edp)
+    return local / math.ceil(local / edp)
+
+
 def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replicate: int,
               dp_shard: int) -> DPGroups:
     """The groups the layout's data parallelism uses (rank order and ep rule of topology.layout)."""
@@ -756,20 +766,26 @@ def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replica
         return out
     dp = dp_replicate * dp_shard
     if sharding == "none":
-        dense_shards = expert_shards = 1
+        dense_shards = expert_shards = expert_group = 1
         rep = req.path(dp * cp, tp)
         exp_rep = req.path(dp * cp // ep, tp * ep)
     else:
         dense_shards = dp_shard * cp
-        expert_shards = dense_shards // ep if dense_shards % ep == 0 else 1
         rep = req.path(dp_replicate, dense_shards * tp)
-        exp_rep = req.path(dp * cp // (ep * expert_shards), tp * ep * expert_shards)
+        if ep == 1 and tp == 1:  # experts inside their block's FSDP unit, sharded like it
+            expert_group, expert_shards, exp_rep = dense_shards, dense_shards, rep
+        else:
+            # Their own FSDP unit over every rank holding the same experts (all of edp, HSDP's
+            # replicas included), never replicated; the fullest rank sets the memory.
+            expert_group = dp * cp // ep
+            expert_shards = fullest_expert_shards(req.model, ep, expert_group)
+            exp_rep = req.path(1, tp * ep * expert_group)
     zd = zero_bytes_per_param(sharding, dense_shards)
     zx = zero_bytes_per_param(sharding, expert_shards)
     resident = 0.0 if req.offload != "none" else 1.0  # offloaded: the sharded state lives off the device
     out = DPGroups(dense_shards, expert_shards, resident * sum(zd.values()), resident * sum(zx.values()),
                    (2 * WEIGHT_BYTES + GRAD_BYTES) if sharding == "zero3" else 0.0,
-                   req.path(dense_shards, tp), req.path(expert_shards, tp * ep), rep, exp_rep)
+                   req.path(dense_shards, tp), req.path(expert_group, tp * ep), rep, exp_rep)
     memo[key] = out
     return out
 

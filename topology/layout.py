@@ -241,6 +241,21 @@ class Layout:
         return " ".join(parts)
 
 
+def expert_shard_dim(local_experts: int, d_model: int, shards: int) -> int:
+    """The dimension FSDP shards a stacked expert weight along over its ``shards`` expert-data ranks.
+
+    FSDP2 shards dimension 0 in ``torch.chunk`` pieces (uneven allowed) and any other dimension
+    only evenly.  Dimension 0 holds this rank's whole experts: with fewer experts than shards
+    most ranks would hold none and the first ones whole experts, so the d_model dimension (never
+    split by expert tensor parallelism) is used when it divides evenly; failing both, dimension 0
+    and its imbalance (``topology.costmodel`` charges the fullest rank).  Returns 0, or -1 for
+    the d_model dimension (dimension 1 of w1/w3 (E, d, f), 2 of w2 (E, f, d)).
+    """
+    if local_experts % shards == 0 or d_model % shards:
+        return 0
+    return -1
+
+
 def resolve_layout(layout: Layout | dict[str, Any], world: int, model: ModelConfig | None = None,
                    global_batch: int | None = None, seq_len: int | None = None) -> Layout:
     """dp_shard=-1 -> the rest of the world, then full validation; returns the resolved Layout."""

@@ -131,9 +131,10 @@ class PlanResult:
             }
         return out
 
-    def to_json(self, indent: int | None = 1) -> str:
-        """The plan JSON; each placement rank on one line (thousands of ranks stay readable)."""
-        d = self.to_dict()
+    def to_json(self, indent: int | None = 1, extra: dict[str, Any] | None = None) -> str:
+        """The plan JSON (plus ``extra`` top-level keys); each placement rank on one line (thousands of
+        ranks stay readable)."""
+        d = {**self.to_dict(), **(extra or {})}
         rank_lists = []
         for i, p in enumerate(d["plans"]):
             rank_lists.append(p["placement"]["ranks"])

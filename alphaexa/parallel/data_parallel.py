@@ -48,8 +48,10 @@ from torch.distributed.fsdp import (
     OffloadPolicy,
     fully_shard,
 )
+from torch.distributed.tensor import DTensor, Shard
 
 from alphaexa.model.transformer import Transformer
+from topology.layout import expert_shard_dim
 
 from .mesh import ParallelDims
 
@@ -69,18 +71,18 @@ def apply_data_parallel(chunk: Transformer, dims: ParallelDims, *, compute_dtype
     offload = CPUOffloadPolicy(pin_memory=dims.device.type != "cpu") if cpu_offload else OffloadPolicy()
     experts_apart = layout.ep > 1 or layout.tp > 1
 
-    def wrap(module: nn.Module, mesh_name: str, reshard: bool | None) -> None:
+    def wrap(module: nn.Module, mesh_name: str, reshard: bool | None, placement=None) -> None:
         if layout.sharding == "none":
             replicate(module, mesh=dims[mesh_name], mp_policy=policy, offload_policy=offload)
         else:
             fully_shard(module, mesh=dims[mesh_name], reshard_after_forward=reshard, mp_policy=policy,
-                        offload_policy=offload)
+                        offload_policy=offload, shard_placement_fn=placement)
 
     dense_mesh = "dp_cp" if layout.sharding == "none" else "fsdp"
     reshard = layout.sharding == "zero3"
     for block in chunk.layers.values():
         if experts_apart and block.is_moe:
-            wrap(block.moe.experts, "edp", reshard)
+            wrap(block.moe.experts, "edp", reshard, _expert_placement(chunk.cfg.d_model, dims.size("edp")))
         wrap(block, dense_mesh, reshard)
     # The root keeps what no block owns (embedding, final norm, head); None lets FSDP
     # keep it gathered between forward and backward, since backward starts with it.
@@ -91,6 +93,19 @@ def apply_data_parallel(chunk: Transformer, dims: ParallelDims, *, compute_dtype
             # A plain SUM: dividing by 1 needs no PREMUL_SUM, which gloo and xccl lack.
             module.set_force_sum_reduction_for_comms(True)
     dims.backend.fsdp_quirks(chunk)
+
+
+def _expert_placement(d_model: int, shards: int):
+    """FSDP's ``shard_placement_fn`` for stacked expert weights (``topology.layout.expert_shard_dim``)."""
+
+    def placement(param: nn.Parameter) -> Shard:
+        local = param.to_local() if isinstance(param, DTensor) else param
+        if expert_shard_dim(local.shape[0], d_model, shards) == 0:
+            return Shard(0)
+        split = {p.dim for p in param.placements if hasattr(p, "dim")} if isinstance(param, DTensor) else set()
+        return Shard(next(d for d in range(1, local.ndim) if local.shape[d] == d_model and d not in split))
+
+    return placement
 
 
 def set_gradient_sync(chunks: list[nn.Module], last_microbatch: bool, sharding: str) -> None:
