@@ -1,0 +1,86 @@
+"""The cost model against published runs: data integrity, the fixed split, and the documented errors."""
+import math
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from topology import costmodel as cm
+from topology import validation as v
+from topology.hardware import load_system
+from topology.presets import get_preset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_row_has_a_source_a_model_a_valid_layout_and_a_step_time():
+    runs = v.load_runs()
+    assert len({r.id for r in runs}) == len(runs)
+    for r in runs:
+        system = v.system_of(r)
+        assert r.gpus % system.ranks_per_node == 0, r.id
+        lay = r.layout().resolve(r.gpus)
+        lay.validate(world=r.gpus, model=v.model_of(r), global_batch=r.global_batch, seq_len=r.seq_len)
+        assert r.measured_step_s > 0 and r.implementation.split("+")[0] in v.IMPLEMENTATIONS
+
+
+def test_the_split_follows_the_rule_recorded_before_fitting():
+    runs = v.load_runs()
+    position: dict[str, int] = defaultdict(int)
+    first_moe = next(r.id for r in runs if v.model_is_moe(r))
+    for r in runs:
+        if v.model_is_moe(r):
+            want = "fit" if r.id == first_moe else "heldout"
+        else:
+            want = "fit" if position[r.source] % 4 == 0 else "heldout"
+            position[r.source] += 1
+        assert r.split == want, r.id
+    held = [r for r in runs if r.split == "heldout"]
+    assert len(held) >= 15 and sum(v.model_is_moe(r) for r in held) >= 5
+
+
+def test_docs_show_the_errors_the_code_computes():
+    s = v.summary(v.evaluate())
+    doc = (REPO / "docs" / "planner.md").read_text()
+    row = re.search(r"\| \+ A100 and llm-foundry constants fitted on the fit rows \(now\) \|(.*)\|\n", doc).group(1)
+    shown = [float(x) for x in re.findall(r"([\d.]+)%", row)]
+    computed = [s["fit"]["mean_abs"], s["fit"]["max_abs"], s["heldout"]["mean_abs"], s["heldout"]["max_abs"],
+                s["heldout_moe"]["mean_abs"], s["heldout_moe"]["max_abs"]]
+    assert shown == [round(x, 1) for x in computed]
+    for r in v.evaluate():  # and every row of the table
+        assert f"| {r.run.id} | {r.run.split} |" in doc and f"{r.error_pct:+.1f}% |" in doc
+
+
+def test_deepep_sends_a_token_once_per_destination_rank():
+    assert cm.expected_destinations(128, 8, 8) == pytest.approx(8 * (1 - math.comb(112, 8) / math.comb(128, 8)))
+    assert cm.expected_destinations(8, 2, 8) == pytest.approx(2.0)  # one expert per rank: every pick a rank
+    assert cm.expected_destinations(64, 8, 1) == pytest.approx(1.0)
+    model, system = get_preset("1b-moe").replace(n_experts=64, top_k=8), load_system("h200-x8")
+    plain = cm.layer_cost(model, system, 8, 1, 1, 8, 4, 2048, 8)
+    dedup = cm.layer_cost(model, system, 8, 1, 1, 8, 4, 2048, 8, cm.Implementation(ep_dedup=True))
+    assert dedup.ep_fwd < plain.ep_fwd
+
+
+def test_fused_kernels_and_unfused_attention_change_what_they_should():
+    model, system = get_preset("7b"), load_system("dgx-a100-80gb")
+    eager = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8)
+    fused = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, v.IMPLEMENTATIONS["megatron-core"])
+    unfused = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(attention="unfused"))
+    assert fused.fwd_dense < eager.fwd_dense and fused.attn_fwd == eager.attn_fwd
+    assert unfused.attn_fwd > 2 * eager.attn_fwd  # the full square at GEMM speed, plus softmax/dropout traffic
+
+
+@pytest.mark.exhaustive
+def test_the_fit_script_reproduces_the_committed_constants():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "fit_published_runs.py")], capture_output=True,
+                         text=True, check=True).stdout
+    fitted = dict(re.findall(r"^(\S+) = ([\d.]+)$", out, flags=re.M))
+    a100 = load_system("dgx-a100-80gb").node.device
+    foundry = v.IMPLEMENTATIONS["llm-foundry"]
+    assert float(fitted["a100.gemm_efficiency"]) == pytest.approx(a100.gemm_efficiency)
+    assert float(fitted["a100.attention_efficiency"]) == pytest.approx(a100.attention_efficiency)
+    assert float(fitted["llm-foundry.gemm_scale"]) == pytest.approx(foundry.gemm_scale)
+    assert float(fitted["llm-foundry.attention_scale"]) == pytest.approx(foundry.attention_scale)
