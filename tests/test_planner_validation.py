@@ -77,7 +77,7 @@ def test_fused_kernels_and_unfused_attention_change_what_they_should():
 def test_the_fit_script_reproduces_the_committed_constants():
     out = subprocess.run([sys.executable, str(REPO / "bench" / "fit_published_runs.py")], capture_output=True,
                          text=True, check=True).stdout
-    fitted = dict(re.findall(r"^(\S+) = ([\d.]+)$", out, flags=re.M))
+    fitted = dict(re.findall(r"^(\S+) = ([\d.]+)$", out, flags=re.MULTILINE))
     a100 = load_system("dgx-a100-80gb").node.device
     foundry = v.IMPLEMENTATIONS["llm-foundry"]
     assert float(fitted["a100.gemm_efficiency"]) == pytest.approx(a100.gemm_efficiency)
