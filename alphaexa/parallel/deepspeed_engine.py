@@ -38,6 +38,7 @@ from alphaexa.model.transformer import Transformer
 from topology.layout import Layout
 from topology.modelcfg import ConfigError
 
+from .deepspeed_ops import check_writable, prepare_ops, required_ops
 from .expert_parallel import stats_reduce_hook
 from .train_step import IGNORE_INDEX, StepResult, summed_cross_entropy
 
@@ -84,6 +85,8 @@ def check_deepspeed_layout(layout: Layout, options: DeepSpeedOptions) -> int:
             raise ConfigError(f"{what}={device} needs ZeRO (sharding=zero1|zero2|zero3)")
         if device == "nvme" and not options.nvme_path:
             raise ConfigError(f"{what}=nvme needs nvme_path, a local directory")
+        if device == "nvme":
+            check_writable(Path(options.nvme_path))
     if options.offload_params is not None and stage != 3:
         raise ConfigError(f"offload_params={options.offload_params} needs sharding=zero3 (ZeRO-Infinity)")
     return stage
@@ -130,8 +133,13 @@ class DeepSpeedTrainStep:
     def __init__(self, model: Transformer, layout: Layout, options: DeepSpeedOptions, *, n_microbatches: int,
                  compute_dtype: torch.dtype = torch.float32):
         import deepspeed
+        from deepspeed.accelerator import get_accelerator
 
         self.config = deepspeed_config(layout, options, n_microbatches=n_microbatches, compute_dtype=compute_dtype)
+        # Compiled here with a line each, not silently inside deepspeed.initialize (deepspeed_ops).
+        prepare_ops(required_ops(offload_optimizer=options.offload_optimizer, offload_params=options.offload_params,
+                                 device_type=get_accelerator().device_name()),
+                    log=print if dist.get_rank() == 0 else lambda _line: None)
         self.n_microbatches = n_microbatches
         self.dp = layout.dp
         if self.dp > 1:

@@ -6,6 +6,7 @@ Sections (docs/training.md lists every key with its default and meaning)::
     [train]       steps, seed, global_batch, seq_len, lr, schedule, ... (TrainSection)
     [data]        corpus, tokenizer, cache_dir, val_fraction, ...     (DataSection)
     [parallel]    the Layout fields: tp, pp, vpp, dp_replicate, dp_shard, ep, cp, mbs, ...
+                  and engine, offload, nvme_path                      (EngineOptions)
     [checkpoint]  every, keep_last, async                             (CheckpointSection)
     [logging]     tensorboard, progress                              (LoggingSection)
     [debug]       fault injection for tests: nan_at_step, spike_at_step, record_samples
@@ -33,6 +34,8 @@ SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("fp32", "bf16", "fp64")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
 COMPRESSIONS = ("none", "zstd")
+ENGINES = ("native", "deepspeed")
+OFFLOADS = ("none", "cpu", "nvme")
 
 
 @dataclass
@@ -98,7 +101,8 @@ class TrainSection:
 @dataclass
 class DataSection:
     # "demo" (the built-in corpus), a tokenized dataset directory (made by `alphaexa tokenize`),
-    # or a list of text/JSONL/tar files or directories, tokenized once into cache_dir.
+    # a list of text/JSONL/tar files or directories, tokenized once into cache_dir, or WebDataset
+    # shards streamed while training: brace patterns, pipe: commands, URLs (or local tars with stream).
     corpus: list[str] = field(default_factory=lambda: ["demo"])
     # auto: what model.tokenizer says (byte, or a SentencePiece model of model.vocab_size ids
     # trained on the corpus); byte | sentencepiece; or a saved tokenizer directory / .model file.
@@ -109,6 +113,8 @@ class DataSection:
     sp_model_type: str = "bpe"  # bpe | unigram
     text_unit: str = "file"  # file | paragraph | line: what one document of a plain text file is
     prefetch: int = 2  # batches prepared ahead in a background thread
+    stream: bool = False  # read local .tar corpus files as WebDataset shards while training (no ingestion)
+    stream_workers: int = 2  # worker processes tokenising shards of a streamed corpus (0: in the trainer)
 
     def validate(self) -> None:
         if not self.corpus:
@@ -119,6 +125,8 @@ class DataSection:
         _choice("data.text_unit", self.text_unit, ("file", "paragraph", "line"))
         if self.prefetch < 0:
             raise ConfigError(f"data.prefetch={self.prefetch}: must be >= 0")
+        if self.stream_workers < 0:
+            raise ConfigError(f"data.stream_workers={self.stream_workers}: must be >= 0")
 
     @property
     def is_demo(self) -> bool:
@@ -163,6 +171,24 @@ class DebugSection:
                 raise ConfigError(f"debug.{name}={getattr(self, name)}: must be >= 0")
 
 
+@dataclass
+class EngineOptions:
+    """The ``[parallel]`` keys that are not layout fields: which engine runs it and where state is offloaded."""
+
+    engine: str = "native"  # native (FSDP2, every layout) | deepspeed (ZeRO data parallelism)
+    offload: str = "none"  # none | cpu (host memory) | nvme (files under nvme_path; deepspeed only)
+    nvme_path: str = ""  # local directory on the NVMe disk for offload=nvme
+
+    def validate(self) -> None:
+        _choice("parallel.engine", self.engine, ENGINES)
+        _choice("parallel.offload", self.offload, OFFLOADS)
+        if self.offload == "nvme" and self.engine != "deepspeed":
+            raise ConfigError("parallel.offload=nvme needs parallel.engine=deepspeed (ZeRO-Infinity); the native "
+                              "engine offloads to cpu only")
+        if self.offload == "nvme" and not self.nvme_path:
+            raise ConfigError("parallel.offload=nvme needs parallel.nvme_path, a local directory on the NVMe disk")
+
+
 SECTIONS: dict[str, type] = {"train": TrainSection, "data": DataSection, "checkpoint": CheckpointSection,
                              "logging": LoggingSection, "debug": DebugSection}
 # Python-side names of keys that are reserved words in Python.
@@ -178,6 +204,7 @@ class RunConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     debug: DebugSection = field(default_factory=DebugSection)
+    engine_options: EngineOptions = field(default_factory=EngineOptions)  # the rest of [parallel]
     # The model preset the run started from (kept so that the saved config reads naturally).
     model_preset: str | None = None
 
@@ -185,6 +212,11 @@ class RunConfig:
         for name in SECTIONS:
             getattr(self, name).validate()
         self.model.validate()
+        self.engine_options.validate()
+        if self.engine_options.offload != "none" and self.parallel.sharding != "zero3":
+            raise ConfigError(f"parallel.offload={self.engine_options.offload} needs parallel.sharding=zero3 "
+                              f"(parameters, gradients and optimizer state leave the device), not "
+                              f"{self.parallel.sharding}")
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len="
                               f"{self.model.max_seq_len}")
@@ -199,7 +231,7 @@ class RunConfig:
         for name in SECTIONS:
             section = dataclasses.asdict(getattr(self, name))
             out[name] = {_file_key(name, k): v for k, v in section.items()}
-        out["parallel"] = self.parallel.to_dict()
+        out["parallel"] = {**self.parallel.to_dict(), **dataclasses.asdict(self.engine_options)}
         return out
 
     def save(self, path: str | Path) -> None:
@@ -253,7 +285,8 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
 
 
 def read_plan_layout(path: str | Path) -> dict[str, Any]:
-    """The layout of the best plan in a plan file written by ``alphaexa plan --out``."""
+    """The layout of the best plan in a plan file written by ``alphaexa plan --out``, with the plan's
+    engine, offload and nvme_path where it names them (beside its layout or in it)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--plan: file not found: {p}")
@@ -261,17 +294,20 @@ def read_plan_layout(path: str | Path) -> dict[str, Any]:
         plan = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"--plan {p}: not valid JSON ({e})") from None
-    layout = None
+    best, layout = None, None
     if isinstance(plan, dict):
         plans = plan.get("plans")
-        if isinstance(plans, list) and plans and isinstance(plans[0], dict):
-            layout = plans[0].get("layout")
-        elif isinstance(plan.get("layout"), dict):
-            layout = plan["layout"]
+        best = plans[0] if isinstance(plans, list) and plans and isinstance(plans[0], dict) else plan
+        layout = best.get("layout")
     if not isinstance(layout, dict):
         raise ConfigError(f"--plan {p}: holds no plans[0].layout (write it with `alphaexa plan --out`)")
     known = {f.name for f in dataclasses.fields(Layout)}
-    return {k: v for k, v in layout.items() if k in known}
+    out = {k: v for k, v in layout.items() if k in known}
+    for name in (f.name for f in dataclasses.fields(EngineOptions)):
+        value = best.get(name, layout.get(name))
+        if value is not None:
+            out[name] = value
+    return out
 
 
 def _split_override(item: str) -> tuple[str, str, str]:
@@ -286,7 +322,7 @@ def _field_types(section: str) -> dict[str, Any]:
         hints = typing.get_type_hints(ModelConfig)
         return {**hints, "preset": str}
     if section == "parallel":
-        return typing.get_type_hints(Layout)
+        return {**typing.get_type_hints(Layout), **typing.get_type_hints(EngineOptions)}
     if section in SECTIONS:
         hints = typing.get_type_hints(SECTIONS[section])
         return {_file_key(section, k): v for k, v in hints.items()}
@@ -392,8 +428,12 @@ def _build(data: dict[str, Any]) -> RunConfig:
         if name == "data" and isinstance(values.get("corpus"), str):
             values["corpus"] = [values["corpus"]]
         sections[name] = cls(**{_python_key(name, k): v for k, v in values.items()})
-    parallel = Layout.from_dict(_check_types("parallel", data.get("parallel", {})))
-    config = RunConfig(model=model, parallel=parallel, model_preset=preset, **sections)
+    parallel_values = _check_types("parallel", data.get("parallel", {}))
+    engine_keys = {f.name for f in dataclasses.fields(EngineOptions)}
+    engine_options = EngineOptions(**{k: v for k, v in parallel_values.items() if k in engine_keys})
+    parallel = Layout.from_dict({k: v for k, v in parallel_values.items() if k not in engine_keys})
+    config = RunConfig(model=model, parallel=parallel, model_preset=preset, engine_options=engine_options,
+                       **sections)
     config.validate()
     return config
 

@@ -43,6 +43,7 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
 
     layout = cfg.layout_for(world)
     check_layout(layout, cfg.model, get_backend().device_type, compile=cfg.train.compile)
+    check_engine(cfg)
     check_data_inputs(cfg.data, cfg.model)
     if cfg.logging.tensorboard and not tensorboard_available():
         raise UserError("logging.tensorboard=true needs the tensorboard package (pip install tensorboard)")
@@ -56,6 +57,15 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
     if checkpoint is not None:
         check_same_model(checkpoint, manifest, cfg.model)
     return Preflight(layout, checkpoint, manifest)
+
+
+def check_engine(cfg: RunConfig) -> None:
+    if cfg.engine_options.engine == "deepspeed":
+        # The trainer's checkpoints (DCP of DTensor shards), step guards and evaluation are built on
+        # the native engine; DeepSpeed runs through its own step (deepspeed_engine) until they are.
+        raise UserError("parallel.engine=deepspeed is not available in `alphaexa train` yet (its checkpoints and "
+                        "step guards are native-only); use engine=native with offload=cpu, or "
+                        "alphaexa.parallel.deepspeed_engine.DeepSpeedTrainStep (bench/gpu_offload.py)")
 
 
 def newest_checkpoint(root: Path) -> tuple[Path | None, dict[str, Any] | None]:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,6 @@ from topology.layout import Layout
 from topology.modelcfg import flops_per_token
 
 from ..checkpoint import CheckpointManager, ModelOptimizerState, RNGState
-from ..data import PackedSamples, PackedTokens
 from ..errors import UserError
 from ..model import Transformer, moe_layers
 from ..parallel import (
@@ -44,9 +42,9 @@ from ..parallel import (
     parallelize,
     summed_cross_entropy,
 )
-from .batches import StepLoader, eval_batches
+from .batches import eval_batches
 from .config import RunConfig
-from .dataset import prepare_dataset
+from .dataset import open_training_data
 from .metrics import MetricsLogger
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .preflight import CHECKPOINT_DIR
@@ -98,12 +96,11 @@ class Trainer:
         self.rng = RNGState(cfg.train.seed)
         self.rng.reseed(0)
 
-        self.dataset_dir = prepare_dataset(cfg.data, cfg.model, progress=self.rank == 0)
-        dataset = PackedTokens(self.dataset_dir)
-        self.tokenizer = dataset.load_tokenizer()
+        self.data = open_training_data(cfg, progress=self.rank == 0)
+        self.dataset_dir = self.data.source
+        self.tokenizer = self.data.tokenizer
         self.tokenizer.check_fits(cfg.model.vocab_size)
-        self.train_samples = PackedSamples(dataset, cfg.train.seq_len, "train")
-        self.val_samples = PackedSamples(dataset, cfg.train.seq_len, "val")
+        self.val_samples = self.data.val_samples
         if len(self.val_samples) < cfg.train.global_batch:
             # Found now, not at the first evaluation after hours of training.
             raise UserError(f"the held-out split of {self.dataset_dir} has {len(self.val_samples)} samples of "
@@ -119,14 +116,17 @@ class Trainer:
         compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}[cfg.train.dtype]
         if compute_dtype == torch.float64:  # master weights too: exact comparisons between layouts
             model.to(torch.float64)
-        self.model = parallelize(model, self.dims, compute_dtype=compute_dtype, compile=cfg.train.compile)
+        offloaded = cfg.engine_options.offload == "cpu"  # FSDP2's CPUOffloadPolicy: state in host memory
+        self.model = parallelize(model, self.dims, compute_dtype=compute_dtype, compile=cfg.train.compile,
+                                 cpu_offload=offloaded)
         materialise(self.model, seed=cfg.train.seed)
         self.step_fn = make_train_step(self.model, self.n_micro, loss_fn=self._loss)
         # One optimizer per model chunk (pipeline ranks with several stages hold several chunks).
-        self.optimizers = [build_optimizer([chunk], cfg.train, self.device.type) for chunk in self.model.chunks]
+        # Offloaded parameters are host tensors, so their optimizer steps on the CPU.
+        optimizer_device = "cpu" if offloaded else self.device.type
+        self.optimizers = [build_optimizer([chunk], cfg.train, optimizer_device) for chunk in self.model.chunks]
         self.rows = local_rows(cfg.train.global_batch, self.n_micro, self.dims.dp_rank, self.layout.dp).numpy()
-        self.loader = StepLoader(self.train_samples, cfg.train.global_batch, self.rows, cfg.train.seed,
-                                 prefetch=cfg.data.prefetch, pin_memory=self.device.type == "cuda")
+        self.loader = self.data.loader(self.rows, pin_memory=self.device.type == "cuda")
         self.progress = TrainProgress()
         self._loss_scale = 1.0
         self.n_experts = cfg.model.n_experts if cfg.model.is_moe else 0
@@ -185,7 +185,7 @@ class Trainer:
         self.cfg.save(self.run_dir / "config.toml")
         tokenizer_copy = self.run_dir / "tokenizer"
         if not tokenizer_copy.exists():
-            shutil.copytree(self.dataset_dir / "tokenizer", tokenizer_copy)
+            self.tokenizer.save(tokenizer_copy)
 
     # ----------------------------------------------------------------- run
     def run(self) -> int:

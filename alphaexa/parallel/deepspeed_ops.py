@@ -1,0 +1,125 @@
+"""DeepSpeed's C++ ops that an engine configuration needs: checked and compiled before the engine is built.
+
+DeepSpeed compiles its ops (``torch.utils.cpp_extension`` + ninja) the first time
+``deepspeed.initialize`` needs them, without a word: on this 2-core machine ``cpu_adam``
+took about 3 minutes and ``async_io`` (with its ``pin_memory`` helper) several more.
+That is the "hang" of issue 14's 1-rank ZeRO-3 NVMe run: faulthandler tracebacks of
+the stuck process show it inside ``deepspeed.initialize`` -> ``DeepSpeedCPUAdam`` ->
+``_run_ninja_build``, and later in the async_io build (docs/parallelism.md).  A build
+that is interrupted makes it worse: torch's build lock (a ``lock`` file in the op's
+build directory) stays behind, and every later load of that op waits for it forever
+in ``FileBaton.wait``.
+
+``prepare_ops`` builds what a configuration needs up front, one line per op it has to
+compile, under an ``flock`` of its own (released by the kernel when a process dies):
+whoever holds it is the only builder going through here, so a torch lock found then is
+left from an interrupted build and is removed, with a line saying so.
+An op that cannot be built (async_io without libaio) is a one-line ConfigError before
+``deepspeed.initialize``.  ``python -m alphaexa.parallel.deepspeed_ops`` builds them all
+(``make setup`` runs it).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from topology.modelcfg import ConfigError
+
+# DeepSpeed op builder (by the name its accelerators know) -> the op's build directory name.
+SHM_COMM, CPU_ADAM, ASYNC_IO, PIN_MEMORY = "ShareMemCommBuilder", "CPUAdamBuilder", "AsyncIOBuilder", "PinMemoryBuilder"
+LIBAIO_HINT = ("install libaio (Debian/Ubuntu: apt-get install libaio-dev), or point CPATH and LIBRARY_PATH "
+               "(and LD_LIBRARY_PATH) at an unpacked copy")
+
+
+def required_ops(*, offload_optimizer: str | None, offload_params: str | None, device_type: str) -> list[str]:
+    """The builders ``deepspeed.initialize`` will load for this configuration, in the order it loads them."""
+    ops = [SHM_COMM] if device_type == "cpu" else []  # DeepSpeed's CPU accelerator always loads its shm comm op
+    if offload_optimizer:
+        ops.append(CPU_ADAM)
+    if "nvme" in (offload_optimizer, offload_params):
+        ops += [PIN_MEMORY, ASYNC_IO]  # async_io loads pin_memory first; built apart, each line names one op
+    return ops
+
+
+def check_writable(path: Path) -> None:
+    probe = path / f".alphaexa-probe-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"\0")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"nvme_path={str(path)!r} is not a writable directory ({e.strerror})") from None
+
+
+def prepare_ops(ops: list[str], log: Callable[[str], None] = print) -> None:
+    """Load (compiling on first use) each op, saying so before a compilation starts."""
+    for name in ops:
+        builder = _builder(name)
+        if not builder.is_compatible(verbose=False):
+            detail = f": {LIBAIO_HINT}" if name == ASYNC_IO else ""
+            raise ConfigError(f"DeepSpeed's {builder.name} op cannot be built on this machine{detail}")
+        build_dir = _build_directory(builder.name)
+        with _exclusive(build_dir.parent / f"{builder.name}.alphaexa-build.lock"):
+            stale = build_dir / "lock"
+            if stale.exists():
+                log(f"DeepSpeed: removing {stale}, left by an interrupted build of {builder.name}")
+                stale.unlink()
+            compiled = any(build_dir.glob("*.so"))
+            if not compiled:
+                log(f"DeepSpeed: compiling its {builder.name} op once (minutes on a few cores) into {build_dir}")
+            started = time.perf_counter()
+            builder.load(verbose=False)
+            if not compiled:
+                log(f"DeepSpeed: {builder.name} built in {time.perf_counter() - started:.0f} s")
+
+
+def _builder(name: str):
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().create_op_builder(name)
+
+
+def _build_directory(op_name: str) -> Path:
+    # torch's own rule for where load() builds (TORCH_EXTENSIONS_DIR, else the default root
+    # with a python/accelerator folder); private, so only used to find its lock file.
+    from torch.utils.cpp_extension import _get_build_directory
+
+    return Path(_get_build_directory(op_name, verbose=False))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="compile DeepSpeed's CPU ops ahead of the first run")
+    parser.add_argument("--device", default="cpu", help="device type the ops are for (default cpu)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("DS_ACCELERATOR", args.device)
+    ops = required_ops(offload_optimizer="nvme", offload_params="nvme", device_type=args.device)
+    try:
+        if not _builder(ASYNC_IO).is_compatible(verbose=False):
+            print(f"DeepSpeed: libaio not found, NVMe offload (async_io) will be unavailable; {LIBAIO_HINT}")
+            ops = [op for op in ops if op not in (PIN_MEMORY, ASYNC_IO)]
+        prepare_ops(ops)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

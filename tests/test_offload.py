@@ -1,0 +1,227 @@
+"""Offload: ZeRO-Infinity to an NVMe (disk) directory through DeepSpeed, and FSDP2's CPU offload policy.
+
+Each offloaded run trains the same model on the same batches as its non-offloaded twin, 5 AdamW
+steps, and must give the same losses and gradient norms; the offload must be shown to be in
+effect (swap files written, the FSDP policy set).  A checkpoint of an offloaded trainer run
+resumes bitwise, and what offload needs (libaio, a writable nvme_path, the DeepSpeed engine)
+is a one-line error before any work.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from train_runs import losses, steps, train
+
+from alphaexa.train.config import load_run_config
+from topology.modelcfg import ConfigError, ModelConfig
+
+STEPS, GLOBAL_BATCH, SEQ, MICRO_STEPS = 5, 8, 16, 2
+LR, MAX_NORM, WEIGHT_DECAY = 1e-2, 0.5, 0.01
+# torch's AdamW (the non-offloaded run) and DeepSpeed's CPU Adam (the offloaded one) are two
+# implementations of one update, so the runs agree to rounding, not bitwise.
+RTOL = 1e-5
+MODEL = ModelConfig(name="offload-test", n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, d_ff=64,
+                    ffn_type="swiglu", vocab_size=256, max_seq_len=32, moe_every=2, n_experts=4, top_k=2,
+                    moe_d_ff=32, aux_loss_coef=0.01, z_loss_coef=0.001)
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), DS_ACCELERATOR="cpu")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
+
+
+def _spawn(worker, world: int, out_dir: Path, *args) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    from backends.launch import free_port
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    ctx = mp.start_processes(worker, args=(world, free_port(), str(out_dir), *args), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + 600  # includes compiling DeepSpeed's ops when setup has not
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ctx.processes:
+                process.kill()
+            pytest.fail("offload job did not finish in 600 s")
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def _record(out_dir: str, rank: int, run) -> None:
+    try:
+        result = run()
+    except Exception:  # noqa: BLE001 - the test reading the result reports it
+        result = {"error": traceback.format_exc()[-4000:]}
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+
+
+def _assert_same_history(got: list, expected: list, rtol: float) -> None:
+    assert len(got) == len(expected) == STEPS
+    for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(got, expected), start=1):
+        assert math.isclose(loss, ref_loss, rel_tol=rtol), (step, loss, ref_loss)
+        assert math.isclose(norm, ref_norm, rel_tol=rtol), (step, norm, ref_norm)
+
+
+# ------------------------------------------------------------------ DeepSpeed ZeRO-Infinity to NVMe
+def _deepspeed_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: str) -> None:
+    _init(rank, world, port)
+    from alphaexa.model import build_model
+    from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions, DeepSpeedTrainStep
+    from alphaexa.parallel.equivalence import token_batches
+    from topology.layout import Layout
+
+    base = {"max_norm": MAX_NORM, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": (0.9, 0.999)}
+    runs = {"zero3": DeepSpeedOptions(**base),
+            "zero3-nvme": DeepSpeedOptions(offload_optimizer="nvme", offload_params="nvme", nvme_path=nvme_dir,
+                                           **base)}
+
+    def run():
+        inputs, targets = token_batches(STEPS, GLOBAL_BATCH, SEQ, MODEL.vocab_size)
+        out = {}
+        for name, options in runs.items():
+            layout = Layout(dp_shard=world, sharding="zero3", mbs=GLOBAL_BATCH // (MICRO_STEPS * world))
+            step = DeepSpeedTrainStep(build_model(MODEL), layout, options, n_microbatches=MICRO_STEPS)
+            history = []
+            for s in range(STEPS):
+                result = step(inputs[s], targets[s])
+                history.append((result.loss, step.last_grad_norm))
+            out[name] = history
+        return out
+
+    _record(out_dir, rank, run)
+
+
+@pytest.mark.multiproc
+def test_zero3_with_params_and_optimizer_on_nvme_trains_like_zero3(tmp_path):
+    pytest.importorskip("deepspeed")
+    nvme = tmp_path / "nvme"
+    (result,) = _spawn(_deepspeed_worker, 1, tmp_path, str(nvme))
+    assert "error" not in result, result["error"]
+    _assert_same_history(result["zero3-nvme"], result["zero3"], RTOL)
+    # In effect: DeepSpeed's swap files for parameters and optimizer state are on the "NVMe" directory.
+    for what in ("params", "optimizer"):
+        swapped = [f for f in (nvme / what).rglob("*.swp") if f.stat().st_size > 0]
+        assert swapped, f"no {what} swap files under {nvme / what}"
+
+
+def test_unwritable_nvme_path_is_one_line(tmp_path):
+    from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions, check_deepspeed_layout
+    from topology.layout import Layout
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    options = DeepSpeedOptions(offload_optimizer="nvme", offload_params="nvme", nvme_path=str(blocker / "nvme"))
+    with pytest.raises(ConfigError) as error:
+        check_deepspeed_layout(Layout(dp_shard=1, sharding="zero3"), options)
+    assert "is not a writable directory" in str(error.value) and "\n" not in str(error.value)
+
+
+# ------------------------------------------------------------------ native: FSDP2's CPUOffloadPolicy
+def _native_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    _init(rank, world, port)
+    from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule
+
+    from alphaexa.model import build_model
+    from alphaexa.parallel import build_mesh, clip_grad_norm_, local_rows, make_train_step, parallelize
+    from alphaexa.parallel.equivalence import token_batches
+    from backends.device import get_backend
+    from topology.layout import Layout
+
+    def run():
+        layout = Layout(dp_shard=world, sharding="zero3", mbs=GLOBAL_BATCH // (MICRO_STEPS * world))
+        inputs, targets = token_batches(STEPS, GLOBAL_BATCH, SEQ, MODEL.vocab_size)
+        rows = local_rows(GLOBAL_BATCH, MICRO_STEPS, rank, world)
+        dims = build_mesh(layout, get_backend())
+        out = {}
+        for offload in (False, True):
+            pmodel = parallelize(build_model(MODEL), dims, cpu_offload=offload)
+            # The policy each FSDP module holds (FSDP2 has no public getter for it).
+            policies = {type(m._get_fsdp_state()._fsdp_param_group.offload_policy).__name__
+                        for m in pmodel.chunks[0].modules() if isinstance(m, FSDPModule)}
+            step = make_train_step(pmodel, MICRO_STEPS)
+            optimizer = torch.optim.AdamW(pmodel.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+            history = []
+            for s in range(STEPS):
+                result = step(inputs[s][rows], targets[s][rows])
+                norm = clip_grad_norm_(pmodel.parameters(), MAX_NORM, dims)
+                optimizer.step()
+                optimizer.zero_grad()
+                history.append((result.loss, float(norm)))
+            out["offload" if offload else "plain"] = {"history": history, "policies": sorted(policies)}
+        assert CPUOffloadPolicy.__name__ in out["offload"]["policies"]
+        return out
+
+    _record(out_dir, rank, run)
+
+
+@pytest.mark.multiproc
+def test_fsdp2_cpu_offload_trains_like_no_offload(tmp_path):
+    results = _spawn(_native_worker, 2, tmp_path)
+    for rank, result in enumerate(results):
+        assert "error" not in result, f"rank {rank}: {result['error']}"
+        assert result["offload"]["policies"] == ["CPUOffloadPolicy"]
+        assert result["plain"]["policies"] == ["OffloadPolicy"]  # FSDP2's "no offload"
+        # Same kernels on the same (host) memory here: the runs agree exactly.
+        assert result["offload"]["history"] == result["plain"]["history"]
+
+
+@pytest.mark.multiproc
+def test_cpu_offloaded_run_resumes_bitwise(tmp_path):
+    cache = tmp_path / "cache"
+    offload = ("parallel.offload=cpu", "parallel.sharding=zero3")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(straight, *offload, cache_dir=cache)
+    train(resumed, *offload, stop_at=4, cache_dir=cache)
+    train(resumed, resume=True, config=None, cache_dir=cache)
+    assert sorted(steps(resumed)) == list(range(1, 9))
+    assert losses(resumed) == losses(straight)
+    assert [r["grad_norm"] for r in steps(resumed).values()] == [r["grad_norm"] for r in steps(straight).values()]
+    assert "offload = \"cpu\"" in (resumed / "config.toml").read_text()
+
+
+# ------------------------------------------------------------------ the run config
+@pytest.mark.parametrize("sets,message", [
+    (["parallel.offload=nvme", "parallel.sharding=zero3", "parallel.nvme_path=/tmp/x"],
+     "parallel.offload=nvme needs parallel.engine=deepspeed"),
+    (["parallel.offload=nvme", "parallel.engine=deepspeed", "parallel.sharding=zero3"], "needs parallel.nvme_path"),
+    (["parallel.offload=cpu", "parallel.sharding=zero2"], "parallel.offload=cpu needs parallel.sharding=zero3"),
+    (["parallel.offload=disk"], "parallel.offload='disk': must be one of none, cpu, nvme"),
+    (["parallel.engine=megatron"], "parallel.engine='megatron': must be one of native, deepspeed"),
+])
+def test_offload_settings_are_one_line_errors(sets, message):
+    with pytest.raises(ConfigError) as error:
+        load_run_config(Path(__file__).parents[1] / "configs" / "debug.toml", sets)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_offload_keys_round_trip_and_come_from_a_plan(tmp_path):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"plans": [{"layout": {"dp_shard": 1, "sharding": "zero3"},
+                                           "engine": "deepspeed", "offload": "nvme", "nvme_path": "/scratch/x"}]}))
+    cfg = load_run_config(Path(__file__).parents[1] / "configs" / "debug.toml", plan=plan)
+    assert (cfg.engine_options.engine, cfg.engine_options.offload) == ("deepspeed", "nvme")
+    cfg.save(tmp_path / "config.toml")
+    again = load_run_config(tmp_path / "config.toml")
+    assert again.engine_options == cfg.engine_options and again.parallel == cfg.parallel
+
+
+def test_deepspeed_engine_in_the_trainer_is_refused_in_one_line_before_any_work(tmp_path):
+    run = tmp_path / "run"
+    done = train(run, "parallel.engine=deepspeed", "parallel.offload=nvme", "parallel.sharding=zero3",
+                 f"parallel.nvme_path={tmp_path / 'nvme'}", cache_dir=tmp_path / "cache", check=False)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "parallel.engine=deepspeed is not available in `alphaexa train`" in lines[0]
+    assert not run.exists() and not (tmp_path / "cache").exists()
