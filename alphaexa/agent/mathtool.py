@@ -77,6 +77,8 @@ def compute(arguments: dict):
         return solutions
     expr = parse_expression(text)
     if op == "evaluate":
+        if expr.is_Rational:  # 2+3*4 is 14, not 14.0000000000000
+            return expr
         value = sympy.N(expr, 15)
         if value.free_symbols:
             raise ToolFailure("MathSyntax", f"cannot evaluate numerically: free variables {value.free_symbols}")
@@ -99,11 +101,11 @@ def compute(arguments: dict):
     return sympy.series(expr, var, point, arguments.get("order", 6)).removeO()
 
 
-def _render(value) -> object:
+def render(value) -> object:
     if isinstance(value, dict):
-        return {str(k): _render(v) for k, v in value.items()}
+        return {str(k): render(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_render(v) for v in value]
+        return [render(v) for v in value]
     text = str(value)
     if len(text) > MAX_RESULT_CHARS:
         raise ToolFailure("MathTooLarge", f"the result has {len(text)} characters (at most {MAX_RESULT_CHARS})")
@@ -125,7 +127,7 @@ def run_bounded(arguments: dict, wall_s: float = WALL_S) -> object:
             limit = _virtual_memory() + MEMORY_HEADROOM
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             resource.setrlimit(resource.RLIMIT_CPU, (CPU_S, CPU_S))
-            payload = {"result": _render(compute(arguments))}
+            payload = {"result": render(compute(arguments))}
         except ToolFailure as e:
             payload = {"error": [e.type, e.message]}
         except MemoryError:

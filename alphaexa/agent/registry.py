@@ -46,6 +46,11 @@ class Registry:
                   for t in self.tools.values()]
         return "\n".join(lines)
 
+    def brief(self) -> str:
+        """The registry in one short line (tool names and argument names), for small models' contexts."""
+        return "tools: " + "; ".join(f"{t.name}({', '.join(t.parameters.get('properties', {}))})"
+                                     for t in self.tools.values())
+
     def call(self, call: ToolCall) -> dict:
         tool = self.tools.get(call.name)
         if tool is None:

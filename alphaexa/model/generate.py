@@ -9,7 +9,7 @@ a row's tokens do not depend on the other rows.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,10 @@ from topology.modelcfg import ModelConfig
 
 from ..errors import UserError
 from .transformer import Transformer
+
+
+# (row, the row's new tokens so far) -> (vocab,) bool mask of the allowed next tokens, or None
+TokenMask = Callable[[int, list[int]], Tensor | None]
 
 
 @dataclass
@@ -78,8 +82,10 @@ def sample_next(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p:
 def generate(model: Transformer, prompts: Sequence[Sequence[int]] | Tensor, max_new_tokens: int, *,
              attention_mask: Tensor | None = None, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, eos_id: int | None = None, seed: int | None = None,
-             return_logits: bool = False) -> Generation:
-    """Continue each prompt by up to ``max_new_tokens`` tokens; a row stops after emitting ``eos_id``."""
+             return_logits: bool = False, allowed_tokens: TokenMask | None = None) -> Generation:
+    """Continue each prompt by up to ``max_new_tokens`` tokens; a row stops after emitting ``eos_id``.
+    ``allowed_tokens(row, new_tokens)`` constrains decoding (a grammar, a JSON Schema): it returns
+    a (vocab,) bool tensor of the tokens row ``row`` may emit next, or None for no constraint."""
     rows = prompt_rows(prompts, attention_mask)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -104,6 +110,8 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]] | Tensor, max_
         finished = [False] * len(rows)
         all_logits = []
         for step in range(max_new_tokens):
+            if allowed_tokens is not None:
+                step_logits = _mask_rows(step_logits, out, finished, allowed_tokens)
             if return_logits:
                 all_logits.append(step_logits.float().cpu())
             next_tokens = sample_next(step_logits, temperature, top_k, top_p, generator)
@@ -117,6 +125,18 @@ def generate(model: Transformer, prompts: Sequence[Sequence[int]] | Tensor, max_
     finally:
         model.train(was_training)
     return Generation(out, all_logits if return_logits else None)
+
+
+def _mask_rows(logits: Tensor, out: list[list[int]], finished: list[bool], allowed_tokens: TokenMask) -> Tensor:
+    logits = logits.clone()
+    for b, tokens in enumerate(out):
+        allowed = None if finished[b] else allowed_tokens(b, tokens)
+        if allowed is not None:
+            if not bool(allowed.any()):
+                raise ValueError(f"the decoding constraint allows no token after {len(tokens)} tokens of row {b}")
+            logits[b, :allowed.shape[0]].masked_fill_(~allowed.to(logits.device), float("-inf"))
+            logits[b, allowed.shape[0]:] = float("-inf")
+    return logits
 
 
 def load_model_for_generation(checkpoint: str | Path, cfg: ModelConfig, device: torch.device | str = "cpu",
