@@ -66,7 +66,7 @@ class _Listeners:
 
 
 class _Api(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 -- http.server's name
+    def do_GET(self):
         body = json.dumps({"path": self.path}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -157,7 +157,7 @@ FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSE
 NET_TCP = "import socket\nsocket.create_connection(('127.0.0.1', {tcp_port}), timeout=1)\nprint('connected')"
 NET_UDP = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
            "s.sendto(b'x', ('127.0.0.1', {udp_port}))\nprint('sent')")
-NET_UNIX = f"import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('\\0alphaexa-test-{{pid}}')\nprint('connected')"
+NET_UNIX = "import socket\ns = socket.socket(socket.AF_UNIX)\ns.connect('\\0alphaexa-test-{pid}')\nprint('connected')"
 
 # (case id, calls (dicts, or JSON text), check of the last result)
 CASES = [

@@ -114,7 +114,7 @@ class _Api(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self):  # noqa: N802 -- http.server's name
+    def do_GET(self):
         if self.path.startswith("/moved"):
             self.send_response(302)
             self.send_header("Location", "http://example.invalid/steal")
@@ -122,7 +122,7 @@ class _Api(http.server.BaseHTTPRequestHandler):
             return
         self._reply({"method": "GET", "path": self.path})
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self._reply({"method": "POST", "path": self.path, "body": body})
 
@@ -207,7 +207,7 @@ def _cli(capsys, *args: str) -> subprocess.CompletedProcess:
 def test_cli_entry_point():
     out = subprocess.run([sys.executable, "-m", "alphaexa", "tool", "call",
                           '{"id": "x", "name": "shell", "arguments": {"argv": ["echo", "$HOME"]}}'],
-                         capture_output=True, text=True, timeout=120)
+                         check=False, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and json.loads(out.stdout)["result"]["stdout"] == "$HOME\n"
 
 

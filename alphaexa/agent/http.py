@@ -62,7 +62,7 @@ def load_endpoints(path: str | Path) -> dict[str, Endpoint]:
         if method not in ("GET", "POST"):
             raise ConfigError(f"{where}: method must be GET or POST, got {method!r}")
         url = str(raw.get("url", ""))
-        scheme, netloc, path_part, *_ = urllib.parse.urlsplit(url)
+        scheme, netloc, *_ = urllib.parse.urlsplit(url)
         if scheme not in ("http", "https") or not netloc or "{" in netloc:
             raise ConfigError(f"{where}: url must be http(s)://HOST[:PORT]/... with placeholders only after the host, "
                               f"got {url!r}")

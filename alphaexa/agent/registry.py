@@ -13,7 +13,15 @@ from typing import Any
 
 import jsonschema
 
-from .protocol import ToolCall, ToolFailure, error_message, loads_bounded, result_message, schema_error, to_call
+from .protocol import (
+    ToolCall,
+    ToolFailure,
+    error_message,
+    loads_bounded,
+    result_message,
+    schema_error,
+    to_call,
+)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from .protocol import ToolFailure
 
@@ -122,7 +123,7 @@ class Sandbox:
         if self._owns_scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

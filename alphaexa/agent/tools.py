@@ -26,7 +26,7 @@ def confined_path(scratch: Path, word: str) -> None:
     resolved), it leaves it; absolute paths are refused outright."""
     if "\0" in word:
         raise ToolFailure("PathOutsideScratch", "an argument holds a NUL byte")
-    if word.startswith("/") or word.startswith("~"):
+    if word.startswith(("/", "~")):
         raise ToolFailure("PathOutsideScratch", f"absolute path {word[:200]!r}: paths are relative to the scratch directory")
     resolved = os.path.realpath(os.path.join(scratch, word))
     if resolved != str(scratch) and not resolved.startswith(str(scratch) + os.sep):
