@@ -21,7 +21,6 @@ from topology.modelcfg import ModelConfig
 from ..errors import UserError
 from .transformer import Transformer
 
-
 # (row, the row's new tokens so far) -> (vocab,) bool mask of the allowed next tokens, or None
 TokenMask = Callable[[int, list[int]], Tensor | None]
 
