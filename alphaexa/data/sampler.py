@@ -33,16 +33,18 @@ def _mix64(z: np.ndarray) -> np.ndarray:
 
 
 class IndexPermutation:
-    """A seeded pseudo-random permutation of ``range(n)``, evaluated at any positions."""
+    """A seeded pseudo-random permutation of ``range(n)``, evaluated at any positions.
 
-    def __init__(self, n: int, seed: int, epoch: int):
+    ``streams`` (optional integers) key further independent permutations under the same seed and epoch."""
+
+    def __init__(self, n: int, seed: int, epoch: int, *streams: int):
         if n < 1:
             raise ValueError("cannot permute an empty range")
         self.n = n
         half_bits = max(1, ((n - 1).bit_length() + 1) // 2)
         self._half_bits = _U64(half_bits)
         self._mask = _U64((1 << half_bits) - 1)
-        self._keys = np.random.default_rng([seed, epoch]).integers(
+        self._keys = np.random.default_rng([seed, epoch, *streams]).integers(
             0, np.iinfo(np.uint64).max, size=_FEISTEL_ROUNDS, dtype=np.uint64, endpoint=True)
 
     def _encrypt(self, x: np.ndarray) -> np.ndarray:

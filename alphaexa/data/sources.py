@@ -137,7 +137,7 @@ def _read_tar(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
                 stem, dot, ext = base.partition(".")
                 member_key = f"{directory}/{stem}" if directory else stem
                 if member_key != key and members:
-                    text = _tar_sample_text(members, text_field, f"{path}:{key}")
+                    text = tar_sample_text(members, text_field, f"{path}:{key}")
                     if text is not None:
                         yield text, raw.tell()
                     members = {}
@@ -145,12 +145,13 @@ def _read_tar(path: Path, text_field: str) -> Iterator[tuple[str, int]]:
                 if dot and ext.lower() in ("txt", "json"):
                     members[ext.lower()] = archive.extractfile(member).read()
             if members:
-                text = _tar_sample_text(members, text_field, f"{path}:{key}")
+                text = tar_sample_text(members, text_field, f"{path}:{key}")
                 if text is not None:
                     yield text, raw.tell()
 
 
-def _tar_sample_text(members: dict[str, bytes], text_field: str, where: str) -> str | None:
+def tar_sample_text(members: dict[str, bytes], text_field: str, where: str) -> str | None:
+    """A WebDataset sample's document: its ``txt`` member, else the text field of its ``json`` member."""
     if "txt" in members:
         return members["txt"].decode("utf-8", errors="replace")
     if "json" in members:

@@ -1,28 +1,44 @@
-"""From the run config's ``data`` section to a tokenized dataset directory (built once, cached).
+"""From the run config's ``data`` section to the trainer's data: a tokenized dataset directory
+(built once, cached), or WebDataset shards streamed and tokenised while training.
 
-``check_data_inputs`` only looks (paths exist, tokenizer file exists) and runs before any
-process is spawned; ``prepare_dataset`` may tokenize (the demo corpus, or text files into
-the cache) and is safe to call from every rank at once: one builds, the others wait on a
-file lock and reuse its result.
+``check_data_inputs`` only looks (paths exist, tokenizer file exists, shards readable) and runs
+before any process is spawned; ``prepare_dataset`` may tokenize (the demo corpus, or text files
+into the cache) and is safe to call from every rank at once: one builds, the others wait on a
+file lock and reuse its result.  ``open_training_data`` gives the trainer its tokenizer, the
+held-out samples and, per rank, the training batch loader of either kind.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from topology.modelcfg import ConfigError, ModelConfig
 
+from ..data.stream import SplitRule, check_stream_tokenizer, is_stream_spec, probe_shards, shard_urls
 from ..errors import UserError
-from .config import DataSection
+from .config import DataSection, RunConfig
 
 
 def _is_dataset_dir(path: Path) -> bool:
     return path.is_dir() and (path / "index.json").is_file()
 
 
+def is_streaming(data: DataSection) -> bool:
+    return data.stream or any(is_stream_spec(item) for item in data.corpus)
+
+
 def check_data_inputs(data: DataSection, model: ModelConfig) -> None:
-    """One-line errors for a missing corpus or tokenizer and an unusable tokenizer choice; no work."""
+    """One-line errors for a missing corpus or tokenizer and an unusable tokenizer choice; no work
+    beyond reading shard headers (and the first shard that is a command or URL) when streaming."""
+    if is_streaming(data):
+        check_stream_tokenizer(_tokenizer_kind(data, model))
+        probe_shards(shard_urls(data.corpus))
+        return
     if not data.is_demo:
         for item in data.corpus:
             if item == "demo":
@@ -43,12 +59,15 @@ def _tokenizer_kind(data: DataSection, model: ModelConfig) -> str:
     return model.tokenizer if data.tokenizer == "auto" else data.tokenizer
 
 
-def prepare_dataset(data: DataSection, model: ModelConfig, progress: bool = False) -> Path:
-    """The dataset directory for this config, tokenizing into the cache the first time."""
+def prepare_dataset(data: DataSection, model: ModelConfig, progress: bool = False) -> Path | None:
+    """The dataset directory for this config, tokenizing into the cache the first time (None when
+    the corpus is streamed: nothing is prepared up front)."""
     from ..data import default_cache_dir, ensure_demo_dataset, tokenize_corpus
     from ..data.ingest import exclusive_lock
 
     check_data_inputs(data, model)
+    if is_streaming(data):
+        return None
     cache = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
     kind = _tokenizer_kind(data, model)
     vocab = model.vocab_size if kind == "sentencepiece" else None
@@ -81,3 +100,45 @@ def _corpus_key(inputs: list[Path], tokenizer: str, vocab: int | None, data: Dat
     material = {"files": files, "tokenizer": str(tokenizer), "vocab": vocab, "model_type": data.sp_model_type,
                 "val_fraction": data.val_fraction, "seed": data.split_seed, "text_unit": data.text_unit}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainingData:
+    """What the trainer reads: the tokenizer, the held-out samples, where the data came from (for
+    events and manifests) and how to make this rank's training loader."""
+
+    tokenizer: Any
+    val_samples: Any  # PackedSamples or StreamValidation
+    source: str  # the dataset directory, or the shard list of a stream
+    _make_loader: Any
+
+    def loader(self, rows: np.ndarray, pin_memory: bool):
+        return self._make_loader(rows, pin_memory)
+
+
+def open_training_data(cfg: RunConfig, progress: bool = False) -> TrainingData:
+    from ..data import PackedSamples, PackedTokens, load_tokenizer
+    from .batches import StepLoader
+
+    train = cfg.train
+    if not is_streaming(cfg.data):
+        directory = prepare_dataset(cfg.data, cfg.model, progress=progress)
+        dataset = PackedTokens(directory)
+        samples = PackedSamples(dataset, train.seq_len, "train")
+        return TrainingData(dataset.load_tokenizer(), PackedSamples(dataset, train.seq_len, "val"), str(directory),
+                            lambda rows, pin: StepLoader(samples, train.global_batch, rows, train.seed,
+                                                         prefetch=cfg.data.prefetch, pin_memory=pin))
+    from ..data.stream import StreamValidation, stream_fingerprint
+    from .stream_loader import StreamStepLoader
+
+    spec = _tokenizer_kind(cfg.data, cfg.model)
+    check_stream_tokenizer(spec)
+    tokenizer = load_tokenizer(spec)
+    urls = shard_urls(cfg.data.corpus)
+    rule = SplitRule(cfg.data.val_fraction, cfg.data.split_seed)
+    fingerprint = stream_fingerprint(urls, tokenizer, rule)
+    val = StreamValidation(urls, tokenizer, rule, train.seq_len, train.eval_batches * train.global_batch)
+    return TrainingData(tokenizer, val, f"webdataset {urls[0]}" + (f" and {len(urls) - 1} more shards" if len(urls) > 1 else ""),
+                        lambda rows, pin: StreamStepLoader(urls, spec, rule, fingerprint, train.seq_len,
+                                                           train.global_batch, rows, train.seed,
+                                                           workers=cfg.data.stream_workers, pin_memory=pin))
