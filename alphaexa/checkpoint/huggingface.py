@@ -167,11 +167,16 @@ def from_hf_state(cfg: ModelConfig, tensors: dict[str, Tensor]) -> dict[str, Ten
     return state
 
 
-def model_config_from_hf(config: dict[str, Any], name: str, tokenizer: str) -> ModelConfig:
-    """The ModelConfig of a transformers config.json; UserError for what AlphaExa cannot compute exactly."""
+def _importable_family(config: dict[str, Any]) -> str:
     family = config.get("model_type")
     if family not in _ARCHITECTURES:
         raise UserError(f"model_type {family!r} cannot be imported; known: {', '.join(_ARCHITECTURES)}")
+    return family
+
+
+def model_config_from_hf(config: dict[str, Any], name: str, tokenizer: str) -> ModelConfig:
+    """The ModelConfig of a transformers config.json; UserError for what AlphaExa cannot compute exactly."""
+    family = _importable_family(config)
     expected_act = "gelu" if family == "arcee" else "silu"
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -284,6 +289,7 @@ def read_hf_dir(path: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
         config = json.loads(config_file.read_text())
     except ValueError as e:
         raise UserError(f"{config_file}: not JSON ({e})") from None
+    _importable_family(config)  # before reading gigabytes of weights of a model that cannot be imported
     st = _safetensors()
     if (path / INDEX_FILE).is_file():
         files = sorted(set(json.loads((path / INDEX_FILE).read_text())["weight_map"].values()))
