@@ -8,13 +8,13 @@ a SentencePiece model trained on it.
 from __future__ import annotations
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 import webdataset as wds
-from train_runs import REPO, copy_checkpoint_run, run_env, steps, train, train_command
+from train_runs import copy_checkpoint_run, steps, train, train_command
 
+from alphaexa.cli import main
 from alphaexa.data import demo_corpus_documents, train_sentencepiece
 from alphaexa.data.stream import (
     WINDOW_BITS,
@@ -131,15 +131,13 @@ def test_bad_shards_are_one_line_errors(corpus, tmp_path, case):
     assert expected in message and "\n" not in message, message
 
 
-@pytest.mark.multiproc
-def test_cli_reports_a_failing_pipe_in_one_line_before_training(corpus, tmp_path):
+def test_cli_reports_a_failing_pipe_in_one_line_before_training(corpus, tmp_path, capsys):
     run = tmp_path / "run"
-    cmd = train_command(run, f"data.corpus=pipe:cat {tmp_path}/absent.tar", nproc=2)
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=run_env(), cwd=REPO)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "exited with status 1" in lines[0], done.stderr
-    assert not (run / "metrics.jsonl").exists()
+    # In this process: the parent's checks fail before it would spawn the 2 ranks.
+    assert main(train_command(run, f"data.corpus=pipe:cat {tmp_path}/absent.tar", nproc=2)[3:]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "exited with status 1: cat:" in lines[0], lines
+    assert not run.exists()
 
 
 def _stream_sets(corpus):
@@ -192,3 +190,31 @@ def test_stream_resume_on_one_rank_repeats_and_skips_no_sample(straight_stream_r
     for step in range(5, 9):
         assert again[step]["consumed_samples"] == straight[step]["consumed_samples"]
         assert again[step]["loss"] == pytest.approx(straight[step]["loss"], rel=1e-4)
+
+
+@pytest.mark.exhaustive
+@pytest.mark.multiproc
+def test_pipe_stream_on_four_ranks_crosses_an_epoch_and_resumes_on_two(corpus, tmp_path):
+    """3 shards given as one brace pattern of pipe: commands; 16 steps of 8 windows run past the
+    first epoch; the step-8 checkpoint of 4 ranks resumes on 2 with the same windows per step."""
+    counts = [window_count(tokenize_shard(str(s), corpus["tokenizer"], RULE)["train"], SEQ_LEN)
+              for s in corpus["shards"][:3]]
+    assert sum(counts) < 16 * 8
+    sets = [*_stream_sets(corpus), f"data.corpus=pipe:cat {corpus['root']}/shards/shard-{{000..002}}.tar",
+            "train.steps=16", "checkpoint.every=8", "parallel.mbs=2"]
+    four, two = tmp_path / "four", tmp_path / "two"
+    train(four, *sets, nproc=4, cache_dir=tmp_path / "cache")
+    copy_checkpoint_run(four, two, step=8)
+    train(two, nproc=2, resume=True, config=None, cache_dir=tmp_path / "cache")
+
+    def per_step(run, ranks, first):
+        return {s: sorted(i for r in range(ranks) for i in _samples(run, r)[s]) for s in range(first, 17)}
+
+    assert per_step(two, 2, 9) == per_step(four, 4, 9)
+    batches = list(per_step(four, 4, 1).values())
+    epoch = sum(counts)
+    every = {(shard << WINDOW_BITS) | w for shard, n in enumerate(counts) for w in range(n)}
+    inside = [i for ids in batches[:epoch // 8] for i in ids]  # the steps wholly within the first epoch
+    assert len(set(inside)) == len(inside) and set(inside) <= every
+    assert {i for ids in batches[:-(-epoch // 8)] for i in ids} == every  # and the first epoch is complete
+    assert steps(two)[16]["consumed_samples"] == 16 * 8

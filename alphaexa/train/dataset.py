@@ -65,9 +65,9 @@ def prepare_dataset(data: DataSection, model: ModelConfig, progress: bool = Fals
     from ..data import default_cache_dir, ensure_demo_dataset, tokenize_corpus
     from ..data.ingest import exclusive_lock
 
-    check_data_inputs(data, model)
-    if is_streaming(data):
+    if is_streaming(data):  # preflight has probed the shards; the ranks read them
         return None
+    check_data_inputs(data, model)
     cache = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
     kind = _tokenizer_kind(data, model)
     vocab = model.vocab_size if kind == "sentencepiece" else None
