@@ -129,7 +129,11 @@ class ResumableSampler:
         if state["num_samples"] != self.num_samples:
             raise UserError(f"the data position was saved for {state['num_samples']} samples, this dataset has "
                             f"{self.num_samples}: resume with the same dataset and train.seq_len")
-        if state["seed"] != self.seed:
-            raise ConfigError(f"train.seed={self.seed} differs from the seed {state['seed']} of the saved "
-                              f"data position; resuming with another order would repeat and skip samples")
+        check_saved_seed(self.seed, state["seed"])
         self.consumed_samples = int(state["consumed_samples"])
+
+
+def check_saved_seed(seed: int, saved: int) -> None:
+    if saved != seed:
+        raise ConfigError(f"train.seed={seed} differs from the seed {saved} of the saved data position; "
+                          f"resuming with another order would repeat and skip samples")

@@ -17,6 +17,7 @@ from topology.modelcfg import ConfigError
 
 from ..data import Batch, load_tokenizer
 from ..data.loader import _to_batch
+from ..data.sampler import check_saved_seed
 from ..data.stream import (
     WINDOW_BITS,
     SplitRule,
@@ -166,9 +167,7 @@ class StreamStepLoader:
         if state["seq_len"] != self.seq_len:
             raise ConfigError(f"train.seq_len={self.seq_len} differs from the saved {state['seq_len']}; "
                               f"windows would not line up with the saved position")
-        if state["seed"] != self.seed:
-            raise ConfigError(f"train.seed={self.seed} differs from the seed {state['seed']} of the saved "
-                              f"data position; resuming with another order would repeat and skip samples")
+        check_saved_seed(self.seed, state["seed"])
         self.close()
         self.consumed_samples = int(state["consumed_samples"])
         self.epoch, self.ordinal, self.offset = (int(state[k]) for k in ("epoch", "shard_ordinal", "shard_offset"))
