@@ -67,6 +67,7 @@ class AttentionKernel:
         return self.requires_module is None or _module_installed(self.requires_module)
 
 
+@torch.compiler.assume_constant_result  # traced as its value: no import machinery inside a graph
 @cache
 def _module_installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None

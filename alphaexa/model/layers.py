@@ -14,6 +14,12 @@ def at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def matmul_dtype(t: Tensor) -> torch.dtype:
+    """The dtype ``nn.Linear`` multiplies ``t`` in here: autocast's when it is on, else ``t``'s own."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else t.dtype
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from topology.modelcfg import ModelConfig
 
-from .layers import FeedForward, activate
+from .layers import FeedForward, activate, matmul_dtype
 
 
 class AuxLossInjector(torch.autograd.Function):
@@ -63,17 +63,22 @@ def grouped_mm_usable(x: Tensor, weight: Tensor) -> bool:
 
     It exists since torch 2.8; its CPU kernel (2.9+) takes float32 and bfloat16,
     its CUDA kernel bfloat16, and both need every stride and pointer aligned to
-    16 bytes.
+    16 bytes.  Under torch.compile its shape function (torch 2.13) takes bfloat16 only.
     """
     if not hasattr(torch, "_grouped_mm"):
         return False
-    allowed = {"cpu": (torch.float32, torch.bfloat16), "cuda": (torch.bfloat16,)}
+    compiling = torch.compiler.is_compiling()
+    cpu = (torch.bfloat16,) if compiling else (torch.float32, torch.bfloat16)
+    allowed = {"cpu": cpu, "cuda": (torch.bfloat16,)}
     if x.dtype not in allowed.get(x.device.type, ()) or weight.dtype != x.dtype:
         return False
     size = x.element_size()
     strides = (*x.stride(), *weight.stride())
-    return (all(s * size % 16 == 0 for s in strides if s != 1)
-            and x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
+    if not all(s * size % 16 == 0 for s in strides if s != 1):
+        return False
+    # Inside a compiled graph pointers cannot be read, and need not be: inductor copies
+    # misaligned graph inputs, and its own buffers are aligned.
+    return compiling or (x.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
 
 
 class GroupedExperts(nn.Module):
@@ -94,17 +99,22 @@ class GroupedExperts(nn.Module):
 
     def forward(self, x: Tensor, tokens_per_expert: Tensor) -> Tensor:
         """``x`` (N, d): tokens sorted by expert, ``tokens_per_expert[e]`` of them for local expert e."""
-        x = x.contiguous()
-        if self.use_grouped_mm and grouped_mm_usable(x, self.w1) and grouped_mm_usable(x, self.w2):
+        # Under autocast the weights are fp32 masters: multiply in autocast's dtype as nn.Linear
+        # would (torch._grouped_mm is not on autocast's list, and takes bf16 on CUDA).
+        dtype = matmul_dtype(x)
+        x = x.to(dtype).contiguous()
+        w1, w2 = self.w1.to(dtype), self.w2.to(dtype)
+        w3 = self.w3.to(dtype) if self.w3 is not None else None
+        if self.use_grouped_mm and grouped_mm_usable(x, w1) and grouped_mm_usable(x, w2):
             offsets = tokens_per_expert.cumsum(0).to(torch.int32)
-            gate = torch._grouped_mm(x, self.w3, offs=offsets) if self.w3 is not None else None
-            hidden = activate(self.ffn_type, torch._grouped_mm(x, self.w1, offs=offsets), gate)
-            return torch._grouped_mm(hidden, self.w2, offs=offsets)
+            gate = torch._grouped_mm(x, w3, offs=offsets) if w3 is not None else None
+            hidden = activate(self.ffn_type, torch._grouped_mm(x, w1, offs=offsets), gate)
+            return torch._grouped_mm(hidden, w2, offs=offsets)
         outputs = []
         for e, chunk in enumerate(torch.split(x, tokens_per_expert.tolist())):
-            gate = chunk @ self.w3[e] if self.w3 is not None else None
-            outputs.append(activate(self.ffn_type, chunk @ self.w1[e], gate) @ self.w2[e])
-        return torch.cat(outputs) if outputs else x.new_zeros(0, self.w2.shape[-1])
+            gate = chunk @ w3[e] if w3 is not None else None
+            outputs.append(activate(self.ffn_type, chunk @ w1[e], gate) @ w2[e])
+        return torch.cat(outputs) if outputs else x.new_zeros(0, w2.shape[-1])
 
 
 class MoE(nn.Module):
@@ -169,7 +179,10 @@ class MoE(nn.Module):
         # all second choices, ...  A stable sort by expert keeps that priority inside
         # each expert's group, so "the first `capacity` of each group" is the rule.
         flat_experts = top_experts.t().reshape(-1)
-        routed_counts = torch.bincount(flat_experts, minlength=self.n_experts)
+        # Counted by scatter_add, not bincount: a fixed output shape (no host sync on CUDA, no
+        # graph break under torch.compile).
+        routed_counts = torch.zeros(self.n_experts, dtype=torch.long, device=x.device).scatter_add_(
+            0, flat_experts, torch.ones_like(flat_experts))
         order = torch.sort(flat_experts, stable=True).indices
         capacity = self.capacity(n_tokens)
         if capacity is None:
@@ -183,7 +196,8 @@ class MoE(nn.Module):
         weights = top_probs.t().reshape(-1)[order]
 
         expert_out = self._run_experts(tokens[token_of], tokens_per_expert)
-        out = torch.zeros_like(tokens).index_add(0, token_of, expert_out * weights.unsqueeze(1).to(expert_out.dtype))
+        weighted = (expert_out * weights.unsqueeze(1).to(expert_out.dtype)).to(tokens.dtype)  # bf16 under autocast
+        out = torch.zeros_like(tokens).index_add(0, token_of, weighted)
         if self.shared_experts is not None:
             out = out + self.shared_experts(tokens)
 

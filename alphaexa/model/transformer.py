@@ -19,6 +19,7 @@ from topology.modelcfg import ModelConfig
 
 from .attention import Attention, KVCache
 from .layers import NORM_TYPES, FeedForward, build_norm
+from .loss import fused_linear_cross_entropy
 from .moe import GroupedExperts, MoE
 from .positions import rope_tables, sinusoidal_table
 
@@ -157,10 +158,12 @@ class Transformer(nn.Module):
                        dtype or reference.dtype, reference.device)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, inputs: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, inputs: Tensor, cache: KVCache | None = None, targets: Tensor | None = None) -> Tensor:
         """Token ids (B, S) -> logits (B, S, vocab); on a pipeline stage without embedding or
         head, hidden states (B, S, d) in and/or out.  With ``cache``, the S tokens continue
-        each row's cached sequence and the cache advances by S."""
+        each row's cached sequence and the cache advances by S.  With ``targets`` (B, S) (and
+        the head on this stage), the summed token cross-entropy instead of the logits, through
+        the fused head + loss that never holds the whole fp32 logits (``loss``)."""
         seq = inputs.shape[1]
         device = inputs.device
         positions = cache.positions(seq, device) if cache is not None else None
@@ -188,6 +191,8 @@ class Transformer(nn.Module):
             h = layer(h, rope, cache)
         if self.norm is not None:
             h = self.norm(h)
+        if self.output is not None and targets is not None:
+            return fused_linear_cross_entropy(h, self.output.weight, targets)
         if self.output is not None:
             h = self.output(h)
         if cache is not None:

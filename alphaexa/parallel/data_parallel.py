@@ -23,9 +23,13 @@ none       FSDP2's ``replicate`` (``torch.distributed._composable.replicate_with
 Under a pipeline schedule, ``torch.distributed.pipelining`` itself turns gradient
 sync off until the last micro-batch for every mode.
 
-Every chunk is wrapped even when the data dimension has size 1 (a size-1
-mesh): the ``MixedPrecisionPolicy`` then still gives bf16 compute with fp32
-master weights, and every parameter is a DTensor for DCP.
+One rank alone (world size 1, nothing offloaded) gets no wrapper by default: the
+model stays a plain module of fp32 master weights and bf16 compute comes from
+``torch.autocast`` around its forward (``apply_autocast``), as in a hand-written
+loop, without FSDP's per-block hooks, copies and DTensor parameters; DCP,
+clipping and the optimizer take plain tensors alike.  ``parallelize(...,
+fsdp_on_one_rank=True)`` wraps it anyway (a size-1 mesh, mixed precision by
+FSDP's ``MixedPrecisionPolicy``, every parameter a DTensor).
 
 Reductions SUM (``set_gradient_divide_factor(1)`` and, so that no backend needs
 PREMUL_SUM, ``set_force_sum_reduction_for_comms(True)``): the loss is normalised by
@@ -37,6 +41,8 @@ mesh ``edp`` (the only ranks holding the same experts): plain FSDP over all of
 it, no HSDP split, in every zero mode; ``replicate`` over it for none.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import nn
@@ -61,6 +67,25 @@ def mixed_precision(compute_dtype: torch.dtype) -> MixedPrecisionPolicy:
     if compute_dtype in (torch.float32, torch.float64):
         return MixedPrecisionPolicy()
     return MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+
+
+def needs_data_parallel_wrapper(dims: ParallelDims, *, cpu_offload: bool, fsdp_on_one_rank: bool) -> bool:
+    """Whether FSDP2 wraps the chunks: any parallelism, offload, or when asked for on one rank."""
+    return dims.layout.world > 1 or cpu_offload or fsdp_on_one_rank
+
+
+def apply_autocast(chunk: nn.Module, compute_dtype: torch.dtype, device_type: str) -> None:
+    """Run ``chunk``'s forward under ``torch.autocast(compute_dtype)`` (nothing for fp32/fp64)."""
+    if compute_dtype in (torch.float32, torch.float64):
+        return
+    forward = chunk.forward
+
+    @functools.wraps(forward)
+    def autocast_forward(*args, **kwargs):
+        with torch.autocast(device_type, dtype=compute_dtype):
+            return forward(*args, **kwargs)
+
+    chunk.forward = autocast_forward
 
 
 def apply_data_parallel(chunk: Transformer, dims: ParallelDims, *, compute_dtype: torch.dtype,

@@ -2,7 +2,12 @@
 
 Per model chunk (the whole model, or each pipeline stage of this rank):
 activation checkpointing -> tensor + sequence parallel -> expert parallel (experts
-become ep/etp DTensors) -> MoE statistics hook -> torch.compile -> FSDP2.
+become ep/etp DTensors) -> MoE statistics hook -> torch.compile -> FSDP2 (or, for one
+rank alone, bf16 autocast on a plain module: ``data_parallel``).
+
+``torch.compile`` compiles the whole chunk (one graph: embedding, blocks, head and the
+fused loss) when no FSDP wrapper splits it into per-block units, else each block
+(``compile_scope="block"`` forces the latter).
 
 Pass a model built on the meta device (``Transformer(cfg)`` under
 ``torch.device("meta")``), then allocate and initialise this rank's shards with
@@ -26,7 +31,7 @@ from topology.layout import Layout
 from topology.modelcfg import ModelConfig
 from topology.support import check_supported
 
-from .data_parallel import apply_data_parallel
+from .data_parallel import apply_autocast, apply_data_parallel, needs_data_parallel_wrapper
 from .expert_parallel import apply_expert_parallel, apply_moe_statistics
 from .mesh import ParallelDims
 from .pipeline import split_model, stage_ids_of_rank, stage_layer_counts
@@ -56,6 +61,7 @@ class ParallelModel:
     stage_layers: list[int] = field(default_factory=list)
     activation_dtype: torch.dtype = torch.float32  # what flows between pipeline stages
     cpu_offload: bool = False  # FSDP2 keeps the sharded parameters in host memory
+    wrapped: bool = True  # FSDP2 wraps the chunks (False: plain modules under autocast, one rank)
 
     @property
     def layout(self) -> Layout:
@@ -96,15 +102,19 @@ class ParallelModel:
 
 
 def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.dtype = torch.float32,
-                compile: bool = False, cpu_offload: bool = False,
-                stage_layers: list[int] | None = None) -> ParallelModel:
+                compile: bool = False, compile_scope: str = "auto", cpu_offload: bool = False,
+                fsdp_on_one_rank: bool = False, stage_layers: list[int] | None = None) -> ParallelModel:
     """Split ``model`` into this rank's pipeline stages and parallelize each one in place.
 
     ``compute_dtype``: bf16 gives FSDP2 mixed precision (bf16 parameters in compute,
-    fp32 master weights, optimizer state and gradient reduction).
+    fp32 master weights, optimizer state and gradient reduction), or autocast on one rank.
+    ``compile_scope``: auto (the whole chunk when it is not FSDP-wrapped, else each block) | block.
     ``stage_layers``: blocks per pipeline stage (pp*vpp counts), e.g. from the plan.
     """
+    if compile_scope not in ("auto", "block"):
+        raise ValueError(f"compile_scope={compile_scope!r}: must be auto or block")
     layout = dims.layout
+    wrapped = needs_data_parallel_wrapper(dims, cpu_offload=cpu_offload, fsdp_on_one_rank=fsdp_on_one_rank)
     n_stages = layout.pp * layout.vpp
     counts = stage_layer_counts(model.cfg.n_layers, n_stages, stage_layers)
     if layout.pp > 1:
@@ -122,8 +132,13 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
                                   sends_full_sequence=stage < n_stages - 1)
         apply_expert_parallel(chunk, dims["ep"], dims["etp"], dims["ep_etp"])
         apply_moe_statistics(chunk, dims["tokens"])
-        if compile:
+        if compile and (wrapped or compile_scope == "block"):
             apply_compile(chunk)
-        apply_data_parallel(chunk, dims, compute_dtype=compute_dtype, cpu_offload=cpu_offload)
+        elif compile:
+            chunk.compile()
+        if wrapped:
+            apply_data_parallel(chunk, dims, compute_dtype=compute_dtype, cpu_offload=cpu_offload)
+        else:
+            apply_autocast(chunk, compute_dtype, dims.device.type)
     return ParallelModel(dims=dims, chunks=chunks, stage_ids=stage_ids, n_stages=n_stages, stage_layers=counts,
-                         activation_dtype=compute_dtype, cpu_offload=cpu_offload)
+                         activation_dtype=compute_dtype, cpu_offload=cpu_offload, wrapped=wrapped)

@@ -29,18 +29,17 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import loss_parallel
 
 from alphaexa.model.layers import at_least_float32
+from alphaexa.model.loss import IGNORE_INDEX
 from alphaexa.model.moe import moe_layers
 
 from .data_parallel import set_gradient_sync
 from .parallelize import ParallelModel
 from .pipeline import build_schedule, rank_of_stage
-
-IGNORE_INDEX = -100
 
 
 def local_rows(global_batch: int, n_microbatches: int, dp_rank: int, dp: int) -> Tensor:
@@ -72,20 +71,28 @@ class TrainStep:
 
     ``inputs`` / ``targets``: (n_microbatches * mbs, seq) token ids of this data rank
     (``local_rows``).  Gradients are left in the parameters for clipping and the optimizer.
+
+    ``fused_loss``: the model computes head + loss itself (``Transformer.forward(targets=)``,
+    no full fp32 logits), where the layout allows: no pipeline, no vocabulary-parallel loss;
+    elsewhere ``loss_fn`` on the logits.  ``loss_scale()`` multiplies every micro-batch's loss
+    (the trainer's fault injection).
     """
 
     def __init__(self, model: ParallelModel, n_microbatches: int,
-                 loss_fn: Callable[[Tensor, Tensor], Tensor] = summed_cross_entropy):
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] = summed_cross_entropy, *,
+                 fused_loss: bool = False, loss_scale: Callable[[], float] = lambda: 1.0):
         self.model = model
         self.dims = model.dims
         self.n_microbatches = n_microbatches
         self.sum_loss_fn = loss_fn
+        self.loss_scale = loss_scale
         self._token_count: Tensor | None = None
         # Loss sums and token counts in the master weights' precision, at least fp32.
         self.accumulate_dtype = torch.promote_types(next(model.parameters()).dtype, torch.float32)
         layout = self.dims.layout
         self.pipelined = layout.pp > 1
         self.vocab_parallel = layout.tp > 1
+        self.fused_loss = fused_loss and not self.pipelined and not self.vocab_parallel
         for chunk in model.chunks:
             for moe in moe_layers(chunk).values():
                 moe.aux_loss_scale = 1.0 / n_microbatches
@@ -98,7 +105,13 @@ class TrainStep:
             self._last_stage_global_rank = dist.get_global_rank(self.dims.group("pp"), last_stage_pp_rank)
 
     def _normalised_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return self.sum_loss_fn(logits, targets) / self._token_count
+        return self.sum_loss_fn(logits, targets) * self.loss_scale() / self._token_count
+
+    def _summed_loss(self, chunk: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
+        """Summed token cross-entropy of one micro-batch through the whole (unpipelined) model."""
+        if self.fused_loss:
+            return chunk(inputs, targets=targets)
+        return self.sum_loss_fn(chunk(inputs), targets)
 
     def _loss_context(self):
         return loss_parallel() if self.vocab_parallel else contextlib.nullcontext()
@@ -134,9 +147,12 @@ class TrainStep:
         loss_sum = torch.zeros((), device=device, dtype=self.accumulate_dtype)
         for x, y in zip(inputs.chunk(self.n_microbatches), targets.chunk(self.n_microbatches)):
             with self._loss_context():
-                logits = self._pipelined_forward(x) if self.pipelined else self.model.chunks[0](x)
-                if logits is not None:
-                    loss_sum += _plain(self.sum_loss_fn(logits, y)).to(loss_sum.dtype)
+                if self.pipelined:
+                    logits = self._pipelined_forward(x)
+                    if logits is not None:
+                        loss_sum += _plain(self.sum_loss_fn(logits, y)).to(loss_sum.dtype)
+                else:
+                    loss_sum += _plain(self._summed_loss(self.model.chunks[0], x, y)).to(loss_sum.dtype)
         dist.all_reduce(loss_sum, group=self.dims.group("dp_cp"))
         if self.pipelined:
             dist.broadcast(loss_sum, src=self._last_stage_global_rank, group=self.dims.group("pp"))
@@ -168,7 +184,7 @@ class TrainStep:
         for m, (x, y) in enumerate(zip(inputs.chunk(self.n_microbatches), targets.chunk(self.n_microbatches))):
             set_gradient_sync([chunk], m == self.n_microbatches - 1, sharding)
             with self._loss_context():
-                loss = self._normalised_loss(chunk(x), y)
+                loss = self._summed_loss(chunk, x, y) * self.loss_scale() / self._token_count
                 loss.backward()
             loss_sum += _plain(loss.detach()).to(loss_sum.dtype)
         return loss_sum
@@ -187,5 +203,6 @@ class TrainStep:
 
 
 def make_train_step(model: ParallelModel, n_microbatches: int,
-                    loss_fn: Callable[[Tensor, Tensor], Tensor] = summed_cross_entropy) -> TrainStep:
-    return TrainStep(model, n_microbatches, loss_fn)
+                    loss_fn: Callable[[Tensor, Tensor], Tensor] = summed_cross_entropy, *,
+                    fused_loss: bool = False, loss_scale: Callable[[], float] = lambda: 1.0) -> TrainStep:
+    return TrainStep(model, n_microbatches, loss_fn, fused_loss=fused_loss, loss_scale=loss_scale)

@@ -55,7 +55,11 @@ class TrainSection:
     clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still logged)
     dtype: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp64 (CPU tests)
     optimizer_impl: str = "auto"  # auto | fused | foreach | for-loop (auto: fused on accelerators)
-    compile: bool = False  # torch.compile each block (alphaexa.parallel refuses the combinations it cannot do)
+    # torch.compile: auto (on for CUDA, off elsewhere) | true | false (alphaexa.parallel refuses
+    # the combinations it cannot do)
+    compile: bool | str = "auto"
+    compile_scope: str = "auto"  # auto (the whole model when no FSDP wrapper splits it, else each block) | block
+    fused_loss: bool = True  # LM head + cross-entropy in token chunks, never the full fp32 logits (tp1, pp1)
     eval_every: int = 50  # steps between evaluations; 0 = only at the end
     eval_batches: int = 4  # global batches of held-out data per evaluation
     log_every: int = 1  # steps between progress lines (metrics.jsonl gets every step)
@@ -83,6 +87,9 @@ class TrainSection:
         _choice("train.schedule", self.schedule, SCHEDULES)
         _choice("train.dtype", self.dtype, DTYPES)
         _choice("train.optimizer_impl", self.optimizer_impl, OPTIMIZER_IMPLS)
+        if isinstance(self.compile, str) and self.compile != "auto":
+            raise ConfigError(f"train.compile={self.compile!r}: must be auto, true or false")
+        _choice("train.compile_scope", self.compile_scope, ("auto", "block"))
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"train.decay_fraction={self.decay_fraction}: must be in (0, 1]")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -96,6 +103,10 @@ class TrainSection:
             raise ConfigError(f"train.eps={self.eps}: must be > 0")
         if self.collective_timeout_s <= 0:
             raise ConfigError(f"train.collective_timeout_s={self.collective_timeout_s}: must be > 0")
+
+    def compile_on(self, device_type: str) -> bool:
+        """``compile`` resolved for the device: auto compiles on CUDA only."""
+        return device_type == "cuda" if self.compile == "auto" else bool(self.compile)
 
 
 @dataclass
@@ -136,6 +147,7 @@ class DataSection:
 @dataclass
 class CheckpointSection:
     every: int = 50  # steps between checkpoints; 0 = only at the end (the end always saves)
+    enabled: bool = True  # false: no checkpoint at all, not even at the end (benchmarks; nothing to resume)
     keep_last: int = 3  # complete checkpoints kept on disk
     async_: bool = True  # write in the background while training continues (TOML key: async)
     compress: str = "none"  # none | zstd (DCP's ZStandard stream transform; needs zstandard)
@@ -178,6 +190,7 @@ class EngineOptions:
     engine: str = "native"  # native (FSDP2, every layout) | deepspeed (ZeRO data parallelism)
     offload: str = "none"  # none | cpu (host memory) | nvme (files under nvme_path; deepspeed only)
     nvme_path: str = ""  # local directory on the NVMe disk for offload=nvme
+    fsdp_on_one_rank: bool = False  # wrap in FSDP2 even when one rank runs alone (default: plain module + autocast)
 
     def validate(self) -> None:
         _choice("parallel.engine", self.engine, ENGINES)

@@ -40,7 +40,6 @@ from ..parallel import (
     make_train_step,
     materialise,
     parallelize,
-    summed_cross_entropy,
 )
 from .batches import eval_batches
 from .config import RunConfig
@@ -117,10 +116,14 @@ class Trainer:
         if compute_dtype == torch.float64:  # master weights too: exact comparisons between layouts
             model.to(torch.float64)
         offloaded = cfg.engine_options.offload == "cpu"  # FSDP2's CPUOffloadPolicy: state in host memory
-        self.model = parallelize(model, self.dims, compute_dtype=compute_dtype, compile=cfg.train.compile,
-                                 cpu_offload=offloaded)
+        self.model = parallelize(model, self.dims, compute_dtype=compute_dtype,
+                                 compile=cfg.train.compile_on(self.device.type),
+                                 compile_scope=cfg.train.compile_scope, cpu_offload=offloaded,
+                                 fsdp_on_one_rank=cfg.engine_options.fsdp_on_one_rank)
         materialise(self.model, seed=cfg.train.seed)
-        self.step_fn = make_train_step(self.model, self.n_micro, loss_fn=self._loss)
+        # The debug scale reaches the gradient and the reported loss, as a real bad batch would.
+        self.step_fn = make_train_step(self.model, self.n_micro, fused_loss=cfg.train.fused_loss,
+                                       loss_scale=lambda: self._loss_scale)
         # One optimizer per model chunk (pipeline ranks with several stages hold several chunks).
         # Offloaded parameters are host tensors, so their optimizer steps on the CPU.
         optimizer_device = "cpu" if offloaded else self.device.type
@@ -160,10 +163,6 @@ class Trainer:
         if cfg.debug.record_samples:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
             self.sample_log = open(self.run_dir / "samples" / f"rank_{self.rank}.jsonl", "a", buffering=1)  # noqa: SIM115
-
-    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # The debug scale reaches the gradient and the reported loss, as a real bad batch would.
-        return summed_cross_entropy(logits, targets) * self._loss_scale
 
     def _job_peak_flops(self) -> float:
         """Peak FLOP/s of the devices this job runs on, the denominator of MFU.
@@ -242,13 +241,14 @@ class Trainer:
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != last:
                 self._evaluate(step)
                 step_started = time.perf_counter()
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step != last:
+            if cfg.checkpoint.enabled and cfg.checkpoint.every and step % cfg.checkpoint.every == 0 \
+                    and step != last:
                 self._save(step)
                 saved_step = step
                 step_started = time.perf_counter()
         if last == cfg.train.steps or cfg.train.eval_every == 0:
             self._evaluate(last)
-        if saved_step != last:
+        if cfg.checkpoint.enabled and saved_step != last:
             self._save(last)
         self.checkpoints.wait()
         if self.metrics is not None:

@@ -1,0 +1,160 @@
+"""The speed levers of docs/performance.md, each against its reference on CPU.
+
+* fused head + cross-entropy (``alphaexa.model.loss``) equals ``F.cross_entropy`` on the full
+  logits, value and gradients, in fp64/fp32 (and close under bf16 autocast);
+* one rank alone trains a plain module (no FSDP2 wrapper), with or without the fused loss, the
+  same steps as the single-process reference, as the FSDP2-wrapped size-1 mesh does;
+* the whole model traces into one graph, no graph break (what ``compile_scope=auto`` compiles);
+* ``train.compile=auto`` resolves per device, and ``checkpoint.enabled=false`` writes no checkpoint.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.tensor import DTensor
+from train_runs import train
+
+from alphaexa.model import build_model
+from alphaexa.model.loss import IGNORE_INDEX, fused_linear_cross_entropy
+from topology.presets import get_preset
+
+
+def _reference_and_fused(dtype: torch.dtype, autocast: bool, chunk: int):
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 37, 16, dtype=dtype, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=dtype, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 37))
+    targets[0, :5] = IGNORE_INDEX
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = hidden @ weight.t()
+        reference = F.cross_entropy(logits.flatten(0, 1).to(torch.promote_types(logits.dtype, torch.float32)),
+                                    targets.flatten(), reduction="sum", ignore_index=IGNORE_INDEX)
+        fused = fused_linear_cross_entropy(hidden, weight, targets, chunk_tokens=chunk)
+    expected = torch.autograd.grad(reference * 0.7, (hidden, weight))
+    got = torch.autograd.grad(fused * 0.7, (hidden, weight))
+    return reference, fused, expected, got
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("chunk", [16, 111, 4096])  # 111 = all tokens in one chunk; 16 does not divide 111
+def test_fused_loss_equals_cross_entropy_on_the_full_logits(dtype, rtol, chunk):
+    reference, fused, expected, got = _reference_and_fused(dtype, autocast=False, chunk=chunk)
+    assert fused.dtype == reference.dtype
+    torch.testing.assert_close(fused, reference, rtol=rtol, atol=0)
+    for e, g in zip(expected, got):
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, rtol=rtol, atol=rtol * float(e.abs().max()))
+
+
+def test_fused_loss_under_bf16_autocast_matches_within_bf16_rounding():
+    reference, fused, expected, got = _reference_and_fused(torch.float32, autocast=True, chunk=16)
+    assert fused.dtype == torch.float32
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=0)  # same bf16 logits, fp32 loss
+    for e, g in zip(expected, got):
+        assert g.dtype == torch.float32
+        assert float((g - e).abs().max()) < 2**-7 * float(e.abs().max())
+
+
+def test_model_with_targets_returns_the_loss_of_its_logits_with_the_same_gradients():
+    cfg = get_preset("debug")
+    model = build_model(cfg, dtype=torch.float64, seed=0)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 17), generator=torch.Generator().manual_seed(0))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    reference = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten(), reduction="sum")
+    expected = torch.autograd.grad(reference, list(model.parameters()))
+    fused = model(inputs, targets=targets)
+    got = torch.autograd.grad(fused, list(model.parameters()))
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=0)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("params, autocast", [(torch.bfloat16, False), (torch.float32, True)])
+def test_whole_model_traces_into_one_graph_without_breaks(params, autocast):
+    """bf16 weights (FSDP's mixed precision) or fp32 masters under bf16 autocast (one plain rank):
+    grouped GEMM experts (whose compiled shape function takes bf16 only), no host sync anywhere."""
+    cfg = get_preset("debug")  # dense and (dropless) MoE blocks
+    model = build_model(cfg, seed=0, dtype=params)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 33))
+    for kwargs in ({}, {"targets": tokens[:, 1:]}):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            explained = torch._dynamo.explain(model)(tokens[:, :-1], **kwargs)
+        assert explained.graph_break_count == 0, explained.break_reasons
+        assert explained.graph_count == 1
+
+
+@pytest.fixture(scope="module")
+def one_rank_group(tmp_path_factory):
+    store = tmp_path_factory.mktemp("store") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1,
+                            timeout=datetime.timedelta(seconds=60))
+    yield
+    dist.destroy_process_group()
+
+
+def _one_rank_history(fsdp_on_one_rank: bool, fused_loss: bool, steps: int = 3) -> tuple[list, list]:
+    from alphaexa.model import Transformer
+    from alphaexa.parallel import build_mesh, clip_grad_norm_, make_train_step, materialise, parallelize
+    from alphaexa.parallel.equivalence import token_batches
+    from backends.device import get_backend
+    from topology.layout import Layout, resolve_layout
+
+    cfg = get_preset("debug")
+    layout = resolve_layout(Layout(mbs=2).resolve(1), 1, cfg, 4, 16)
+    with torch.device("meta"):
+        model = Transformer(cfg).to(torch.float64)
+    pmodel = parallelize(model, build_mesh(layout, get_backend(), torch.device("cpu")),
+                         compute_dtype=torch.float64, fsdp_on_one_rank=fsdp_on_one_rank)
+    materialise(pmodel, seed=0)
+    step = make_train_step(pmodel, 2, fused_loss=fused_loss)
+    optimizer = torch.optim.AdamW(pmodel.chunks[0].parameters(), lr=1e-2)
+    inputs, targets = token_batches(steps, 4, 16, cfg.vocab_size)
+    history = []
+    for s in range(steps):
+        loss = step(inputs[s], targets[s]).loss
+        history.append((loss, float(clip_grad_norm_(pmodel.parameters(), 0.5, pmodel.dims))))
+        optimizer.step()
+        optimizer.zero_grad()
+    return history, [p for p in pmodel.parameters()]
+
+
+def test_one_rank_plain_module_and_fsdp_wrapper_train_the_reference_steps(one_rank_group):
+    from alphaexa.parallel.equivalence import reference_history, token_batches
+
+    cfg = get_preset("debug")
+    model = build_model(cfg, dtype=torch.float64, seed=0)
+    inputs, targets = token_batches(3, 4, 16, cfg.vocab_size)
+    reference = reference_history(model, torch.optim.AdamW(model.parameters(), lr=1e-2), inputs, targets, 2, 0.5)
+    for fsdp, fused in ((False, True), (False, False), (True, True)):
+        history, params = _one_rank_history(fsdp, fused)
+        assert {isinstance(p, DTensor) for p in params} == {fsdp}
+        for (loss, norm), (ref_loss, ref_norm) in zip(history, reference):
+            assert math.isclose(loss, ref_loss, rel_tol=1e-10), (fsdp, fused, history, reference)
+            assert math.isclose(norm, ref_norm, rel_tol=1e-9), (fsdp, fused, history, reference)
+
+
+def test_compile_auto_is_on_for_cuda_only_and_bad_values_are_one_line_errors():
+    from alphaexa.train.config import load_run_config
+    from topology.modelcfg import ConfigError
+
+    auto = load_run_config(None, ["model.preset=debug"]).train
+    assert auto.compile == "auto" and auto.compile_on("cuda") and not auto.compile_on("cpu")
+    assert load_run_config(None, ["model.preset=debug", "train.compile=true"]).train.compile_on("cpu")
+    assert not load_run_config(None, ["model.preset=debug", "train.compile=false"]).train.compile_on("cuda")
+    with pytest.raises(ConfigError, match=r"train.compile='sometimes': must be auto, true or false"):
+        load_run_config(None, ["model.preset=debug", "train.compile=sometimes"])
+    with pytest.raises(ConfigError, match="train.compile_scope"):
+        load_run_config(None, ["model.preset=debug", "train.compile_scope=layer"])
+
+
+def test_disabled_checkpoints_leave_no_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(run, "train.steps=2", "train.warmup=1", "train.eval_every=0", "checkpoint.enabled=false",
+          cache_dir=tmp_path / "cache")
+    assert (run / "metrics.jsonl").is_file()
+    assert not list(run.rglob("step_*"))
