@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from alphaexa.checkpoint import CheckpointManager, ModelOptimizerState
 from alphaexa.model.moe import moe_layers, set_stats_reduce_hook
 from alphaexa.model.transformer import Transformer
 from topology.layout import Layout
@@ -150,6 +151,35 @@ class DeepSpeedTrainStep:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=model.parameters(), optimizer=optimizer, config=self.config)
         self.last_grad_norm: float | None = None
+
+    def load_weights(self, manager: CheckpointManager, step_or_path: int | str | Path) -> int:
+        """Load the model weights of a DCP checkpoint (saved by any layout and world size) into this
+        engine's model in place; returns its step.  The optimizer state starts fresh.
+
+        Up to ZeRO-2 every rank holds the whole parameters anyway, and DCP reads into them.  ZeRO-3
+        partitions each parameter as a flat 1-D slice, which DCP cannot address (it reads boxes of
+        the saved tensor's shape), so each parameter is gathered whole on its own
+        (``deepspeed.zero.GatheredParameters``), read, and partitioned again: one parameter at a
+        time is whole, never the model.  The checksums are verified by the first read only.
+        """
+        from deepspeed import zero
+
+        model = self.engine.module
+        if self.config["zero_optimization"]["stage"] < 3:
+            step = manager.load(step_or_path, {"model": ModelOptimizerState(model)})
+        else:
+            verify_checksums = manager.verify_checksums
+            try:
+                for name, param in model.named_parameters():
+                    with zero.GatheredParameters([param], modifier_rank=0):
+                        step = manager.load(step_or_path, {"model": {"model": {name: param.data}}})
+                    manager.verify_checksums = False
+            finally:
+                manager.verify_checksums = verify_checksums
+        # ZeRO keeps its own fp32 master partitions: copy the loaded weights into them.
+        if hasattr(self.optimizer, "refresh_fp32_params"):
+            self.optimizer.refresh_fp32_params()
+        return step
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> StepResult:
         device = self.engine.device
