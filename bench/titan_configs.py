@@ -1,82 +1,60 @@
-"""torchtitan 0.3.0 configs at an AlphaExa shape, for ``bench/vs_peers.py``.
+"""torchtitan 0.2.x train specs at an AlphaExa shape, for ``bench/vs_peers.py``.
 
-torchtitan 0.3.0 has no TOML configs any more: a run is named by a config-registry
-function (``--module M --config F``).  This module is such a registry, read by
-torchtitan's own ``ConfigManager``:
+Why 0.2.x: torchtitan 0.3.0 is released against torch 2.14 (its docs/release.md pins
+torch 2.14.0 / torchao 0.18.0; its wheel declares no torch requirement) and already fails
+at import on torch 2.11 (``torch.distributed.fsdp.DataParallelMeshDims`` does not exist
+there, and every model package imports it through its parallelize module).  0.2.2
+(2026-02-20, tested against that month's nightlies, i.e. torch 2.11) is the newest
+release whose code imports on torch 2.11.
 
-    torchrun ... -m torchtitan.train --module bench.titan_configs --config llama3_at_shape
+Importing this module registers two train specs with torchtitan's own registry
+(``register_train_spec``), each with one flavor, ``at_shape``, built from
+``$VS_PEERS_TITAN`` (JSON written by vs_peers: the model fields of an AlphaExa
+ModelConfig plus the batch):
 
-The shape comes from ``$VS_PEERS_TITAN`` (JSON written by vs_peers: the model
-fields of an AlphaExa ModelConfig plus batch, seq_len, steps, compile, attention
-backend, dump folder).  ``llama3_at_shape`` builds torchtitan's Llama-3 model
-(``Llama3Model``, dense blocks) and ``qwen3_moe_at_shape`` its MoE family (Qwen3
-blocks without qk-norm, softmax top-k router without renormalisation, grouped
-experts; dense blocks where the AlphaExa model has them), so both frameworks
-multiply the same matrices.  Tokens are random ids from ``RandomTokens`` (the
-AlphaExa run reads its byte-tokenized corpus: data loading is off the critical
-path in both, through prefetching), and a throw-away word-level tokenizer
-satisfies the trainer's tokenizer step.
+* ``alphaexa_llama3``: torchtitan's Llama-3 model and its ``parallelize_llama``;
+* ``alphaexa_qwen3``: its MoE family, Qwen3 blocks without qk-norm (softmax top-k router
+  without renormalisation, no shared expert, grouped-GEMM experts) and
+  ``parallelize_qwen3``; blocks the AlphaExa model has dense stay dense SwiGLU blocks.
+
+Both read uniform random token ids (``RandomTokens``; AlphaExa reads a byte-tokenized
+corpus; both keep data loading off the critical path), need no tokenizer and no state-dict
+adapter.  The rest (trainer, optimizer, schedule, compile, mixed precision, metrics) is
+torchtitan's own, set on its command line by vs_peers.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
 import torch
-from torch import nn
-from torchtitan.components.checkpoint import CheckpointManager
 from torchtitan.components.dataloader import BaseDataLoader
-from torchtitan.components.loss import ChunkedLossWrapper, CrossEntropyLoss
-from torchtitan.components.metrics import MetricsProcessor
-from torchtitan.components.optimizer import LRSchedulersContainer, default_adamw
-from torchtitan.config import CompileConfig, ParallelismConfig, TrainingConfig
-from torchtitan.distributed.activation_checkpoint import FullAC
-from torchtitan.models.common import ComplexRoPE, Embedding, Linear, RMSNorm
-from torchtitan.models.common.config_utils import (
-    get_attention_config,
-    make_ffn_config,
-    make_gqa_config,
-    make_moe_config,
-    make_routed_experts_config,
-    make_router_config,
-)
-from torchtitan.models.llama3 import Llama3Model, parallelize_llama
-from torchtitan.models.llama3.model import Llama3TransformerBlock
-from torchtitan.models.qwen3 import Qwen3Model, parallelize_qwen3
-from torchtitan.models.qwen3.model import Qwen3TransformerBlock
-from torchtitan.protocols.model_spec import ModelSpec
-from torchtitan.trainer import Trainer
+from torchtitan.models.llama3 import Transformer as Llama3Transformer
+from torchtitan.models.llama3 import TransformerModelArgs
+from torchtitan.models.moe import MoEArgs
+from torchtitan.models.qwen3.model.args import Qwen3ModelArgs
+from torchtitan.models.qwen3.model.model import Qwen3Model, TransformerBlock
+from torchtitan.protocols import train_spec as registry
 
-_INIT = {"weight": partial(nn.init.normal_, std=0.02), "bias": nn.init.zeros_}
-_NORM_INIT = {"weight": nn.init.ones_}
-_EXPERTS_INIT = {"w1_EFD": _INIT["weight"], "w2_EDF": _INIT["weight"], "w3_EFD": _INIT["weight"]}
+FLAVOR = "at_shape"
 
 
-def _shape() -> dict:
+def shape() -> dict:
     return json.loads(os.environ["VS_PEERS_TITAN"])
 
 
 class RandomTokens(BaseDataLoader):
-    """Uniform random token ids, one document per row, generated on the host."""
+    """Uniform random token ids, generated on the host, ``({"input": x}, labels)`` per batch."""
 
-    @dataclass(kw_only=True, slots=True)
-    class Config(BaseDataLoader.Config):
-        vocab_size: int = 32000
-        seed: int = 0
-
-    def __init__(self, config: Config, *, local_batch_size: int, seq_len: int, **_runtime):
-        self.config = config
-        self.batch, self.seq_len = local_batch_size, seq_len
-        self.generator = torch.Generator().manual_seed(config.seed)
+    def __init__(self, vocab_size: int, batch: int, seq_len: int, seed: int = 0):
+        self.vocab_size, self.batch, self.seq_len = vocab_size, batch, seq_len
+        self.generator = torch.Generator().manual_seed(seed)
 
     def __iter__(self):
-        positions = torch.arange(self.seq_len).expand(self.batch, -1)
         while True:
-            tokens = torch.randint(0, self.config.vocab_size, (self.batch, self.seq_len + 1), generator=self.generator)
-            yield {"input": tokens[:, :-1], "positions": positions}, tokens[:, 1:]
+            tokens = torch.randint(0, self.vocab_size, (self.batch, self.seq_len + 1), generator=self.generator)
+            yield {"input": tokens[:, :-1]}, tokens[:, 1:]
 
     def state_dict(self) -> dict:
         return {}
@@ -85,88 +63,58 @@ class RandomTokens(BaseDataLoader):
         pass
 
 
-def _tokenizer_dir(folder: Path) -> str:
-    from tokenizers import Tokenizer, models
-
-    folder.mkdir(parents=True, exist_ok=True)
-    Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2}, unk_token="<unk>")).save(
-        str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
-    return str(folder)
+def build_random_tokens(*, job_config, **_dp) -> RandomTokens:
+    return RandomTokens(shape()["vocab_size"], job_config.training.local_batch_size, job_config.training.seq_len)
 
 
-def _attention(s: dict, layer_id: int):
-    return make_gqa_config(
-        dim=s["d_model"], n_heads=s["n_heads"], n_kv_heads=s["n_kv_heads"], head_dim=s["head_dim"],
-        wqkv_param_init=_INIT, wo_param_init=_INIT, inner_attention=get_attention_config(s["attention"]),
-        fuse_qkv=True, rope=ComplexRoPE.Config(dim=s["head_dim"], max_seq_len=s["seq_len"], theta=s["rope_theta"]))
+def llama3_args(s: dict) -> TransformerModelArgs:
+    args = TransformerModelArgs(dim=s["d_model"], n_layers=s["n_layers"], n_heads=s["n_heads"],
+                                n_kv_heads=s["n_kv_heads"], vocab_size=s["vocab_size"], multiple_of=256,
+                                norm_eps=s["norm_eps"], rope_theta=s["rope_theta"], max_seq_len=s["max_seq_len"],
+                                attn_type="sdpa", attn_mask_type="causal")
+    # Llama-3 derives its FFN width: 256 * ceil((8 d / 3) / 256) must be the preset's d_ff.
+    width = 256 * -(-int(8 * s["d_model"] / 3) // 256)
+    if width != s["d_ff"] or s["head_dim"] * s["n_heads"] != s["d_model"] or s["tie_embeddings"]:
+        raise ValueError(f"torchtitan's Llama-3 cannot take this shape (FFN {width} vs {s['d_ff']}, "
+                         f"head_dim {s['head_dim']}, tied {s['tie_embeddings']})")
+    return args
 
 
-def _dense_ffn(s: dict):
-    return make_ffn_config(dim=s["d_model"], hidden_dim=s["d_ff"], w1_param_init=_INIT, w2w3_param_init=_INIT)
+def qwen3_args(s: dict) -> Qwen3ModelArgs:
+    moe = MoEArgs(num_experts=s["n_experts"], num_shared_experts=0, score_func="softmax", route_norm=False,
+                  top_k=s["top_k"], use_grouped_mm=True, load_balance_coeff=None)
+    return Qwen3ModelArgs(dim=s["d_model"], n_layers=s["n_layers"], n_heads=s["n_heads"], n_kv_heads=s["n_kv_heads"],
+                          vocab_size=s["vocab_size"], head_dim=s["head_dim"], hidden_dim=s["d_ff"],
+                          norm_eps=s["norm_eps"], rope_theta=s["rope_theta"], qk_norm=False,
+                          max_seq_len=s["max_seq_len"], attn_type="sdpa", attn_mask_type="causal",
+                          enable_weight_tying=s["tie_embeddings"], moe_enabled=True, moe_inter_dim=s["moe_d_ff"],
+                          moe_args=moe)
 
 
-def _moe(s: dict):
-    experts = make_routed_experts_config(dim=s["d_model"], hidden_dim=s["moe_d_ff"], num_experts=s["n_experts"],
-                                         top_k=s["top_k"], param_init=_EXPERTS_INIT, comm_backend="standard")
-    router = make_router_config(dim=s["d_model"], num_experts=s["n_experts"], gate_param_init=_INIT,
-                                top_k=s["top_k"], score_func="softmax", route_norm=False)
-    return make_moe_config(num_experts=s["n_experts"], router=router, routed_experts=experts)
+class MixedQwen3Model(Qwen3Model):
+    """Qwen3 with MoE blocks only at the AlphaExa model's MoE layers, dense SwiGLU blocks elsewhere."""
+
+    def __init__(self, model_args: Qwen3ModelArgs):
+        super().__init__(model_args)
+        dense = dataclasses.replace(model_args, moe_enabled=False)
+        moe_layers = set(shape()["moe_layers"])
+        for layer_id in range(model_args.n_layers):
+            if layer_id not in moe_layers:
+                self.layers[str(layer_id)] = TransformerBlock(layer_id, dense)
 
 
-def _decoder_parts(s: dict) -> dict:
-    d, vocab = s["d_model"], s["vocab_size"]
-    return {"dim": d, "vocab_size": vocab, "enable_weight_tying": s["tie_embeddings"],
-            "tok_embeddings": Embedding.Config(num_embeddings=vocab, embedding_dim=d, param_init=_INIT),
-            "norm": RMSNorm.Config(normalized_shape=d, eps=s["norm_eps"], param_init=_NORM_INIT),
-            "lm_head": Linear.Config(in_features=d, out_features=vocab, param_init=_INIT)}
+def register() -> None:
+    s = shape()
+    llama = registry.get_train_spec("llama3")
+    registry.register_train_spec("alphaexa_llama3", dataclasses.replace(
+        llama, model_cls=Llama3Transformer, model_args={FLAVOR: llama3_args(s)} if not s["moe_layers"] else {},
+        build_dataloader_fn=build_random_tokens, build_tokenizer_fn=None, build_validator_fn=None,
+        state_dict_adapter=None, pipelining_fn=None))
+    qwen = registry.get_train_spec("qwen3")
+    registry.register_train_spec("alphaexa_qwen3", dataclasses.replace(
+        qwen, model_cls=MixedQwen3Model, model_args={FLAVOR: qwen3_args(s)} if s["moe_layers"] else {},
+        build_dataloader_fn=build_random_tokens, build_tokenizer_fn=None, build_validator_fn=None,
+        state_dict_adapter=None, pipelining_fn=None))
 
 
-def _trainer(s: dict, model_spec: ModelSpec) -> Trainer.Config:
-    dump = Path(s["dump_folder"])
-    return Trainer.Config(
-        loss=ChunkedLossWrapper.Config(loss_fn=CrossEntropyLoss.Config(global_vocab_size=s["vocab_size"])),
-        hf_assets_path=_tokenizer_dir(dump / "tokenizer"),
-        dump_folder=str(dump),
-        model_spec=model_spec,
-        optimizer=default_adamw(lr=3e-4),
-        lr_scheduler=LRSchedulersContainer.Config(warmup_steps=2),
-        training=TrainingConfig(local_batch_size=s["batch"], seq_len=s["seq_len"], steps=s["steps"],
-                                disable_cuda_graphs=not s["cuda_graphs"]),
-        dataloader=RandomTokens.Config(vocab_size=s["vocab_size"]),
-        metrics=MetricsProcessor.Config(log_freq=1, enable_tensorboard=True),
-        parallelism=ParallelismConfig(data_parallel_shard_degree=-1),
-        checkpoint=CheckpointManager.Config(enable=False),
-        compile=CompileConfig(enable=s["compile"]),
-        **({"activation_checkpoint": FullAC.Config()} if s["recompute"] == "full" else {}),
-    )
-
-
-def llama3_at_shape() -> Trainer.Config:
-    s = _shape()
-    layers = [Llama3TransformerBlock.Config(
-        attention_norm=RMSNorm.Config(normalized_shape=s["d_model"], eps=s["norm_eps"], param_init=_NORM_INIT),
-        ffn_norm=RMSNorm.Config(normalized_shape=s["d_model"], eps=s["norm_eps"], param_init=_NORM_INIT),
-        attention=_attention(s, i), feed_forward=_dense_ffn(s)) for i in range(s["n_layers"])]
-    model = Llama3Model.Config(**_decoder_parts(s), layers=layers)
-    spec = ModelSpec(name="llama3", flavor="alphaexa-shape", model=model, parallelize_fn=parallelize_llama,
-                     pipelining_fn=None, post_optimizer_build_fn=None, state_dict_adapter=None)
-    return _trainer(s, spec)
-
-
-def qwen3_moe_at_shape() -> Trainer.Config:
-    from torchtitan.components.optimizer import register_moe_load_balancing_hook
-
-    s = _shape()
-    layers = []
-    for i in range(s["n_layers"]):
-        moe_layer = i in s["moe_layers"]
-        layers.append(Qwen3TransformerBlock.Config(
-            attention_norm=RMSNorm.Config(normalized_shape=s["d_model"], eps=s["norm_eps"], param_init=_NORM_INIT),
-            ffn_norm=RMSNorm.Config(normalized_shape=s["d_model"], eps=s["norm_eps"], param_init=_NORM_INIT),
-            attention=_attention(s, i), **({"moe": _moe(s)} if moe_layer else {"feed_forward": _dense_ffn(s)})))
-    model = Qwen3Model.Config(**_decoder_parts(s), layers=layers)
-    spec = ModelSpec(name="qwen3", flavor="alphaexa-shape", model=model, parallelize_fn=parallelize_qwen3,
-                     pipelining_fn=None, post_optimizer_build_fn=register_moe_load_balancing_hook,
-                     state_dict_adapter=None)
-    return _trainer(s, spec)
+register()

@@ -1,7 +1,8 @@
-"""AlphaExa against a hand-written PyTorch loop and torchtitan 0.3.0, side by side on one GPU.
+"""AlphaExa against a hand-written PyTorch loop and torchtitan, side by side on one GPU.
 
-    python3 bench/vs_peers.py [OUT_DIR] [--sections dense,moe,long,attention] [--budget-s 500]
-                              [--ablations compile-off,...] [--alphaexa-set section.key=value ...]
+    python3 bench/vs_peers.py [OUT_DIR] [--sections dense,moe] [--budget-s 470] [--warmup 5 --timed 15]
+                              [--ablations compile-off,no-fused-ce,...] [--alphaexa-set section.key=value ...]
+    python3 bench/vs_peers.py OUT_DIR --sections long,attention     # the long-sequence and kernel sections
 
 Every contender trains the same model shape with the same tokens per step, bf16
 compute with fp32 master weights and AdamW, each in its own subprocess (fresh
@@ -11,14 +12,20 @@ loses nothing else).  Sections, in the order they run:
 * dense: the ``1b`` preset, 8 x 2048 tokens per step: a hand-written loop
   (embedding, RMSNorm, GQA attention through SDPA, SwiGLU, LM head, fused AdamW,
   bf16 autocast) eager and under ``torch.compile``; torchtitan's own trainer and
-  Llama-3 model (``bench/titan_configs.py``; compile on, its CUDA graphs on, flex
-  attention); ``alphaexa train`` with its defaults.
+  Llama-3 model (``bench/titan_configs.py``: torchtitan 0.2.x, the newest release
+  that imports on torch 2.11; compile on, SDPA, no activation checkpointing); ``alphaexa
+  train`` with its defaults, and one run per ``--ablations`` lever turned the other way.
 * moe: ``1b-moe`` and a Mixtral-like shape (every block MoE, 8 experts top-2),
   torchtitan's MoE family (Qwen3 blocks at this shape) against ``alphaexa train``.
 * long: ``1b`` at 8k, 32k and 128k tokens per sequence with full recompute, and
   32k with a 4096-token sliding window (``model.sliding_window``).
 * attention: forward + backward of every attention kernel the registry has on
   this device at the 1b shape, each first checked against the math reference.
+
+Where torchtitan's trainer cannot run (it does not import on this torch, or there is no
+GPU: ``--smoke``), its rows train torchtitan's own model classes in the bench's loop
+instead (compiled per block, fused AdamW, bf16 autocast); each torchtitan row says in
+``titan_mode`` which of the two ran.
 
 Figures: tokens/s = tokens per step / mean step time over the timed steps (after
 the warm-up, which includes compilation); MFU = tokens/s x FLOPs per token (one
@@ -27,10 +34,11 @@ bf16 peak; peak memory = the most memory allocated by tensors during a timed ste
 (torchtitan: its ``max_active``), plus the reserved peak where the contender
 reports it.  The ratio column is AlphaExa's tokens/s over each peer's.
 ``--budget-s`` bounds the whole run: a contender whose timeout would overrun it
-is skipped and reported as skipped.  JSON goes to OUT_DIR/vs_peers.json (OUT_DIR
-defaults to $OUT, else ./vs-peers-out), the contenders' log tails to
-OUT_DIR/vs_peers.log.  torchtitan and its needs come from wheels (see
-docs/performance.md); without them its rows say so and the rest runs.
+is skipped and reported as skipped.  AlphaExa runs save no checkpoint
+(``checkpoint.enabled=false``) and their run directories are deleted after each run.
+JSON goes to OUT_DIR/vs_peers.json (OUT_DIR defaults to $OUT, else ./vs-peers-out),
+the contenders' log tails to OUT_DIR/vs_peers.log.  torchtitan and its needs come
+from wheels (see docs/performance.md); without them its rows say so and the rest runs.
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -64,16 +73,19 @@ SHAPES: dict[str, tuple[str, dict]] = {
     # Mixtral's layout (every block MoE, 8 experts, top-2, GQA 4:1, expert width 2.75 d) at 1b-moe's width.
     "mixtral-like": ("1b-moe", {"n_layers": 12, "n_heads": 16, "n_kv_heads": 4, "moe_every": 1, "moe_d_ff": 5632}),
     # --smoke: the same plumbing on CPU at the debug preset's size.
-    "smoke": ("debug", {"moe_every": 0}),
+    "smoke": ("debug", {"moe_every": 0, "d_ff": 256}),  # Llama-3's derived FFN width at d_model 64
     "smoke-moe": ("debug", {}),
 }
 SMOKE_SHAPE = {"1b": "smoke", "1b-moe": "smoke-moe", "mixtral-like": "smoke-moe"}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-# Named override sets, each one lever of docs/performance.md turned the other way.
+# Named override sets, each one lever of docs/performance.md turned the other way (the defaults
+# are what a user gets: compile on CUDA over the whole model, fused loss, no FSDP on one rank).
 ABLATIONS: dict[str, list[str]] = {
     "compile-off": ["train.compile=false"],
-    "compile-on": ["train.compile=true"],
+    "compile-per-block": ["train.compile_scope=block"],
+    "no-fused-ce": ["train.fused_loss=false"],
+    "fsdp-on-1-rank": ["parallel.fsdp_on_one_rank=true"],
     "recompute-selective": ["parallel.recompute=selective"],
 }
 
@@ -157,10 +169,11 @@ def contenders(args) -> list[Contender]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default=os.environ.get("OUT") or "vs-peers-out")
-    parser.add_argument("--sections", default="dense,moe,long,attention")
-    parser.add_argument("--budget-s", type=float, default=500.0, help="wall-clock bound of the whole bench")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--timed", type=int, default=20)
+    parser.add_argument("--sections", default="dense,moe",
+                        help="any of dense,moe,long,attention (long and attention: run them on their own)")
+    parser.add_argument("--budget-s", type=float, default=470.0, help="wall-clock bound of the whole bench")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--timed", type=int, default=15)
     parser.add_argument("--ablations", type=lambda s: [a for a in s.split(",") if a], default=[],
                         help=f"extra alphaexa runs on the dense shape, one lever each: {', '.join(ABLATIONS)}")
     parser.add_argument("--alphaexa-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -255,14 +268,21 @@ def _loop(spec: dict, m: dict) -> dict:
     """The hand-written reference: what a user writes without a framework."""
     torch.manual_seed(0)
     model = HandWrittenLM(m).to(DEVICE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    return _bench_loop(model, spec, m, compile_whole=spec["options"]["compile"])
+
+
+def _bench_loop(model: nn.Module, spec: dict, m: dict, *, compile_whole: bool = False) -> dict:
+    """Train ``model`` (token ids -> logits) with bf16 autocast, fp32 cross-entropy, clipping and
+    fused AdamW; ``compile_whole``: ``torch.compile`` over model + loss.  Times the steps."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                                  fused=DEVICE == "cuda")
 
     def loss_of(inputs, targets):
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
             logits = model(inputs)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
-    loss_fn = torch.compile(loss_of) if spec["options"]["compile"] else loss_of
+    loss_fn = torch.compile(loss_of) if compile_whole else loss_of
     generator = torch.Generator(device=DEVICE).manual_seed(0)
 
     def step() -> torch.Tensor:
@@ -360,19 +380,54 @@ def _free_port() -> int:
 
 
 def _titan(spec: dict, m: dict) -> dict:
-    """torchtitan's own trainer (``torchtitan.train.main``) on a config from bench/titan_configs.py."""
-    dump = Path(spec["scratch"]) / f"titan-{spec['shape']}-{spec['seq']}"
-    shape = {**m, "batch": spec["batch"], "seq_len": spec["seq"], "steps": spec["warmup"] + spec["timed"],
-             "compile": spec["options"]["compile"], "cuda_graphs": spec["options"].get("cuda_graphs", True),
-             "attention": spec["options"].get("attention", "flex"), "recompute": "none",
-             "dump_folder": str(dump)}
-    os.environ.update(VS_PEERS_TITAN=json.dumps(shape), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
-                      LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    config = "qwen3_moe_at_shape" if m["moe_layers"] else "llama3_at_shape"
-    sys.argv = ["torchtitan.train", "--module", "bench.titan_configs", "--config", config]
-    from torchtitan.train import main as titan_main
+    """torchtitan's own trainer (``torchtitan.train``) on a train spec of bench/titan_configs.py; where
+    its trainer cannot run here (it does not import, or no GPU), torchtitan's own model classes at the
+    shape, compiled per block as its parallelize does, in the bench's loop.  ``titan_mode`` says which."""
+    import torchtitan
 
-    titan_main()
+    os.environ["VS_PEERS_TITAN"] = json.dumps(m)
+    version = getattr(torchtitan, "__version__", "?")
+    try:
+        from torchtitan.train import Trainer
+        from torchtitan.train import main as titan_main
+    except ImportError as e:
+        trainer, why = None, f"its trainer does not import here: {type(e).__name__}: {e}"
+    else:
+        trainer, why = (Trainer, titan_main), "no CUDA device for its trainer"
+    from bench import titan_configs
+
+    name = "alphaexa_qwen3" if m["moe_layers"] else "alphaexa_llama3"
+    if trainer is not None and DEVICE == "cuda":
+        return {**_titan_trainer(spec, name, *trainer), "titan_mode": f"torchtitan {version} trainer"}
+    from torchtitan.protocols.train_spec import get_train_spec
+
+    train_spec = get_train_spec(name)
+    with torch.device("meta"):
+        model = train_spec.model_cls(train_spec.model_args[titan_configs.FLAVOR])
+    model.to_empty(device=DEVICE)
+    with torch.no_grad():
+        model.init_weights(buffer_device=None)
+    if spec["options"]["compile"]:
+        for block in model.layers.values():
+            block.compile()
+    figures = _bench_loop(model, spec, m)
+    return {**figures, "titan_mode": f"torchtitan {version} model classes in the bench loop ({why})"}
+
+
+def _titan_trainer(spec: dict, name: str, trainer_class, titan_main) -> dict:
+    dump = Path(spec["scratch"]) / f"titan-{spec['shape']}-{spec['seq']}"
+    recompute = spec["options"].get("recompute", "none")
+    sys.argv = ["torchtitan.train", "--model.name", name, "--model.flavor", "at_shape",
+                "--job.dump_folder", str(dump), "--training.local_batch_size", str(spec["batch"]),
+                "--training.seq_len", str(spec["seq"]), "--training.steps", str(spec["warmup"] + spec["timed"]),
+                "--training.max_norm", "1.0", "--training.mixed_precision_param", "bfloat16",
+                "--optimizer.lr", "3e-4", "--optimizer.implementation", "fused", "--lr_scheduler.warmup_steps", "2",
+                "--metrics.log_freq", "1", "--metrics.enable_tensorboard",
+                "--parallelism.data_parallel_shard_degree", "-1", "--activation_checkpoint.mode", recompute,
+                *(["--compile.enable"] if spec["options"]["compile"] else [])]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(_free_port()))
+    titan_main(trainer_class)
     scalars = _tensorboard_scalars(dump)
     timed = {s: v for s, v in scalars["time_metrics/end_to_end(s)"].items() if s > spec["warmup"]}
     if len(timed) < spec["timed"]:
@@ -424,7 +479,7 @@ def _alphaexa(spec: dict, m: dict) -> dict:
             f"model.max_seq_len={m['max_seq_len']}", f"model.sliding_window={m['sliding_window']}",
             f"train.steps={steps}", f"train.warmup={min(2, steps - 1)}", f"train.global_batch={spec['batch']}",
             f"train.seq_len={spec['seq']}", f"parallel.mbs={spec['batch']}", "train.eval_every=0",
-            "train.eval_batches=1", "train.log_every=1000", "checkpoint.every=0", "checkpoint.keep_last=1",
+            "train.eval_batches=1", "train.log_every=1000", "checkpoint.enabled=false",
             f"data.corpus={_demo_text_corpus(scratch)}", f"data.cache_dir={scratch / 'data-cache'}",
             "data.tokenizer=byte", "data.val_fraction=0.25", "logging.progress=false",
             *spec["options"].get("sets", []), *spec["alphaexa_sets"]]
@@ -433,6 +488,7 @@ def _alphaexa(spec: dict, m: dict) -> dict:
     if code:
         raise RuntimeError(f"alphaexa train exited {code}")
     records, _, events = read_metrics(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # disk: nothing of a run is kept but its figures
     timed = [r for r in records if r["step"] > spec["warmup"]]
     layout = next(e for e in events if e["event"] == "start")["layout_short"]
     return {"step_times": [r["step_time_s"] for r in timed], "peak_gib": max(r["mem_gib"] for r in timed),
@@ -501,7 +557,8 @@ def _short(row: dict) -> str:
         return row["status"]
     if "kernels" in row:
         return ", ".join(f"{k['kernel']} {k.get('fwd_bwd_ms', float('nan')):.2f} ms" for k in row["kernels"])
-    return f"{row['tokens_per_s']:,.0f} tok/s, peak {row['peak_gib']:.1f} GiB"
+    what = f" [{row['titan_mode']}]" if "titan_mode" in row else ""
+    return f"{row['tokens_per_s']:,.0f} tok/s, peak {row['peak_gib']:.1f} GiB{what}"
 
 
 def _ratios(rows: list[dict]) -> list[dict]:
@@ -533,6 +590,9 @@ def _print_tables(result: dict) -> None:
                    f"{r.get('reserved_gib', float('nan')):>9.1f}{r['loss']:>7.2f}") if ok else f"{'':>44}"
         print(f"{r['section']:<10}{r['name']:<28}{r['shape'] + ' ' + str(r['seq']):<14}"
               f"{r['batch'] * r['seq']:>8}{figures}  {r['status']}")
+    for r in result["rows"]:
+        if "titan_mode" in r:
+            print(f"  {r['name']}: ran as {r['titan_mode']}")
     if result["ratios"]:
         print("\nAlphaExa / peer (same shape, same run):")
         for q in result["ratios"]:
