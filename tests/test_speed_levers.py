@@ -88,6 +88,28 @@ def test_whole_model_traces_into_one_graph_without_breaks(params, autocast):
         assert explained.graph_count == 1
 
 
+def test_compiled_model_under_the_autocast_wrapper_equals_eager():
+    """What parallelize does on one plain rank: the autocast forward wrapper, then ``compile`` of the
+    whole model (AOT autograd traced through the fused loss's autograd.Function; the eager backend
+    stands in for inductor, which needs a GPU or a C++ toolchain)."""
+    from alphaexa.parallel.data_parallel import apply_autocast
+
+    cfg = get_preset("debug")
+    tokens = torch.randint(0, cfg.vocab_size, (2, 33), generator=torch.Generator().manual_seed(0))
+    results = []
+    for compiled in (False, True):
+        model = build_model(cfg, seed=0)
+        apply_autocast(model, torch.bfloat16, "cpu")
+        if compiled:
+            model.compile(backend="aot_eager")
+        loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    (eager_loss, eager_grads), (loss, grads) = results
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-6, atol=0)
+    for e, g in zip(eager_grads, grads):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def one_rank_group(tmp_path_factory):
     store = tmp_path_factory.mktemp("store") / "store"
