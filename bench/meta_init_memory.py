@@ -106,12 +106,13 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, path: 
         backend = {"cuda": "nccl", "xpu": "xccl"}[args.device]
         dist.init_process_group(f"cpu:gloo,{args.device}:{backend}", rank=rank, world_size=world,
                                 device_id=device, timeout=datetime.timedelta(minutes=30))
+    stagger = args.stagger and world > 1
     marks = {"baseline": peak_rss_bytes()}
     cfg = get_preset(args.model).replace(max_seq_len=args.seq_len)
     compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     spec = {"dp_shard": world, "mbs": args.mbs, "recompute": args.recompute}
     started = time.perf_counter()
-    pmodel = build_parallel_model(cfg, spec, world, path, device, compute_dtype, seed=0, stagger=args.stagger)
+    pmodel = build_parallel_model(cfg, spec, world, path, device, compute_dtype, seed=0, stagger=stagger)
     build_seconds = time.perf_counter() - started
     marks["model_ready"] = peak_rss_bytes()
 
@@ -128,8 +129,8 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, path: 
             marks["before_optimizer_step"] = peak_rss_bytes()
         # Staggered (one step only), the ranks step in turn and then drop their moments and
         # gradients: the optimizer step is local, so each rank's own peak is unchanged.
-        for turn in range(world if args.stagger else 1):
-            if not args.stagger or turn == rank:
+        for turn in range(world if stagger else 1):
+            if not stagger or turn == rank:
                 for optimizer in optimizers:
                     optimizer.step()
                     optimizer.zero_grad()
@@ -139,10 +140,10 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, path: 
                 if index == 0:
                     marks["after_first_step"] = peak_rss_bytes()
                     first_step_since_launch = time.time() - launched
-                if args.stagger:
+                if stagger:
                     for optimizer in optimizers:
                         optimizer.state.clear()
-            if args.stagger:
+            if stagger:
                 dist.barrier()
     result = {"rank": rank, "path": path, "peak_rss_bytes": marks, "build_seconds": build_seconds,
               "first_step_since_launch_s": first_step_since_launch, "step_seconds": step_seconds,
