@@ -136,6 +136,32 @@ def _sdpa_unsupported(call: AttentionCall) -> str | None:
     return None
 
 
+# --- SDPA with one backend forced (measured against SDPA's own choice; never picked unasked) ---
+
+
+def _sdpa_backend_unsupported(call: AttentionCall) -> str | None:
+    if call.device_type != "cuda":
+        return f"needs a CUDA tensor, got {call.device_type}"
+    if call.dtype not in (torch.float16, torch.bfloat16):
+        return f"needs float16 or bfloat16, got {call.dtype}"
+    if call.head_dim > 128 or call.head_dim % 8:
+        return f"needs head_dim a multiple of 8 and <= 128, got {call.head_dim}"
+    # Only SDPA's own causal mask: an explicit boolean mask would send flash to an error.
+    if call.masked and (call.window or call.q_offset or call.q_len != call.kv_len):
+        return "serves full or square causal attention only (no window, no offset)"
+    return None
+
+
+def _forced_sdpa(backend_name: str) -> Callable[..., Tensor]:
+    def compute(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(getattr(SDPBackend, backend_name)):
+            return _sdpa_attention(q, k, v, call)
+
+    return compute
+
+
 # --- flash-attn (FlashAttention-2, and FlashAttention-3 on Hopper) ------------------------------
 
 
@@ -201,7 +227,9 @@ def _flash3_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> T
 # --- the registry -------------------------------------------------------------------------------
 
 # Registration order is the priority order: the first installed kernel that supports a
-# call serves it when no kernel is forced.
+# call serves it when no kernel is forced.  ``sdpa`` serves every call, so the two forced-backend
+# SDPA entries after it run only when named (benchmarks, the kernel tests): SDPA's own choice
+# measured fastest on an H200 (docs/performance.md).
 KERNELS: dict[str, AttentionKernel] = {
     k.name: k
     for k in (
@@ -210,6 +238,8 @@ KERNELS: dict[str, AttentionKernel] = {
         ),
         AttentionKernel("flash_attn", ("cuda",), "flash_attn", _flash_unsupported, _flash2_attention),
         AttentionKernel("sdpa", ("cpu", "cuda", "xpu"), None, _sdpa_unsupported, _sdpa_attention),
+        AttentionKernel("sdpa_cudnn", ("cuda",), None, _sdpa_backend_unsupported, _forced_sdpa("CUDNN_ATTENTION")),
+        AttentionKernel("sdpa_flash", ("cuda",), None, _sdpa_backend_unsupported, _forced_sdpa("FLASH_ATTENTION")),
         AttentionKernel("math", ("cpu", "cuda", "xpu"), None, _math_unsupported, _math_attention),
     )
 }

@@ -180,3 +180,19 @@ def test_disabled_checkpoints_leave_no_checkpoint(tmp_path):
           cache_dir=tmp_path / "cache")
     assert (run / "metrics.jsonl").is_file()
     assert not list(run.rglob("step_*"))
+
+
+def test_forced_sdpa_backends_run_only_when_named():
+    from backends.attention import AttentionCall, available_kernels, select_kernel
+    from backends.errors import BackendError
+
+    cuda_call = AttentionCall("cuda", torch.bfloat16, 8, 32, 4, 2048, 2048, 64, True, 0, 0)
+    assert available_kernels("cuda").index("sdpa") < available_kernels("cuda").index("sdpa_cudnn")
+    assert select_kernel(cuda_call).name in ("flash_attn3", "flash_attn", "sdpa")
+    assert select_kernel(cuda_call, "sdpa_cudnn").name == "sdpa_cudnn"
+    windowed = AttentionCall("cuda", torch.bfloat16, 8, 32, 4, 2048, 2048, 64, True, 256, 0)
+    with pytest.raises(BackendError, match="sdpa_flash.*no window"):
+        select_kernel(windowed, "sdpa_flash")
+    cpu_call = AttentionCall("cpu", torch.float32, 1, 2, 2, 4, 4, 8, True, 0, 0)
+    with pytest.raises(BackendError, match="'sdpa_cudnn' does not run on cpu"):
+        select_kernel(cpu_call, "sdpa_cudnn")
