@@ -479,7 +479,7 @@ def _alphaexa(spec: dict, m: dict) -> dict:
             f"model.max_seq_len={m['max_seq_len']}", f"model.sliding_window={m['sliding_window']}",
             f"train.steps={steps}", f"train.warmup={min(2, steps - 1)}", f"train.global_batch={spec['batch']}",
             f"train.seq_len={spec['seq']}", f"parallel.mbs={spec['batch']}", "train.eval_every=0",
-            "train.eval_batches=1", "train.log_every=1000", "checkpoint.enabled=false",
+            "train.eval_batches=0", "train.log_every=1000", "checkpoint.enabled=false",
             f"data.corpus={_demo_text_corpus(scratch)}", f"data.cache_dir={scratch / 'data-cache'}",
             "data.tokenizer=byte", "data.val_fraction=0.25", "logging.progress=false",
             *spec["options"].get("sets", []), *spec["alphaexa_sets"]]

@@ -174,11 +174,14 @@ def test_compile_auto_is_on_for_cuda_only_and_bad_values_are_one_line_errors():
         load_run_config(None, ["model.preset=debug", "train.compile_scope=layer"])
 
 
-def test_disabled_checkpoints_leave_no_checkpoint(tmp_path):
+def test_disabled_checkpoints_and_evaluation_leave_neither(tmp_path):
+    from alphaexa.train.metrics import read_metrics
+
     run = tmp_path / "run"
-    train(run, "train.steps=2", "train.warmup=1", "train.eval_every=0", "checkpoint.enabled=false",
-          cache_dir=tmp_path / "cache")
-    assert (run / "metrics.jsonl").is_file()
+    train(run, "train.steps=2", "train.warmup=1", "train.eval_every=0", "train.eval_batches=0",
+          "checkpoint.enabled=false", cache_dir=tmp_path / "cache")
+    records, evaluations, _ = read_metrics(run)
+    assert [r["step"] for r in records] == [1, 2] and evaluations == []
     assert not list(run.rglob("step_*"))
 
 

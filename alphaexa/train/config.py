@@ -61,7 +61,7 @@ class TrainSection:
     compile_scope: str = "auto"  # auto (the whole model when no FSDP wrapper splits it, else each block) | block
     fused_loss: bool = True  # LM head + cross-entropy in token chunks, never the full fp32 logits (tp1, pp1)
     eval_every: int = 50  # steps between evaluations; 0 = only at the end
-    eval_batches: int = 4  # global batches of held-out data per evaluation
+    eval_batches: int = 4  # global batches of held-out data per evaluation; 0 = no evaluation at all
     log_every: int = 1  # steps between progress lines (metrics.jsonl gets every step)
     skip_nonfinite: bool = True  # skip the optimizer step when the loss or gradient norm is inf/nan
     loss_spike_factor: float = 0.0  # a loss above factor x the running mean is a spike; 0 = off
@@ -71,11 +71,11 @@ class TrainSection:
     collective_timeout_s: float = 300.0  # a collective waiting longer ends the job (dead rank)
 
     def validate(self) -> None:
-        positive = ("steps", "global_batch", "seq_len", "eval_batches", "log_every", "loss_spike_window")
+        positive = ("steps", "global_batch", "seq_len", "log_every", "loss_spike_window")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("seed", "warmup", "eval_every", "max_rollbacks"):
+        for name in ("seed", "warmup", "eval_every", "eval_batches", "max_rollbacks"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 0")
         if self.lr <= 0:

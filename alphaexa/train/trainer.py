@@ -100,7 +100,7 @@ class Trainer:
         self.tokenizer = self.data.tokenizer
         self.tokenizer.check_fits(cfg.model.vocab_size)
         self.val_samples = self.data.val_samples
-        if len(self.val_samples) < cfg.train.global_batch:
+        if cfg.train.eval_batches and len(self.val_samples) < cfg.train.global_batch:
             # Found now, not at the first evaluation after hours of training.
             raise UserError(f"the held-out split of {self.dataset_dir} has {len(self.val_samples)} samples of "
                             f"{cfg.train.seq_len + 1} tokens, fewer than one evaluation batch of train.global_batch="
@@ -238,7 +238,7 @@ class Trainer:
             record["time"] = time.time()
             if self.metrics is not None:
                 self.metrics.step(record)
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != last:
+            if cfg.train.eval_batches and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != last:
                 self._evaluate(step)
                 step_started = time.perf_counter()
             if cfg.checkpoint.enabled and cfg.checkpoint.every and step % cfg.checkpoint.every == 0 \
@@ -246,7 +246,7 @@ class Trainer:
                 self._save(step)
                 saved_step = step
                 step_started = time.perf_counter()
-        if last == cfg.train.steps or cfg.train.eval_every == 0:
+        if cfg.train.eval_batches and (last == cfg.train.steps or cfg.train.eval_every == 0):
             self._evaluate(last)
         if cfg.checkpoint.enabled and saved_step != last:
             self._save(last)
