@@ -8,12 +8,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
+from rank_processes import run_ranks
 from test_parallel_equivalence import (
     FP32_ADAM_RTOL,
     GLOBAL_BATCH,
@@ -82,21 +82,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.multiproc
 def test_deepspeed_loads_an_fsdp_checkpoint_into_zero1_and_zero3(tmp_path):
-    import torch.multiprocessing as mp
-
     from alphaexa.model import build_model
     from alphaexa.parallel.equivalence import reference_history, token_batches
     from backends.launch import free_port
 
-    os.environ["OMP_NUM_THREADS"] = "1"
-    ctx = mp.start_processes(_worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 300
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ctx.processes:
-                process.kill()
-            pytest.fail("DeepSpeed job did not finish in 300 s")
+    run_ranks(_worker, (WORLD, free_port(), str(tmp_path)), WORLD, "DeepSpeed job")
     per_rank = [json.loads(Path(tmp_path, f"rank{r}.json").read_text()) for r in range(WORLD)]
     for rank, results in enumerate(per_rank):
         assert "error" not in results, f"rank {rank}: {results['error']}"

@@ -18,12 +18,12 @@ import datetime
 import json
 import math
 import os
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
+from rank_processes import run_ranks
 from test_parallel_equivalence import JOBS, MATRIX, model_config
 
 pytestmark = pytest.mark.multiproc
@@ -141,24 +141,17 @@ def _worker(rank: int, world: int, port: int, layouts: list, resume: bool, out_d
     dist.destroy_process_group()
 
 
-def _run(world: int, layouts: list, resume: bool, tmp: Path, timeout: float = 240.0) -> list[dict]:
+def _run(world: int, layouts: list, resume: bool, tmp: Path) -> list[dict]:
     import torch.multiprocessing as mp
 
     from backends.launch import free_port
 
-    os.environ["OMP_NUM_THREADS"] = "1"
     # The ranks fork from a server that imported torch and the package once: starting 14 fresh
     # interpreters that each import them took most of this test's time on two cores.  The server
     # runs nothing else, so forking it is safe (no threads, no collectives started).
     mp.set_forkserver_preload(["torch", "alphaexa.parallel", "alphaexa.checkpoint"])
-    ctx = mp.start_processes(_worker, args=(world, free_port(), layouts, resume, str(tmp)), nprocs=world,
-                             join=False, start_method="forkserver")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ctx.processes:
-                process.kill()
-            pytest.fail(f"{world}-rank job did not finish in {timeout:.0f} s")
+    run_ranks(_worker, (world, free_port(), layouts, resume, str(tmp)), world, f"{world}-rank job", timeout=240,
+              start_method="forkserver")
     per_rank = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
     errors = [f"rank {r}:\n{out['error']}" for r, out in enumerate(per_rank) if "error" in out]
     if errors:
