@@ -11,8 +11,8 @@ gradients, AdamW's two moments: 100.5 GiB) with 105.2 GiB in all (activations 2.
 of 141 GiB; without recompute at mbs 2 it predicts 122.4 GiB.  So 7b is the model here and no
 smaller preset is needed.
 
-The measurement is bench/meta_init_memory.py's with these defaults (one rank, FSDP2 over a
-one-GPU mesh with bf16 mixed precision, as the trainer runs one GPU): both paths run in their own
+The measurement is bench/meta_init_memory.py's with these defaults (one rank, the trainer's
+`parallelize` of a one-rank layout with bf16 compute): both paths run in their own
 process, one after the other; nothing is saved to disk.  On one GPU the paths hold the same
 single copy of the weights, so their device peaks should agree; what differs is where and when
 the initialisation runs (the whole model before ``parallelize`` vs each shard after it).
