@@ -389,16 +389,15 @@ def _titan(spec: dict, m: dict) -> dict:
     version = getattr(torchtitan, "__version__", "?")
     try:
         from torchtitan.train import Trainer
-        from torchtitan.train import main as titan_main
     except ImportError as e:
         trainer, why = None, f"its trainer does not import here: {type(e).__name__}: {e}"
     else:
-        trainer, why = (Trainer, titan_main), "no CUDA device for its trainer"
+        trainer, why = Trainer, "no CUDA device for its trainer"
     from bench import titan_configs
 
     name = "alphaexa_qwen3" if m["moe_layers"] else "alphaexa_llama3"
     if trainer is not None and DEVICE == "cuda":
-        return {**_titan_trainer(spec, name, *trainer), "titan_mode": f"torchtitan {version} trainer"}
+        return {**_titan_trainer(spec, name, trainer), "titan_mode": f"torchtitan {version} trainer"}
     from torchtitan.protocols.train_spec import get_train_spec
 
     train_spec = get_train_spec(name)
@@ -414,10 +413,15 @@ def _titan(spec: dict, m: dict) -> dict:
     return {**figures, "titan_mode": f"torchtitan {version} model classes in the bench loop ({why})"}
 
 
-def _titan_trainer(spec: dict, name: str, trainer_class, titan_main) -> dict:
+def _titan_trainer(spec: dict, name: str, trainer_class) -> dict:
+    """What ``torchtitan.train.main`` does, with the arguments passed in (its ConfigManager's
+    default arguments are ``sys.argv`` as it was at import: this worker's own)."""
+    from torchtitan.config import ConfigManager
+    from torchtitan.tools.logging import init_logger
+
     dump = Path(spec["scratch"]) / f"titan-{spec['shape']}-{spec['seq']}"
     recompute = spec["options"].get("recompute", "none")
-    sys.argv = ["torchtitan.train", "--model.name", name, "--model.flavor", "at_shape",
+    argv = ["--model.name", name, "--model.flavor", "at_shape",
                 "--job.dump_folder", str(dump), "--training.local_batch_size", str(spec["batch"]),
                 "--training.seq_len", str(spec["seq"]), "--training.steps", str(spec["warmup"] + spec["timed"]),
                 "--training.max_norm", "1.0", "--training.mixed_precision_param", "bfloat16",
@@ -427,7 +431,14 @@ def _titan_trainer(spec: dict, name: str, trainer_class, titan_main) -> dict:
                 *(["--compile.enable"] if spec["options"]["compile"] else [])]
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(_free_port()))
-    titan_main(trainer_class)
+    init_logger()
+    trainer = trainer_class(ConfigManager().parse_args(argv))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     scalars = _tensorboard_scalars(dump)
     timed = {s: v for s, v in scalars["time_metrics/end_to_end(s)"].items() if s > spec["warmup"]}
     if len(timed) < spec["timed"]:
