@@ -41,8 +41,8 @@ def _question(kind: str, rng: random.Random) -> tuple[str, dict]:
         return f"What is {expr}?", {"op": "evaluate", "expr": expr}
     if kind == "algebra":
         a, x, b = rng.randint(2, 9), rng.randint(-20, 20), rng.randint(1, 50)
-        equation = f"{a}*x + {b} = {a * x + b}"
-        return f"Solve {equation} for x.", {"op": "solve", "expr": equation, "symbol": "x"}
+        equation = f"{a}*x+{b}={a * x + b}"
+        return f"Solve {equation}.", {"op": "solve", "expr": equation}  # one variable: the tool finds it
     if kind == "units":
         (src, dst), factor = rng.choice(sorted(UNITS.items()))
         value = rng.randint(2, 999)

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", metavar="DIR", help="scratch directory of python/shell")
     parser.add_argument("--http-config", metavar="FILE", help="endpoints of the http tool")
     parser.add_argument("--out", metavar="DIR", help="demo output directory (default: runs/agent-demo-TIMESTAMP)")
-    parser.add_argument("--steps", type=int, default=1200, metavar="N", help="demo training steps")
+    parser.add_argument("--steps", type=int, metavar="N", help="demo training steps (default: the demo's own)")
 
 
 def _load_model(args):
@@ -62,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
 
     if args.demo:
+        if args.steps is not None and args.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {args.steps}")
         import torch
 
         from ..agent.demo import run_demo
 
         torch.set_num_threads(min(torch.get_num_threads(), 2))
         out = Path(args.out or f"runs/agent-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_demo(out, steps=args.steps)
+        run_demo(out, **({} if args.steps is None else {"steps": args.steps}))
         return 0
     if not args.checkpoint or not args.task:
         raise UserError("give --checkpoint PATH and --task TEXT (or --demo)")
