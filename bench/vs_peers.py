@@ -501,7 +501,9 @@ def _alphaexa(spec: dict, m: dict) -> dict:
     records, _, events = read_metrics(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # disk: nothing of a run is kept but its figures
     timed = [r for r in records if r["step"] > spec["warmup"]]
-    layout = next(e for e in events if e["event"] == "start")["layout_short"]
+    start = next(e for e in events if e["event"] == "start")
+    layout = (f"{start['layout_short']}, {'FSDP2' if start['fsdp_wrapped'] else 'plain module + autocast'}, "
+              f"compile {'on' if start['compiled'] else 'off'}")
     return {"step_times": [r["step_time_s"] for r in timed], "peak_gib": max(r["mem_gib"] for r in timed),
             "loss": timed[-1]["loss"], "layout": layout, "sets": sets}
 
@@ -602,8 +604,8 @@ def _print_tables(result: dict) -> None:
         print(f"{r['section']:<10}{r['name']:<28}{r['shape'] + ' ' + str(r['seq']):<14}"
               f"{r['batch'] * r['seq']:>8}{figures}  {r['status']}")
     for r in result["rows"]:
-        if "titan_mode" in r:
-            print(f"  {r['name']}: ran as {r['titan_mode']}")
+        if "titan_mode" in r or "layout" in r:
+            print(f"  {r['name']}: ran as {r.get('titan_mode') or r['layout']}")
     if result["ratios"]:
         print("\nAlphaExa / peer (same shape, same run):")
         for q in result["ratios"]:

@@ -211,6 +211,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.event("resume" if start else "start", step=start, world_size=self.world,
                                layout=self.layout.to_dict(), layout_short=self.layout.short(),
+                               fsdp_wrapped=self.model.wrapped, compiled=cfg.train.compile_on(self.device.type),
                                consumed_samples=self.loader.consumed_samples, dataset=str(self.dataset_dir),
                                setup_s=loading - self._created, load_s=load_s)
             where = f"resumed from {CHECKPOINT_DIR}/step_{start:06d}" if start else "starting"
