@@ -160,12 +160,13 @@ def test_one_rank_plain_module_and_fsdp_wrapper_train_the_reference_steps(one_ra
             assert math.isclose(norm, ref_norm, rel_tol=1e-9), (fsdp, fused, history, reference)
 
 
-def test_compile_auto_is_on_for_cuda_only_and_bad_values_are_one_line_errors():
+def test_compile_auto_is_on_for_cuda_without_tp_only_and_bad_values_are_one_line_errors():
     from alphaexa.train.config import load_run_config
     from topology.modelcfg import ConfigError
 
     auto = load_run_config(None, ["model.preset=debug"]).train
     assert auto.compile == "auto" and auto.compile_on("cuda") and not auto.compile_on("cpu")
+    assert not auto.compile_on("cuda", tp=2)  # compile with tp: wrong gradients on CPU, unverified on GPUs
     assert load_run_config(None, ["model.preset=debug", "train.compile=true"]).train.compile_on("cpu")
     assert not load_run_config(None, ["model.preset=debug", "train.compile=false"]).train.compile_on("cuda")
     with pytest.raises(ConfigError, match=r"train.compile='sometimes': must be auto, true or false"):
