@@ -28,7 +28,8 @@ def test_demo_plans_a_layout_with_two_kinds_of_parallelism_for_four_ranks(tmp_pa
     assert why.startswith("planner:")
     planned = load_run_config(DEMO_CONFIG, plan=tmp_path / "plan.json")
     assert planned.layout_for(4) == layout.resolve(4)
-    assert read_plan_layout(tmp_path / "plan.json") == layout.to_dict()
+    # The plan names its engine and offload beside the layout: the demo's runs natively, on the device.
+    assert read_plan_layout(tmp_path / "plan.json") == {**layout.to_dict(), "engine": "native", "offload": "none"}
     assert json.loads((tmp_path / "plan.json").read_text())["request"]["world"] == 4
 
 

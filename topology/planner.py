@@ -55,7 +55,15 @@ from .layout import CHOICE_FIELDS, INT_FIELDS, RECOMPUTE_MODES, SHARDING_MODES, 
 from .modelcfg import ConfigError, ModelConfig, human, param_counts
 from .placement import Placement, place
 from .presets import resolve_model
-from .support import OFFLOADS, SUPPORTED_CP, check_supported, pipeline_supported, tp_supported, unsupported
+from .support import (
+    OFFLOADS,
+    SUPPORTED_CP,
+    TRAINER_ENGINES,
+    check_supported,
+    pipeline_supported,
+    tp_supported,
+    unsupported,
+)
 
 PIN_KEYS = (*INT_FIELDS, *CHOICE_FIELDS, "dp")
 INTERLEAVE_CHOICES = (2, 3, 4, 6, 8)
@@ -538,14 +546,17 @@ def _offload_search(req: Request, pins: dict[str, Any], top: int, offload: str |
 
     Each (offload, engine) the trainer supports is searched with its own rules: zero3 always,
     DeepSpeed for data parallelism only (topology.support)."""
-    offloads = [offload] if offload in ("cpu", "nvme") else ["cpu", "nvme"]
+    # Unasked, offload only what `alphaexa train` runs; asked, any engine that can do it.
+    offloads = [offload] if offload in ("cpu", "nvme") else [o for o in ("cpu", "nvme")
+                                                              if "deepspeed" in TRAINER_ENGINES or o == "cpu"]
     node = req.system.node
     candidates: list[Plan] = []
     searched = _Search()
     for off in offloads:
         if not node.pcie_gbps or not node.host_memory_gbps or off == "nvme" and not node.nvme_gbps:
             continue  # the catalogue does not know this node's offload path
-        for engine in ("native", "deepspeed") if off == "cpu" else ("deepspeed",):
+        engines = ("native", "deepspeed") if off == "cpu" else ("deepspeed",)
+        for engine in engines if offload else [e for e in engines if e in TRAINER_ENGINES]:
             engine_pins = {**pins, "sharding": "zero3"}
             if engine == "deepspeed":
                 engine_pins.update(tp=1, pp=1, cp=1, ep=1, dp_replicate=1)

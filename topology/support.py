@@ -17,6 +17,10 @@ from .layout import Layout
 from .modelcfg import ConfigError, ModelConfig
 
 ENGINES = ("native", "deepspeed")
+# What `alphaexa train` (and so the site launchers) runs today; the DeepSpeed engine is reached
+# through alphaexa.parallel.DeepSpeedTrainStep only.  The planner offloads on its own accord
+# only with these, so a fresh plan is one the launchers can start.
+TRAINER_ENGINES = ("native",)
 OFFLOADS = ("none", "cpu", "nvme")
 SUPPORTED_CP = (1,)  # context parallelism is not implemented in the trainer yet
 
