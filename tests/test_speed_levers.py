@@ -160,15 +160,19 @@ def test_one_rank_plain_module_and_fsdp_wrapper_train_the_reference_steps(one_ra
             assert math.isclose(norm, ref_norm, rel_tol=1e-9), (fsdp, fused, history, reference)
 
 
-def test_compile_auto_is_on_for_cuda_without_tp_only_and_bad_values_are_one_line_errors():
+def test_compile_auto_is_on_for_cuda_without_tp_or_selective_recompute_and_bad_values_are_one_line_errors():
     from alphaexa.train.config import load_run_config
+    from topology.layout import Layout
     from topology.modelcfg import ConfigError
 
-    auto = load_run_config(None, ["model.preset=debug"]).train
-    assert auto.compile == "auto" and auto.compile_on("cuda") and not auto.compile_on("cpu")
-    assert not auto.compile_on("cuda", tp=2)  # compile with tp: wrong gradients on CPU, unverified on GPUs
-    assert load_run_config(None, ["model.preset=debug", "train.compile=true"]).train.compile_on("cpu")
-    assert not load_run_config(None, ["model.preset=debug", "train.compile=false"]).train.compile_on("cuda")
+    auto, one = load_run_config(None, ["model.preset=debug"]).train, Layout().resolve(1)
+    assert auto.compile == "auto" and auto.compile_on("cuda", one) and not auto.compile_on("cpu", one)
+    # compile with tp: wrong gradients on CPU, unverified on GPUs; selective recompute fails under compile
+    assert not auto.compile_on("cuda", Layout(tp=2).resolve(2))
+    assert not auto.compile_on("cuda", Layout(recompute="selective").resolve(1))
+    assert auto.compile_on("cuda", Layout(recompute="full").resolve(1))
+    assert load_run_config(None, ["model.preset=debug", "train.compile=true"]).train.compile_on("cpu", one)
+    assert not load_run_config(None, ["model.preset=debug", "train.compile=false"]).train.compile_on("cuda", one)
     with pytest.raises(ConfigError, match=r"train.compile='sometimes': must be auto, true or false"):
         load_run_config(None, ["model.preset=debug", "train.compile=sometimes"])
     with pytest.raises(ConfigError, match="train.compile_scope"):

@@ -6,8 +6,8 @@ become ep/etp DTensors) -> MoE statistics hook -> torch.compile -> FSDP2 (or, fo
 rank alone, bf16 autocast on a plain module: ``data_parallel``).
 
 ``torch.compile`` compiles the whole chunk (one graph: embedding, blocks, head and the
-fused loss) when no FSDP wrapper splits it into per-block units, else each block
-(``compile_scope="block"`` forces the latter).
+fused loss) when no FSDP wrapper splits it into per-block units and nothing is recomputed,
+else each block (``compile_scope="block"`` forces the latter).
 
 Pass a model built on the meta device (``Transformer(cfg)`` under
 ``torch.device("meta")``), then allocate and initialise this rank's shards with
@@ -108,7 +108,8 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
 
     ``compute_dtype``: bf16 gives FSDP2 mixed precision (bf16 parameters in compute,
     fp32 master weights, optimizer state and gradient reduction), or autocast on one rank.
-    ``compile_scope``: auto (the whole chunk when it is not FSDP-wrapped, else each block) | block.
+    ``compile_scope``: auto (the whole chunk when it is neither FSDP-wrapped nor recomputed, else each
+    block) | block.
     ``stage_layers``: blocks per pipeline stage (pp*vpp counts), e.g. from the plan.
     """
     if compile_scope not in ("auto", "block"):
@@ -132,7 +133,9 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
                                   sends_full_sequence=stage < n_stages - 1)
         apply_expert_parallel(chunk, dims["ep"], dims["etp"], dims["ep_etp"])
         apply_moe_statistics(chunk, dims["tokens"])
-        if compile and (wrapped or compile_scope == "block"):
+        # The composable checkpoint's hooks do not trace inside a whole-model graph (seen on CPU):
+        # with recompute, each block is compiled with its hooks around it instead.
+        if compile and (wrapped or compile_scope == "block" or layout.recompute != "none"):
             apply_compile(chunk)
         elif compile:
             chunk.compile()

@@ -55,7 +55,7 @@ class TrainSection:
     clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still logged)
     dtype: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp64 (CPU tests)
     optimizer_impl: str = "auto"  # auto | fused | foreach | for-loop (auto: fused on accelerators)
-    # torch.compile: auto (on for CUDA without tp, off elsewhere) | true | false (alphaexa.parallel refuses
+    # torch.compile: auto (on for CUDA without tp or selective recompute) | true | false (alphaexa.parallel refuses
     # the combinations it cannot do)
     compile: bool | str = "auto"
     compile_scope: str = "auto"  # auto (the whole model when no FSDP wrapper splits it, else each block) | block
@@ -104,10 +104,13 @@ class TrainSection:
         if self.collective_timeout_s <= 0:
             raise ConfigError(f"train.collective_timeout_s={self.collective_timeout_s}: must be > 0")
 
-    def compile_on(self, device_type: str, tp: int = 1) -> bool:
-        """``compile`` resolved for the run: auto compiles on CUDA without tensor parallelism (compile
-        with tp gave wrong gradients on CPU and is unverified on GPUs: docs/parallelism.md)."""
-        return device_type == "cuda" and tp == 1 if self.compile == "auto" else bool(self.compile)
+    def compile_on(self, device_type: str, layout: Layout) -> bool:
+        """``compile`` resolved for the run.  auto compiles on CUDA, except with tensor parallelism
+        (wrong gradients on CPU, unverified on GPUs) and selective recompute (its checkpoint policy
+        fails under compile on CPU: docs/parallelism.md)."""
+        if self.compile != "auto":
+            return bool(self.compile)
+        return device_type == "cuda" and layout.tp == 1 and layout.recompute != "selective"
 
 
 @dataclass

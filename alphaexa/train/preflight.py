@@ -43,7 +43,7 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
 
     layout = cfg.layout_for(world)
     device_type = get_backend().device_type
-    check_layout(layout, cfg.model, device_type, compile=cfg.train.compile_on(device_type, layout.tp))
+    check_layout(layout, cfg.model, device_type, compile=cfg.train.compile_on(device_type, layout))
     check_engine(cfg)
     check_data_inputs(cfg.data, cfg.model)
     if cfg.logging.tensorboard and not tensorboard_available():

@@ -117,7 +117,7 @@ class Trainer:
             model.to(torch.float64)
         offloaded = cfg.engine_options.offload == "cpu"  # FSDP2's CPUOffloadPolicy: state in host memory
         self.model = parallelize(model, self.dims, compute_dtype=compute_dtype,
-                                 compile=cfg.train.compile_on(self.device.type, self.layout.tp),
+                                 compile=cfg.train.compile_on(self.device.type, self.layout),
                                  compile_scope=cfg.train.compile_scope, cpu_offload=offloaded,
                                  fsdp_on_one_rank=cfg.engine_options.fsdp_on_one_rank)
         materialise(self.model, seed=cfg.train.seed)
@@ -211,7 +211,7 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.event("resume" if start else "start", step=start, world_size=self.world,
                                layout=self.layout.to_dict(), layout_short=self.layout.short(),
-                               fsdp_wrapped=self.model.wrapped, compiled=cfg.train.compile_on(self.device.type, self.layout.tp),
+                               fsdp_wrapped=self.model.wrapped, compiled=cfg.train.compile_on(self.device.type, self.layout),
                                consumed_samples=self.loader.consumed_samples, dataset=str(self.dataset_dir),
                                setup_s=loading - self._created, load_s=load_s)
             where = f"resumed from {CHECKPOINT_DIR}/step_{start:06d}" if start else "starting"
