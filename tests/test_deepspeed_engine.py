@@ -67,6 +67,10 @@ def _run(rank: int, world: int, port: int, out_dir: str) -> None:
             results[sharding] = {"error": traceback.format_exc()[-4000:]}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
+    # Seen once in a full CI-like run: a rank aborted at interpreter exit, after its results were
+    # written ("terminate called without an active exception", a C++ thread of the DeepSpeed/gloo
+    # stack destroyed while joinable). The results are on disk: leave without running destructors.
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
