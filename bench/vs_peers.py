@@ -2,6 +2,7 @@
 
     python3 bench/vs_peers.py [OUT_DIR] [--sections dense,moe] [--budget-s 470] [--warmup 5 --timed 15]
                               [--ablations compile-off,no-fused-ce,...] [--alphaexa-set section.key=value ...]
+    python3 bench/vs_peers.py OUT_DIR --sections dense --kinds alphaexa --ablations compile-off,...  # levers
     python3 bench/vs_peers.py OUT_DIR --sections long,attention     # the long-sequence and kernel sections
 
 Every contender trains the same model shape with the same tokens per step, bf16
@@ -90,11 +91,14 @@ ABLATIONS: dict[str, list[str]] = {
 }
 
 
+KINDS = ("loop", "titan", "alphaexa", "attention")
+
+
 @dataclass
 class Contender:
     section: str
     name: str
-    kind: str  # loop | titan | alphaexa | attention
+    kind: str  # one of KINDS
     shape: str
     batch: int
     seq: int
@@ -176,6 +180,8 @@ def main() -> int:
     parser.add_argument("--timed", type=int, default=15)
     parser.add_argument("--ablations", type=lambda s: [a for a in s.split(",") if a], default=[],
                         help=f"extra alphaexa runs on the dense shape, one lever each: {', '.join(ABLATIONS)}")
+    parser.add_argument("--kinds", type=lambda s: set(s.split(",")), default=set(KINDS),
+                        help=f"run only these kinds of contender: {','.join(KINDS)} (e.g. alphaexa for the ablations)")
     parser.add_argument("--alphaexa-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="an override for every alphaexa run")
     parser.add_argument("--smoke", action="store_true",
@@ -184,6 +190,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return _worker(json.loads(args.worker))
+    if args.kinds - set(KINDS):
+        parser.error(f"unknown kind(s) {', '.join(sorted(args.kinds - set(KINDS)))}; known: {', '.join(KINDS)}")
     unknown = [a for a in args.ablations if a not in ABLATIONS]
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
@@ -197,7 +205,7 @@ def main() -> int:
     env_info = _environment()
     print(json.dumps(env_info), flush=True)
     rows, logs = [], []
-    for c in contenders(args):
+    for c in (c for c in contenders(args) if c.kind in args.kinds):
         left = args.budget_s - (time.monotonic() - started)
         if left < min(c.timeout_s, 120):
             rows.append({**asdict(c), "status": f"skipped: {left:.0f} s of the budget left"})
