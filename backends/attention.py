@@ -139,13 +139,21 @@ def _sdpa_unsupported(call: AttentionCall) -> str | None:
 # --- SDPA with one backend forced (measured against SDPA's own choice; never picked unasked) ---
 
 
-def _sdpa_backend_unsupported(call: AttentionCall) -> str | None:
+def _cuda_half_unsupported(call: AttentionCall, max_head_dim: int) -> str | None:
+    """What the fused CUDA kernels share: CUDA, fp16/bf16, head_dim a multiple of 8 up to a bound."""
     if call.device_type != "cuda":
         return f"needs a CUDA tensor, got {call.device_type}"
     if call.dtype not in (torch.float16, torch.bfloat16):
         return f"needs float16 or bfloat16, got {call.dtype}"
-    if call.head_dim > 128 or call.head_dim % 8:
-        return f"needs head_dim a multiple of 8 and <= 128, got {call.head_dim}"
+    if call.head_dim > max_head_dim or call.head_dim % 8:
+        return f"needs head_dim a multiple of 8 and <= {max_head_dim}, got {call.head_dim}"
+    return None
+
+
+def _sdpa_backend_unsupported(call: AttentionCall) -> str | None:
+    reason = _cuda_half_unsupported(call, 128)
+    if reason:
+        return reason
     # Only SDPA's own causal mask: an explicit boolean mask would send flash to an error.
     if call.masked and (call.window or call.q_offset or call.q_len != call.kv_len):
         return "serves full or square causal attention only (no window, no offset)"
@@ -174,12 +182,9 @@ def _flash_window(call: AttentionCall) -> tuple[int, int]:
 
 
 def _flash_unsupported(call: AttentionCall) -> str | None:
-    if call.device_type != "cuda":
-        return f"needs a CUDA tensor, got {call.device_type}"
-    if call.dtype not in (torch.float16, torch.bfloat16):
-        return f"needs float16 or bfloat16, got {call.dtype}"
-    if call.head_dim > 256 or call.head_dim % 8:
-        return f"needs head_dim a multiple of 8 and <= 256, got {call.head_dim}"
+    reason = _cuda_half_unsupported(call, 256)
+    if reason:
+        return reason
     # flash-attn aligns causal/window masks bottom-right (query i at position
     # kv_len - q_len + i), which equals ours exactly when kv_len == q_offset + q_len.
     if call.masked and call.kv_len != call.q_offset + call.q_len:
