@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -54,6 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -405,7 +407,13 @@ def _titan(spec: dict, m: dict) -> dict:
 
     name = "alphaexa_qwen3" if m["moe_layers"] else "alphaexa_llama3"
     if trainer is not None and DEVICE == "cuda":
-        return {**_titan_trainer(spec, name, trainer), "titan_mode": f"torchtitan {version} trainer"}
+        try:
+            return {**_titan_trainer(spec, name, trainer), "titan_mode": f"torchtitan {version} trainer"}
+        except Exception as e:  # noqa: BLE001 - any failure of its trainer: say so, measure its model
+            traceback.print_exc()
+            why = f"its trainer failed: {type(e).__name__}: {str(e)[:200]}"
+            gc.collect()
+            torch.cuda.empty_cache()
     from torchtitan.protocols.train_spec import get_train_spec
 
     train_spec = get_train_spec(name)
