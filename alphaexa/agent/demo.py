@@ -36,8 +36,8 @@ from .tasks import split
 
 KINDS = ("arithmetic", "algebra", "units")
 
-# Two layers of eight RoPE heads: copying a span needs a head that finds the previous token and
-# one that matches on it (an induction pair), and little else.
+# Two layers of four RoPE heads: copying a span needs a head that reads the previous token and one
+# that matches on it (an induction pair), and little else; d_model 64 keeps a step ~0.2 s on 2 cores.
 MODEL = replace(get_preset("debug"), name="agent-demo", n_layers=2, d_model=64, n_heads=4, n_kv_heads=4,
                 d_ff=192, moe_every=0, n_experts=0, max_seq_len=256)
 MAX_NEW_TOKENS = 96  # the longest call of these tasks is ~70 characters
