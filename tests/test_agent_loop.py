@@ -150,3 +150,16 @@ def test_demo_smoke(tmp_path):
 def test_demo_rejects_bad_steps(capsys):
     assert main(["agent", "--demo", "--steps", "0"]) == 2
     assert "--steps must be at least 1" in capsys.readouterr().err
+
+
+def test_worked_examples_agree_with_the_tool():
+    """Each demo kind's worked call, run through the registry, returns the result the example shows."""
+    from alphaexa.agent.demo import KINDS
+    from alphaexa.agent.protocol import ToolCall
+
+    registry = Registry([math_tool()])
+    train, heldout = split(len(KINDS), len(KINDS), seed=3, kinds=KINDS)
+    for task in train + heldout:
+        outcome = registry.call(ToolCall("1", "math", task.arguments))
+        assert outcome["result"] == task.result, (task, outcome)
+        assert task.answer in json.dumps(task.result)
