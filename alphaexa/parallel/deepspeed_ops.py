@@ -21,14 +21,13 @@ An op that cannot be built (async_io without libaio) is a one-line ConfigError b
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from alphaexa.data.ingest import exclusive_lock
 from topology.modelcfg import ConfigError
 
 # DeepSpeed op builder (by the name its accelerators know) -> the op's build directory name.
@@ -65,7 +64,7 @@ def prepare_ops(ops: list[str], log: Callable[[str], None] = print) -> None:
             detail = f": {LIBAIO_HINT}" if name == ASYNC_IO else ""
             raise ConfigError(f"DeepSpeed's {builder.name} op cannot be built on this machine{detail}")
         build_dir = _build_directory(builder.name)
-        with _exclusive(build_dir.parent / f"{builder.name}.alphaexa-build.lock"):
+        with exclusive_lock(build_dir.parent / f"{builder.name}.alphaexa-build.lock"):
             stale = build_dir / "lock"
             if stale.exists():
                 log(f"DeepSpeed: removing {stale}, left by an interrupted build of {builder.name}")
@@ -91,17 +90,6 @@ def _build_directory(op_name: str) -> Path:
     from torch.utils.cpp_extension import _get_build_directory
 
     return Path(_get_build_directory(op_name, verbose=False))
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def main(argv: list[str] | None = None) -> int:
