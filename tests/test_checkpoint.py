@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
+from rank_processes import run_ranks
 from torch import nn
 
 from alphaexa.checkpoint import (
@@ -369,13 +368,7 @@ def test_manifest_records_config_layout_world_and_checksums(tmp_path):
 # phase 1 on 4 ranks, then ranks 0 and 1 start a fresh 2-rank job in the same processes.
 def _spawn(fn, world: int, tmp: Path, timeout: float = 180.0) -> None:
     """Run ``fn(rank, world, tmp)`` on ``world`` processes; fail (not hang) on an error or a timeout."""
-    ctx = mp.start_processes(fn, args=(world, str(tmp)), nprocs=world, join=False, start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"{fn.__name__} on {world} ranks did not finish in {timeout:.0f}s")
+    run_ranks(fn, (world, str(tmp)), world, f"{fn.__name__} on {world} ranks", timeout)
 
 
 def _init(rank: int, world: int, store: Path) -> None:

@@ -12,12 +12,12 @@ import datetime
 import json
 import math
 import os
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
+from rank_processes import run_ranks
 from train_runs import losses, steps, train
 
 from alphaexa.train.config import load_run_config
@@ -43,19 +43,10 @@ def _init(rank: int, world: int, port: int) -> None:
 
 
 def _spawn(worker, world: int, out_dir: Path, *args) -> list[dict]:
-    import torch.multiprocessing as mp
-
     from backends.launch import free_port
 
-    os.environ["OMP_NUM_THREADS"] = "1"
-    ctx = mp.start_processes(worker, args=(world, free_port(), str(out_dir), *args), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 600  # includes compiling DeepSpeed's ops when setup has not
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ctx.processes:
-                process.kill()
-            pytest.fail("offload job did not finish in 600 s")
+    # 600 s: includes compiling DeepSpeed's ops when setup has not
+    run_ranks(worker, (world, free_port(), str(out_dir), *args), world, "offload job", timeout=600)
     return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(world)]
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rank_processes import run_ranks
 
 from alphaexa.parallel.equivalence import reference_history, token_batches
 from topology.modelcfg import ModelConfig
@@ -196,19 +197,9 @@ def _worker(rank: int, world: int, port: int, jobs: list, out_dir: str) -> None:
 
 def run_world(world: int, jobs: list, tmp: Path, timeout: float = 300.0) -> list[dict]:
     """Run ``jobs`` [(name, layout, model changes, options)] on ``world`` gloo ranks; per-rank results."""
-    import torch.multiprocessing as mp
-
     from backends.launch import free_port
 
-    os.environ["OMP_NUM_THREADS"] = "1"
-    ctx = mp.start_processes(_worker, args=(world, free_port(), jobs, str(tmp)), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ctx.processes:
-                process.kill()
-            pytest.fail(f"{world}-rank job did not finish in {timeout:.0f} s")
+    run_ranks(_worker, (world, free_port(), jobs, str(tmp)), world, f"{world}-rank job", timeout)
     return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
 
 
