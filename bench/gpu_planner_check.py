@@ -44,7 +44,7 @@ def measure(preset: str, global_batch: int, args, work: Path) -> float:
     text = (REPO / "configs" / "1b.toml").read_text().replace('preset = "1b"', f'preset = "{preset}"')
     config.write_text(text)
     sets = [f"train.global_batch={global_batch}", f"train.steps={args.steps}", f"train.warmup={args.steps // 3}",
-            f"parallel.mbs={args.mbs}", "train.eval_every=0", "checkpoint.every=0", "checkpoint.keep_last=1",
+            f"parallel.mbs={args.mbs}", "train.eval_every=0", "train.eval_batches=0", "checkpoint.every=0", "checkpoint.keep_last=1",
             f"train.seq_len={args.seq_len}", "train.log_every=5"]
     if args.smoke:
         sets += ["train.dtype=fp32", "data.val_fraction=0.25"]
@@ -79,16 +79,21 @@ def main() -> int:
             rows.append({"model": preset, "global_batch": gb, "mbs": args.mbs, "seq_len": args.seq_len,
                          "system": args.system, "measured_step_s": meas, "predicted_step_s": pred,
                          "error_pct": 100.0 * (pred - meas) / meas})
+            if args.out:  # after every case: a later failure or timeout keeps what was measured
+                write_rows(rows, Path(args.out))
     print(f"\n== planner vs trainer on one device ({args.system}), mbs {args.mbs}, sequence {args.seq_len} ==")
     print(f"{'model':>8} {'batch':>6} {'measured s':>11} {'predicted s':>12} {'error':>8}")
     for r in rows:
         print(f"{r['model']:>8} {r['global_batch']:6d} {r['measured_step_s']:11.3f} {r['predicted_step_s']:12.3f} "
               f"{r['error_pct']:+7.1f}%")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
+
+
+def write_rows(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
