@@ -229,12 +229,81 @@ def _flash3_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> T
     return _call_flash(flash_attn_func, q, k, v, call)
 
 
+# --- FlexAttention: sliding windows without a materialised mask ---------------------------------
+#
+# SDPA serves a window only through an explicit (q_len x kv_len) boolean mask, which its fused
+# kernels refuse or run slowly: at 32k tokens a 4096-token window trained 2.6x slower than full
+# causal attention on an H200 (docs/performance.md).  FlexAttention compiles the mask into a
+# block-sparse kernel that skips the blocks no query sees.  Its backward runs on accelerators
+# only, so it is registered for them, and only for windowed calls (where SDPA needs a mask).
+
+
+def _visibility_mod(call: AttentionCall) -> Callable:
+    """The mask rule of the module docstring as a FlexAttention ``mask_mod``."""
+    causal, window, offset = call.causal, call.window, call.q_offset
+
+    def visible(batch, head, q_idx, kv_idx):
+        position = q_idx + offset
+        seen = kv_idx > position - window
+        if causal:
+            seen = seen & (kv_idx <= position)
+        else:
+            seen = seen & (kv_idx < position + window)
+        return seen
+
+    return visible
+
+
+_EAGER_BLOCK_MASKS: dict[tuple, object] = {}
+
+
+def _flex_block_mask(call: AttentionCall, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if torch.compiler.is_compiling():  # traced into the caller's graph, computed on the device
+        return create_block_mask(_visibility_mod(call), None, None, call.q_len, call.kv_len, device=device)
+    key = (call.q_len, call.kv_len, call.causal, call.window, call.q_offset, str(device))
+    if key not in _EAGER_BLOCK_MASKS:  # eager: once per shape, not per layer; compiled, so that no
+        # (q_len x kv_len) mask is ever materialised (16 GiB of booleans at 128k tokens)
+        _EAGER_BLOCK_MASKS[key] = torch.compile(create_block_mask)(
+            _visibility_mod(call), None, None, call.q_len, call.kv_len, device=device
+        )
+    return _EAGER_BLOCK_MASKS[key]
+
+
+@cache
+def _compiled_flex() -> Callable:
+    # FlexAttention is a fused kernel only when compiled; inside a compiled model the call is
+    # traced into the model's graph either way.
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex_unsupported(call: AttentionCall) -> str | None:
+    if call.device_type not in ("cuda", "xpu"):
+        return f"needs an accelerator (FlexAttention has no backward on {call.device_type})"
+    if call.window <= 0:
+        return "serves windowed attention only (SDPA's own kernels serve the rest without a mask)"
+    if call.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"needs float32, float16 or bfloat16, got {call.dtype}"
+    return None
+
+
+def flex_attention_call(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+    return flex(q, k, v, block_mask=_flex_block_mask(call, q.device), enable_gqa=call.q_heads != call.kv_heads)
+
+
 # --- the registry -------------------------------------------------------------------------------
 
 # Registration order is the priority order: the first installed kernel that supports a
-# call serves it when no kernel is forced.  ``sdpa`` serves every call, so the two forced-backend
-# SDPA entries after it run only when named (benchmarks, the kernel tests): SDPA's own choice
-# measured fastest on an H200 (docs/performance.md).
+# call serves it when no kernel is forced.  ``flex`` takes only windowed calls on
+# accelerators; ``sdpa`` serves every call, so the two forced-backend SDPA entries after it
+# run only when named (benchmarks, the kernel tests): SDPA's own choice measured fastest on
+# an H200 (docs/performance.md).
 KERNELS: dict[str, AttentionKernel] = {
     k.name: k
     for k in (
@@ -242,6 +311,7 @@ KERNELS: dict[str, AttentionKernel] = {
             "flash_attn3", ("cuda",), "flash_attn_interface", _flash3_unsupported, _flash3_attention
         ),
         AttentionKernel("flash_attn", ("cuda",), "flash_attn", _flash_unsupported, _flash2_attention),
+        AttentionKernel("flex", ("cuda", "xpu"), None, _flex_unsupported, flex_attention_call),
         AttentionKernel("sdpa", ("cpu", "cuda", "xpu"), None, _sdpa_unsupported, _sdpa_attention),
         AttentionKernel("sdpa_cudnn", ("cuda",), None, _sdpa_backend_unsupported, _forced_sdpa("CUDNN_ATTENTION")),
         AttentionKernel("sdpa_flash", ("cuda",), None, _sdpa_backend_unsupported, _forced_sdpa("FLASH_ATTENTION")),

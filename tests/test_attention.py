@@ -1,5 +1,6 @@
 """Every attention kernel against the math reference, and the reference against a naive loop."""
 
+import dataclasses
 import math
 
 import pytest
@@ -173,3 +174,42 @@ def test_malformed_calls_are_rejected():
     q = torch.randn(1, 2, 4, 8)
     with pytest.raises(ValueError, match="only 4 keys"):
         attend(q, kv, kv, q_offset=1)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[8] > 0], ids=[c[0] for c in CASES if c[8] > 0])
+def test_flex_mask_rule_equals_the_visibility_mask(case):
+    """FlexAttention's mask_mod, evaluated on every (query, key) pair, is the registry's mask."""
+    from backends.attention import _visibility_mod, visibility_mask
+
+    _, b, hq, hkv, sq, sk, d, causal, window, q_offset = case
+    q, kv = torch.zeros(b, hq, sq, d), torch.zeros(b, hkv, sk, d)
+    call = describe_call(q, kv, kv, causal=causal, window=window, q_offset=q_offset)
+    q_idx, kv_idx = torch.arange(sq)[:, None], torch.arange(sk)[None, :]
+    got = _visibility_mod(call)(0, 0, q_idx, kv_idx)
+    want = visibility_mask(sq, sk, causal=causal, window=window, q_offset=q_offset)
+    assert torch.equal(got.expand(sq, sk), want)
+
+
+def test_flex_kernel_forward_matches_math_on_cpu():
+    """The compiled FlexAttention path (forward: its backward runs on accelerators only) on a window
+    that is not a multiple of its 128-token blocks, with GQA, against the float64 reference."""
+    from backends.attention import flex_attention_call
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 4, 300, 16, generator=gen)
+    k, v = torch.randn(2, 1, 2, 300, 16, generator=gen)
+    call = describe_call(q, k, v, causal=True, window=37, q_offset=0)
+    got = flex_attention_call(q, k, v, call)
+    want = attend(q.double(), k.double(), v.double(), causal=True, window=37, kernel="math")
+    torch.testing.assert_close(got.double(), want, atol=2e-5, rtol=2e-5)
+
+
+def test_flex_is_picked_for_windows_on_accelerators_only():
+    flex = KERNELS["flex"]
+    q = torch.zeros(1, 2, 8, 16, dtype=torch.bfloat16)
+    windowed = describe_call(q, q, q, causal=True, window=4, q_offset=0)
+    assert "accelerator" in flex.unsupported(windowed)
+    assert "flex" not in available_kernels("cpu")
+    on_gpu = dataclasses.replace(windowed, device_type="cuda")
+    assert flex.unsupported(on_gpu) is None
+    assert "windowed attention only" in flex.unsupported(dataclasses.replace(on_gpu, window=0))
