@@ -4,8 +4,8 @@
 
 Coordinate search (each constant over a grid, repeated until nothing moves) minimising the mean
 |step-time error| of the fit rows only; the held-out rows are never read here.  Prints the
-constants to write into topology/hardware.py (A100) and topology/validation.py (framework
-kernel scales), then the fit-set error.  topology.validation then reports both splits.
+constants to write into topology/hardware.py (A100), topology/validation.py (framework
+kernel scales) and topology/costmodel.py (DP_OVERLAP_CONTENTION), then the fit-set error.  topology.validation then reports both splits.
 """
 from __future__ import annotations
 
@@ -25,10 +25,14 @@ PARAMS = {
     "a100.attention_efficiency": [0.30 + 0.05 * i for i in range(9)],
     "llm-foundry.gemm_scale": [0.70 + 0.025 * i for i in range(13)],
     "llm-foundry.attention_scale": [0.40 + 0.1 * i for i in range(7)],
+    # costmodel.DP_OVERLAP_CONTENTION, at most one half: NCCL kernels hold at most 32 of 132 SMs (24%) plus a
+    # share of HBM, so hidden traffic cannot cost more than about half its time (a bound set before fitting)
+    "dp_overlap_contention": [0.05 * i for i in range(11)],
 }
 
 
 def predict(run: v.Run, values: dict[str, float]) -> float:
+    cm.DP_OVERLAP_CONTENTION = values["dp_overlap_contention"]
     system = v.system_of(run)
     dev = system.node.device
     if dev.name.startswith("A100"):

@@ -56,3 +56,10 @@ def test_cli_table_names_engine_and_offload(capsys):
 @pytest.mark.parametrize("pins", [{"tp": 2}, {"pp": 2}])
 def test_deepspeed_offload_respects_pins_that_rule_it_out(pins):
     assert plan("30b", "h200-x4", 1, 32, 4096, offload="nvme", pins=pins).plans == []
+
+
+def test_the_offload_search_ranks_only_layouts_whose_state_fits_the_host():
+    # 250b-spec on 64 Polaris nodes fits only offloaded; the search used to rank layouts by device memory
+    # alone, so with --top 1 its one candidate could overflow the host memory and the result was "nothing fits"
+    r = plan("alphaexa-250b-spec", "polaris", nodes=64, global_batch=2048, seq_len=8192, top=1)
+    assert r.best is not None and r.best.offload == "cpu" and r.best.estimate.fits

@@ -557,6 +557,7 @@ def inflight(schedule: str, pp: int, vpp: int, m: int, rank: int) -> float:
 
 
 OFFLOAD_USABLE = 0.8  # of host memory / NVMe an offloaded state may take (the OS, pinned buffers, data)
+DP_OVERLAP_CONTENTION = 0.5  # of hidden data-parallel traffic that still costs compute time (fitted: bench/fit_published_runs.py)
 ZBV_SPLIT_BACKWARD = False  # the trainer's zbv runs without the split weight-gradient step (see bubble_seconds)
 
 
@@ -717,7 +718,11 @@ def structures(req: Request, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: 
             t_b = bwd + tp_comm + ep_comm + redo
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers)))
-    pp_comm = 2 * (pp * vpp - 1) * lc.p2p if pp > 1 else 0.0
+    # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
+    # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
+    # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
+    # pipelining schedules alike).
+    pp_comm = 2 * (pp * vpp - 1 + m * vpp) * lc.p2p if pp > 1 else 0.0
     out = {}
     for mode, stages in per_mode.items():
         slow = stages[0]
@@ -888,6 +893,13 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
             optimizer = ADAM_UPDATE_BYTES * local / hbm
         else:
             transfers, optimizer = offload_seconds(req, local, s)
+        # Data-parallel traffic hidden behind compute still slows it: the collectives' kernels take SMs
+        # and HBM bandwidth from the GEMMs they overlap (a share of the hidden time, fitted).
+        per_mb_total = {"zero2": rs, "zero3": 2 * ag + rs}.get(sharding, 0.0)
+        step_total = {"none": ar, "zero1": rs + ar}.get(sharding, ar)
+        hidden = m * (per_mb_total - per_mb) + max(step_total - step_exposed, 0.0)
+        contention = DP_OVERLAP_CONTENTION * max(hidden, 0.0)
+        per_mb += contention / m
         busy = m * (s.t_f + s.t_b + s.cp_comm + per_mb + transfers) + step_exposed + optimizer
         if busy > longest:
             longest = busy

@@ -42,10 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .costmodel import (
+    OFFLOAD_USABLE,
     Estimate,
     Request,
     dp_groups,
     estimate,
+    memory_breakdown,
     peak_memory_bytes,
     sharded_cost,
     structures,
@@ -358,6 +360,13 @@ class _Search:
     alternatives: dict = field(default_factory=dict)  # label -> (step, args)
 
 
+def _offload_fits(req: Request, st, g, sharding: str) -> bool:
+    """Whether the state an offloading layout moves off the device fits the node's host memory / NVMe
+    (Estimate.fits' second half; it also grows with dp_replicate, so the bisection stays valid)."""
+    mem, _ = memory_breakdown(req, st, g, sharding)
+    return mem["offloaded_per_node"] <= OFFLOAD_USABLE * mem["offload_capacity"]
+
+
 def _search(req: Request, pins: dict[str, Any], top: int, track_alternatives: bool) -> _Search:
     space = _Space(req, pins)
     model = req.model
@@ -368,6 +377,7 @@ def _search(req: Request, pins: dict[str, Any], top: int, track_alternatives: bo
     kth = math.inf
     batch = req.global_batch
     is_moe = model.is_moe
+    offloading = req.offload != "none"
     groups_cache: dict = {}
     for tp in space.tps:
         for cp in space.cps:
@@ -420,7 +430,7 @@ def _search(req: Request, pins: dict[str, Any], top: int, track_alternatives: bo
                                             v = pd * bd + px * bx + ga * unit + acts + reserved
                                             if v > peak:  # noqa: PLR1730 - max() costs a call here
                                                 peak = v
-                                        if peak > capacity:
+                                        if peak > capacity or offloading and not _offload_fits(req, st, g, sharding):
                                             hi = mid
                                         else:
                                             lo = mid + 1

@@ -9,12 +9,14 @@ framework; ``summary`` gives the mean and max |step-time error| of each split.
 
     python -m topology.validation            # every row, then the summary
     python -m topology.validation --markdown # the table docs/planner.md shows
+    python -m topology.validation --breakdown  # each row's step by term; the error by category
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -35,9 +37,11 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
         attention="unfused"),
+    # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts)
+    "torchtitan-2024": cm.Implementation(name="torchtitan-2024"),
     # low-precision LayerNorm; triton FlashAttention and the cuBLAS of 2023: kernel scales fitted to the
     # fit rows (bench/fit_published_runs.py)
-    "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.925, attention_scale=0.5),
+    "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.95, attention_scale=0.5),
     "megatron-core": cm.Implementation(
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
@@ -80,6 +84,12 @@ class Run:
             return tokens / self.measured
         if self.measured_kind == "tokens_per_s_per_gpu":
             return tokens / (self.measured * self.gpus)
+        if self.measured_kind == "megatron2021_tflops_per_gpu":  # Narayanan et al. 2021, Eq. 3
+            m = _data(str(DATA))["models"][self.model]
+            l, h, v = m["n_layers"], m["d_model"], m["vocab_size"]
+            flops = 96 * self.global_batch * self.seq_len * l * h * h * (
+                1 + self.seq_len / (6 * h) + v / (16 * l * h))
+            return flops / (self.measured * 1e12 * self.gpus)
         raise ConfigError(f"run {self.id}: unknown measured_kind {self.measured_kind!r}")
 
     def layout(self) -> Layout:
@@ -153,6 +163,9 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     out = {}
     groups = {split: [r for r in rows if r.run.split == split] for split in SPLITS}
     groups["heldout_moe"] = [r for r in groups["heldout"] if model_is_moe(r.run)]
+    unseen = set(_data(str(DATA)).get("unseen_rows", ()))
+    groups["heldout_seen"] = [r for r in groups["heldout"] if r.run.id not in unseen]
+    groups["heldout_unseen"] = [r for r in groups["heldout"] if r.run.id in unseen]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -166,14 +179,14 @@ def model_is_moe(run: Run) -> bool:
 
 
 def table(rows: list[Row], markdown: bool = False) -> str:
-    head = ("run", "split", "GPUs", "layout", "measured s", "predicted s", "error")
+    head = ("run", "split", "group", "source", "GPUs", "layout", "measured s", "predicted s", "error")
     lines = []
     for r in rows:
         lay = r.run.layout()
         desc = f"tp{lay.tp} pp{lay.pp}" + (f"x{lay.vpp}" if lay.vpp > 1 else "") + \
             (f" ep{lay.ep}" if lay.ep > 1 else "") + f" {lay.sharding} mbs{lay.mbs} {lay.recompute}"
-        lines.append((r.run.id, r.run.split, str(r.run.gpus), desc, f"{r.run.measured_step_s:.3f}",
-                      f"{r.estimate.step_time_s:.3f}", f"{r.error_pct:+.1f}%"))
+        lines.append((r.run.id, r.run.split, group_of(r.run), r.run.source, str(r.run.gpus), desc,
+                      f"{r.run.measured_step_s:.3f}", f"{r.estimate.step_time_s:.3f}", f"{r.error_pct:+.1f}%"))
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(line) + " |" for line in lines]
@@ -184,11 +197,63 @@ def table(rows: list[Row], markdown: bool = False) -> str:
     return "\n".join(out)
 
 
+# Where the time could go wrong, each a rule on the row (a row can be in several).
+CATEGORIES: dict[str, Callable[[Run, cm.Estimate], bool]] = {
+    "MoE (all-to-all, imbalance, grouped GEMM)": lambda r, e: model_is_moe(r),
+    "ZeRO-3, one micro-batch, no recompute (small step)": lambda r, e: (
+        r.sharding == "zero3" and e.microbatches == 1 and r.recompute == "none"),
+    "ZeRO-3 with recompute, pp1 (GEMM efficiency by shape)": lambda r, e: (
+        r.sharding == "zero3" and r.pp == 1 and r.recompute != "none" and not model_is_moe(r)),
+    "sequence >= 4096 (attention)": lambda r, e: r.seq_len >= 4096 and not model_is_moe(r),
+    "tensor parallel (tp > 1, dense)": lambda r, e: r.tp > 1 and not model_is_moe(r),
+    "pipeline (pp > 1: bubble, p2p)": lambda r, e: r.pp > 1,
+    "data-parallel traffic > 5% of the step": lambda r, e: (
+        e.breakdown["dp_comm_total_s"] > 0.05 * e.step_time_s),
+    "A100": lambda r, e: system_of(r).node.device.name.startswith("A100"),
+    "H100": lambda r, e: system_of(r).node.device.name.startswith("H100"),
+}
+SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "dp_comm_exposed_s", "pp_comm_s", "bubble_s",
+          "optimizer_s")
+
+
+def group_of(run: Run) -> str:
+    """fit, seen (held out, looked at before a structural change) or unseen (added held out this session)."""
+    if run.split == "fit":
+        return "fit"
+    return "unseen" if run.id in set(_data(str(DATA)).get("unseen_rows", ())) else "seen"
+
+
+def breakdown(rows: list[Row]) -> str:
+    """Every row's predicted step split by term (percent of the prediction), then the error by category."""
+    head = f"{'run':32s} {'grp':6s} {'err':>7s}  " + " ".join(f"{k[:-2][:8]:>8s}" for k in SHARES) + "  mb"
+    out = [head]
+    for r in rows:
+        b, step = r.estimate.breakdown, r.estimate.step_time_s
+        out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
+                   + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
+    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen mean |err| (n)"]
+    for name, rule in CATEGORIES.items():
+        sel = [r for r in rows if rule(r.run, r.estimate)]
+        if not sel:
+            continue
+        parts = []
+        for g in ("fit", "seen", "unseen"):
+            e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
+            parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
+        out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
+                   f"{statistics.fmean(abs(r.error_pct) for r in sel):5.1f}%   " + " / ".join(parts))
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="each row's step by term, and the error by category")
     args = ap.parse_args(argv)
     rows = evaluate()
+    if args.breakdown:
+        print(breakdown(rows))
+        return 0
     print(table(rows, args.markdown))
     print()
     for name, s in summary(rows).items():
