@@ -154,30 +154,32 @@ def train_flops_per_token(m: dict, seq: int) -> float:
 
 
 # ------------------------------------------------------------------------------ the contenders
+SECTIONS = ("dense", "moe", "long", "attention")
+
+
 def contenders(args) -> list[Contender]:
-    out: list[Contender] = []
-    sections = args.sections.split(",")
+    """The contenders of ``args.sections``, section by section in the order given (the budget skips the last)."""
     w, t = args.warmup, args.timed
-    if "dense" in sections:
-        out += [Contender("dense", "loop eager", "loop", "1b", 8, 2048, w, t, 150, {"compile": False}),
-                Contender("dense", "loop compile", "loop", "1b", 8, 2048, w, t, 240, {"compile": True}),
-                Contender("dense", "torchtitan", "titan", "1b", 8, 2048, w, t, 300, {"compile": True}),
-                Contender("dense", "alphaexa", "alphaexa", "1b", 8, 2048, w, t, 240)]
-        out += [Contender("dense", f"alphaexa {a}", "alphaexa", "1b", 8, 2048, w, t, 240, {"sets": ABLATIONS[a]})
-                for a in args.ablations]
-    if "moe" in sections:
-        for shape in ("1b-moe", "mixtral-like"):
-            out += [Contender("moe", f"torchtitan {shape}", "titan", shape, 8, 2048, w, t, 300, {"compile": True}),
-                    Contender("moe", f"alphaexa {shape}", "alphaexa", shape, 8, 2048, w, t, 240)]
-    if "long" in sections:
-        full = {"sets": ["parallel.recompute=full"]}
-        out += [Contender("long", "alphaexa 8k", "alphaexa", "1b", 2, 8192, 3, 5, 200, full),
-                Contender("long", "alphaexa 32k", "alphaexa", "1b", 1, 32768, 2, 4, 240, full),
-                Contender("long", "alphaexa 128k", "alphaexa", "1b", 1, 131072, 1, 2, 300, full),
-                Contender("long", "alphaexa 32k window 4096", "alphaexa", "1b", 1, 32768, 2, 4, 240,
-                          {"sets": ["parallel.recompute=full"], "window": 4096})]
-    if "attention" in sections:
-        out.append(Contender("attention", "attention kernels", "attention", "1b", 8, 2048, 3, 10, 150))
+    full = {"sets": ["parallel.recompute=full"]}
+    by_section = {
+        "dense": [Contender("dense", "loop eager", "loop", "1b", 8, 2048, w, t, 150, {"compile": False}),
+                  Contender("dense", "loop compile", "loop", "1b", 8, 2048, w, t, 240, {"compile": True}),
+                  Contender("dense", "torchtitan", "titan", "1b", 8, 2048, w, t, 300, {"compile": True}),
+                  Contender("dense", "alphaexa", "alphaexa", "1b", 8, 2048, w, t, 240),
+                  *(Contender("dense", f"alphaexa {a}", "alphaexa", "1b", 8, 2048, w, t, 240, {"sets": ABLATIONS[a]})
+                    for a in args.ablations)],
+        "moe": [Contender("moe", f"{who} {shape}", kind, shape, 8, 2048, w, t, timeout, options)
+                for shape in ("1b-moe", "mixtral-like")
+                for who, kind, timeout, options in (("torchtitan", "titan", 300, {"compile": True}),
+                                                    ("alphaexa", "alphaexa", 240, {}))],
+        "long": [Contender("long", "alphaexa 8k", "alphaexa", "1b", 2, 8192, 3, 5, 200, full),
+                 Contender("long", "alphaexa 32k", "alphaexa", "1b", 1, 32768, 2, 4, 240, full),
+                 Contender("long", "alphaexa 128k", "alphaexa", "1b", 1, 131072, 1, 2, 300, full),
+                 Contender("long", "alphaexa 32k window 4096", "alphaexa", "1b", 1, 32768, 2, 4, 240,
+                           {**full, "window": 4096})],
+        "attention": [Contender("attention", "attention kernels", "attention", "1b", 8, 2048, 3, 10, 150)],
+    }
+    out = [c for section in args.sections.split(",") for c in by_section[section]]
     for c in out:
         c.profile_steps = args.profile_steps if c.name in PROFILED else 0
     if args.only:
@@ -199,7 +201,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default=os.environ.get("OUT") or "vs-peers-out")
     parser.add_argument("--sections", default="dense,moe",
-                        help="any of dense,moe,long,attention (long and attention: run them on their own)")
+                        help="any of dense,moe,long,attention, run in this order")
     parser.add_argument("--budget-s", type=float, default=470.0, help="wall-clock bound of the whole bench")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--timed", type=int, default=15)
@@ -220,6 +222,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         return _worker(json.loads(args.worker))
+    unknown_sections = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown_sections:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown_sections))}; known: {', '.join(SECTIONS)}")
     if args.kinds - set(KINDS):
         parser.error(f"unknown kind(s) {', '.join(sorted(args.kinds - set(KINDS)))}; known: {', '.join(KINDS)}")
     unknown = [a for a in args.ablations if a not in ABLATIONS]
@@ -245,12 +250,18 @@ def main() -> int:
         rows.append(row)
         logs.append(f"===== {c.section} / {c.name}: {row['status']}\n{log[-6000:]}\n")
         print(f"[{time.monotonic() - started:5.0f} s] {c.section:<9} {c.name:<26} {_short(row)}", flush=True)
+        result = _write_results(out_dir, env_info, rows, logs, started, args)  # so far: a killed call keeps it
+    result = _write_results(out_dir, env_info, rows, logs, started, args)
+    _print_tables(result)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _write_results(out_dir: Path, env_info: dict, rows: list[dict], logs: list[str], started: float, args) -> dict:
     result = {"environment": env_info, "rows": rows, "ratios": _ratios(rows),
               "wall_s": time.monotonic() - started, "steps": {"warmup": args.warmup, "timed": args.timed}}
     (out_dir / "vs_peers.json").write_text(json.dumps(result, indent=1) + "\n")
     (out_dir / "vs_peers.log").write_text("".join(logs))
-    _print_tables(result)
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return result
 
 
 def _run_contender(c: Contender, spec: dict, timeout: float) -> tuple[dict, str]:
