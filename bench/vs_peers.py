@@ -83,13 +83,18 @@ SMOKE_SHAPE = {"1b": "smoke", "1b-moe": "smoke-moe", "mixtral-like": "smoke-moe"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # Named override sets, each one lever of docs/performance.md turned the other way (the defaults
-# are what a user gets: compile on CUDA over the whole model, fused loss, no FSDP on one rank).
+# are what a user gets: compile on CUDA over the whole model, fused loss, no FSDP on one rank),
+# or a lever that is not on by default turned on.
 ABLATIONS: dict[str, list[str]] = {
     "compile-off": ["train.compile=false"],
     "compile-per-block": ["train.compile_scope=block"],
     "no-fused-ce": ["train.fused_loss=false"],
     "fsdp-on-1-rank": ["parallel.fsdp_on_one_rank=true"],
     "recompute-selective": ["parallel.recompute=selective"],
+    # levers not on by default yet: each turned on
+    "fused-projections": ["train.fused_projections=true"],
+    "cudagraphs": ["train.compile_mode=reduce-overhead"],
+    "max-autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],  # its GEMM autotuning takes minutes
 }
 
 

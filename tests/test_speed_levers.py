@@ -204,3 +204,71 @@ def test_forced_sdpa_backends_run_only_when_named():
     cpu_call = AttentionCall("cpu", torch.float32, 1, 2, 2, 4, 4, 8, True, 0, 0)
     with pytest.raises(BackendError, match="'sdpa_cudnn' does not run on cpu"):
         select_kernel(cpu_call, "sdpa_cudnn")
+
+
+def _fuse_projections(model: torch.nn.Module) -> int:
+    from alphaexa.model.attention import Attention
+    from alphaexa.model.layers import FeedForward
+
+    fused = [m for m in model.modules() if isinstance(m, (Attention, FeedForward))]
+    for module in fused:
+        module.fused_projections = True
+    return len(fused)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_fused_projections_give_the_separate_projections_loss_and_gradients(dtype, rtol):
+    """One GEMM over the concatenated q/k/v (and SwiGLU up/gate) weights: same loss, same gradient for
+    every separate parameter (the MoE block's shared expert is a FeedForward too)."""
+    cfg = get_preset("debug").replace(n_shared_experts=1)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 33), generator=torch.Generator().manual_seed(0))
+    results = []
+    for fused in (False, True):
+        model = build_model(cfg, seed=0, dtype=dtype)
+        if fused:
+            assert _fuse_projections(model) == 2 * cfg.n_layers  # attention + dense FFN or shared expert
+        loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    (loss, grads), (fused_loss, fused_grads) = results
+    torch.testing.assert_close(fused_loss, loss, rtol=rtol, atol=0)
+    for g, f in zip(grads, fused_grads):
+        torch.testing.assert_close(f, g, rtol=rtol, atol=rtol * float(g.abs().max()))
+
+
+def test_fused_projections_trace_into_one_graph_and_are_refused_with_tensor_parallelism():
+    from alphaexa.train.config import load_run_config
+    from topology.modelcfg import ConfigError
+
+    cfg = get_preset("debug")
+    model = build_model(cfg, seed=0)
+    _fuse_projections(model)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 33))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(model)(tokens[:, :-1], targets=tokens[:, 1:])
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    assert load_run_config(None, ["model.preset=debug", "train.fused_projections=true"]).train.fused_projections
+    with pytest.raises(ConfigError, match=r"train.fused_projections=true with parallel.tp=2"):
+        load_run_config(None, ["model.preset=debug", "train.fused_projections=true", "parallel.tp=2"])
+
+
+def test_compile_mode_reaches_torch_compile_and_bad_values_are_one_line_errors(one_rank_group):
+    """parallelize hands the mode to torch.compile (which rejects an unknown mode when called, before
+    any compilation: so a bad mode proves the hand-over without compiling); the config refuses it first."""
+    from alphaexa.model import Transformer
+    from alphaexa.parallel import build_mesh, parallelize
+    from alphaexa.train.config import load_run_config
+    from backends.device import get_backend
+    from topology.layout import Layout
+    from topology.modelcfg import ConfigError
+
+    assert load_run_config(None, ["model.preset=debug"]).train.compile_mode == "default"
+    assert load_run_config(None, ["model.preset=debug", "train.compile_mode=reduce-overhead"]).train.compile_mode \
+        == "reduce-overhead"
+    with pytest.raises(ConfigError, match=r"train.compile_mode='fastest': must be one of default, "):
+        load_run_config(None, ["model.preset=debug", "train.compile_mode=fastest"])
+    for recompute in ("none", "full"):  # the whole model, and each block
+        with torch.device("meta"):
+            model = Transformer(get_preset("debug"))
+        dims = build_mesh(Layout(recompute=recompute).resolve(1), get_backend(), torch.device("cpu"))
+        with pytest.raises(RuntimeError, match="fastest"):
+            parallelize(model, dims, compile=True, compile_mode="fastest")

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from alphaexa.model.attention import Attention
+from alphaexa.model.layers import FeedForward
 from alphaexa.model.transformer import Transformer
 from topology.layout import Layout
 from topology.modelcfg import ModelConfig
@@ -103,7 +105,8 @@ class ParallelModel:
 
 def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.dtype = torch.float32,
                 compile: bool = False, compile_scope: str = "auto", cpu_offload: bool = False,
-                fsdp_on_one_rank: bool = False, stage_layers: list[int] | None = None) -> ParallelModel:
+                fsdp_on_one_rank: bool = False, stage_layers: list[int] | None = None,
+                compile_mode: str = "default", fused_projections: bool = False) -> ParallelModel:
     """Split ``model`` into this rank's pipeline stages and parallelize each one in place.
 
     ``compute_dtype``: bf16 gives FSDP2 mixed precision (bf16 parameters in compute,
@@ -111,10 +114,20 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
     ``compile_scope``: auto (the whole chunk when it is neither FSDP-wrapped nor recomputed, else each
     block) | block.
     ``stage_layers``: blocks per pipeline stage (pp*vpp counts), e.g. from the plan.
+    ``compile_mode``: torch.compile's mode.  ``fused_projections``: q/k/v and SwiGLU up/gate each from one
+    GEMM over concatenated weights (the parameters stay separate; not with tensor parallelism, which
+    shards each projection on its own).
     """
     if compile_scope not in ("auto", "block"):
         raise ValueError(f"compile_scope={compile_scope!r}: must be auto or block")
     layout = dims.layout
+    if fused_projections and layout.tp > 1:
+        raise ValueError(f"fused projections with tensor parallelism (tp={layout.tp}): not supported, "
+                         "turn one of them off")
+    if fused_projections:
+        for module in model.modules():
+            if isinstance(module, (Attention, FeedForward)):
+                module.fused_projections = True
     wrapped = needs_data_parallel_wrapper(dims, cpu_offload=cpu_offload, fsdp_on_one_rank=fsdp_on_one_rank)
     n_stages = layout.pp * layout.vpp
     counts = stage_layer_counts(model.cfg.n_layers, n_stages, stage_layers)
@@ -136,9 +149,9 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
         # The composable checkpoint's hooks do not trace inside a whole-model graph (seen on CPU):
         # with recompute, each block is compiled with its hooks around it instead.
         if compile and (wrapped or compile_scope == "block" or layout.recompute != "none"):
-            apply_compile(chunk)
+            apply_compile(chunk, compile_mode)
         elif compile:
-            chunk.compile()
+            chunk.compile(mode=compile_mode)
         if wrapped:
             apply_data_parallel(chunk, dims, compute_dtype=compute_dtype, cpu_offload=cpu_offload)
         else:

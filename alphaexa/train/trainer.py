@@ -119,7 +119,8 @@ class Trainer:
         self.model = parallelize(model, self.dims, compute_dtype=compute_dtype,
                                  compile=cfg.train.compile_on(self.device.type, self.layout),
                                  compile_scope=cfg.train.compile_scope, cpu_offload=offloaded,
-                                 fsdp_on_one_rank=cfg.engine_options.fsdp_on_one_rank)
+                                 fsdp_on_one_rank=cfg.engine_options.fsdp_on_one_rank,
+                                 compile_mode=cfg.train.compile_mode, fused_projections=cfg.train.fused_projections)
         materialise(self.model, seed=cfg.train.seed)
         # The debug scale reaches the gradient and the reported loss, as a real bad batch would.
         self.step_fn = make_train_step(self.model, self.n_micro, fused_loss=cfg.train.fused_loss,
