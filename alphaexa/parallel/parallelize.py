@@ -35,6 +35,7 @@ from topology.support import check_supported
 
 from .data_parallel import apply_autocast, apply_data_parallel, needs_data_parallel_wrapper
 from .expert_parallel import apply_expert_parallel, apply_moe_statistics
+from .float8 import apply_float8
 from .mesh import ParallelDims
 from .pipeline import split_model, stage_ids_of_rank, stage_layer_counts
 from .recompute import apply_compile, apply_recompute
@@ -106,7 +107,7 @@ class ParallelModel:
 def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.dtype = torch.float32,
                 compile: bool = False, compile_scope: str = "auto", cpu_offload: bool = False,
                 fsdp_on_one_rank: bool = False, stage_layers: list[int] | None = None,
-                compile_mode: str = "default", fused_projections: bool = False) -> ParallelModel:
+                compile_mode: str = "default", fused_projections: bool = False, float8: bool = False) -> ParallelModel:
     """Split ``model`` into this rank's pipeline stages and parallelize each one in place.
 
     ``compute_dtype``: bf16 gives FSDP2 mixed precision (bf16 parameters in compute,
@@ -116,7 +117,9 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
     ``stage_layers``: blocks per pipeline stage (pp*vpp counts), e.g. from the plan.
     ``compile_mode``: torch.compile's mode.  ``fused_projections``: q/k/v and SwiGLU up/gate each from one
     GEMM over concatenated weights (the parameters stay separate; not with tensor parallelism, which
-    shards each projection on its own).
+    shards each projection on its own).  ``float8``: the blocks' linear layers in float8 through torchao
+    (``alphaexa.parallel.float8``; one rank's plain module or FSDP2, not with tensor parallelism or fused
+    projections, which bypass the layers it swaps).
     """
     if compile_scope not in ("auto", "block"):
         raise ValueError(f"compile_scope={compile_scope!r}: must be auto or block")
@@ -124,6 +127,8 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
     if fused_projections and layout.tp > 1:
         raise ValueError(f"fused projections with tensor parallelism (tp={layout.tp}): not supported, "
                          "turn one of them off")
+    if float8 and (layout.tp > 1 or fused_projections):
+        raise ValueError("float8 with tensor parallelism or fused projections: not supported, turn one of them off")
     if fused_projections:
         for module in model.modules():
             if isinstance(module, (Attention, FeedForward)):
@@ -137,6 +142,8 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
     else:
         stage_ids, chunks = [0], [model]
     for chunk, stage in zip(chunks, stage_ids):
+        if float8:
+            apply_float8(chunk)
         # Recompute hooks first: the tensor-parallel input/output hooks registered after them
         # then run inside the checkpointed region, so a selective policy sees (and keeps)
         # their collectives instead of meeting them for the first time during recomputation.

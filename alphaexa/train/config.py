@@ -65,6 +65,9 @@ class TrainSection:
     # one GEMM for q, k, v and one for a SwiGLU's up and gate: the weights concatenated in the forward (the
     # parameters, checkpoints and exports stay as they are); not with tensor parallelism
     fused_projections: bool = False
+    # the blocks' linear layers in float8 through torchao (CUDA, compute capability 8.9+; not with tp or
+    # fused_projections); the LM head and the MoE router stay in bf16
+    float8: bool = False
     fused_loss: bool = True  # LM head + cross-entropy in token chunks, never the full fp32 logits (tp1, pp1)
     eval_every: int = 50  # steps between evaluations; 0 = only at the end
     eval_batches: int = 4  # global batches of held-out data per evaluation; 0 = no evaluation at all
@@ -244,6 +247,12 @@ class RunConfig:
         if self.train.fused_projections and self.parallel.tp > 1:
             raise ConfigError(f"train.fused_projections=true with parallel.tp={self.parallel.tp}: tensor parallelism "
                               f"shards each projection on its own; turn one of them off")
+        if self.train.float8 and (self.parallel.tp > 1 or self.train.fused_projections):
+            raise ConfigError("train.float8=true with " + ("parallel.tp > 1" if self.parallel.tp > 1 else
+                              "train.fused_projections=true") + ": not supported, turn one of them off")
+        if self.train.float8 and self.train.dtype != "bf16":
+            raise ConfigError(f"train.float8=true needs train.dtype=bf16 (float8 GEMMs, bf16 elsewhere), "
+                              f"not {self.train.dtype}")
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len="
                               f"{self.model.max_seq_len}")
