@@ -83,17 +83,37 @@ SMOKE_SHAPE = {"1b": "smoke", "1b-moe": "smoke-moe", "mixtral-like": "smoke-moe"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # Named override sets, each one lever of docs/performance.md turned the other way (the defaults
-# are what a user gets: compile on CUDA over the whole model, fused loss, no FSDP on one rank).
+# are what a user gets: compile on CUDA over the whole model, fused loss, no FSDP on one rank),
+# or a lever that is not on by default turned on.
 ABLATIONS: dict[str, list[str]] = {
     "compile-off": ["train.compile=false"],
     "compile-per-block": ["train.compile_scope=block"],
     "no-fused-ce": ["train.fused_loss=false"],
     "fsdp-on-1-rank": ["parallel.fsdp_on_one_rank=true"],
     "recompute-selective": ["parallel.recompute=selective"],
+    # levers not on by default yet: each turned on
+    "fused-projections": ["train.fused_projections=true"],
+    "cudagraphs": ["train.compile_mode=reduce-overhead"],
+    "max-autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],  # its GEMM autotuning takes minutes
+    "float8": ["train.float8=true"],  # torchao; compare its loss column with the bf16 row's
 }
 
 
 KINDS = ("loop", "titan", "alphaexa", "attention")
+
+# --profile-steps: each device kernel goes to the first category whose pattern is found in its
+# lower-cased name (attention before GEMM: cuDNN's attention kernels are named after their wgmma).
+PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
+    ("communication", r"nccl|allreduce|all_reduce|alltoall|all_to_all|allgather|reduce_scatter"),
+    ("attention bwd", r"(flash|fmha|attn|attention|sdpa).*(bwd|bprop|backward|cutlassb|dq_dk)"),
+    ("attention fwd", r"flash|fmha|attn|attention|sdpa"),
+    ("optimizer + clip", r"adam|multi_tensor|foreach"),
+    ("GEMM", r"gemm|cutlass|cublas|nvjet|xmma|wgmma|matmul|grouped_mm|triton_tem|splitk|\bmm\b|addmm"),
+    ("routing/permute/index/sort", r"topk|sort|radix|scatter|gather|index|cumsum|histogram|bincount|nonzero|unique"),
+    ("elementwise/norm", r"triton_|elementwise|vectorized|reduce|norm|softmax|copy|fill|cast|silu|mul|add|cat|"
+                         r"embedding|loss|memset|memcpy|unrolled"),
+)
+PROFILED = {"loop compile", "alphaexa", "alphaexa 1b-moe"}  # the contenders --profile-steps profiles
 
 
 @dataclass
@@ -108,6 +128,7 @@ class Contender:
     timed: int
     timeout_s: int
     options: dict = field(default_factory=dict)
+    profile_steps: int = 0  # steps profiled after the timed ones (--profile-steps), not timed
 
 
 def model_fields(shape: str, seq: int, window: int = 0) -> dict:
@@ -139,30 +160,41 @@ def train_flops_per_token(m: dict, seq: int) -> float:
 
 
 # ------------------------------------------------------------------------------ the contenders
+SECTIONS = ("dense", "moe", "long", "attention")
+
+
 def contenders(args) -> list[Contender]:
-    out: list[Contender] = []
-    sections = args.sections.split(",")
+    """The contenders of ``args.sections``, section by section in the order given (the budget skips the last)."""
     w, t = args.warmup, args.timed
-    if "dense" in sections:
-        out += [Contender("dense", "loop eager", "loop", "1b", 8, 2048, w, t, 150, {"compile": False}),
-                Contender("dense", "loop compile", "loop", "1b", 8, 2048, w, t, 240, {"compile": True}),
-                Contender("dense", "torchtitan", "titan", "1b", 8, 2048, w, t, 300, {"compile": True}),
-                Contender("dense", "alphaexa", "alphaexa", "1b", 8, 2048, w, t, 240)]
-        out += [Contender("dense", f"alphaexa {a}", "alphaexa", "1b", 8, 2048, w, t, 240, {"sets": ABLATIONS[a]})
-                for a in args.ablations]
-    if "moe" in sections:
-        for shape in ("1b-moe", "mixtral-like"):
-            out += [Contender("moe", f"torchtitan {shape}", "titan", shape, 8, 2048, w, t, 300, {"compile": True}),
-                    Contender("moe", f"alphaexa {shape}", "alphaexa", shape, 8, 2048, w, t, 240)]
-    if "long" in sections:
-        full = {"sets": ["parallel.recompute=full"]}
-        out += [Contender("long", "alphaexa 8k", "alphaexa", "1b", 2, 8192, 3, 5, 200, full),
-                Contender("long", "alphaexa 32k", "alphaexa", "1b", 1, 32768, 2, 4, 240, full),
-                Contender("long", "alphaexa 128k", "alphaexa", "1b", 1, 131072, 1, 2, 300, full),
-                Contender("long", "alphaexa 32k window 4096", "alphaexa", "1b", 1, 32768, 2, 4, 240,
-                          {"sets": ["parallel.recompute=full"], "window": 4096})]
-    if "attention" in sections:
-        out.append(Contender("attention", "attention kernels", "attention", "1b", 8, 2048, 3, 10, 150))
+    full = {"sets": ["parallel.recompute=full"]}
+    by_section = {
+        "dense": [Contender("dense", "loop eager", "loop", "1b", 8, 2048, w, t, 150, {"compile": False}),
+                  Contender("dense", "loop compile", "loop", "1b", 8, 2048, w, t, 240, {"compile": True}),
+                  Contender("dense", "torchtitan", "titan", "1b", 8, 2048, w, t, 300, {"compile": True}),
+                  Contender("dense", "alphaexa", "alphaexa", "1b", 8, 2048, w, t, 240),
+                  *(Contender("dense", f"alphaexa {a}", "alphaexa", "1b", 8, 2048, w, t, 240, {"sets": ABLATIONS[a]})
+                    for a in args.ablations)],
+        "moe": [Contender("moe", f"{who} {shape}", kind, shape, 8, 2048, w, t, timeout, options)
+                for shape in ("1b-moe", "mixtral-like")
+                for who, kind, timeout, options in (("torchtitan", "titan", 300, {"compile": True}),
+                                                    ("alphaexa", "alphaexa", 240, {}))],
+        # Step 1 compiles (each block: full recompute); a 128k step is ~15-20 s of attention on an H200.
+        "long": [Contender("long", "alphaexa 8k", "alphaexa", "1b", 2, 8192, 2, 4, 200, full),
+                 Contender("long", "alphaexa 32k", "alphaexa", "1b", 1, 32768, 1, 3, 240, full),
+                 Contender("long", "alphaexa 128k", "alphaexa", "1b", 1, 131072, 1, 2, 300, full),
+                 Contender("long", "alphaexa 32k window 4096", "alphaexa", "1b", 1, 32768, 1, 3, 240,
+                           {**full, "window": 4096})],
+        "attention": [Contender("attention", "attention kernels", "attention", "1b", 8, 2048, 3, 10, 150)],
+    }
+    out = [c for section in args.sections.split(",") for c in by_section[section]]
+    for c in out:
+        c.profile_steps = args.profile_steps if c.name in PROFILED else 0
+    if args.only:
+        unknown = args.only - {c.name for c in out}
+        if unknown:
+            raise SystemExit(f"--only: no contender named {', '.join(sorted(unknown))} in sections {args.sections}; "
+                             f"there are: {', '.join(c.name for c in out)}")
+        out = [c for c in out if c.name in args.only]
     if args.smoke:
         for c in out:
             c.shape, c.batch, c.seq, c.warmup, c.timed = SMOKE_SHAPE[c.shape], 2, min(128, c.seq // 64), 1, 2
@@ -176,7 +208,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", nargs="?", default=os.environ.get("OUT") or "vs-peers-out")
     parser.add_argument("--sections", default="dense,moe",
-                        help="any of dense,moe,long,attention (long and attention: run them on their own)")
+                        help="any of dense,moe,long,attention, run in this order")
     parser.add_argument("--budget-s", type=float, default=470.0, help="wall-clock bound of the whole bench")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--timed", type=int, default=15)
@@ -186,12 +218,20 @@ def main() -> int:
                         help=f"run only these kinds of contender: {','.join(KINDS)} (e.g. alphaexa for the ablations)")
     parser.add_argument("--alphaexa-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="an override for every alphaexa run")
+    parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                        help=f"profile N steps after the timed ones of {', '.join(sorted(PROFILED))}: top kernels, "
+                             "their categories and the GPU's idle share (0: no profile)")
+    parser.add_argument("--only", type=lambda s: {n.strip() for n in s.split(",") if n.strip()}, default=set(),
+                        metavar="NAME,NAME", help="run only the contenders of these names (as the tables print them)")
     parser.add_argument("--smoke", action="store_true",
                         help="check the plumbing on CPU: the debug preset's size, 1 + 2 steps (figures mean nothing)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return _worker(json.loads(args.worker))
+    unknown_sections = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown_sections:
+        parser.error(f"unknown section(s) {', '.join(sorted(unknown_sections))}; known: {', '.join(SECTIONS)}")
     if args.kinds - set(KINDS):
         parser.error(f"unknown kind(s) {', '.join(sorted(args.kinds - set(KINDS)))}; known: {', '.join(KINDS)}")
     unknown = [a for a in args.ablations if a not in ABLATIONS]
@@ -217,12 +257,18 @@ def main() -> int:
         rows.append(row)
         logs.append(f"===== {c.section} / {c.name}: {row['status']}\n{log[-6000:]}\n")
         print(f"[{time.monotonic() - started:5.0f} s] {c.section:<9} {c.name:<26} {_short(row)}", flush=True)
+        result = _write_results(out_dir, env_info, rows, logs, started, args)  # so far: a killed call keeps it
+    result = _write_results(out_dir, env_info, rows, logs, started, args)
+    _print_tables(result)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _write_results(out_dir: Path, env_info: dict, rows: list[dict], logs: list[str], started: float, args) -> dict:
     result = {"environment": env_info, "rows": rows, "ratios": _ratios(rows),
               "wall_s": time.monotonic() - started, "steps": {"warmup": args.warmup, "timed": args.timed}}
     (out_dir / "vs_peers.json").write_text(json.dumps(result, indent=1) + "\n")
     (out_dir / "vs_peers.log").write_text("".join(logs))
-    _print_tables(result)
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return result
 
 
 def _run_contender(c: Contender, spec: dict, timeout: float) -> tuple[dict, str]:
@@ -317,12 +363,80 @@ def _bench_loop(model: nn.Module, spec: dict, m: dict, *, compile_whole: bool = 
         times.append(time.perf_counter() - begun)
     memory = ({"peak_gib": torch.cuda.max_memory_allocated() / 2**30,
                "reserved_gib": torch.cuda.max_memory_reserved() / 2**30} if DEVICE == "cuda" else {"peak_gib": 0.0})
-    return {"step_times": times, **memory, "loss": float(losses[-1])}
+    figures = {"step_times": times, **memory, "loss": float(losses[-1])}
+    if spec.get("profile_steps"):
+        profiler = _StepProfiler(spec["profile_steps"])
+        profiler.start()
+        for _ in range(spec["profile_steps"]):
+            step()
+        figures["profile"] = profiler.stop()
+    return figures
 
 
 def _synchronize() -> None:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
+
+
+class _StepProfiler:
+    """``torch.profiler`` over a few steps: the device's kernels (on CPU, for --smoke, the host's
+    operators, which nest, so their shares overlap), each kernel's and category's share of the
+    profiled wall time, and the share of that time no kernel ran (the GPU idle)."""
+
+    def __init__(self, steps: int):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.steps = steps
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+        self.profile = profile(activities=activities)
+
+    def start(self) -> None:
+        _synchronize()
+        self.profile.__enter__()
+        self.begun = time.perf_counter()
+
+    def stop(self) -> dict:
+        _synchronize()
+        wall_ns = (time.perf_counter() - self.begun) * 1e9
+        self.profile.__exit__(None, None, None)
+        return kernel_summary(self.profile.profiler.kineto_results.events(), wall_ns, self.steps)
+
+
+def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
+    """Top kernels and categories (``PROFILE_CATEGORIES``) by their share of ``wall_ns``, and the idle share."""
+    import re
+
+    wanted = {"kernel", "gpu_memcpy", "gpu_memset"} if DEVICE == "cuda" else {"cpu_op"}
+    spans, per_name = [], {}
+    for e in events:
+        if e.activity_type() not in wanted:
+            continue
+        spans.append((e.start_ns(), e.start_ns() + e.duration_ns()))
+        total = per_name.setdefault(e.name(), [0, 0])
+        total[0] += e.duration_ns()
+        total[1] += 1
+    busy, reach = 0, None
+    for begin, end in sorted(spans):
+        if reach is None or begin > reach:
+            busy, reach = busy + end - begin, end
+        elif end > reach:
+            busy, reach = busy + end - reach, end
+
+    def category(name: str) -> str:
+        low = name.lower()
+        return next((c for c, pattern in PROFILE_CATEGORIES if re.search(pattern, low)), "other")
+
+    categories: dict[str, float] = {}
+    for name, (ns, _) in per_name.items():
+        categories[category(name)] = categories.get(category(name), 0.0) + ns / wall_ns
+    ranked = sorted(per_name.items(), key=lambda item: -item[1][0])[:top]
+    return {"what": "device kernels" if DEVICE == "cuda" else "host operators (nested: shares overlap)",
+            "steps": steps, "step_ms": wall_ns / steps / 1e6, "busy_share": busy / wall_ns,
+            "idle_share": max(0.0, 1 - busy / wall_ns),
+            "categories": dict(sorted(categories.items(), key=lambda item: -item[1])),
+            "kernels": [{"name": name, "category": category(name), "share": ns / wall_ns,
+                         "ms_per_step": ns / steps / 1e6, "calls_per_step": calls / steps}
+                        for name, (ns, calls) in ranked]}
 
 
 class HandWrittenBlock(nn.Module):
@@ -501,7 +615,11 @@ def _alphaexa(spec: dict, m: dict) -> dict:
 
     scratch = Path(spec["scratch"])
     run_dir = scratch / f"alphaexa-{spec['name'].replace(' ', '_')}"
-    steps = spec["warmup"] + spec["timed"]
+    last_timed = spec["warmup"] + spec["timed"]
+    steps = last_timed + spec.get("profile_steps", 0)
+    profiled: dict = {}
+    if spec.get("profile_steps"):
+        _profile_trainer_steps(last_timed + 1, spec["profile_steps"], profiled)
     sets = [f"model.preset={m['preset']}", *(f"model.{k}={v}" for k, v in m["overrides"].items()),
             f"model.max_seq_len={m['max_seq_len']}", f"model.sliding_window={m['sliding_window']}",
             f"train.steps={steps}", f"train.warmup={min(2, steps - 1)}", f"train.global_batch={spec['batch']}",
@@ -516,12 +634,31 @@ def _alphaexa(spec: dict, m: dict) -> dict:
         raise RuntimeError(f"alphaexa train exited {code}")
     records, _, events = read_metrics(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # disk: nothing of a run is kept but its figures
-    timed = [r for r in records if r["step"] > spec["warmup"]]
+    timed = [r for r in records if spec["warmup"] < r["step"] <= last_timed]
     start = next(e for e in events if e["event"] == "start")
     layout = (f"{start['layout_short']}, {'FSDP2' if start['fsdp_wrapped'] else 'plain module + autocast'}, "
               f"compile {'on' if start['compiled'] else 'off'}")
     return {"step_times": [r["step_time_s"] for r in timed], "peak_gib": max(r["mem_gib"] for r in timed),
-            "loss": timed[-1]["loss"], "layout": layout, "sets": sets}
+            "loss": timed[-1]["loss"], "layout": layout, "sets": sets, **profiled}
+
+
+def _profile_trainer_steps(first: int, count: int, into: dict) -> None:
+    """Profile the trainer's steps ``first`` .. ``first + count - 1`` (this worker process only: it
+    wraps ``Trainer._train_step``, the package is unchanged); the summary goes to ``into["profile"]``."""
+    from alphaexa.train.trainer import Trainer
+
+    unwrapped = Trainer._train_step
+
+    def train_step(self, step: int, recent_losses: list[float]) -> dict:
+        if step == first:
+            into["_profiler"] = _StepProfiler(count)
+            into["_profiler"].start()
+        record = unwrapped(self, step, recent_losses)
+        if step == first + count - 1:
+            into["profile"] = into.pop("_profiler").stop()
+        return record
+
+    Trainer._train_step = train_step
 
 
 def _attention_kernels(m: dict, spec: dict) -> list[dict]:
@@ -629,12 +766,26 @@ def _print_tables(result: dict) -> None:
             print(f"  {q['alphaexa']:<26} / {q['peer']:<26} tokens/s {q['tokens_per_s_ratio']:.3f}x, "
                   f"peak memory {memory}")
     for r in result["rows"]:
+        if "profile" in r:
+            _print_profile(r["name"], r["profile"])
+    for r in result["rows"]:
         for k in r.get("kernels", []):
             if k.get("status") == "ok" or "fwd_bwd_ms" in k:
                 print(f"  attention {k['kernel']:<12} fwd+bwd {k['fwd_bwd_ms']:7.2f} ms  {k['tflops']:6.1f} TFLOP/s  "
                       f"error vs math {k['rel_error']:.1e}  {k['status']}")
             else:
                 print(f"  attention {k['kernel']:<12} {k['status']}")
+
+
+
+def _print_profile(name: str, p: dict) -> None:
+    print(f"\nprofile of {name}: {p['steps']} steps of {p['step_ms']:.1f} ms, {p['what']}; "
+          f"busy {p['busy_share']:.1%}, idle {p['idle_share']:.1%}")
+    print("  " + ", ".join(f"{c} {share:.1%}" for c, share in p["categories"].items()))
+    print(f"  {'share':>6} {'ms/step':>8} {'calls':>6}  {'category':<27} kernel")
+    for k in p["kernels"]:
+        print(f"  {k['share']:>6.1%} {k['ms_per_step']:>8.2f} {k['calls_per_step']:>6.0f}  {k['category']:<27} "
+              f"{k['name'][:110]}")
 
 
 if __name__ == "__main__":

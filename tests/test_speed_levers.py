@@ -204,3 +204,132 @@ def test_forced_sdpa_backends_run_only_when_named():
     cpu_call = AttentionCall("cpu", torch.float32, 1, 2, 2, 4, 4, 8, True, 0, 0)
     with pytest.raises(BackendError, match="'sdpa_cudnn' does not run on cpu"):
         select_kernel(cpu_call, "sdpa_cudnn")
+
+
+def _fuse_projections(model: torch.nn.Module) -> int:
+    from alphaexa.model.attention import Attention
+    from alphaexa.model.layers import FeedForward
+
+    fused = [m for m in model.modules() if isinstance(m, (Attention, FeedForward))]
+    for module in fused:
+        module.fused_projections = True
+    return len(fused)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_fused_projections_give_the_separate_projections_loss_and_gradients(dtype, rtol):
+    """One GEMM over the concatenated q/k/v (and SwiGLU up/gate) weights: same loss, same gradient for
+    every separate parameter (the MoE block's shared expert is a FeedForward too)."""
+    cfg = get_preset("debug").replace(n_shared_experts=1)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 33), generator=torch.Generator().manual_seed(0))
+    results = []
+    for fused in (False, True):
+        model = build_model(cfg, seed=0, dtype=dtype)
+        if fused:
+            assert _fuse_projections(model) == 2 * cfg.n_layers  # attention + dense FFN or shared expert
+        loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+        results.append((loss.detach(), torch.autograd.grad(loss, list(model.parameters()))))
+    (loss, grads), (fused_loss, fused_grads) = results
+    torch.testing.assert_close(fused_loss, loss, rtol=rtol, atol=0)
+    for g, f in zip(grads, fused_grads):
+        torch.testing.assert_close(f, g, rtol=rtol, atol=rtol * float(g.abs().max()))
+
+
+def test_fused_projections_trace_into_one_graph_and_are_refused_with_tensor_parallelism():
+    from alphaexa.train.config import load_run_config
+    from topology.modelcfg import ConfigError
+
+    cfg = get_preset("debug")
+    model = build_model(cfg, seed=0)
+    _fuse_projections(model)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 33))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explained = torch._dynamo.explain(model)(tokens[:, :-1], targets=tokens[:, 1:])
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    assert load_run_config(None, ["model.preset=debug", "train.fused_projections=true"]).train.fused_projections
+    with pytest.raises(ConfigError, match=r"train.fused_projections=true with parallel.tp=2"):
+        load_run_config(None, ["model.preset=debug", "train.fused_projections=true", "parallel.tp=2"])
+
+
+def test_compile_mode_reaches_torch_compile_and_bad_values_are_one_line_errors(one_rank_group):
+    """parallelize hands the mode to torch.compile (which rejects an unknown mode when called, before
+    any compilation: so a bad mode proves the hand-over without compiling); the config refuses it first."""
+    from alphaexa.model import Transformer
+    from alphaexa.parallel import build_mesh, parallelize
+    from alphaexa.train.config import load_run_config
+    from backends.device import get_backend
+    from topology.layout import Layout
+    from topology.modelcfg import ConfigError
+
+    assert load_run_config(None, ["model.preset=debug"]).train.compile_mode == "default"
+    assert load_run_config(None, ["model.preset=debug", "train.compile_mode=reduce-overhead"]).train.compile_mode \
+        == "reduce-overhead"
+    with pytest.raises(ConfigError, match=r"train.compile_mode='fastest': must be one of default, "):
+        load_run_config(None, ["model.preset=debug", "train.compile_mode=fastest"])
+    for recompute in ("none", "full"):  # the whole model, and each block
+        with torch.device("meta"):
+            model = Transformer(get_preset("debug"))
+        dims = build_mesh(Layout(recompute=recompute).resolve(1), get_backend(), torch.device("cpu"))
+        with pytest.raises(RuntimeError, match="fastest"):
+            parallelize(model, dims, compile=True, compile_mode="fastest")
+
+
+def test_float8_is_refused_where_it_cannot_run_with_one_line_errors():
+    """float8 training runs only on a CUDA GPU with float8 tensor cores (checked on the GPU by the
+    bench's float8 ablation, its loss against bf16); here: the config and device refusals."""
+    from alphaexa.errors import UserError
+    from alphaexa.parallel.float8 import check_float8
+    from alphaexa.train.config import load_run_config
+    from topology.modelcfg import ConfigError
+
+    base = ["model.preset=debug", "train.dtype=bf16", "train.float8=true"]
+    assert load_run_config(None, base).train.float8
+    assert not load_run_config(None, ["model.preset=debug"]).train.float8
+    with pytest.raises(ConfigError, match=r"train.float8=true with parallel.tp > 1: not supported"):
+        load_run_config(None, [*base, "parallel.tp=2"])
+    with pytest.raises(ConfigError, match=r"train.float8=true with train.fused_projections=true"):
+        load_run_config(None, [*base, "train.fused_projections=true"])
+    with pytest.raises(ConfigError, match=r"train.float8=true needs train.dtype=bf16"):
+        load_run_config(None, [*base, "train.dtype=fp32"])
+    with pytest.raises(UserError, match=r"needs a CUDA GPU with float8 tensor cores .* this run is on cpu"):
+        check_float8(torch.device("cpu"))
+
+
+def test_float8_swaps_the_block_linears_but_not_the_head_or_router_and_keeps_parameter_names():
+    pytest.importorskip("torchao.float8")
+    from torchao.float8.float8_linear import Float8Linear
+
+    from alphaexa.parallel.float8 import apply_float8
+
+    cfg = get_preset("debug").replace(d_model=64, vocab_size=256)
+    model = build_model(cfg, seed=0)
+    names = [n for n, _ in model.named_parameters()]
+    swapped = apply_float8(model)
+    float8 = {n for n, m in model.named_modules() if isinstance(m, Float8Linear)}
+    assert swapped == len(float8) > 0
+    assert not any(n.endswith(("head", "gate")) for n in float8)
+    assert any(n.endswith("wq") for n in float8) and any(n.endswith("w2") for n in float8)
+    assert [n for n, _ in model.named_parameters()] == names
+
+
+def test_float8_loss_and_gradients_stay_near_bf16():
+    """Where torchao is installed (torch's _scaled_mm has a CPU kernel too): one forward + backward of
+    the debug model under bf16 autocast, float8 against bf16."""
+    pytest.importorskip("torchao.float8")
+    from alphaexa.parallel.float8 import apply_float8
+
+    cfg = get_preset("debug")
+    tokens = torch.randint(0, cfg.vocab_size, (2, 65), generator=torch.Generator().manual_seed(0))
+    results = []
+    for float8 in (False, True):
+        model = build_model(cfg, seed=0)
+        if float8:
+            apply_float8(model)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(tokens[:, :-1], targets=tokens[:, 1:])
+        results.append((float(loss), torch.autograd.grad(loss, list(model.parameters()))))
+    (loss, grads), (float8_loss, float8_grads) = results
+    assert math.isclose(float8_loss, loss, rel_tol=1e-3)
+    for g, f in zip(grads, float8_grads):  # gradients pass through e5m2 (2 mantissa bits): ~10% per element
+        assert float((f - g).norm()) <= 0.25 * float(g.norm()) + 1e-6
+        assert float(F.cosine_similarity(f.flatten(), g.flatten(), dim=0)) > 0.97

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backends.attention import attend
@@ -76,6 +77,8 @@ class Attention(nn.Module):
         self.use_rope = cfg.pos_encoding == "rope"
         # None: the backend picks the best kernel for the device; a name forces one.
         self.kernel: str | None = None
+        # True: q, k and v from one GEMM over the concatenated weights (``parallelize(fused_projections=)``).
+        self.fused_projections = False
         self.wq = nn.Linear(cfg.d_model, cfg.q_dim, bias=False)
         self.wk = nn.Linear(cfg.d_model, cfg.kv_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.kv_dim, bias=False)
@@ -85,9 +88,12 @@ class Attention(nn.Module):
         batch, seq, _ = x.shape
         # -1 instead of the head counts: tensor parallelism shards the projections and
         # leaves each rank a fraction of the heads.
-        q = self.wq(x).view(batch, seq, -1, self.head_dim)
-        k = self.wk(x).view(batch, seq, -1, self.head_dim)
-        v = self.wv(x).view(batch, seq, -1, self.head_dim)
+        if self.fused_projections:
+            weights = (self.wq.weight, self.wk.weight, self.wv.weight)
+            q, k, v = F.linear(x, torch.cat(weights)).split([w.shape[0] for w in weights], dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q, k, v = (t.view(batch, seq, -1, self.head_dim) for t in (q, k, v))
         if rope is not None:
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)

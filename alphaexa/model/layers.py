@@ -63,10 +63,15 @@ class FeedForward(nn.Module):
     def __init__(self, d_model: int, hidden: int, ffn_type: str):
         super().__init__()
         self.ffn_type = ffn_type
+        # True: SwiGLU's up and gate from one GEMM over the concatenated weights (``parallelize(fused_projections=)``).
+        self.fused_projections = False
         self.w1 = nn.Linear(d_model, hidden, bias=False)
         self.w2 = nn.Linear(hidden, d_model, bias=False)
         self.w3 = nn.Linear(d_model, hidden, bias=False) if ffn_type == "swiglu" else None
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = self.w3(x) if self.w3 is not None else None
-        return self.w2(activate(self.ffn_type, self.w1(x), gate))
+        if self.fused_projections and self.w3 is not None:
+            up, gate = F.linear(x, torch.cat([self.w1.weight, self.w3.weight])).chunk(2, dim=-1)
+        else:
+            up, gate = self.w1(x), (self.w3(x) if self.w3 is not None else None)
+        return self.w2(activate(self.ffn_type, up, gate))

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from alphaexa.model.attention import Attention
+from alphaexa.model.layers import FeedForward
 from alphaexa.model.transformer import Transformer
 from topology.layout import Layout
 from topology.modelcfg import ModelConfig
@@ -33,6 +35,7 @@ from topology.support import check_supported
 
 from .data_parallel import apply_autocast, apply_data_parallel, needs_data_parallel_wrapper
 from .expert_parallel import apply_expert_parallel, apply_moe_statistics
+from .float8 import apply_float8
 from .mesh import ParallelDims
 from .pipeline import split_model, stage_ids_of_rank, stage_layer_counts
 from .recompute import apply_compile, apply_recompute
@@ -103,7 +106,8 @@ class ParallelModel:
 
 def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.dtype = torch.float32,
                 compile: bool = False, compile_scope: str = "auto", cpu_offload: bool = False,
-                fsdp_on_one_rank: bool = False, stage_layers: list[int] | None = None) -> ParallelModel:
+                fsdp_on_one_rank: bool = False, stage_layers: list[int] | None = None,
+                compile_mode: str = "default", fused_projections: bool = False, float8: bool = False) -> ParallelModel:
     """Split ``model`` into this rank's pipeline stages and parallelize each one in place.
 
     ``compute_dtype``: bf16 gives FSDP2 mixed precision (bf16 parameters in compute,
@@ -111,10 +115,24 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
     ``compile_scope``: auto (the whole chunk when it is neither FSDP-wrapped nor recomputed, else each
     block) | block.
     ``stage_layers``: blocks per pipeline stage (pp*vpp counts), e.g. from the plan.
+    ``compile_mode``: torch.compile's mode.  ``fused_projections``: q/k/v and SwiGLU up/gate each from one
+    GEMM over concatenated weights (the parameters stay separate; not with tensor parallelism, which
+    shards each projection on its own).  ``float8``: the blocks' linear layers in float8 through torchao
+    (``alphaexa.parallel.float8``; one rank's plain module or FSDP2, not with tensor parallelism or fused
+    projections, which bypass the layers it swaps).
     """
     if compile_scope not in ("auto", "block"):
         raise ValueError(f"compile_scope={compile_scope!r}: must be auto or block")
     layout = dims.layout
+    if fused_projections and layout.tp > 1:
+        raise ValueError(f"fused projections with tensor parallelism (tp={layout.tp}): not supported, "
+                         "turn one of them off")
+    if float8 and (layout.tp > 1 or fused_projections):
+        raise ValueError("float8 with tensor parallelism or fused projections: not supported, turn one of them off")
+    if fused_projections:
+        for module in model.modules():
+            if isinstance(module, (Attention, FeedForward)):
+                module.fused_projections = True
     wrapped = needs_data_parallel_wrapper(dims, cpu_offload=cpu_offload, fsdp_on_one_rank=fsdp_on_one_rank)
     n_stages = layout.pp * layout.vpp
     counts = stage_layer_counts(model.cfg.n_layers, n_stages, stage_layers)
@@ -124,6 +142,8 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
     else:
         stage_ids, chunks = [0], [model]
     for chunk, stage in zip(chunks, stage_ids):
+        if float8:
+            apply_float8(chunk)
         # Recompute hooks first: the tensor-parallel input/output hooks registered after them
         # then run inside the checkpointed region, so a selective policy sees (and keeps)
         # their collectives instead of meeting them for the first time during recomputation.
@@ -136,9 +156,9 @@ def parallelize(model: Transformer, dims: ParallelDims, *, compute_dtype: torch.
         # The composable checkpoint's hooks do not trace inside a whole-model graph (seen on CPU):
         # with recompute, each block is compiled with its hooks around it instead.
         if compile and (wrapped or compile_scope == "block" or layout.recompute != "none"):
-            apply_compile(chunk)
+            apply_compile(chunk, compile_mode)
         elif compile:
-            chunk.compile()
+            chunk.compile(mode=compile_mode)
         if wrapped:
             apply_data_parallel(chunk, dims, compute_dtype=compute_dtype, cpu_offload=cpu_offload)
         else:

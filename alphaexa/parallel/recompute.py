@@ -64,7 +64,7 @@ def apply_recompute(chunk: Transformer, mode: str) -> None:
     raise ValueError(f"unknown recompute mode {mode!r}")
 
 
-def apply_compile(chunk: Transformer) -> None:
+def apply_compile(chunk: Transformer, mode: str = "default") -> None:
     for block in chunk.layers.values():
-        block.compile()
+        block.compile(mode=mode)
 

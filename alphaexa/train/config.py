@@ -33,6 +33,7 @@ from topology.presets import get_preset
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("fp32", "bf16", "fp64")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 COMPRESSIONS = ("none", "zstd")
 ENGINES = ("native", "deepspeed")
 OFFLOADS = ("none", "cpu", "nvme")
@@ -59,6 +60,14 @@ class TrainSection:
     # the combinations it cannot do)
     compile: bool | str = "auto"
     compile_scope: str = "auto"  # auto (the whole model when no FSDP wrapper splits it, else each block) | block
+    # torch.compile's mode: default | max-autotune-no-cudagraphs | reduce-overhead (CUDA graphs) | max-autotune
+    compile_mode: str = "default"
+    # one GEMM for q, k, v and one for a SwiGLU's up and gate: the weights concatenated in the forward (the
+    # parameters, checkpoints and exports stay as they are); not with tensor parallelism
+    fused_projections: bool = False
+    # the blocks' linear layers in float8 through torchao (CUDA, compute capability 8.9+; not with tp or
+    # fused_projections); the LM head and the MoE router stay in bf16
+    float8: bool = False
     fused_loss: bool = True  # LM head + cross-entropy in token chunks, never the full fp32 logits (tp1, pp1)
     eval_every: int = 50  # steps between evaluations; 0 = only at the end
     eval_batches: int = 4  # global batches of held-out data per evaluation; 0 = no evaluation at all
@@ -90,6 +99,7 @@ class TrainSection:
         if isinstance(self.compile, str) and self.compile != "auto":
             raise ConfigError(f"train.compile={self.compile!r}: must be auto, true or false")
         _choice("train.compile_scope", self.compile_scope, ("auto", "block"))
+        _choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"train.decay_fraction={self.decay_fraction}: must be in (0, 1]")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -234,6 +244,15 @@ class RunConfig:
             raise ConfigError(f"parallel.offload={self.engine_options.offload} needs parallel.sharding=zero3 "
                               f"(parameters, gradients and optimizer state leave the device), not "
                               f"{self.parallel.sharding}")
+        if self.train.fused_projections and self.parallel.tp > 1:
+            raise ConfigError(f"train.fused_projections=true with parallel.tp={self.parallel.tp}: tensor parallelism "
+                              f"shards each projection on its own; turn one of them off")
+        if self.train.float8 and (self.parallel.tp > 1 or self.train.fused_projections):
+            raise ConfigError("train.float8=true with " + ("parallel.tp > 1" if self.parallel.tp > 1 else
+                              "train.fused_projections=true") + ": not supported, turn one of them off")
+        if self.train.float8 and self.train.dtype != "bf16":
+            raise ConfigError(f"train.float8=true needs train.dtype=bf16 (float8 GEMMs, bf16 elsewhere), "
+                              f"not {self.train.dtype}")
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len="
                               f"{self.model.max_seq_len}")

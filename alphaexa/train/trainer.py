@@ -33,6 +33,7 @@ from topology.modelcfg import flops_per_token
 from ..checkpoint import CheckpointManager, ModelOptimizerState, RNGState
 from ..errors import UserError
 from ..model import Transformer, moe_layers
+from ..parallel.float8 import check_float8
 from ..parallel import (
     build_mesh,
     clip_grad_norm_,
@@ -92,6 +93,8 @@ class Trainer:
         self.device = self.dist.device
         self.backend = self.dist.backend
         self.layout: Layout = cfg.layout_for(self.world)
+        if cfg.train.float8:
+            check_float8(self.device)
         self.rng = RNGState(cfg.train.seed)
         self.rng.reseed(0)
 
@@ -119,7 +122,9 @@ class Trainer:
         self.model = parallelize(model, self.dims, compute_dtype=compute_dtype,
                                  compile=cfg.train.compile_on(self.device.type, self.layout),
                                  compile_scope=cfg.train.compile_scope, cpu_offload=offloaded,
-                                 fsdp_on_one_rank=cfg.engine_options.fsdp_on_one_rank)
+                                 fsdp_on_one_rank=cfg.engine_options.fsdp_on_one_rank,
+                                 compile_mode=cfg.train.compile_mode, fused_projections=cfg.train.fused_projections,
+                                 float8=cfg.train.float8)
         materialise(self.model, seed=cfg.train.seed)
         # The debug scale reaches the gradient and the reported loss, as a real bad batch would.
         self.step_fn = make_train_step(self.model, self.n_micro, fused_loss=cfg.train.fused_loss,
