@@ -110,8 +110,8 @@ PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("optimizer + clip", r"adam|multi_tensor|foreach"),
     ("GEMM", r"gemm|cutlass|cublas|nvjet|xmma|wgmma|matmul|grouped_mm|triton_tem|splitk|\bmm\b|addmm"),
     ("routing/permute/index/sort", r"topk|sort|radix|scatter|gather|index|cumsum|histogram|bincount|nonzero|unique"),
-    ("elementwise/norm", r"triton_|elementwise|vectorized|reduce|norm|softmax|copy|fill|cast|silu|mul|add|cat|"
-                         r"embedding|loss|memset|memcpy|unrolled"),
+    ("elementwise/norm", (r"triton_|elementwise|vectorized|reduce|norm|softmax|copy|fill|cast|silu|mul|add|cat|"
+                          r"embedding|loss|memset|memcpy|unrolled")),
 )
 PROFILED = {"loop compile", "alphaexa", "alphaexa 1b-moe"}  # the contenders --profile-steps profiles
 
@@ -662,45 +662,59 @@ def _profile_trainer_steps(first: int, count: int, into: dict) -> None:
 
 
 def _attention_kernels(m: dict, spec: dict) -> list[dict]:
-    """Every registered kernel on this device at the model's attention shape: error against the math
-    reference (fresh random inputs, small batch), then forward + backward time at the full batch."""
-    from backends.attention import attend, available_kernels
-    from backends.errors import BackendError
+    """Every registered kernel on this device at the model's attention shape, causal and with a
+    sliding window of a quarter of the sequence: error against the math reference (fresh random
+    inputs, small batch), then forward + backward time at the full batch.  A kernel that cannot
+    serve a case is listed as such (flex serves windows only; the forced SDPA backends no windows)."""
+    from backends.attention import KERNELS, attend, available_kernels, describe_call
 
     rows = []
     b, s = spec["batch"], spec["seq"]
     shape_q, shape_kv = (b, m["n_heads"], s, m["head_dim"]), (b, m["n_kv_heads"], s, m["head_dim"])
-    for name in available_kernels(DEVICE):
-        row = {"kernel": name}
-        try:
-            q, k, v = (torch.randn(sh, device=DEVICE, dtype=torch.float64)[:1, :, :512]
-                       for sh in (shape_q, shape_kv, shape_kv))
-            reference = attend(q, k, v, causal=True, kernel="math")
-            low = [t.to(torch.bfloat16) for t in (q, k, v)]
-            got = attend(*low, causal=True, kernel=name).double()
-            row["rel_error"] = float((got - reference).norm() / reference.norm())
-            q, k, v = (torch.randn(sh, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
-                       for sh in (shape_q, shape_kv, shape_kv))
-            grad = torch.randn(shape_q, device=DEVICE, dtype=torch.bfloat16)
-
-            ms = _fwd_bwd_ms(name, q, k, v, grad, spec["warmup"], spec["timed"])
-            flops = 3 * 4 * b * m["n_heads"] * m["head_dim"] * s * s / 2
-            row.update(fwd_bwd_ms=ms, tflops=flops / ms / 1e9, status="ok" if row["rel_error"] < 2e-2 else "WRONG")
-        except (BackendError, RuntimeError) as e:
-            row["status"] = f"failed: {type(e).__name__}: {str(e)[:160]}"
-        rows.append(row)
+    for window in (0, s // 4):
+        case = f"window {window}" if window else "causal"
+        # Keys each query sees on average, for the FLOP count (causal: (s+1)/2).
+        visible = window * (1 - window / (2 * s)) if window else (s + 1) / 2
+        for name in available_kernels(DEVICE):
+            row = {"kernel": name, "case": case}
+            probe = torch.empty(shape_q, device=DEVICE, dtype=torch.bfloat16)
+            probe_kv = torch.empty(shape_kv, device=DEVICE, dtype=torch.bfloat16)
+            reason = KERNELS[name].unsupported(describe_call(probe, probe_kv, probe_kv, causal=True, window=window,
+                                                             q_offset=0))
+            if reason is not None:
+                rows.append({**row, "status": f"n/a: {reason}"})
+                continue
+            try:
+                q, k, v = (torch.randn(sh, device=DEVICE, dtype=torch.float64)[:1, :, :512]
+                           for sh in (shape_q, shape_kv, shape_kv))
+                small_window = window // max(1, s // 512)
+                reference = attend(q, k, v, causal=True, window=small_window, kernel="math")
+                low = [t.to(torch.bfloat16) for t in (q, k, v)]
+                got = attend(*low, causal=True, window=small_window, kernel=name).double()
+                row["rel_error"] = float((got - reference).norm() / reference.norm())
+                q, k, v = (torch.randn(sh, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+                           for sh in (shape_q, shape_kv, shape_kv))
+                grad = torch.randn(shape_q, device=DEVICE, dtype=torch.bfloat16)
+                ms = _fwd_bwd_ms(name, window, q, k, v, grad, spec["warmup"], spec["timed"])
+                flops = 3 * 4 * b * m["n_heads"] * m["head_dim"] * s * visible
+                row.update(fwd_bwd_ms=ms, tflops=flops / ms / 1e9,
+                           status="ok" if row["rel_error"] < 2e-2 else "WRONG")
+            except RuntimeError as e:
+                row["status"] = f"failed: {type(e).__name__}: {str(e)[:160]}"
+            rows.append(row)
     return rows
 
 
-def _fwd_bwd_ms(kernel: str, q: Tensor, k: Tensor, v: Tensor, grad: Tensor, warmup: int, timed: int) -> float:
+def _fwd_bwd_ms(kernel: str, window: int, q: Tensor, k: Tensor, v: Tensor, grad: Tensor, warmup: int,
+                timed: int) -> float:
     from backends.attention import attend
 
     for _ in range(warmup):
-        attend(q, k, v, causal=True, kernel=kernel).backward(grad)
+        attend(q, k, v, causal=True, window=window, kernel=kernel).backward(grad)
     _synchronize()
     begun = time.perf_counter()
     for _ in range(timed):
-        attend(q, k, v, causal=True, kernel=kernel).backward(grad)
+        attend(q, k, v, causal=True, window=window, kernel=kernel).backward(grad)
     _synchronize()
     return 1000 * (time.perf_counter() - begun) / timed
 
@@ -722,7 +736,8 @@ def _short(row: dict) -> str:
     if row["status"] != "ok":
         return row["status"]
     if "kernels" in row:
-        return ", ".join(f"{k['kernel']} {k.get('fwd_bwd_ms', float('nan')):.2f} ms" for k in row["kernels"])
+        return ", ".join(f"{k['kernel']} ({k['case']}) {k['fwd_bwd_ms']:.2f} ms" for k in row["kernels"]
+                         if "fwd_bwd_ms" in k)
     what = f" [{row['titan_mode']}]" if "titan_mode" in row else ""
     return f"{row['tokens_per_s']:,.0f} tok/s, peak {row['peak_gib']:.1f} GiB{what}"
 
@@ -771,10 +786,10 @@ def _print_tables(result: dict) -> None:
     for r in result["rows"]:
         for k in r.get("kernels", []):
             if k.get("status") == "ok" or "fwd_bwd_ms" in k:
-                print(f"  attention {k['kernel']:<12} fwd+bwd {k['fwd_bwd_ms']:7.2f} ms  {k['tflops']:6.1f} TFLOP/s  "
-                      f"error vs math {k['rel_error']:.1e}  {k['status']}")
+                print(f"  attention {k['kernel']:<12} {k.get('case', 'causal'):<12} fwd+bwd {k['fwd_bwd_ms']:7.2f} ms  "
+                      f"{k['tflops']:6.1f} TFLOP/s  error vs math {k['rel_error']:.1e}  {k['status']}")
             else:
-                print(f"  attention {k['kernel']:<12} {k['status']}")
+                print(f"  attention {k['kernel']:<12} {k.get('case', 'causal'):<12} {k['status']}")
 
 
 

@@ -33,7 +33,6 @@ from topology.modelcfg import flops_per_token
 from ..checkpoint import CheckpointManager, ModelOptimizerState, RNGState
 from ..errors import UserError
 from ..model import Transformer, moe_layers
-from ..parallel.float8 import check_float8
 from ..parallel import (
     build_mesh,
     clip_grad_norm_,
@@ -42,6 +41,7 @@ from ..parallel import (
     materialise,
     parallelize,
 )
+from ..parallel.float8 import check_float8
 from .batches import eval_batches
 from .config import RunConfig
 from .dataset import open_training_data
