@@ -399,21 +399,26 @@ class _StepProfiler:
         _synchronize()
         wall_ns = (time.perf_counter() - self.begun) * 1e9
         self.profile.__exit__(None, None, None)
-        return kernel_summary(self.profile.profiler.kineto_results.events(), wall_ns, self.steps)
+        return kernel_summary(self.profile.events(), wall_ns, self.steps)
 
 
 def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
     """Top kernels and categories (``PROFILE_CATEGORIES``) by their share of ``wall_ns``, and the idle share."""
     import re
 
-    wanted = {"kernel", "gpu_memcpy", "gpu_memset"} if DEVICE == "cuda" else {"cpu_op"}
+    from torch.autograd import DeviceType
+
+    # The profiler's public events (FunctionEvent): on CUDA its device events are the kernels,
+    # copies and memsets, with their device time ranges in microseconds.
+    wanted = DeviceType.CUDA if DEVICE == "cuda" else DeviceType.CPU
     spans, per_name = [], {}
     for e in events:
-        if e.activity_type() not in wanted:
+        if e.device_type != wanted:
             continue
-        spans.append((e.start_ns(), e.start_ns() + e.duration_ns()))
-        total = per_name.setdefault(e.name(), [0, 0])
-        total[0] += e.duration_ns()
+        begin, end = e.time_range.start * 1000, e.time_range.end * 1000
+        spans.append((begin, end))
+        total = per_name.setdefault(e.name, [0, 0])
+        total[0] += end - begin
         total[1] += 1
     busy, reach = 0, None
     for begin, end in sorted(spans):
