@@ -77,7 +77,8 @@ def compare(report: dict, family: str) -> list[Row]:
         case = f"{r['op']} {r['bytes'] / 2**20:g} MiB x{n}"
         rows.append(Row("collectives", case, r["seconds"], r.get("predicted_s"), now))
     for r in report.get("model", []):
-        req = cm.Request(get_preset(r["model"]), system(1), 1, r["mbs"], r["seq"])
+        # gpu_calibrate times the model's forward + backward eagerly
+        req = cm.Request(get_preset(r["model"]), system(1), 1, r["mbs"], r["seq"], impl=cm.ALPHAEXA_EAGER)
         stage = cm.structures(req, 1, 1, 1, r["mbs"], 1, 1, "1f1b", ("none",))["none"].stages[0]
         case = f"{r['model']} mbs{r['mbs']} seq{r['seq']}"
         rows.append(Row("model", case, r["measured_s"], r.get("predicted_s"), stage.t_f + stage.t_b + sync))

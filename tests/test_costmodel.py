@@ -381,3 +381,33 @@ def test_estimate_validates_the_layout():
         cm.estimate(req, Layout(tp=3))
     with pytest.raises(ValueError, match="tp=8 does not divide n_heads=32|does not divide"):
         cm.estimate(cm.Request(get_preset("debug"), load_system("h100-x8"), 1, 8, 128), Layout(tp=8))
+
+
+def test_the_trainer_is_costed_compiled_exactly_where_it_compiles():
+    """train.compile=auto and the planner share support.compiled_by_default: a compiled step (fused
+    elementwise kernels, no MoE host sync) on CUDA with tp 1 and no selective recompute, eager elsewhere."""
+    from topology.presets import get_preset
+
+    model = get_preset("1b-moe")
+    gpu = cm.Request(model, load_system("h200-x1"), 1, 8, 2048)
+    assert gpu.implementation(1, "none") is cm.ALPHAEXA_COMPILED
+    assert gpu.implementation(1, "full") is cm.ALPHAEXA_COMPILED
+    assert gpu.implementation(1, "selective") is cm.ALPHAEXA
+    assert gpu.implementation(2, "none") is cm.ALPHAEXA
+    assert cm.Request(model, load_system("h200-x1"), 1, 8, 2048, engine="deepspeed").implementation(1, "none") \
+        is cm.ALPHAEXA
+    assert cm.Request(model, load_system("cpu"), 1, 8, 2048).implementation(1, "none") is cm.ALPHAEXA
+    compiled = cm.estimate(gpu, Layout(dp_shard=1, mbs=8)).step_time_s
+    eager = cm.estimate(cm.Request(model, load_system("h200-x1"), 1, 8, 2048, impl=cm.ALPHAEXA_EAGER),
+                        Layout(dp_shard=1, mbs=8)).step_time_s
+    assert compiled < eager  # fewer bytes and kernels, no host sync
+
+
+def test_train_compile_auto_follows_the_shared_rule():
+    from alphaexa.train.config import TrainSection
+    from topology.support import compiled_by_default
+
+    for device, tp, recompute in [("cuda", 1, "none"), ("cuda", 2, "none"), ("cuda", 1, "selective"),
+                                  ("cpu", 1, "none"), ("xpu", 1, "full")]:
+        layout = Layout(tp=tp, recompute=recompute)
+        assert TrainSection().compile_on(device, layout) == compiled_by_default(device, tp, recompute)

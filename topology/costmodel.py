@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from .hardware import GIB, Device, Link, System
 from .layout import RECOMPUTE_MODES, Layout, expert_shard_dim
 from .modelcfg import ModelConfig, ffn_params, flops_per_token, norm_params
+from .support import compiled_by_default
 
 WEIGHT_BYTES = 2  # bf16 weights
 GRAD_BYTES = 2  # bf16 gradients (ZeRO's accounting)
@@ -328,6 +329,19 @@ class Implementation:
 
 
 ALPHAEXA = Implementation()
+ALPHAEXA_EAGER = Implementation(name="alphaexa-eager")  # the trainer's eager kernels, asked for explicitly
+# The same trainer where ``train.compile=auto`` compiles it (support.compiled_by_default: CUDA, tp 1,
+# no selective recompute): inductor fuses each chain of elementwise kernels, so the counts are those of
+# one kernel reading its inputs and writing its output once.  Counted, not fitted:
+#   norm: bf16 in 2 + bf16 out 2, one kernel;  rotary: q/k in 2 + out 2, one kernel;
+#   SwiGLU: gate and up in 4 + product out 2 (6 of the eager 10);  the fused chunked LM-head loss
+#   (train.fused_loss): each chunk's bf16 logits written once and read back once for softmax-minus-one-hot
+#   (2 + 2) plus the loss reduction's read (2);  MoE dispatch counts experts with scatter_add (no host
+#   sync) and its routing is fused to about 20 kernels.
+ALPHAEXA_COMPILED = Implementation(name="alphaexa-compiled", norm_bytes=4.0, norm_kernels=1, rope_bytes=4.0,
+                                   rope_kernels=1, act_scale=0.6, logit_bytes=6.0, moe_routing_kernels=20,
+                                   moe_host_sync=False)
+DEVICE_TYPES = {"nvidia": "cuda", "intel": "xpu", "cpu": "cpu"}  # hardware vendor -> torch device type
 
 
 def grouped_gemm_seconds(device: Device, groups: float, m: float, n: float, k: float) -> float:
@@ -622,11 +636,22 @@ class Request:
     def model_flops_per_step(self) -> float:
         return flops_per_token(self.model, self.seq_len)["total"] * self.global_batch * self.seq_len
 
-    def layer_cost(self, tp: int, cp: int, ep: int, mbs: int, pp_stride: int) -> LayerCost:
-        key = ("lc", tp, cp, ep, mbs, pp_stride)
+    def implementation(self, tp: int, recompute: str) -> Implementation:
+        """The step's kernels: for the trainer (``impl`` ALPHAEXA), compiled where ``train.compile=auto``
+        compiles (support.compiled_by_default; the native engine only), eager elsewhere; ALPHAEXA_EAGER
+        for a measurement of the eager model; a published run's framework as given."""
+        if self.impl is ALPHAEXA and self.engine == "native" and compiled_by_default(
+                DEVICE_TYPES.get(self.system.node.device.vendor, ""), tp, recompute):
+            return ALPHAEXA_COMPILED
+        return self.impl
+
+    def layer_cost(self, tp: int, cp: int, ep: int, mbs: int, pp_stride: int,
+                   impl: Implementation | None = None) -> LayerCost:
+        impl = impl or self.impl
+        key = ("lc", tp, cp, ep, mbs, pp_stride, impl.name)
         if key not in self._memo:
             self._memo[key] = layer_cost(self.model, self.system, self.world, tp, cp, ep, mbs,
-                                         self.seq_len, pp_stride, self.impl)
+                                         self.seq_len, pp_stride, impl)
         return self._memo[key]
 
     def profiles(self, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
@@ -682,10 +707,23 @@ class Structure:
 
 def structures(req: Request, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: int, schedule: str,
                modes: tuple[str, ...] = RECOMPUTE_MODES) -> dict[str, Structure]:
-    """The structure of a layout for each recomputation mode in ``modes`` (one pass over the stages)."""
+    """The structure of a layout for each recomputation mode in ``modes`` (one pass over the stages
+    for each implementation the modes run with: the trainer compiles with some and not others)."""
+    by_impl: dict[str, tuple[Implementation, list[str]]] = {}
+    for mode in modes:
+        impl = req.implementation(tp, mode)
+        by_impl.setdefault(impl.name, (impl, []))[1].append(mode)
+    out: dict[str, Structure] = {}
+    for impl, group in by_impl.values():
+        out.update(_structures(req, impl, tp, cp, ep, mbs, pp, vpp, schedule, tuple(group)))
+    return out
+
+
+def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: int,
+                schedule: str, modes: tuple[str, ...]) -> dict[str, Structure]:
     dp = req.world // (pp * cp * tp)
     m = req.global_batch // (mbs * dp)
-    lc = req.layer_cost(tp, cp, ep, mbs, dp * cp * tp)
+    lc = req.layer_cost(tp, cp, ep, mbs, dp * cp * tp, impl)
     lp = req.params(tp, ep)
     full_dense, full_moe = lc.act["none"]
     per_mode: dict[str, list[StageTerms]] = {mode: [] for mode in modes}

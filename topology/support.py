@@ -25,6 +25,14 @@ OFFLOADS = ("none", "cpu", "nvme")
 SUPPORTED_CP = (1,)  # context parallelism is not implemented in the trainer yet
 
 
+def compiled_by_default(device_type: str, tp: int, recompute: str) -> bool:
+    """Whether ``train.compile=auto`` compiles the model: on CUDA, except with tensor parallelism
+    (wrong gradients on CPU, unverified on GPUs) and selective recompute (its checkpoint policy fails
+    under compile: docs/parallelism.md).  The trainer resolves ``auto`` with this, and the planner
+    costs a compiled step (fused elementwise kernels) exactly where it holds."""
+    return device_type == "cuda" and tp == 1 and recompute != "selective"
+
+
 def pipeline_supported(model: ModelConfig) -> bool:
     """A tied embedding and LM head cannot sit on two pipeline stages."""
     return not model.tie_embeddings

@@ -29,6 +29,7 @@ from typing import Any
 from topology.layout import Layout
 from topology.modelcfg import ConfigError, ModelConfig, load_mapping, save_mapping
 from topology.presets import get_preset
+from topology.support import compiled_by_default
 
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("fp32", "bf16", "fp64")
@@ -120,7 +121,7 @@ class TrainSection:
         fails under compile on CPU: docs/parallelism.md)."""
         if self.compile != "auto":
             return bool(self.compile)
-        return device_type == "cuda" and layout.tp == 1 and layout.recompute != "selective"
+        return compiled_by_default(device_type, layout.tp, layout.recompute)
 
 
 @dataclass
