@@ -365,8 +365,9 @@ def main() -> int:
 
     log(f"DeepSpeed {deepspeed.__version__}, torch {torch.__version__}: prebuilt ops loaded without compiling in "
         + ", ".join(f"{k} {v:.2f} s" for k, v in op_seconds.items()))
-    machine = {"gpu": torch.cuda.get_device_name(0),
-               "gpu_gib": torch.cuda.get_device_properties(0).total_memory / GIB,
+    gpu = torch.cuda.is_available()
+    machine = {"gpu": torch.cuda.get_device_name(0) if gpu else None,
+               "gpu_gib": torch.cuda.get_device_properties(0).total_memory / GIB if gpu else 0.0,
                "ram_gib": meminfo_gib("MemTotal"), "ram_available_gib": meminfo_gib("MemAvailable"),
                "disk_free_gib": shutil.disk_usage(args.nvme_dir).free / GIB, "cpus": os.cpu_count(),
                "nvme_dir_block_device": getattr(block_device_stat(Path(args.nvme_dir)), "parent", Path("none")).name}
@@ -391,6 +392,8 @@ def main() -> int:
                     f"{p['gpu_gib']:.1f} GiB, step {p['step_s']:.1f} s, offloaded {p['offloaded_gib'] or 0:.0f} GiB of "
                     f"{p['offload_capacity_gib'] or 0:.0f} GiB ({SYSTEM} catalogue node)")
     (out / "gpu_offload.json").write_text(json.dumps(report, indent=1))
+    if not gpu:
+        fail("no CUDA device: the ops and the planner are checked, the runs need a GPU")
 
     for name in args.runs.split(","):
         view = report["model"]
