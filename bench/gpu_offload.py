@@ -12,8 +12,9 @@ that error).  The prebuilt async_io op needs libaio.so.1 at run time: when the m
 
 Each run is a child process (its host memory returns to the system before the next) under its own
 time limit; a run that hangs prints its Python stacks (faulthandler) before it is killed:
-* ``nvme``: parameters on NVMe (``--nvme-dir``); optimizer state on NVMe when the disk holds it
-  (``--optimizer-on auto``), else in host memory;
+* ``nvme``: parameters on NVMe (``--nvme-dir``); optimizer state in host memory (``--optimizer-on
+  cpu``, the default: the H200 machine's 64 GiB disk does not hold a large model's 12 bytes a
+  parameter) or on NVMe too (``nvme``, or ``auto``: when the disk holds it);
 * ``cpu``: parameters and optimizer state in host memory.
 Printed with UTC timestamps per phase (model built, engine built, every step) and written to
 ``OUT/gpu_offload.json``: tokens/s, step time, GPU peak memory, host peak RSS, bytes read and
@@ -209,7 +210,8 @@ def child(name: str, args) -> int:
 
     faulthandler.dump_traceback_later(max(args.run_timeout - 20, 10), exit=False)  # where a stuck run sits
     libaio()
-    prebuilt_ops()
+    if not args.smoke:
+        prebuilt_ops()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     import torch
     import torch.distributed as dist
@@ -221,7 +223,12 @@ def child(name: str, args) -> int:
     from topology.layout import Layout
 
     cfg = model_config(args.model, args.n_layers)
+    # one process, no launcher: DeepSpeed's engine asserts on LOCAL_RANK being set
+    for var, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+        os.environ.setdefault(var, value)
     init_distributed()
+    cuda = torch.cuda.is_available()
     nvme = Path(args.nvme_dir) / name
     shutil.rmtree(nvme, ignore_errors=True)
     nvme.mkdir(parents=True, exist_ok=True)
@@ -247,17 +254,19 @@ def child(name: str, args) -> int:
         f"{options.offload_optimizer}), host RSS {meminfo_rss_gib():.1f} GiB")
     inputs, targets = token_batches(args.steps, args.global_batch, args.seq, cfg.vocab_size)
     for s in range(args.steps):
-        torch.cuda.reset_peak_memory_stats()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         proc0, disk0 = process_bytes(), device_bytes(stat)
         t = time.perf_counter()
         result = step(inputs[s], targets[s])
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - t
         proc1, disk1 = process_bytes(), device_bytes(stat)
         r = {"step": s + 1, "loss": result.loss, "grad_norm": step.last_grad_norm, "step_s": seconds,
              "tokens_per_s": args.global_batch * args.seq / seconds,
-             "gpu_peak_gib": torch.cuda.max_memory_allocated() / GIB,
-             "gpu_reserved_peak_gib": torch.cuda.max_memory_reserved() / GIB,
+             "gpu_peak_gib": torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
+             "gpu_reserved_peak_gib": torch.cuda.max_memory_reserved() / GIB if cuda else 0.0,
              "host_peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
              "process_read_gib": (proc1[0] - proc0[0]) / GIB, "process_written_gib": (proc1[1] - proc0[1]) / GIB,
              "device_read_gib": (disk1[0] - disk0[0]) / GIB if stat else None,
@@ -287,6 +296,7 @@ def meminfo_rss_gib() -> float:
 def run_child(name: str, args, optimizer_on: str) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--optimizer-on-resolved", optimizer_on,
            *[a for a in sys.argv[1:]]]
+    (Path(args.out) / f"run-{name}.json").unlink(missing_ok=True)
     started = time.perf_counter()
     last = ""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -342,9 +352,12 @@ def main() -> int:
     parser.add_argument("--mbs", type=int, default=4)
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--nvme-dir", default="/tmp/alphaexa-nvme")
-    parser.add_argument("--optimizer-on", choices=("auto", "nvme", "cpu"), default="auto",
-                        help="nvme run: where the optimizer state goes (auto: nvme when the disk holds it)")
-    parser.add_argument("--run-timeout", type=float, default=200.0, help="seconds per run before it is killed")
+    parser.add_argument("--optimizer-on", choices=("auto", "nvme", "cpu"), default="cpu",
+                        help="nvme run: where the optimizer state goes (auto: nvme when the disk holds it; nvme "
+                             "swaps 24 bytes a parameter through the disk every step: minutes for billions)")
+    parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds per run before it is killed")
+    parser.add_argument("--smoke", action="store_true",
+                        help="CPU check of this script (use a tiny --model): DeepSpeed's CPU accelerator, ops may compile")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--optimizer-on-resolved", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -358,7 +371,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     Path(args.nvme_dir).mkdir(parents=True, exist_ok=True)
     libaio()
-    op_seconds = prebuilt_ops()
+    if args.smoke:
+        os.environ["DS_ACCELERATOR"] = "cpu"  # the CPU smoke: DeepSpeed's CPU accelerator, which compiles its ops
+    op_seconds = {} if args.smoke else prebuilt_ops()
     import torch
 
     import deepspeed
@@ -387,12 +402,14 @@ def main() -> int:
             f"{machine['disk_free_gib']:.0f} GiB free; fits this host: {view['fits_this_host']}")
         for offload in ("cpu", "nvme"):
             p = view[f"planner_{offload}"]
-            if p:
+            if p is None:
+                log(f"  planner offload={offload}: no layout at all (not even a nearest miss)")
+            else:
                 log(f"  planner offload={offload}: {'plan' if p['fits'] else 'no plan'} {p['layout']}, GPU "
                     f"{p['gpu_gib']:.1f} GiB, step {p['step_s']:.1f} s, offloaded {p['offloaded_gib'] or 0:.0f} GiB of "
                     f"{p['offload_capacity_gib'] or 0:.0f} GiB ({SYSTEM} catalogue node)")
     (out / "gpu_offload.json").write_text(json.dumps(report, indent=1))
-    if not gpu:
+    if not gpu and not args.smoke:
         fail("no CUDA device: the ops and the planner are checked, the runs need a GPU")
 
     for name in args.runs.split(","):
