@@ -22,12 +22,15 @@ written per step (this process, ``/proc/self/io``, and the NVMe directory's bloc
 has one), and the planner's predicted step time for the same layout with that offload, with the
 measured error.  Before the runs: the planner's verdict without offload for the model, the
 state's size against this machine's GPU, RAM and disk, and the same for ``--check-model`` (30b).
+
+    python bench/gpu_offload.py --smoke --out /tmp/smoke --model 125m --n-layers 2 --seq 64 --global-batch 2 --mbs 2 --steps 2
+
+checks this script on a CPU (DeepSpeed's CPU accelerator, whose ops may compile once; no GPU figures).
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import json
 import os
 import resource
@@ -78,7 +81,7 @@ def libaio() -> None:
             fail("libaio.so.1 is missing and dpkg is not there to unpack .deb/libaio1*.deb")
         subprocess.run(["dpkg", "-x", str(debs[0]), str(LIBAIO_DIR)], check=True)
         log(f"libaio from {debs[0].name} unpacked into {LIBAIO_DIR}")
-    ctypes.CDLL(str(sorted(lib.glob("libaio.so.1*"))[0]), mode=ctypes.RTLD_GLOBAL)
+    ctypes.CDLL(str(min(lib.glob("libaio.so.1*"))), mode=ctypes.RTLD_GLOBAL)
     os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(lib), os.environ.get("LD_LIBRARY_PATH")]))
 
 
@@ -120,6 +123,19 @@ def meminfo_gib(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024 / GIB
     return 0.0
+
+
+def available_gib() -> float:
+    """Host memory a run may take: MemAvailable, or less where this container's cgroup caps it."""
+    available = meminfo_gib("MemAvailable")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, (int(limit) - used) / GIB)
+    except (OSError, ValueError):
+        pass
+    return available
 
 
 def block_device_stat(path: Path) -> Path | None:
@@ -374,16 +390,15 @@ def main() -> int:
     if args.smoke:
         os.environ["DS_ACCELERATOR"] = "cpu"  # the CPU smoke: DeepSpeed's CPU accelerator, which compiles its ops
     op_seconds = {} if args.smoke else prebuilt_ops()
-    import torch
-
     import deepspeed
+    import torch
 
     log(f"DeepSpeed {deepspeed.__version__}, torch {torch.__version__}: prebuilt ops loaded without compiling in "
         + ", ".join(f"{k} {v:.2f} s" for k, v in op_seconds.items()))
     gpu = torch.cuda.is_available()
     machine = {"gpu": torch.cuda.get_device_name(0) if gpu else None,
                "gpu_gib": torch.cuda.get_device_properties(0).total_memory / GIB if gpu else 0.0,
-               "ram_gib": meminfo_gib("MemTotal"), "ram_available_gib": meminfo_gib("MemAvailable"),
+               "ram_gib": meminfo_gib("MemTotal"), "ram_available_gib": available_gib(),
                "disk_free_gib": shutil.disk_usage(args.nvme_dir).free / GIB, "cpus": os.cpu_count(),
                "nvme_dir_block_device": getattr(block_device_stat(Path(args.nvme_dir)), "parent", Path("none")).name}
     log(f"machine: {json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in machine.items()})}")
@@ -422,7 +437,7 @@ def main() -> int:
                     "disk_free_gib"] else "cpu"
         host_need = view["host_state_gib"]["cpu" if name == "cpu" else "nvme"] - (
             view["nvme_optimizer_gib"] if optimizer_on == "nvme" else 0)
-        available = meminfo_gib("MemAvailable")
+        available = available_gib()
         if host_need > HOST_HEADROOM * available:
             log(f"{name}: SKIPPED: its host state, {host_need:.0f} GiB, is more than {HOST_HEADROOM:.0%} of the "
                 f"{available:.0f} GiB available")
