@@ -130,3 +130,16 @@ def test_nvme_offload_config_points_at_a_local_directory(tmp_path):
     assert zero["offload_param"]["device"] == "nvme" and Path(zero["offload_param"]["nvme_path"]).is_dir()
     assert Path(zero["offload_optimizer"]["nvme_path"]).parent == tmp_path
     assert config["train_batch_size"] == 2 * 4 * 2
+
+
+def test_nvme_parameter_buffers_hold_the_largest_parameter(tmp_path):
+    # DeepSpeed swaps each parameter in through one buffer_size-element buffer and asserts mid-build when
+    # one is larger (a 7B model's 32000x4096 embedding is 131M elements, its default 1e8).
+    options = DeepSpeedOptions(offload_optimizer="cpu", offload_params="nvme", nvme_path=str(tmp_path))
+    embedding = 32000 * 4096
+    config = deepspeed_config(Layout(dp_shard=1, sharding="zero3", mbs=2), options, n_microbatches=1,
+                              compute_dtype=torch.bfloat16, largest_param=embedding)
+    assert config["zero_optimization"]["offload_param"]["buffer_size"] >= embedding
+    small = deepspeed_config(Layout(dp_shard=1, sharding="zero3", mbs=2), options, n_microbatches=1,
+                             compute_dtype=torch.bfloat16, largest_param=10)
+    assert small["zero_optimization"]["offload_param"]["buffer_size"] == 10**8

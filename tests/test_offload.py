@@ -121,6 +121,18 @@ def test_unwritable_nvme_path_is_one_line(tmp_path):
     assert "is not a writable directory" in str(error.value) and "\n" not in str(error.value)
 
 
+def test_an_op_that_is_not_prebuilt_is_one_line_when_compiling_is_off(monkeypatch):
+    pytest.importorskip("deepspeed")
+    from alphaexa.parallel import deepspeed_ops
+
+    monkeypatch.setenv(deepspeed_ops.NO_JIT_ENV, "1")
+    monkeypatch.setattr(deepspeed_ops, "prebuilt", lambda builder: False)  # whatever this install holds
+    with pytest.raises(ConfigError) as error:
+        deepspeed_ops.prepare_ops([deepspeed_ops.CPU_ADAM], log=lambda line: pytest.fail(f"compiling: {line}"))
+    message = str(error.value)
+    assert "cpu_adam op is not prebuilt" in message and "ALPHAEXA_DS_NO_JIT=1" in message and "\n" not in message
+
+
 # ------------------------------------------------------------------ native: FSDP2's CPUOffloadPolicy
 def _native_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     _init(rank, world, port)

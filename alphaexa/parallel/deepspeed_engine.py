@@ -94,13 +94,19 @@ def check_deepspeed_layout(layout: Layout, options: DeepSpeedOptions) -> int:
 
 
 def deepspeed_config(layout: Layout, options: DeepSpeedOptions, *, n_microbatches: int,
-                     compute_dtype: torch.dtype) -> dict:
+                     compute_dtype: torch.dtype, largest_param: int = 0) -> dict:
+    """``largest_param``: elements of the model's largest parameter (sizes the NVMe parameter swap buffers)."""
     stage = check_deepspeed_layout(layout, options)
     zero: dict = {"stage": stage}
     if options.offload_optimizer:
         zero["offload_optimizer"] = _offload(options.offload_optimizer, options.nvme_path, "optimizer")
     if options.offload_params:
         zero["offload_param"] = _offload(options.offload_params, options.nvme_path, "params")
+        if options.offload_params == "nvme":
+            # Each parameter swaps in through one pinned buffer of buffer_size elements (DeepSpeed's
+            # default 1e8 is less than a 7B model's 131M-element embedding: an assertion mid-step).
+            zero["offload_param"]["buffer_size"] = max(NVME_PARAM_BUFFER, largest_param)
+            zero["offload_param"]["buffer_count"] = NVME_PARAM_BUFFERS
     config = {
         "train_micro_batch_size_per_gpu": layout.mbs,
         "gradient_accumulation_steps": n_microbatches,
@@ -125,6 +131,10 @@ def _offload(device: str, nvme_path: str | None, what: str) -> dict:
     return {"device": "nvme", "nvme_path": str(path), "pin_memory": torch.cuda.is_available()}
 
 
+NVME_PARAM_BUFFER = 10**8  # DeepSpeed's default buffer_size, elements
+NVME_PARAM_BUFFERS = 8  # parameters in flight from NVMe at once (DeepSpeed's default 5)
+
+
 class DeepSpeedTrainStep:
     """``step(inputs, targets)`` like ``TrainStep``, then clip + optimizer step inside DeepSpeed.
 
@@ -136,7 +146,8 @@ class DeepSpeedTrainStep:
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
-        self.config = deepspeed_config(layout, options, n_microbatches=n_microbatches, compute_dtype=compute_dtype)
+        self.config = deepspeed_config(layout, options, n_microbatches=n_microbatches, compute_dtype=compute_dtype,
+                                       largest_param=max(p.numel() for p in model.parameters()))
         # Compiled here with a line each, not silently inside deepspeed.initialize (deepspeed_ops).
         prepare_ops(required_ops(offload_optimizer=options.offload_optimizer, offload_params=options.offload_params,
                                  device_type=get_accelerator().device_name()),

@@ -17,6 +17,12 @@ left from an interrupted build and is removed, with a line saying so.
 An op that cannot be built (async_io without libaio) is a one-line ConfigError before
 ``deepspeed.initialize``.  ``python -m alphaexa.parallel.deepspeed_ops`` builds them all
 (``make setup`` runs it).
+
+An op compiled into the installed DeepSpeed wheel (``DS_BUILD_CPU_ADAM=1 DS_BUILD_AIO=1``, listed in
+``deepspeed.git_version_info.installed_ops`` for the accelerator it runs on) is loaded as it is:
+no compiler, libaio headers or lock are needed.  ``ALPHAEXA_DS_NO_JIT=1`` forbids compiling: an
+op that is not prebuilt is then a one-line ConfigError (a GPU machine whose time is too dear to
+spend on a compiler).
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from topology.modelcfg import ConfigError
 
 # DeepSpeed op builder (by the name its accelerators know) -> the op's build directory name.
 SHM_COMM, CPU_ADAM, ASYNC_IO, PIN_MEMORY = "ShareMemCommBuilder", "CPUAdamBuilder", "AsyncIOBuilder", "PinMemoryBuilder"
+NO_JIT_ENV = "ALPHAEXA_DS_NO_JIT"
 LIBAIO_HINT = ("install libaio (Debian/Ubuntu: apt-get install libaio-dev), or point CPATH and LIBRARY_PATH "
                "(and LD_LIBRARY_PATH) at an unpacked copy")
 
@@ -60,6 +67,12 @@ def prepare_ops(ops: list[str], log: Callable[[str], None] = print) -> None:
     """Load (compiling on first use) each op, saying so before a compilation starts."""
     for name in ops:
         builder = _builder(name)
+        if prebuilt(builder):
+            builder.load(verbose=False)
+            continue
+        if os.environ.get(NO_JIT_ENV) == "1":
+            raise ConfigError(f"DeepSpeed's {builder.name} op is not prebuilt in this install "
+                              f"({prebuilt_summary()}) and {NO_JIT_ENV}=1 forbids compiling it")
         if not builder.is_compatible(verbose=False):
             detail = f": {LIBAIO_HINT}" if name == ASYNC_IO else ""
             raise ConfigError(f"DeepSpeed's {builder.name} op cannot be built on this machine{detail}")
@@ -76,6 +89,23 @@ def prepare_ops(ops: list[str], log: Callable[[str], None] = print) -> None:
             builder.load(verbose=False)
             if not compiled:
                 log(f"DeepSpeed: {builder.name} built in {time.perf_counter() - started:.0f} s")
+
+
+def prebuilt(builder) -> bool:
+    """Whether DeepSpeed's ``load`` imports this op from its install rather than compiling it (its own rule)."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import accelerator_name, installed_ops
+
+    return bool(installed_ops.get(builder.name)) and accelerator_name == get_accelerator()._name
+
+
+def prebuilt_summary() -> str:
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.git_version_info import accelerator_name, installed_ops, torch_info
+
+    ops = ", ".join(sorted(name for name, on in installed_ops.items() if on)) or "none"
+    return (f"prebuilt ops: {ops}, for accelerator {accelerator_name} and torch {torch_info.get('version')}; "
+            f"running accelerator: {get_accelerator()._name}")
 
 
 def _builder(name: str):
