@@ -20,10 +20,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from topology import costmodel as cm  # noqa: E402
-from topology.hardware import load_system  # noqa: E402
-from topology.layout import Layout  # noqa: E402
-from topology.presets import get_preset  # noqa: E402
+from topology import costmodel as cm
+from topology.hardware import load_system
+from topology.layout import Layout
+from topology.presets import get_preset
 
 # The bench's model shapes (bench/vs_peers.py SHAPES): preset and overrides.
 SHAPES = {
