@@ -63,6 +63,7 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
     if checkpoint is not None:
         check_same_model(checkpoint, manifest, cfg.model)
         check_same_engine(checkpoint, manifest, engine)
+        check_nvme_resume(cfg, checkpoint, manifest)
     return Preflight(layout, checkpoint, manifest)
 
 
@@ -75,6 +76,19 @@ def check_same_engine(checkpoint: Path, manifest: dict[str, Any], engine: str) -
     if saved != engine and not manifest.get(WEIGHTS_ONLY_KEY):
         raise UserError(f"checkpoint {checkpoint} was written by the {saved} engine; resume it with "
                         f"parallel.engine={saved}")
+
+
+def check_nvme_resume(cfg: RunConfig, checkpoint: Path, manifest: dict[str, Any]) -> None:
+    """DeepSpeed 0.19.8 loads a ZeRO-3 checkpoint into an engine whose optimizer swaps to NVMe wrongly
+    (the swapper re-initialises the Adam state and master weights it had just loaded; tests/
+    test_deepspeed_train.py), while the same files load exactly with offload=cpu."""
+    from ..checkpoint.manager import WEIGHTS_ONLY_KEY
+
+    if cfg.engine_options.engine == "deepspeed" and cfg.engine_options.offload == "nvme" \
+            and not manifest.get(WEIGHTS_ONLY_KEY):
+        raise UserError(f"resuming {checkpoint} with parallel.offload=nvme would not continue exactly (DeepSpeed "
+                        "0.19.8 drops the NVMe optimizer state on load); resume with --set parallel.offload=cpu, "
+                        "which loads it exactly")
 
 
 def newest_checkpoint(root: Path) -> tuple[Path | None, dict[str, Any] | None]:
