@@ -76,6 +76,8 @@ def check_deepspeed_run(cfg: RunConfig, layout: Layout, device_type: str) -> Non
     the trainer options it has no counterpart for, DeepSpeed's own layout and offload checks
     (a writable ``nvme_path``), and whether the C++ ops it needs can be built (libaio).
     """
+    # DeepSpeed picks its accelerator once, at the first use; the one this run's backend chose.
+    os.environ.setdefault("DS_ACCELERATOR", device_type)
     try:
         import deepspeed  # noqa: F401
     except ImportError:
