@@ -16,7 +16,6 @@ checkpoints beyond ``checkpoint.keep_last``.  A resume needs the same world size
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -32,20 +31,15 @@ from topology.layout import Layout
 
 from ..checkpoint import CheckpointManager
 from ..checkpoint.files import (
-    LATEST_NAME,
     MANIFEST_FORMAT,
-    MANIFEST_NAME,
     MANIFEST_VERSION,
     TMP_SUFFIX,
     ManifestError,
     candidate_dirs,
-    fsync_dir,
+    publish,
     read_manifest,
-    remove_dir,
     remove_leftovers,
     step_dir_name,
-    step_dirs,
-    write_text_atomic,
 )
 from ..checkpoint.manager import WEIGHTS_ONLY_KEY
 from ..errors import UserError
@@ -181,16 +175,7 @@ class DeepSpeedCheckpoints:
             "world_size": self.world, "torch_version": torch.__version__, "alphaexa_version": alphaexa.__version__,
             "model": self.model_config.to_dict(), "files": files, **extra,
         }
-        write_text_atomic(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
-        final = self.root / step_dir_name(step)
-        if final.exists():
-            remove_dir(final)
-        os.rename(tmp, final)
-        fsync_dir(self.root)
-        write_text_atomic(self.root / LATEST_NAME, final.name + "\n")
-        older = [p for _, p in step_dirs(self.root) if p != final and (p / MANIFEST_NAME).is_file()]
-        for stale in older[self.keep_last - 1:]:
-            remove_dir(stale)
+        publish(self.root, tmp, step, manifest, self.keep_last)
 
     def load_latest(self, app_state: Mapping[str, Any], weights_only_state: Any = None) -> int | None:
         """Load the newest complete checkpoint (None when there is none); one-line UserError when it
