@@ -221,12 +221,3 @@ def test_offload_keys_round_trip_and_come_from_a_plan(tmp_path):
     again = load_run_config(tmp_path / "config.toml")
     assert again.engine_options == cfg.engine_options and again.parallel == cfg.parallel
 
-
-def test_deepspeed_engine_in_the_trainer_is_refused_in_one_line_before_any_work(tmp_path):
-    run = tmp_path / "run"
-    done = train(run, "parallel.engine=deepspeed", "parallel.offload=nvme", "parallel.sharding=zero3",
-                 f"parallel.nvme_path={tmp_path / 'nvme'}", cache_dir=tmp_path / "cache", check=False)
-    assert done.returncode == 2
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and "parallel.engine=deepspeed is not available in `alphaexa train`" in lines[0]
-    assert not run.exists() and not (tmp_path / "cache").exists()

@@ -12,9 +12,11 @@ from topology.presets import get_preset
 
 def test_30b_on_one_h200_fits_only_with_offload_and_the_plan_says_why():
     assert plan("30b", "h200-x1", 1, 16, 4096, offload="none").plans == []
-    # Unasked, the planner offloads only with what `alphaexa train` runs (native, cpu): 485 GiB of
-    # state is more than the host's share, so nothing fits; asked for nvme, DeepSpeed's ZeRO-Infinity does.
-    assert plan("30b", "h200-x1", 1, 16, 4096).plans == []
+    # Unasked, the planner offloads with what `alphaexa train` runs: 485 GiB of state is more than the
+    # host's share (cpu), so DeepSpeed's ZeRO-Infinity to NVMe is the plan, and it says why.
+    unasked = plan("30b", "h200-x1", 1, 16, 4096)
+    assert (unasked.best.engine, unasked.best.offload) == ("deepspeed", "nvme")
+    assert unasked.offload_reason and not unasked.offload_reason.startswith("Offload pinned")
     result = plan("30b", "h200-x1", 1, 16, 4096, offload="nvme", nvme_path="/nvme/alphaexa")
     best = result.best
     assert best.offload == "nvme" and best.engine == "deepspeed"

@@ -17,10 +17,9 @@ from .layout import Layout
 from .modelcfg import ConfigError, ModelConfig
 
 ENGINES = ("native", "deepspeed")
-# What `alphaexa train` (and so the site launchers) runs today; the DeepSpeed engine is reached
-# through alphaexa.parallel.DeepSpeedTrainStep only.  The planner offloads on its own accord
+# What `alphaexa train` (and so the site launchers) runs.  The planner offloads on its own accord
 # only with these, so a fresh plan is one the launchers can start.
-TRAINER_ENGINES = ("native",)
+TRAINER_ENGINES = ("native", "deepspeed")
 OFFLOADS = ("none", "cpu", "nvme")
 SUPPORTED_CP = (1,)  # context parallelism is not implemented in the trainer yet
 

@@ -141,6 +141,23 @@ def write_text_atomic(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
+def publish(root: Path, tmp: Path, step: int, manifest: dict[str, Any], keep_last: int | None) -> Path:
+    """Rank 0, once every rank has written into ``tmp``: the manifest, the rename into place,
+    ``latest`` repointed, checkpoints beyond the newest ``keep_last`` removed."""
+    write_text_atomic(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    final = root / step_dir_name(step)
+    if final.exists():  # the same step saved again after a rollback: the new one replaces it
+        remove_dir(final)
+    os.rename(tmp, final)
+    fsync_dir(root)
+    write_text_atomic(root / LATEST_NAME, final.name + "\n")
+    if keep_last is not None:
+        older = [p for _, p in step_dirs(root) if p != final and (p / MANIFEST_NAME).is_file()]
+        for stale in older[keep_last - 1:]:
+            remove_dir(stale)
+    return final
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside ``directory`` durable (a no-op where directories cannot be opened)."""
     try:

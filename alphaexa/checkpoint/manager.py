@@ -36,7 +36,6 @@ from alphaexa.config import ConfigError, ModelConfig
 from alphaexa.errors import UserError
 
 from .files import (
-    LATEST_NAME,
     MANIFEST_FORMAT,
     MANIFEST_NAME,
     MANIFEST_VERSION,
@@ -46,13 +45,10 @@ from .files import (
     check_file,
     data_files,
     file_digest,
-    fsync_dir,
+    publish,
     read_manifest,
-    remove_dir,
     remove_leftovers,
     step_dir_name,
-    step_dirs,
-    write_text_atomic,
 )
 from .state import RNGState
 
@@ -303,17 +299,7 @@ class CheckpointManager:
             "model": self.model_config.to_dict() if self.model_config is not None else None,
             "contents": contents, "save": timing, "files": files, **extra,
         }
-        write_text_atomic(tmp / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
-        final = self.root / step_dir_name(step)
-        if final.exists():  # the same step saved again after a rollback: the new one replaces it
-            remove_dir(final)
-        os.rename(tmp, final)
-        fsync_dir(self.root)
-        write_text_atomic(self.root / LATEST_NAME, final.name + "\n")
-        if self.keep_last is not None:
-            older = [p for _, p in step_dirs(self.root) if p != final and (p / MANIFEST_NAME).is_file()]
-            for stale in older[self.keep_last - 1:]:
-                remove_dir(stale)
+        publish(self.root, tmp, step, manifest, self.keep_last)
 
     # ------------------------------------------------------------------- load
     def load_latest(self, app_state: Mapping[str, Any],

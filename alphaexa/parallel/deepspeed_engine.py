@@ -56,6 +56,7 @@ class DeepSpeedOptions:
     lr: float = 3e-4
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
 
 
 def check_deepspeed_layout(layout: Layout, options: DeepSpeedOptions) -> int:
@@ -139,10 +140,12 @@ class DeepSpeedTrainStep:
     """``step(inputs, targets)`` like ``TrainStep``, then clip + optimizer step inside DeepSpeed.
 
     ``inputs``/``targets``: this rank's rows (``local_rows`` with dp = world size).
+    ``parameters``: what the optimizer gets (parameter groups with their own weight decay);
+    default all of the model's parameters with ``options.weight_decay``.
     """
 
     def __init__(self, model: Transformer, layout: Layout, options: DeepSpeedOptions, *, n_microbatches: int,
-                 compute_dtype: torch.dtype = torch.float32):
+                 compute_dtype: torch.dtype = torch.float32, parameters: list | None = None):
         import deepspeed
         from deepspeed.accelerator import get_accelerator
 
@@ -160,7 +163,8 @@ class DeepSpeedTrainStep:
             moe.aux_loss_scale = self.dp / n_microbatches
         optimizer = _client_optimizer(options, self.config)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), optimizer=optimizer, config=self.config)
+            model=model, model_parameters=parameters if parameters is not None else model.parameters(),
+            optimizer=optimizer, config=self.config)
         self.last_grad_norm: float | None = None
 
     def load_weights(self, manager: CheckpointManager, step_or_path: int | str | Path) -> int:
@@ -211,9 +215,9 @@ class DeepSpeedTrainStep:
 
 def _client_optimizer(options: DeepSpeedOptions, config: dict):
     """DeepSpeed's own Adam when optimizer state is offloaded (it needs its CPU/NVMe Adam), else torch AdamW."""
-    adam = {"lr": options.lr, "betas": list(options.betas), "weight_decay": options.weight_decay}
+    adam = {"lr": options.lr, "betas": list(options.betas), "eps": options.eps, "weight_decay": options.weight_decay}
     if "offload_optimizer" in config["zero_optimization"]:
         config["optimizer"] = {"type": "AdamW", "params": adam}
         return None
-    return lambda params: torch.optim.AdamW(params, lr=options.lr, betas=options.betas,
+    return lambda params: torch.optim.AdamW(params, lr=options.lr, betas=options.betas, eps=options.eps,
                                             weight_decay=options.weight_decay)

@@ -63,8 +63,8 @@ def check_writable(path: Path) -> None:
         raise ConfigError(f"nvme_path={str(path)!r} is not a writable directory ({e.strerror})") from None
 
 
-def prepare_ops(ops: list[str], log: Callable[[str], None] = print) -> None:
-    """Load (compiling on first use) each op, saying so before a compilation starts."""
+def check_buildable(ops: list[str]) -> None:
+    """ConfigError (one line) for the first op that cannot be built here (async_io without libaio)."""
     for name in ops:
         builder = _builder(name)
         if prebuilt(builder):
@@ -76,6 +76,13 @@ def prepare_ops(ops: list[str], log: Callable[[str], None] = print) -> None:
         if not builder.is_compatible(verbose=False):
             detail = f": {LIBAIO_HINT}" if name == ASYNC_IO else ""
             raise ConfigError(f"DeepSpeed's {builder.name} op cannot be built on this machine{detail}")
+
+
+def prepare_ops(ops: list[str], log: Callable[[str], None] = print) -> None:
+    """Load (compiling on first use) each op, saying so before a compilation starts."""
+    check_buildable(ops)
+    for name in ops:
+        builder = _builder(name)
         build_dir = _build_directory(builder.name)
         with exclusive_lock(build_dir.parent / f"{builder.name}.alphaexa-build.lock"):
             stale = build_dir / "lock"

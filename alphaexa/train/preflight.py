@@ -43,8 +43,13 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
 
     layout = cfg.layout_for(world)
     device_type = get_backend().device_type
-    check_layout(layout, cfg.model, device_type, compile=cfg.train.compile_on(device_type, layout))
-    check_engine(cfg)
+    engine = cfg.engine_options.engine
+    check_layout(layout, cfg.model, device_type, compile=engine == "native" and cfg.train.compile_on(device_type, layout),
+                 engine=engine, offload=cfg.engine_options.offload)
+    if engine == "deepspeed":
+        from .deepspeed_run import check_deepspeed_run
+
+        check_deepspeed_run(cfg, layout, device_type)
     check_data_inputs(cfg.data, cfg.model)
     if cfg.logging.tensorboard and not tensorboard_available():
         raise UserError("logging.tensorboard=true needs the tensorboard package (pip install tensorboard)")
@@ -57,16 +62,33 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
         return Preflight(layout, None, None)
     if checkpoint is not None:
         check_same_model(checkpoint, manifest, cfg.model)
+        check_same_engine(checkpoint, manifest, engine)
+        check_nvme_resume(cfg, checkpoint, manifest)
     return Preflight(layout, checkpoint, manifest)
 
 
-def check_engine(cfg: RunConfig) -> None:
-    if cfg.engine_options.engine == "deepspeed":
-        # The trainer's checkpoints (DCP of DTensor shards), step guards and evaluation are built on
-        # the native engine; DeepSpeed runs through its own step (deepspeed_engine) until they are.
-        raise UserError("parallel.engine=deepspeed is not available in `alphaexa train` yet (its checkpoints and "
-                        "step guards are native-only); use engine=native with offload=cpu, or "
-                        "alphaexa.parallel.deepspeed_engine.DeepSpeedTrainStep (bench/gpu_offload.py)")
+def check_same_engine(checkpoint: Path, manifest: dict[str, Any], engine: str) -> None:
+    """Each engine resumes its own checkpoints (DCP shards vs DeepSpeed's ZeRO files); an imported
+    weights-only checkpoint starts either."""
+    from ..checkpoint.manager import WEIGHTS_ONLY_KEY
+
+    saved = manifest.get("engine", "native")
+    if saved != engine and not manifest.get(WEIGHTS_ONLY_KEY):
+        raise UserError(f"checkpoint {checkpoint} was written by the {saved} engine; resume it with "
+                        f"parallel.engine={saved}")
+
+
+def check_nvme_resume(cfg: RunConfig, checkpoint: Path, manifest: dict[str, Any]) -> None:
+    """DeepSpeed 0.19.8 loads a ZeRO-3 checkpoint into an engine whose optimizer swaps to NVMe wrongly
+    (the swapper re-initialises the Adam state and master weights it had just loaded; tests/
+    test_deepspeed_train.py), while the same files load exactly with offload=cpu."""
+    from ..checkpoint.manager import WEIGHTS_ONLY_KEY
+
+    if cfg.engine_options.engine == "deepspeed" and cfg.engine_options.offload == "nvme" \
+            and not manifest.get(WEIGHTS_ONLY_KEY):
+        raise UserError(f"resuming {checkpoint} with parallel.offload=nvme would not continue exactly (DeepSpeed "
+                        "0.19.8 drops the NVMe optimizer state on load); resume with --set parallel.offload=cpu, "
+                        "which loads it exactly")
 
 
 def newest_checkpoint(root: Path) -> tuple[Path | None, dict[str, Any] | None]:

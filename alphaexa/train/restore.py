@@ -58,6 +58,9 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
         manifest = read_manifest(checkpoint)
     except ManifestError as e:
         raise UserError(f"checkpoint {checkpoint}: {e}") from None
+    if manifest.get("engine") == "deepspeed":
+        raise UserError(f"checkpoint {checkpoint} holds DeepSpeed ZeRO files, which only `alphaexa train "
+                        f"--resume` reads (its zero_to_fp32.py writes a plain state dict from them)")
     if not manifest.get("model"):
         raise UserError(f"checkpoint {checkpoint} records no model config; pass --model")
     cfg = ModelConfig.from_dict(manifest["model"], where=f"{checkpoint / MANIFEST_NAME} model")

@@ -45,6 +45,7 @@ from ..parallel.float8 import check_float8
 from .batches import eval_batches
 from .config import RunConfig
 from .dataset import open_training_data
+from .deepspeed_run import DeepSpeedCheckpoints, DeepSpeedRun
 from .metrics import MetricsLogger
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .preflight import CHECKPOINT_DIR
@@ -111,6 +112,56 @@ class Trainer:
 
         self.n_micro = self.layout.n_microbatches(cfg.train.global_batch)
         self.dims = build_mesh(self.layout, self.backend, self.device)
+        self.deepspeed: DeepSpeedRun | None = None
+        if cfg.engine_options.engine == "deepspeed":
+            # Model, ZeRO optimizer (clip and step inside DeepSpeed) and checkpoints are the engine's.
+            self.deepspeed = DeepSpeedRun(cfg, self.layout, self.n_micro, self.dist.local_rank)
+            self.model = self.step_fn = self.deepspeed
+            self.optimizers = []
+        else:
+            self._setup_native()
+        self.rows = local_rows(cfg.train.global_batch, self.n_micro, self.dims.dp_rank, self.layout.dp).numpy()
+        self.loader = self.data.loader(self.rows, pin_memory=self.device.type == "cuda")
+        self.progress = TrainProgress()
+        self._loss_scale = 1.0
+        self.n_experts = cfg.model.n_experts if cfg.model.is_moe else 0
+        # Row of each MoE block in the per-layer statistics (a pipeline stage fills only its own rows).
+        self.moe_layer_ids = cfg.model.moe_layer_indices()
+        # Per MoE layer [aux, z, forwards, dropped, counts (E)], summed on the device over the step's
+        # micro-batches: the hooks add tensors (no host sync, no graph break under compile) and the
+        # step reads them once, in _reduce_step_values.
+        self._moe_stats = torch.zeros(len(self.moe_layer_ids), MOE_STATS_HEAD + self.n_experts,
+                                      dtype=torch.float64, device=self.device)
+        for chunk in self.model.chunks:
+            for name, layer in moe_layers(chunk).items():
+                row = self.moe_layer_ids.index(int(re.search(r"layers\.(\d+)", name)[1]))
+                layer.register_forward_hook(functools.partial(self._collect_moe_stats, row))
+        self.app_state = {"rng": self.rng, "data": self.loader, "progress": self.progress}
+        if self.deepspeed is not None:
+            self.checkpoints = DeepSpeedCheckpoints(self.run_dir / CHECKPOINT_DIR, self.deepspeed,
+                                                    cfg.checkpoint.keep_last, cfg.model)
+        else:
+            # The checkpoint's own collectives get the same timeout as training's.
+            timeout = datetime.timedelta(seconds=cfg.train.collective_timeout_s)
+            self.checkpoints = CheckpointManager(
+                self.run_dir / CHECKPOINT_DIR, keep_last=cfg.checkpoint.keep_last, async_save=cfg.checkpoint.async_,
+                process_group=dist.new_group(backend="gloo", timeout=timeout), model_config=cfg.model,
+                compress=cfg.checkpoint.compress)
+            self.app_state["model"] = ModelOptimizerState(self.model.chunks, self.optimizers)
+        self.flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)["total"]
+        self.peak_flops = self._job_peak_flops()
+        self.metrics = None
+        if self.rank == 0:
+            self._write_run_files()
+            self.metrics = MetricsLogger(self.run_dir, cfg.train.steps, cfg.logging.progress,
+                                         cfg.logging.tensorboard, cfg.train.log_every)
+        self.sample_log = None
+        if cfg.debug.record_samples:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            self.sample_log = open(self.run_dir / "samples" / f"rank_{self.rank}.jsonl", "a", buffering=1)  # noqa: SIM115
+
+    def _setup_native(self) -> None:
+        cfg = self.cfg
         # Built on meta, laid out, then only this rank's shards are allocated, holding the values one
         # process would initialise (a resume then loads the checkpoint straight into these shards).
         with torch.device("meta"):
@@ -133,41 +184,6 @@ class Trainer:
         # Offloaded parameters are host tensors, so their optimizer steps on the CPU.
         optimizer_device = "cpu" if offloaded else self.device.type
         self.optimizers = [build_optimizer([chunk], cfg.train, optimizer_device) for chunk in self.model.chunks]
-        self.rows = local_rows(cfg.train.global_batch, self.n_micro, self.dims.dp_rank, self.layout.dp).numpy()
-        self.loader = self.data.loader(self.rows, pin_memory=self.device.type == "cuda")
-        self.progress = TrainProgress()
-        self._loss_scale = 1.0
-        self.n_experts = cfg.model.n_experts if cfg.model.is_moe else 0
-        # Row of each MoE block in the per-layer statistics (a pipeline stage fills only its own rows).
-        self.moe_layer_ids = cfg.model.moe_layer_indices()
-        # Per MoE layer [aux, z, forwards, dropped, counts (E)], summed on the device over the step's
-        # micro-batches: the hooks add tensors (no host sync, no graph break under compile) and the
-        # step reads them once, in _reduce_step_values.
-        self._moe_stats = torch.zeros(len(self.moe_layer_ids), MOE_STATS_HEAD + self.n_experts,
-                                      dtype=torch.float64, device=self.device)
-        for chunk in self.model.chunks:
-            for name, layer in moe_layers(chunk).items():
-                row = self.moe_layer_ids.index(int(re.search(r"layers\.(\d+)", name)[1]))
-                layer.register_forward_hook(functools.partial(self._collect_moe_stats, row))
-        # The checkpoint's own collectives get the same timeout as training's.
-        timeout = datetime.timedelta(seconds=cfg.train.collective_timeout_s)
-        self.checkpoints = CheckpointManager(
-            self.run_dir / CHECKPOINT_DIR, keep_last=cfg.checkpoint.keep_last, async_save=cfg.checkpoint.async_,
-            process_group=dist.new_group(backend="gloo", timeout=timeout), model_config=cfg.model,
-            compress=cfg.checkpoint.compress)
-        self.app_state = {"model": ModelOptimizerState(self.model.chunks, self.optimizers),
-                          "rng": self.rng, "data": self.loader, "progress": self.progress}
-        self.flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)["total"]
-        self.peak_flops = self._job_peak_flops()
-        self.metrics = None
-        if self.rank == 0:
-            self._write_run_files()
-            self.metrics = MetricsLogger(self.run_dir, cfg.train.steps, cfg.logging.progress,
-                                         cfg.logging.tensorboard, cfg.train.log_every)
-        self.sample_log = None
-        if cfg.debug.record_samples:
-            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-            self.sample_log = open(self.run_dir / "samples" / f"rank_{self.rank}.jsonl", "a", buffering=1)  # noqa: SIM115
 
     def _job_peak_flops(self) -> float:
         """Peak FLOP/s of the devices this job runs on, the denominator of MFU.
@@ -216,7 +232,9 @@ class Trainer:
         if self.metrics is not None:
             self.metrics.event("resume" if start else "start", step=start, world_size=self.world,
                                layout=self.layout.to_dict(), layout_short=self.layout.short(),
-                               fsdp_wrapped=self.model.wrapped, compiled=cfg.train.compile_on(self.device.type, self.layout),
+                               fsdp_wrapped=self.model.wrapped, engine=cfg.engine_options.engine,
+                               offload=cfg.engine_options.offload,
+                               compiled=self.deepspeed is None and cfg.train.compile_on(self.device.type, self.layout),
                                consumed_samples=self.loader.consumed_samples, dataset=str(self.dataset_dir),
                                setup_s=loading - self._created, load_s=load_s)
             where = f"resumed from {CHECKPOINT_DIR}/step_{start:06d}" if start else "starting"
@@ -268,6 +286,8 @@ class Trainer:
         lr = learning_rate(step, cfg.train)
         for optimizer in self.optimizers:
             set_learning_rate(optimizer, lr)
+        if self.deepspeed is not None:
+            self.deepspeed.set_learning_rate(lr)
         self.backend.reset_peak_memory()
         batch = next(self.loader)
         if self.sample_log is not None:
@@ -280,9 +300,12 @@ class Trainer:
         if cfg.debug.spike_at_step == step and not self._spike_injected:
             self._loss_scale, self._spike_injected = SPIKE_INJECTION, True
         self._moe_stats.zero_()
-        result = self.step_fn(batch.inputs, batch.targets)
+        if self.deepspeed is not None:  # clipped and stepped inside DeepSpeed (self.optimizers is empty)
+            result, grad_norm = self.deepspeed.step(step, batch.inputs, batch.targets)
+        else:
+            result = self.step_fn(batch.inputs, batch.targets)
+            grad_norm = float(clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims))
         self._loss_scale = 1.0
-        grad_norm = float(clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims))
         reduced = self._reduce_step_values()
         # The step's loss is the global mean, identical on every rank: every rank decides alike.
         loss = result.loss
