@@ -325,11 +325,14 @@ def test_fresh_plan_from_the_config(tmp_path, script, nodes):
 
 
 def test_fresh_plan_that_does_not_fit_is_one_line(tmp_path):
-    proc = run_launcher("polaris.sh", "--config", "configs/debug.toml", "--dry-run", "--model", "30b",
-                        "--global-batch", "4", "--seq-len", "4096",
+    # alphaexa-250b on one node: too large even with its state offloaded to the node's NVMe
+    # (30b now gets a ZeRO-Infinity plan there, since alphaexa train runs the DeepSpeed engine).
+    proc = run_launcher("polaris.sh", "--config", "configs/debug.toml", "--dry-run", "--model", "alphaexa-250b",
+                        "--global-batch", "64", "--seq-len", "4096",
                         env=clean_env(PBS_NODEFILE=str(node_file(tmp_path, 1))))
-    assert_one_line_error(proc, "polaris.sh", "the fresh plan (alphaexa plan --system polaris --nodes 1 --model 30b",
-                          "holds no feasible plan", "It fits on 4 nodes")
+    assert_one_line_error(proc, "polaris.sh",
+                          "the fresh plan (alphaexa plan --system polaris --nodes 1 --model alphaexa-250b",
+                          "holds no feasible plan", "It fits on 32 nodes")
 
 
 def test_fresh_plan_needs_model_batch_and_length(tmp_path):
