@@ -16,6 +16,18 @@ time limit; a run that hangs prints its Python stacks (faulthandler) before it i
   cpu``, the default: the H200 machine's 64 GiB disk does not hold a large model's 12 bytes a
   parameter) or on NVMe too (``nvme``, or ``auto``: when the disk holds it);
 * ``cpu``: parameters and optimizer state in host memory.
+Before each run its host-memory peak is predicted (``host_peak``) and must stay under
+``HOST_HEADROOM`` of what is available; when it does not, the run trains the deepest model that
+does (fewer ``--n-layers``, logged as SHRUNK) or is skipped, instead of being OOM-killed.  The
+arithmetic, bytes per parameter n unless said: fp32 master + Adam m, v 12 (when the optimizer is in
+host memory); fp32 gradient partitions 4; bf16 parameters in host memory (cpu run) 4.7, measured
+(its RSS after the engine build, 88.9 GiB, minus the nvme run's, 66.4 GiB, over 5.12B: DeepSpeed's
+bf16 partitions plus its flat pinned copy); a transient 5.5, measured (the nvme run's step-1 peak,
+105.0 GiB, minus all the rest, over 5.12B: the bf16 model built in host memory before DeepSpeed
+partitions it, 2, and gradient staging); and for the nvme run the fixed pinned part: DeepSpeed's
+max_in_cpu (1e9 elements kept in host memory) x 2 bytes, plus buffer_count x buffer_size x 2 bytes
+of swap buffers (deepspeed_engine.nvme_param_buffers).  7b with 24 blocks (5.12B) on 124 GiB:
+nvme 108 GiB, fits; cpu 125 GiB, does not (it was killed), 21 blocks do.
 Printed with UTC timestamps per phase (model built, engine built, every step) and written to
 ``OUT/gpu_offload.json``: tokens/s, step time, GPU peak memory, host peak RSS, bytes read and
 written per step (this process, ``/proc/self/io``, and the NVMe directory's block device when it
@@ -49,7 +61,10 @@ SYSTEM = "h200-x1"
 # DeepSpeed ZeRO-3 with optimizer offload, bytes per parameter: bf16 weights, fp32 gradient
 # partition, fp32 master + Adam m and v (the last 12 are what NVMe optimizer offload moves).
 PARAM_BYTES, GRAD_BYTES, OPTIMIZER_BYTES = 2, 4, 12
-HOST_HEADROOM = 0.85  # of MemAvailable a run's host state may take (pinned buffers, the data, the OS)
+HOST_HEADROOM = 0.9  # of MemAvailable a run's predicted host peak (host_peak) may take
+# Host bytes per parameter at a run's peak (the module docstring says where each comes from).
+HOST_GRAD_BYTES, HOST_PARAM_BYTES_CPU, HOST_TRANSIENT_BYTES = 4, 4.7, 5.5
+NVME_MAX_IN_CPU = 10**9  # DeepSpeed's offload_param.max_in_cpu default: elements kept in host memory
 DISK_HEADROOM = 0.9
 OPS = ("CPUAdamBuilder", "PinMemoryBuilder", "AsyncIOBuilder")
 T0 = time.time()
@@ -163,6 +178,36 @@ def model_config(name: str, n_layers: int | None):
 
     cfg = get_preset(name)
     return cfg.replace(n_layers=n_layers, name=f"{name}-{n_layers}l") if n_layers else cfg
+
+
+def host_peak(cfg, run: str, optimizer_on: str) -> dict:
+    """Predicted host-memory peak of one run, GiB, and its parts (the arithmetic: module docstring)."""
+    import torch
+
+    from alphaexa.model.transformer import Transformer
+    from alphaexa.parallel.deepspeed_engine import NVME_PARAM_BUFFER, nvme_param_buffers
+
+    with torch.device("meta"):  # shapes only: the swap buffers' count and size
+        model = Transformer(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    parts = {"optimizer": n * OPTIMIZER_BYTES if optimizer_on == "cpu" else 0, "gradients": n * HOST_GRAD_BYTES,
+             "transient": n * HOST_TRANSIENT_BYTES}
+    if run == "cpu":
+        parts["parameters"] = n * HOST_PARAM_BYTES_CPU
+    else:
+        largest = max(p.numel() for p in model.parameters())
+        parts["parameters"] = min(n, NVME_MAX_IN_CPU) * PARAM_BYTES
+        parts["swap_buffers"] = nvme_param_buffers(model) * max(NVME_PARAM_BUFFER, largest) * PARAM_BYTES
+    parts = {k: v / GIB for k, v in parts.items()}
+    return {"gib": sum(parts.values()), "parts_gib": parts, "params": n}
+
+
+def fitting_depth(cfg, run: str, optimizer_on: str, allowed_gib: float) -> int | None:
+    """The most blocks (at most cfg's) whose predicted host peak is within ``allowed_gib``; None: not even one."""
+    for depth in range(cfg.n_layers, 0, -1):
+        if host_peak(cfg.replace(n_layers=depth), run, optimizer_on)["gib"] <= allowed_gib:
+            return depth
+    return None
 
 
 def planner_view(cfg, args, machine: dict) -> dict:
@@ -309,9 +354,9 @@ def meminfo_rss_gib() -> float:
     return 0.0
 
 
-def run_child(name: str, args, optimizer_on: str) -> dict:
+def run_child(name: str, args, optimizer_on: str, extra: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--optimizer-on-resolved", optimizer_on,
-           *[a for a in sys.argv[1:]]]
+           *[a for a in sys.argv[1:]], *extra]  # extra last: argparse keeps the last value
     (Path(args.out) / f"run-{name}.json").unlink(missing_ok=True)
     started = time.perf_counter()
     last = ""
@@ -435,19 +480,29 @@ def main() -> int:
             if optimizer_on == "auto":
                 optimizer_on = "nvme" if view["nvme_optimizer_gib"] + view["nvme_params_gib"] < DISK_HEADROOM * machine[
                     "disk_free_gib"] else "cpu"
-        host_need = view["host_state_gib"]["cpu" if name == "cpu" else "nvme"] - (
-            view["nvme_optimizer_gib"] if optimizer_on == "nvme" else 0)
         available = available_gib()
-        if host_need > HOST_HEADROOM * available:
-            log(f"{name}: SKIPPED: its host state, {host_need:.0f} GiB, is more than {HOST_HEADROOM:.0%} of the "
-                f"{available:.0f} GiB available")
-            report["runs"].append({"run": name, "error": f"host state {host_need:.0f} GiB > {available:.0f} GiB available"})
-            continue
-        log(f"{name}: starting (params {name}, optimizer {optimizer_on}, host state {host_need:.0f} GiB of "
-            f"{available:.0f} GiB available, limit {args.run_timeout:.0f} s)")
-        record = run_child(name, args, optimizer_on)
+        allowed = HOST_HEADROOM * available
+        run_cfg, extra = cfg, ()
+        peak = host_peak(cfg, name, optimizer_on)
+        if peak["gib"] > allowed:
+            depth = fitting_depth(cfg, name, optimizer_on, allowed)
+            why = (f"its predicted host peak, {peak['gib']:.0f} GiB "
+                   f"({', '.join(f'{k} {v:.1f}' for k, v in peak['parts_gib'].items())}), is more than "
+                   f"{HOST_HEADROOM:.0%} of the {available:.0f} GiB available")
+            if depth is None:
+                log(f"{name}: SKIPPED: {why}, even with one block")
+                report["runs"].append({"run": name, "error": f"host peak {peak['gib']:.0f} GiB > {allowed:.0f} GiB allowed",
+                                       "host_peak": peak})
+                continue
+            run_cfg, extra = model_config(args.model, depth), ("--n-layers", str(depth))
+            peak = host_peak(run_cfg, name, optimizer_on)
+            log(f"{name}: SHRUNK to {depth} blocks: {why}; {depth} blocks: {peak['gib']:.0f} GiB")
+        log(f"{name}: starting {run_cfg.name} (params {name}, optimizer {optimizer_on}, predicted host peak "
+            f"{peak['gib']:.0f} GiB of {available:.0f} GiB available, limit {args.run_timeout:.0f} s)")
+        record = run_child(name, args, optimizer_on, extra)
+        record.update(model=run_cfg.name, host_peak=peak)
         if record["steps"]:
-            summarise(record, predicted_step(cfg, args, name, optimizer_on))
+            summarise(record, predicted_step(run_cfg, args, name, optimizer_on))
         report["runs"].append(record)
         (out / "gpu_offload.json").write_text(json.dumps(report, indent=1))
     log(f"wrote {out / 'gpu_offload.json'}")

@@ -143,3 +143,41 @@ def test_nvme_parameter_buffers_hold_the_largest_parameter(tmp_path):
     small = deepspeed_config(Layout(dp_shard=1, sharding="zero3", mbs=2), options, n_microbatches=1,
                              compute_dtype=torch.bfloat16, largest_param=10)
     assert small["zero_optimization"]["offload_param"]["buffer_size"] == 10**8
+
+
+def test_nvme_swap_buffers_cover_two_blocks_and_no_reuse_hold(tmp_path):
+    # The H200 run of 2026-12-04 ran out of swap buffers in step 2 (DeepSpeed's 1e9-element reuse distance
+    # held ~5 blocks of parameters in 8 buffers).  7b with 24 blocks: 7 matrices a block -> 14 buffers of
+    # the 131M-element embedding, 3.7 GB pinned (bf16), and nothing held past its module's release.
+    from alphaexa.model.transformer import Transformer
+    from alphaexa.parallel.deepspeed_engine import nvme_param_buffers
+    from topology.presets import get_preset
+
+    with torch.device("meta"):
+        model = Transformer(get_preset("7b").replace(n_layers=24))
+    largest = max(p.numel() for p in model.parameters())
+    assert (nvme_param_buffers(model), largest) == (14, 32000 * 4096)
+    options = DeepSpeedOptions(offload_optimizer="cpu", offload_params="nvme", nvme_path=str(tmp_path))
+    zero = deepspeed_config(Layout(dp_shard=1, sharding="zero3", mbs=4), options, n_microbatches=1,
+                            compute_dtype=torch.bfloat16, largest_param=largest,
+                            swap_buffers=nvme_param_buffers(model))["zero_optimization"]
+    assert zero["stage3_max_reuse_distance"] == 0 and "max_in_cpu" not in zero["offload_param"]
+    assert zero["offload_param"]["buffer_count"] * zero["offload_param"]["buffer_size"] * 2 == 3_670_016_000
+    without = deepspeed_config(Layout(dp_shard=1, sharding="zero3", mbs=4), DeepSpeedOptions(), n_microbatches=1,
+                               compute_dtype=torch.bfloat16)["zero_optimization"]
+    assert "stage3_max_reuse_distance" not in without  # only NVMe parameter offload changes it
+
+
+def test_offload_bench_shrinks_a_run_whose_host_peak_does_not_fit():
+    # bench/gpu_offload.py's cpu run of 7b-24l was OOM-killed on the 124 GiB host: its predicted peak must
+    # say so (and 21 blocks fit), while the nvme run that got through its first step fits.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_offload", Path(__file__).parents[1] / "bench" / "gpu_offload.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg, allowed = bench.model_config("7b", 24), bench.HOST_HEADROOM * 124
+    cpu, nvme = bench.host_peak(cfg, "cpu", "cpu"), bench.host_peak(cfg, "nvme", "cpu")
+    assert cpu["gib"] > allowed >= nvme["gib"] > 100  # the nvme run's measured step-1 peak was 105.0 GiB
+    assert bench.fitting_depth(cfg, "cpu", "cpu", allowed) == 21
+    assert bench.fitting_depth(cfg, "cpu", "cpu", 1.0) is None

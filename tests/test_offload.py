@@ -109,6 +109,60 @@ def test_zero3_with_params_and_optimizer_on_nvme_trains_like_zero3(tmp_path):
     assert set(result["zero3-nvme-swap-bytes"]) == {"params", "optimizer"} and (nvme / "optimizer").is_dir()
 
 
+# Parameters that really swap: >= 1 MiB each (DeepSpeed keeps smaller tensors in memory), none kept in
+# host memory (nvme_params_in_cpu=0): 14 swappable matrices, 6 swap buffers by nvme_param_buffers.
+SWAP_MODEL = ModelConfig(name="swap-test", n_layers=4, d_model=256, n_heads=4, n_kv_heads=2, d_ff=1024,
+                         ffn_type="swiglu", vocab_size=1024, max_seq_len=32)
+SWAP_STEPS = 3
+
+
+def _nvme_swap_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: str) -> None:
+    _init(rank, world, port)
+    from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum
+
+    from alphaexa.model import build_model
+    from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions, DeepSpeedTrainStep
+    from alphaexa.parallel.equivalence import token_batches
+    from topology.layout import Layout
+
+    base = {"max_norm": MAX_NORM, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": (0.9, 0.999)}
+    runs = {"zero3": DeepSpeedOptions(offload_optimizer="cpu", **base),
+            "nvme": DeepSpeedOptions(offload_optimizer="cpu", offload_params="nvme", nvme_path=nvme_dir,
+                                     nvme_params_in_cpu=0, **base)}
+
+    def run():
+        inputs, targets = token_batches(SWAP_STEPS, GLOBAL_BATCH, SEQ, SWAP_MODEL.vocab_size)
+        out = {}
+        for name, options in runs.items():
+            layout = Layout(dp_shard=world, sharding="zero3", mbs=GLOBAL_BATCH // (MICRO_STEPS * world))
+            step = DeepSpeedTrainStep(build_model(SWAP_MODEL), layout, options, n_microbatches=MICRO_STEPS)
+            out[name] = [(step(inputs[s], targets[s]).loss, step.last_grad_norm) for s in range(SWAP_STEPS)]
+            out[f"{name}-on-nvme"] = sum(p.ds_tensor.final_location == OffloadDeviceEnum.nvme
+                                         for p in step.engine.module.parameters())
+            out[f"{name}-buffers"] = step.config["zero_optimization"].get("offload_param", {}).get("buffer_count")
+            out[f"{name}-swap-bytes"] = sum(f.stat().st_size for f in Path(nvme_dir, "params").rglob("*")
+                                            if f.is_file()) if Path(nvme_dir, "params").is_dir() else 0
+        return out
+
+    _record(out_dir, rank, run)
+
+
+@pytest.mark.multiproc
+def test_nvme_parameters_that_swap_train_several_steps_within_the_buffers(tmp_path):
+    # The H200 run of 2026-12-04: step 1 ran, then "Not enough buffers 0 for swapping 1" (DeepSpeed's
+    # reuse distance kept more parameters in swap buffers than buffer_count).  Here 14 matrices swap
+    # through 6 buffers for 3 optimizer steps of 2 micro-steps and train as the same run without it.
+    pytest.importorskip("deepspeed")
+    nvme = tmp_path / "nvme"
+    (result,) = _spawn(_nvme_swap_worker, 1, tmp_path, str(nvme))
+    assert "error" not in result, result["error"]
+    assert result["nvme-on-nvme"] == 14 and result["nvme-buffers"] == 6
+    assert result["nvme-swap-bytes"] >= 14 * 256 * 1024 * 4
+    assert len(result["nvme"]) == len(result["zero3"]) == SWAP_STEPS
+    for (loss, norm), (ref_loss, ref_norm) in zip(result["nvme"], result["zero3"]):
+        assert math.isclose(loss, ref_loss, rel_tol=RTOL) and math.isclose(norm, ref_norm, rel_tol=RTOL)
+
+
 def test_unwritable_nvme_path_is_one_line(tmp_path):
     from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions, check_deepspeed_layout
     from topology.layout import Layout

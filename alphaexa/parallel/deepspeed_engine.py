@@ -52,6 +52,9 @@ class DeepSpeedOptions:
     offload_optimizer: str | None = None  # None, "cpu" or "nvme"
     offload_params: str | None = None  # None, "cpu" or "nvme" (stage 3 only)
     nvme_path: str | None = None  # local directory for "nvme"
+    # offload_params="nvme": elements of parameters DeepSpeed keeps in host memory instead (its
+    # offload_param.max_in_cpu; None: its default 1e9, the first 1e9 elements in group order)
+    nvme_params_in_cpu: int | None = None
     max_norm: float = 1.0
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -95,8 +98,10 @@ def check_deepspeed_layout(layout: Layout, options: DeepSpeedOptions) -> int:
 
 
 def deepspeed_config(layout: Layout, options: DeepSpeedOptions, *, n_microbatches: int,
-                     compute_dtype: torch.dtype, largest_param: int = 0) -> dict:
-    """``largest_param``: elements of the model's largest parameter (sizes the NVMe parameter swap buffers)."""
+                     compute_dtype: torch.dtype, largest_param: int = 0,
+                     swap_buffers: int = 0) -> dict:
+    """``largest_param``: elements of the model's largest parameter (sizes the NVMe parameter swap buffers);
+    ``swap_buffers``: ``nvme_param_buffers(model)`` (how many of them, see there)."""
     stage = check_deepspeed_layout(layout, options)
     zero: dict = {"stage": stage}
     if options.offload_optimizer:
@@ -107,7 +112,15 @@ def deepspeed_config(layout: Layout, options: DeepSpeedOptions, *, n_microbatche
             # Each parameter swaps in through one pinned buffer of buffer_size elements (DeepSpeed's
             # default 1e8 is less than a 7B model's 131M-element embedding: an assertion mid-step).
             zero["offload_param"]["buffer_size"] = max(NVME_PARAM_BUFFER, largest_param)
-            zero["offload_param"]["buffer_count"] = NVME_PARAM_BUFFERS
+            zero["offload_param"]["buffer_count"] = max(NVME_PARAM_BUFFERS_MIN, swap_buffers)
+            # A parameter keeps its swap buffer from its fetch until its release.  DeepSpeed's default
+            # reuse distance (1e9 elements) keeps every parameter whose next use is that close, from the
+            # second micro-step on (the first records the trace): ~5 blocks of a 7B model, far more than
+            # buffer_count, so "Not enough buffers 0 for swapping 1" (the H200 run of 2026-12-04).  With
+            # 0 nothing is held past its module's release; the invariant is in nvme_param_buffers.
+            zero["stage3_max_reuse_distance"] = 0
+            if options.nvme_params_in_cpu is not None:
+                zero["offload_param"]["max_in_cpu"] = int(options.nvme_params_in_cpu)
     config = {
         "train_micro_batch_size_per_gpu": layout.mbs,
         "gradient_accumulation_steps": n_microbatches,
@@ -133,7 +146,42 @@ def _offload(device: str, nvme_path: str | None, what: str) -> dict:
 
 
 NVME_PARAM_BUFFER = 10**8  # DeepSpeed's default buffer_size, elements
-NVME_PARAM_BUFFERS = 8  # parameters in flight from NVMe at once (DeepSpeed's default 5)
+NVME_PARAM_BUFFERS_MIN = 5  # DeepSpeed's default buffer_count; room for its NVMe read-ahead
+SWAP_CANDIDATE_NUMEL = 10**5  # DeepSpeed's stage3_param_persistence_threshold: smaller ones never swap
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict, torch.nn.Sequential)
+
+
+def _units(module: torch.nn.Module):
+    """The modules that run one after another under ``module``: its children, containers opened."""
+    for child in module.children():
+        if isinstance(child, _CONTAINERS):
+            yield from _units(child)
+        else:
+            yield child
+
+
+def nvme_param_buffers(model: torch.nn.Module) -> int:
+    """Swap buffers (DeepSpeed's offload_param.buffer_count) that parameter offload to NVMe needs.
+
+    Invariant, with ``stage3_max_reuse_distance`` = 0 (set by ``deepspeed_config``): a parameter's
+    partition holds a buffer only from its module's fetch to that module's release, plus DeepSpeed's
+    NVMe read-ahead, which takes at most the buffers free at that moment and takes them in the order
+    the parameters will be needed (so it never holds one that a fetch before it needs).  The model's
+    units (the root's children, ModuleList/ModuleDict/Sequential opened) run one after another; in the
+    forward only one is active, in the backward a unit's release can come after the next unit's fetch
+    (and a unit whose inputs need no gradient, the embedding, is released only at the end of the
+    backward, while the unit after it in the forward is the one running).  So at most the root's own
+    parameters plus two units' parameters hold buffers at once, and this count never runs out:
+    ``root + 2 * max(unit)``, counting only parameters that can swap (above the persistence
+    threshold; DeepSpeed also keeps anything under 1 MiB in memory, so this over-counts safely).
+    Pinned memory: this count x ``buffer_size`` (the largest parameter, >= 1e8 elements) x dtype bytes.
+    """
+    def swappable(params) -> int:
+        return sum(1 for p in params if p.numel() > SWAP_CANDIDATE_NUMEL)
+
+    root = swappable(model.parameters(recurse=False))
+    largest_unit = max((swappable(unit.parameters()) for unit in _units(model)), default=0)
+    return max(NVME_PARAM_BUFFERS_MIN, root + 2 * largest_unit)
 
 
 class DeepSpeedTrainStep:
@@ -150,7 +198,8 @@ class DeepSpeedTrainStep:
         from deepspeed.accelerator import get_accelerator
 
         self.config = deepspeed_config(layout, options, n_microbatches=n_microbatches, compute_dtype=compute_dtype,
-                                       largest_param=max(p.numel() for p in model.parameters()))
+                                       largest_param=max(p.numel() for p in model.parameters()),
+                                       swap_buffers=nvme_param_buffers(model))
         # Compiled here with a line each, not silently inside deepspeed.initialize (deepspeed_ops).
         prepare_ops(required_ops(offload_optimizer=options.offload_optimizer, offload_params=options.offload_params,
                                  device_type=get_accelerator().device_name()),
