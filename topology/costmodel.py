@@ -388,12 +388,22 @@ def expected_destinations(n_experts: int, top_k: int, ep: int) -> float:
     return ep * (1.0 - miss)
 
 
+# A sliding window runs through the registry's block-sparse kernel (FlexAttention), which reaches about
+# half the rate of the fused causal kernels per FLOP it computes: on an H200 (2026-12-04, bench/vs_peers.py's
+# attention section, 1b's heads, 8 x 2048 tokens, fwd + bwd) 131.2 TFLOP/s with a 512-token window
+# against 272.9 for SDPA's causal kernel.  A kernel microbenchmark, like the device's own efficiencies.
+WINDOW_KERNEL_SCALE = 131.2 / 272.9
+
+
 def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int, ep: int, mbs: int,
                seq: int, pp_stride: int, impl: Implementation = ALPHAEXA) -> LayerCost:
     dev = system.node.device
-    if impl.gemm_scale != 1.0 or impl.attention_scale != 1.0:
+    attention_scale = impl.attention_scale
+    if model.sliding_window and model.sliding_window < seq:
+        attention_scale *= WINDOW_KERNEL_SCALE
+    if impl.gemm_scale != 1.0 or attention_scale != 1.0:
         dev = dataclasses.replace(dev, gemm_efficiency=dev.gemm_efficiency * impl.gemm_scale,
-                                  attention_efficiency=dev.attention_efficiency * impl.attention_scale)
+                                  attention_efficiency=dev.attention_efficiency * attention_scale)
     h, q, kv, v = model.d_model, model.q_dim, model.kv_dim, model.vocab_size
     t = tp
     rep = t  # with sequence parallelism (whenever t > 1) norms and residuals see 1/t of the tokens
