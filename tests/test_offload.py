@@ -58,20 +58,38 @@ def _record(out_dir: str, rank: int, run) -> None:
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
 
 
-def _assert_same_history(got: list, expected: list, rtol: float) -> None:
-    assert len(got) == len(expected) == STEPS
+def _assert_same_history(got: list, expected: list, rtol: float, n_steps: int = STEPS) -> None:
+    assert len(got) == len(expected) == n_steps
     for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(got, expected), start=1):
         assert math.isclose(loss, ref_loss, rel_tol=rtol), (step, loss, ref_loss)
         assert math.isclose(norm, ref_norm, rel_tol=rtol), (step, norm, ref_norm)
 
 
 # ------------------------------------------------------------------ DeepSpeed ZeRO-Infinity to NVMe
-def _deepspeed_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: str) -> None:
-    _init(rank, world, port)
+def _deepspeed_train(model: ModelConfig, options, world: int, n_steps: int):
+    """``n_steps`` DeepSpeed steps of ``model`` on the shared batches: [(loss, grad norm)] and the step."""
     from alphaexa.model import build_model
-    from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions, DeepSpeedTrainStep
+    from alphaexa.parallel.deepspeed_engine import DeepSpeedTrainStep
     from alphaexa.parallel.equivalence import token_batches
     from topology.layout import Layout
+
+    inputs, targets = token_batches(n_steps, GLOBAL_BATCH, SEQ, model.vocab_size)
+    layout = Layout(dp_shard=world, sharding="zero3", mbs=GLOBAL_BATCH // (MICRO_STEPS * world))
+    step = DeepSpeedTrainStep(build_model(model), layout, options, n_microbatches=MICRO_STEPS)
+    history = []
+    for s in range(n_steps):
+        result = step(inputs[s], targets[s])
+        history.append((result.loss, step.last_grad_norm))
+    return history, step
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())  # 0 when it does not exist
+
+
+def _deepspeed_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: str) -> None:
+    _init(rank, world, port)
+    from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions
 
     base = {"max_norm": MAX_NORM, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": (0.9, 0.999)}
     runs = {"zero3": DeepSpeedOptions(**base),
@@ -79,19 +97,11 @@ def _deepspeed_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: 
                                            **base)}
 
     def run():
-        inputs, targets = token_batches(STEPS, GLOBAL_BATCH, SEQ, MODEL.vocab_size)
         out = {}
         for name, options in runs.items():
-            layout = Layout(dp_shard=world, sharding="zero3", mbs=GLOBAL_BATCH // (MICRO_STEPS * world))
-            step = DeepSpeedTrainStep(build_model(MODEL), layout, options, n_microbatches=MICRO_STEPS)
-            history = []
-            for s in range(STEPS):
-                result = step(inputs[s], targets[s])
-                history.append((result.loss, step.last_grad_norm))
-            out[name] = history
+            out[name], _ = _deepspeed_train(MODEL, options, world, STEPS)
             # Swap files as they are while the engine lives (DeepSpeed removes them when it ends).
-            out[f"{name}-swap-bytes"] = {what: sum(f.stat().st_size for f in Path(nvme_dir, what).rglob("*")
-                                                   if f.is_file()) for what in ("params", "optimizer")}
+            out[f"{name}-swap-bytes"] = {what: _dir_bytes(Path(nvme_dir, what)) for what in ("params", "optimizer")}
         return out
 
     _record(out_dir, rank, run)
@@ -120,10 +130,7 @@ def _nvme_swap_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: 
     _init(rank, world, port)
     from deepspeed.runtime.zero.offload_config import OffloadDeviceEnum
 
-    from alphaexa.model import build_model
-    from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions, DeepSpeedTrainStep
-    from alphaexa.parallel.equivalence import token_batches
-    from topology.layout import Layout
+    from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions
 
     base = {"max_norm": MAX_NORM, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": (0.9, 0.999)}
     runs = {"zero3": DeepSpeedOptions(offload_optimizer="cpu", **base),
@@ -131,17 +138,13 @@ def _nvme_swap_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: 
                                      nvme_params_in_cpu=0, **base)}
 
     def run():
-        inputs, targets = token_batches(SWAP_STEPS, GLOBAL_BATCH, SEQ, SWAP_MODEL.vocab_size)
         out = {}
         for name, options in runs.items():
-            layout = Layout(dp_shard=world, sharding="zero3", mbs=GLOBAL_BATCH // (MICRO_STEPS * world))
-            step = DeepSpeedTrainStep(build_model(SWAP_MODEL), layout, options, n_microbatches=MICRO_STEPS)
-            out[name] = [(step(inputs[s], targets[s]).loss, step.last_grad_norm) for s in range(SWAP_STEPS)]
+            out[name], step = _deepspeed_train(SWAP_MODEL, options, world, SWAP_STEPS)
             out[f"{name}-on-nvme"] = sum(p.ds_tensor.final_location == OffloadDeviceEnum.nvme
                                          for p in step.engine.module.parameters())
             out[f"{name}-buffers"] = step.config["zero_optimization"].get("offload_param", {}).get("buffer_count")
-            out[f"{name}-swap-bytes"] = sum(f.stat().st_size for f in Path(nvme_dir, "params").rglob("*")
-                                            if f.is_file()) if Path(nvme_dir, "params").is_dir() else 0
+            out[f"{name}-swap-bytes"] = _dir_bytes(Path(nvme_dir, "params"))
         return out
 
     _record(out_dir, rank, run)
@@ -158,9 +161,7 @@ def test_nvme_parameters_that_swap_train_several_steps_within_the_buffers(tmp_pa
     assert "error" not in result, result["error"]
     assert result["nvme-on-nvme"] == 14 and result["nvme-buffers"] == 6
     assert result["nvme-swap-bytes"] >= 14 * 256 * 1024 * 4
-    assert len(result["nvme"]) == len(result["zero3"]) == SWAP_STEPS
-    for (loss, norm), (ref_loss, ref_norm) in zip(result["nvme"], result["zero3"]):
-        assert math.isclose(loss, ref_loss, rel_tol=RTOL) and math.isclose(norm, ref_norm, rel_tol=RTOL)
+    _assert_same_history(result["nvme"], result["zero3"], RTOL, SWAP_STEPS)
 
 
 def test_unwritable_nvme_path_is_one_line(tmp_path):
