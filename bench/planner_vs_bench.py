@@ -20,17 +20,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vs_peers import SHAPES  # the bench's model shapes: preset and overrides
+
 from topology import costmodel as cm
 from topology.hardware import load_system
 from topology.layout import Layout
 from topology.presets import get_preset
 
-# The bench's model shapes (bench/vs_peers.py SHAPES): preset and overrides.
-SHAPES = {
-    "1b": ("1b", {}),
-    "1b-moe": ("1b-moe", {}),
-    "mixtral-like": ("1b-moe", {"n_layers": 12, "n_heads": 16, "n_kv_heads": 4, "moe_every": 1, "moe_d_ff": 5632}),
-}
 NOT_MODELLED = ("train.float8=true",)
 
 
