@@ -156,6 +156,31 @@ def test_non_finite_step_is_skipped_leaving_weights_and_optimizer_untouched(guar
     assert math.isfinite(records[4]["loss"])
 
 
+def test_device_side_skip_of_a_fused_step_equals_the_host_side_skip(tmp_path):
+    """Fused AdamW is queued before the host reads the step's loss (one wait per step) and skips a
+    non-finite step on the device; a run that must decide on the host first (spike rollback armed,
+    no spike) trains the same bits, and the skipped step leaves weights and moments untouched."""
+    common = ("train.optimizer_impl=fused", "debug.nan_at_step=3", "train.steps=5", "train.eval_batches=0",
+              "checkpoint.every=1", "checkpoint.keep_last=10")
+    device_run, host_run = tmp_path / "device", tmp_path / "host"
+    train(device_run, *common, cache_dir=tmp_path / "cache")
+    train(host_run, *common, "train.loss_spike_factor=1000", "train.loss_spike_rollback=true",
+          "train.loss_spike_window=2", cache_dir=tmp_path / "cache")
+    on_device, on_host = steps(device_run), steps(host_run)
+    assert on_device[3]["skipped"] == 1 and on_device[3]["loss"] is None and on_device[5]["skipped_total"] == 1
+    for step in (1, 2, 4, 5):
+        assert on_device[step]["loss"] == on_host[step]["loss"], step
+        assert on_device[step]["grad_norm"] == on_host[step]["grad_norm"], step
+    before, after = _checkpoint_tensors(device_run, 2), _checkpoint_tensors(device_run, 3)
+    assert any(".exp_avg" in k for k in before) and before.keys() == after.keys()
+    for key in before:
+        assert torch.equal(before[key], after[key]), key
+    final_device, final_host = _checkpoint_tensors(device_run, 5), _checkpoint_tensors(host_run, 5)
+    assert final_device.keys() == final_host.keys()
+    for key in final_device:
+        assert torch.equal(final_device[key], final_host[key]), key
+
+
 def test_loss_spike_rolls_back_to_the_last_checkpoint_and_moves_past_the_bad_data(guarded_run):
     _, _, events = read_metrics(guarded_run)
     rollbacks = [e for e in events if e["event"] == "rollback"]

@@ -117,8 +117,17 @@ class TrainStep:
         return loss_parallel() if self.vocab_parallel else contextlib.nullcontext()
 
     def __call__(self, inputs: Tensor, targets: Tensor) -> StepResult:
+        loss_sum, count = self.launch(inputs, targets)
+        return StepResult(loss=float(loss_sum), tokens=int(count))
+
+    def launch(self, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """The step without waiting for the device: (global mean loss, target tokens), both 0-d
+        tensors on the device.  Reading them (``float``) is the step's host synchronisation, which
+        the trainer does once, after the optimizer step has been queued behind the backward."""
         device = self.dims.device
-        inputs, targets = inputs.to(device), targets.to(device)
+        # Pinned batches (the trainer's loader pins them for CUDA) copy without stalling the host.
+        inputs = inputs.to(device, non_blocking=inputs.is_pinned())
+        targets = targets.to(device, non_blocking=targets.is_pinned())
         count = (targets != IGNORE_INDEX).sum().to(self.accumulate_dtype)
         dist.all_reduce(count, group=self.dims.group("dp_cp"))
         self._token_count = count
@@ -130,7 +139,7 @@ class TrainStep:
         dist.all_reduce(loss_sum, group=self.dims.group("dp_cp"))
         if self.pipelined:
             dist.broadcast(loss_sum, src=self._last_stage_global_rank, group=self.dims.group("pp"))
-        return StepResult(loss=float(loss_sum), tokens=int(count))
+        return loss_sum, count
 
     @torch.no_grad()
     def evaluate(self, inputs: Tensor, targets: Tensor) -> tuple[float, int]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from backends.launch import DistributedInfo, init_distributed
 from topology.layout import Layout
@@ -300,15 +301,24 @@ class Trainer:
         if cfg.debug.spike_at_step == step and not self._spike_injected:
             self._loss_scale, self._spike_injected = SPIKE_INJECTION, True
         self._moe_stats.zero_()
+        queued = False  # the optimizer step is already queued on the device (see _queue_optimizer_step)
         if self.deepspeed is not None:  # clipped and stepped inside DeepSpeed (self.optimizers is empty)
             result, grad_norm = self.deepspeed.step(step, batch.inputs, batch.targets)
+            loss, tokens = result.loss, result.tokens
+            reduced = self._reduce_step_values()
         else:
-            result = self.step_fn(batch.inputs, batch.targets)
-            grad_norm = float(clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims))
+            # Nothing here waits for the device until _reduce_step_values reads the step's figures,
+            # once, with the optimizer step already queued behind the backward where it can be.
+            loss_t, tokens_t = self.step_fn.launch(batch.inputs, batch.targets)
+            norm_t = clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims)
+            queued = self._device_side_skip
+            if queued:
+                self._queue_optimizer_step(loss_t, norm_t)
+            reduced = self._reduce_step_values(torch.stack([t.to(self.device, torch.float64)
+                                                            for t in (loss_t, norm_t, tokens_t)]))
+            loss, grad_norm, tokens = reduced["step"][0], reduced["step"][1], int(reduced["step"][2])
         self._loss_scale = 1.0
-        reduced = self._reduce_step_values()
         # The step's loss is the global mean, identical on every rank: every rank decides alike.
-        loss = result.loss
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         spike = False
         if finite and cfg.train.loss_spike_factor and len(recent_losses) >= cfg.train.loss_spike_window:
@@ -324,12 +334,13 @@ class Trainer:
         if skipped:
             self.progress.skipped_total += 1
         else:
-            for optimizer in self.optimizers:
-                optimizer.step()
+            if not queued:
+                for optimizer in self.optimizers:
+                    optimizer.step()
             recent_losses.append(loss)
         self._zero_grad()
         self.progress.step = step
-        self.progress.tokens_seen += result.tokens
+        self.progress.tokens_seen += tokens
         record.update({
             "mem_gib": reduced["mem_bytes"] / 2**30,
             "aux_loss": reduced.get("aux_loss"), "z_loss": reduced.get("z_loss"),
@@ -340,6 +351,33 @@ class Trainer:
             "consumed_samples": self.loader.consumed_samples,
         })
         return record
+
+    @functools.cached_property
+    def _device_side_skip(self) -> bool:
+        """Whether the optimizer step can be queued before the host has seen the step's loss and norm.
+
+        Fused AdamW takes a ``found_inf`` tensor and leaves parameters, moments and step count
+        untouched where it is nonzero: the skip of a non-finite step is then decided on the device,
+        exactly as the host-side skip decides it.  A spike rollback must see the loss before any
+        update, and the foreach / single-tensor kernels take no ``found_inf``: those steps wait.
+        """
+        train = self.cfg.train
+        if train.loss_spike_factor and train.loss_spike_rollback:
+            return False
+        return bool(self.optimizers) and all(o.defaults.get("fused") for o in self.optimizers)
+
+    def _queue_optimizer_step(self, loss: Tensor, grad_norm: Tensor) -> None:
+        found_inf = None
+        if self.cfg.train.skip_nonfinite:
+            finite = torch.isfinite(loss.to(grad_norm.device)) & torch.isfinite(grad_norm)
+            found_inf = (~finite).to(torch.float32)
+        for optimizer in self.optimizers:
+            flag = None if found_inf is None else found_inf.to(optimizer.param_groups[0]["params"][0].device)
+            optimizer.found_inf, optimizer.grad_scale = flag, None  # read by the fused kernels' step
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf, optimizer.grad_scale
 
     def _zero_grad(self) -> None:
         for optimizer in self.optimizers:
@@ -353,20 +391,29 @@ class Trainer:
                                layer.dropped_tokens.to(layer.aux_loss.dtype)])
         self._moe_stats[row] += torch.cat([figures, layer.tokens_per_expert.to(figures.dtype)]).to(torch.float64)
 
-    def _reduce_step_values(self) -> dict[str, Any]:
-        """One SUM all-reduce of the per-layer [aux, z, forwards, dropped, counts...] and one MAX of memory.
+    def _reduce_step_values(self, step_values: Tensor | None = None) -> dict[str, Any]:
+        """One SUM all-reduce of the per-layer [aux, z, forwards, dropped, counts...] and one MAX of memory,
+        read to the host in one copy together with ``step_values`` (float64 on the device, already
+        reduced; returned as the list ``out["step"]``): the step's only wait for the device.
 
         MoE figures are summed over every layer forward of every rank: each rank routes its own
         tokens (data, sequence shards), and every layer is counted by the same number of ranks,
         so the shares are those of all tokens of the step.
         """
         packed = self._moe_stats.clone()
-        memory = torch.tensor([float(self.backend.max_memory_allocated())], dtype=torch.float64, device=self.device)
+        # torch.full fills on the device: a host tensor copied in (torch.tensor(..., device=)) would
+        # wait for the whole queued step before the copy.
+        memory = torch.full((1,), float(self.backend.max_memory_allocated()), dtype=torch.float64,
+                            device=self.device)
         if packed.numel():  # a dense model has no rows
             dist.all_reduce(packed)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
-        per_layer = packed.cpu()
-        out: dict[str, Any] = {"mem_bytes": float(memory[0])}
+        extra = step_values if step_values is not None else memory[:0]
+        host = torch.cat([packed.flatten(), memory, extra]).cpu()
+        per_layer = host[:packed.numel()].view(packed.shape)
+        out: dict[str, Any] = {"mem_bytes": float(host[packed.numel()])}
+        if step_values is not None:
+            out["step"] = host[packed.numel() + 1:].tolist()
         aux, z, forwards = (float(per_layer[:, i].sum()) for i in range(3))
         if forwards:
             dropped, counts = per_layer[:, 3], per_layer[:, MOE_STATS_HEAD:]
