@@ -67,10 +67,19 @@ class AttentionKernel:
         return self.requires_module is None or _module_installed(self.requires_module)
 
 
-@torch.compiler.assume_constant_result  # traced as its value: no import machinery inside a graph
-@cache
+# Whether each kernel's module is installed, looked up once per module.  A plain dict, filled
+# for every registered kernel when this module is imported: inside a compiled model the lookup
+# is a constant, where a call into importlib (through functools.cache, which Dynamo traces
+# through) broke the graph at every ``attend`` on CUDA: ~7 graphs per transformer block, with
+# the attention run eagerly between them (H200 trace, torch 2.11).
+_INSTALLED: dict[str, bool] = {}
+
+
 def _module_installed(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    found = _INSTALLED.get(module)
+    if found is None:
+        found = _INSTALLED[module] = importlib.util.find_spec(module) is not None
+    return found
 
 
 def visibility_mask(
@@ -216,10 +225,17 @@ def _flash2_attention(q: Tensor, k: Tensor, v: Tensor, call: AttentionCall) -> T
     return _call_flash(flash_attn_func, q, k, v, call)
 
 
+_CUDA_MAJOR: dict[int, int] = {}  # device index -> compute capability major, read once (see _INSTALLED)
+
+
 def _flash3_unsupported(call: AttentionCall) -> str | None:
     reason = _flash_unsupported(call)
-    if reason is None and torch.cuda.get_device_capability()[0] != 9:
-        reason = "FlashAttention-3 needs a Hopper GPU (compute capability 9.x)"
+    if reason is None:
+        index = torch.cuda.current_device()
+        if index not in _CUDA_MAJOR:
+            _CUDA_MAJOR[index] = torch.cuda.get_device_capability(index)[0]
+        if _CUDA_MAJOR[index] != 9:
+            reason = "FlashAttention-3 needs a Hopper GPU (compute capability 9.x)"
     return reason
 
 
@@ -318,6 +334,11 @@ KERNELS: dict[str, AttentionKernel] = {
         AttentionKernel("math", ("cpu", "cuda", "xpu"), None, _math_unsupported, _math_attention),
     )
 }
+
+
+for _kernel in KERNELS.values():
+    if _kernel.requires_module is not None:
+        _module_installed(_kernel.requires_module)
 
 
 def available_kernels(device_type: str) -> list[str]:
