@@ -290,6 +290,12 @@ def child(name: str, args) -> int:
         os.environ.setdefault(var, value)
     init_distributed()
     cuda = torch.cuda.is_available()
+    if cuda and args.gpu_cap_gib:
+        # A smaller GPU on this one: the caching allocator refuses to hold more than the cap
+        # (an out-of-memory error past it, as on a device of that size).
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_cap_gib * GIB / total))
+        log(f"{name}: GPU memory capped at {args.gpu_cap_gib:.0f} GiB of {total / GIB:.0f} GiB")
     nvme = Path(args.nvme_dir) / name
     shutil.rmtree(nvme, ignore_errors=True)
     nvme.mkdir(parents=True, exist_ok=True)
@@ -407,6 +413,10 @@ def main() -> int:
     parser.add_argument("--runs", default="nvme,cpu", help="comma list of nvme, cpu")
     parser.add_argument("--model", default="7b")
     parser.add_argument("--n-layers", type=int, default=24, help="the preset's depth (0: the preset's own)")
+    parser.add_argument("--cpu-n-layers", type=int, default=None,
+                        help="the cpu run's depth, when it differs from --n-layers (it is shrunk to fit the host anyway)")
+    parser.add_argument("--gpu-cap-gib", type=float, default=0.0,
+                        help="train as on a GPU of this size (torch.cuda.set_per_process_memory_fraction); 0: all of it")
     parser.add_argument("--check-model", default="30b", help="a model whose fit is only reported (issue 14's 30b)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--global-batch", type=int, default=4)
@@ -448,7 +458,7 @@ def main() -> int:
                "nvme_dir_block_device": getattr(block_device_stat(Path(args.nvme_dir)), "parent", Path("none")).name}
     log(f"machine: {json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in machine.items()})}")
     cfg = model_config(args.model, args.n_layers)
-    report: dict = {"machine": machine, "seq": args.seq, "global_batch": args.global_batch, "mbs": args.mbs,
+    report: dict = {"machine": machine, "gpu_cap_gib": args.gpu_cap_gib or None, "seq": args.seq, "global_batch": args.global_batch, "mbs": args.mbs,
                     "ops_load_s": op_seconds, "runs": []}
     for key, model in (("model", cfg), ("check_model", model_config(args.check_model, None))):
         view = planner_view(model, args, machine)
@@ -483,9 +493,11 @@ def main() -> int:
         available = available_gib()
         allowed = HOST_HEADROOM * available
         run_cfg, extra = cfg, ()
-        peak = host_peak(cfg, name, optimizer_on)
+        if name == "cpu" and args.cpu_n_layers:
+            run_cfg, extra = model_config(args.model, args.cpu_n_layers), ("--n-layers", str(args.cpu_n_layers))
+        peak = host_peak(run_cfg, name, optimizer_on)
         if peak["gib"] > allowed:
-            depth = fitting_depth(cfg, name, optimizer_on, allowed)
+            depth = fitting_depth(run_cfg, name, optimizer_on, allowed)
             why = (f"its predicted host peak, {peak['gib']:.0f} GiB "
                    f"({', '.join(f'{k} {v:.1f}' for k, v in peak['parts_gib'].items())}), is more than "
                    f"{HOST_HEADROOM:.0%} of the {available:.0f} GiB available")

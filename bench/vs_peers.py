@@ -46,8 +46,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import gzip
 import json
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -221,6 +223,9 @@ def main() -> int:
     parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
                         help=f"profile N steps after the timed ones of {', '.join(sorted(PROFILED))}: top kernels, "
                              "their categories and the GPU's idle share (0: no profile)")
+    parser.add_argument("--trace", action="store_true",
+                        help="with --profile-steps: also write each profiled contender's timeline to "
+                             "OUT_DIR/trace-NAME.json.gz (chrome://tracing, Perfetto)")
     parser.add_argument("--only", type=lambda s: {n.strip() for n in s.split(",") if n.strip()}, default=set(),
                         metavar="NAME,NAME", help="run only the contenders of these names (as the tables print them)")
     parser.add_argument("--smoke", action="store_true",
@@ -252,7 +257,8 @@ def main() -> int:
         if left < min(c.timeout_s, 120):
             rows.append({**asdict(c), "status": f"skipped: {left:.0f} s of the budget left"})
             continue
-        spec = {**asdict(c), "scratch": str(scratch), "alphaexa_sets": args.alphaexa_set}
+        spec = {**asdict(c), "scratch": str(scratch), "alphaexa_sets": args.alphaexa_set,
+                "trace_dir": str(out_dir.resolve()) if args.trace else None}
         row, log = _run_contender(c, spec, min(c.timeout_s, left))
         rows.append(row)
         logs.append(f"===== {c.section} / {c.name}: {row['status']}\n{log[-6000:]}\n")
@@ -294,7 +300,13 @@ def _run_contender(c: Contender, spec: dict, timeout: float) -> tuple[dict, str]
 
 
 # ------------------------------------------------------------------------------ workers
+TRACE_PATH: Path | None = None  # --trace: where the worker's profiler writes its timeline
+
+
 def _worker(spec: dict) -> int:
+    global TRACE_PATH
+    if spec.get("trace_dir"):
+        TRACE_PATH = Path(spec["trace_dir"]) / ("trace-" + re.sub(r"[^a-z0-9]+", "-", spec["name"].lower()) + ".json.gz")
     window = spec["options"].get("window", 0)
     m = model_fields(spec["shape"], spec["seq"], window)
     tokens = spec["batch"] * spec["seq"]
@@ -399,12 +411,17 @@ class _StepProfiler:
         _synchronize()
         wall_ns = (time.perf_counter() - self.begun) * 1e9
         self.profile.__exit__(None, None, None)
+        if TRACE_PATH is not None:  # --trace: the whole timeline, for chrome://tracing or Perfetto
+            raw = TRACE_PATH.with_suffix("")
+            self.profile.export_chrome_trace(str(raw))
+            with open(raw, "rb") as source, gzip.open(TRACE_PATH, "wb") as target:
+                shutil.copyfileobj(source, target)
+            raw.unlink()
         return kernel_summary(self.profile.events(), wall_ns, self.steps)
 
 
 def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
     """Top kernels and categories (``PROFILE_CATEGORIES``) by their share of ``wall_ns``, and the idle share."""
-    import re
 
     from torch.autograd import DeviceType
 
@@ -413,7 +430,8 @@ def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
     wanted = DeviceType.CUDA if DEVICE == "cuda" else DeviceType.CPU
     spans, per_name = [], {}
     for e in events:
-        if e.device_type != wanted:
+        # User annotations (``Optimizer.step#AdamW.step``) span kernels listed in their own right.
+        if e.device_type != wanted or getattr(e, "is_user_annotation", False):
             continue
         begin, end = e.time_range.start * 1000, e.time_range.end * 1000
         spans.append((begin, end))
