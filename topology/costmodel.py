@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 from .hardware import GIB, Device, Link, System
 from .layout import RECOMPUTE_MODES, Layout, expert_shard_dim
-from .modelcfg import ModelConfig, ffn_params, flops_per_token, norm_params
+from .modelcfg import ConfigError, ModelConfig, ffn_params, flops_per_token, norm_params
 from .support import compiled_by_default
 
 WEIGHT_BYTES = 2  # bf16 weights
@@ -396,7 +396,12 @@ WINDOW_KERNEL_SCALE = 131.2 / 272.9
 
 
 def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int, ep: int, mbs: int,
-               seq: int, pp_stride: int, impl: Implementation = ALPHAEXA) -> LayerCost:
+               seq: int, pp_stride: int, impl: Implementation = ALPHAEXA, etp: int = 0) -> LayerCost:
+    """Per micro-batch costs of one dense and one MoE layer.  ``etp`` (expert tensor parallel, 0 = tp):
+    the routed experts are split ``etp`` ways; with etp != tp the expert-parallel groups are folded over
+    the tensor- and data-parallel ranks (Megatron's parallel folding): each rank routes its own 1/tp
+    sequence-parallel share of the tokens, experts see ``etp`` ranks' tokens at 1/etp of their width."""
+    etp = etp or tp
     dev = system.node.device
     attention_scale = impl.attention_scale
     if model.sliding_window and model.sliding_window < seq:
@@ -440,15 +445,15 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     if is_moe:
         cf = model.capacity_factor or 1.0
         local_experts = model.n_experts / ep
-        rows_per_expert = tokens * model.top_k * cf * ep / model.n_experts
+        rows_per_expert = tokens / t * etp * model.top_k * cf * ep / model.n_experts
         routed = rows_per_expert * local_experts
         gg = grouped_gemm_seconds
-        experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / t, h) \
-            + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / t)
+        experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / etp, h) \
+            + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / etp)
         shared_width = model.n_shared_experts * model.moe_d_ff
         shared = ffn(shared_width, tokens) if shared_width else 0.0
         router = g(dev, tokens, model.n_experts, h)
-        moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / t + MOE_ROW_BYTES * h)
+        moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + MOE_ROW_BYTES * h)
                      + tokens * MOE_TOKEN_BYTES * h + (tokens * (act_bytes * shared_width / t + RESIDUAL_BYTES * h)
                                                         if shared_width else 0.0))
         moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
@@ -463,7 +468,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
         if ep > 1 and not impl.ep_overlap:
-            ep_path = comm_path(system, ep, tp)
+            ep_path = comm_path(system, ep, etp)  # ep ranks etp apart: tp apart for the trainer
             ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
     tp_fwd = 0.0
     if tp > 1:
@@ -506,7 +511,7 @@ class LayerParams:
     head: float
 
 
-def layer_params(model: ModelConfig, tp: int, ep: int) -> LayerParams:
+def layer_params(model: ModelConfig, tp: int, ep: int, etp: int = 0) -> LayerParams:
     d = model.d_model
     attn = d * model.q_dim + 2 * d * model.kv_dim + model.q_dim * d
     norms = 2 * norm_params(model)
@@ -515,7 +520,7 @@ def layer_params(model: ModelConfig, tp: int, ep: int) -> LayerParams:
     return LayerParams(
         dense_layer=(attn + ffn_params(model, model.d_ff)) / tp + norms,
         moe_layer_dense=(attn + model.n_shared_experts * expert) / tp + d * model.n_experts + norms,
-        moe_layer_experts=model.n_experts * expert / (ep * tp) if model.is_moe else 0.0,
+        moe_layer_experts=model.n_experts * expert / (ep * (etp or tp)) if model.is_moe else 0.0,
         embed=vocab / tp + (model.max_seq_len * d if model.pos_encoding == "learned" else 0),
         head=(0 if model.tie_embeddings else vocab / tp) + norm_params(model),
     )
@@ -636,6 +641,10 @@ class Request:
     impl: Implementation = ALPHAEXA  # the framework whose step is predicted (the trainer by default)
     offload: str = "none"  # none | cpu | nvme: parameters, gradients and optimizer state off the device
     engine: str = "native"  # native (FSDP2) | deepspeed: who runs the step (the CPU optimizer differs)
+    # Expert tensor parallel of a published run (0: experts split tp ways and expert parallelism borrowing
+    # data-parallel ranks, as the trainer runs them; the planner never sets it).  k > 0: experts split k
+    # ways, ep x k x (expert data parallel) folded over tp x dp x cp ranks (Megatron's parallel folding).
+    expert_tp: int = 0
     _memo: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -661,7 +670,7 @@ class Request:
         key = ("lc", tp, cp, ep, mbs, pp_stride, impl.name)
         if key not in self._memo:
             self._memo[key] = layer_cost(self.model, self.system, self.world, tp, cp, ep, mbs,
-                                         self.seq_len, pp_stride, impl)
+                                         self.seq_len, pp_stride, impl, self.expert_tp)
         return self._memo[key]
 
     def profiles(self, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
@@ -679,7 +688,7 @@ class Request:
     def params(self, tp: int, ep: int) -> LayerParams:
         key = ("lp", tp, ep)
         if key not in self._memo:
-            self._memo[key] = layer_params(self.model, tp, ep)
+            self._memo[key] = layer_params(self.model, tp, ep, self.expert_tp)
         return self._memo[key]
 
 
@@ -818,10 +827,11 @@ def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replica
     if out is not None:
         return out
     dp = dp_replicate * dp_shard
+    etp = req.expert_tp or tp  # expert data-parallel group: the tp*dp*cp ranks over ep*etp, ep*etp apart
     if sharding == "none":
         dense_shards = expert_shards = expert_group = 1
         rep = req.path(dp * cp, tp)
-        exp_rep = req.path(dp * cp // ep, tp * ep)
+        exp_rep = req.path(dp * cp * tp // (ep * etp), etp * ep)
     else:
         dense_shards = dp_shard * cp
         rep = req.path(dp_replicate, dense_shards * tp)
@@ -830,15 +840,15 @@ def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replica
         else:
             # Their own FSDP unit over every rank holding the same experts (all of edp, HSDP's
             # replicas included), never replicated; the fullest rank sets the memory.
-            expert_group = dp * cp // ep
+            expert_group = dp * cp * tp // (ep * etp)
             expert_shards = fullest_expert_shards(req.model, ep, expert_group)
-            exp_rep = req.path(1, tp * ep * expert_group)
+            exp_rep = req.path(1, etp * ep * expert_group)
     zd = zero_bytes_per_param(sharding, dense_shards)
     zx = zero_bytes_per_param(sharding, expert_shards)
     resident = 0.0 if req.offload != "none" else 1.0  # offloaded: the sharded state lives off the device
     out = DPGroups(dense_shards, expert_shards, resident * sum(zd.values()), resident * sum(zx.values()),
                    (2 * WEIGHT_BYTES + GRAD_BYTES) if sharding == "zero3" else 0.0,
-                   req.path(dense_shards, tp), req.path(expert_group, tp * ep), rep, exp_rep)
+                   req.path(dense_shards, tp), req.path(expert_group, etp * ep), rep, exp_rep)
     memo[key] = out
     return out
 
@@ -1024,8 +1034,20 @@ def structure_of(req: Request, lay: Layout) -> Structure:
 
 def estimate(req: Request, layout: Layout) -> Estimate:
     """Validate and cost one layout (dp_shard=-1 resolved against the request's world)."""
-    lay = layout.resolve(req.world)
-    lay.validate(world=req.world, model=req.model, global_batch=req.global_batch, seq_len=req.seq_len)
+    if req.expert_tp:  # resolve without the trainer's ep rule, checked below by the folded one
+        lay = dataclasses.replace(dataclasses.replace(layout, ep=1).resolve(req.world), ep=layout.ep)
+    else:
+        lay = layout.resolve(req.world)
+    if req.expert_tp:  # folded expert parallelism: ep x etp must tile the tp x dp x cp ranks instead
+        if lay.ep > 1 and (lay.tp * lay.dp * lay.cp) % (lay.ep * req.expert_tp):
+            raise ConfigError(f"ep={lay.ep} x expert_tp={req.expert_tp} does not divide tp*dp*cp = "
+                              f"{lay.tp * lay.dp * lay.cp}")
+        if req.model.is_moe and (req.model.n_experts % lay.ep or req.model.moe_d_ff % req.expert_tp):
+            raise ConfigError(f"ep={lay.ep} / expert_tp={req.expert_tp} do not divide the experts of {req.model.name}")
+        dataclasses.replace(lay, ep=1).validate(world=req.world, model=req.model, global_batch=req.global_batch,
+                                                seq_len=req.seq_len)
+    else:
+        lay.validate(world=req.world, model=req.model, global_batch=req.global_batch, seq_len=req.seq_len)
     st = structure_of(req, lay)
     g = dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
     memory, mem_stage = memory_breakdown(req, st, g, lay.sharding)
