@@ -388,6 +388,19 @@ def expected_destinations(n_experts: int, top_k: int, ep: int) -> float:
     return ep * (1.0 - miss)
 
 
+def deepep_internode_seconds(token_bytes: float, rank_copies: float, node_copies: float, path: CommPath) -> float:
+    """One DeepEP dispatch (or combine) over ``path.nodes`` nodes: each of a rank's tokens (``token_bytes``
+    in all) goes over the network once to each remote node holding one of its experts (``node_copies``
+    nodes on average), then over NVLink to each rank there that holds one (``rank_copies`` ranks in all).
+    The two legs are pipelined; the slower sets the time."""
+    remote_nodes = node_copies * (path.nodes - 1) / path.nodes
+    t_inter = token_bytes * remote_nodes / (path.inter_gbps * 1e9)
+    t_intra = _move(token_bytes * rank_copies * (path.k - 1) / path.k, path.intra, 0.0) if path.k > 1 else 0.0
+    latency = path.inter_latency_us * math.ceil(math.log2(path.nodes)) + (
+        path.intra.latency_us * math.ceil(math.log2(path.k)) if path.k > 1 and path.intra else 0.0)
+    return path.call_us * 1e-6 + max(t_inter, t_intra) + latency * 1e-6
+
+
 # A sliding window runs through the registry's block-sparse kernel (FlexAttention), which reaches about
 # half the rate of the fused causal kernels per FLOP it computes: on an H200 (2026-12-04, bench/vs_peers.py's
 # attention section, 1b's heads, 8 x 2048 tokens, fwd + bwd) 131.2 TFLOP/s with a 512-token window
@@ -469,7 +482,13 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         moe_buffer = 2 * dispatched
         if ep > 1 and not impl.ep_overlap:
             ep_path = comm_path(system, ep, etp)  # ep ranks etp apart: tp apart for the trainer
-            ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
+            if impl.ep_dedup and ep_path.nodes > 1:
+                # DeepEP across nodes: a token crosses the network once per destination node (to the
+                # same-index GPU there), which forwards it over NVLink to that node's ranks
+                node_copies = expected_destinations(model.n_experts, model.top_k, ep_path.nodes)
+                ep_fwd = 2 * deepep_internode_seconds(tokens / t * h * 2, copies, node_copies, ep_path)
+            else:
+                ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
     tp_fwd = 0.0
     if tp > 1:
         tp_path = comm_path(system, tp, 1)
