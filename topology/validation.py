@@ -84,6 +84,9 @@ class Run:
             return tokens / self.measured
         if self.measured_kind == "tokens_per_s_per_gpu":
             return tokens / (self.measured * self.gpus)
+        if self.measured_kind == "megatron2025_tflops_per_gpu":
+            return megatron2025_flops_per_token(model_of(self), self.seq_len) * tokens / (
+                self.measured * 1e12 * self.gpus)
         if self.measured_kind == "megatron2021_tflops_per_gpu":  # Narayanan et al. 2021, Eq. 3
             m = _data(str(DATA))["models"][self.model]
             l, h, v = m["n_layers"], m["d_model"], m["vocab_size"]
@@ -93,11 +96,12 @@ class Run:
         raise ConfigError(f"run {self.id}: unknown measured_kind {self.measured_kind!r}")
 
     def layout(self) -> Layout:
-        dp = self.gpus // (self.tp * self.pp)
+        cp = row_options(self).get("cp", 1)
+        dp = self.gpus // (self.tp * self.pp * cp)
         schedule = "interleaved1f1b" if self.vpp > 1 else "1f1b"
         sharded = self.sharding != "none"
         return Layout(tp=self.tp, pp=self.pp, vpp=self.vpp, dp_replicate=1 if sharded else dp,
-                      dp_shard=dp if sharded else 1, ep=self.ep, mbs=self.mbs, schedule=schedule,
+                      dp_shard=dp if sharded else 1, ep=self.ep, cp=cp, mbs=self.mbs, schedule=schedule,
                       recompute=self.recompute, sharding=self.sharding)
 
 
@@ -126,10 +130,26 @@ def system_of(run: Run, path: Path = DATA) -> System:
     return system_from_dict(dict(_data(str(path))["systems"][run.system]), where=f"systems.{run.system}")
 
 
+def row_options(run: Run, path: Path = DATA) -> dict:
+    """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe)."""
+    return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
+
+
 def expert_tp_of(run: Run, path: Path = DATA) -> int:
     """The source's expert tensor-parallel size where it folds expert parallelism over tp x dp (0: the
     trainer's rule, experts split tp ways)."""
-    return _data(str(path)).get("expert_tensor_parallel", {}).get("rows", {}).get(run.id, 0)
+    return row_options(run, path).get("etp", 0)
+
+
+def megatron2025_flops_per_token(model: ModelConfig, seq: int) -> float:
+    """Megatron-LM's own FLOP count per token of a GQA transformer (fwd + bwd; training.py at 1e05700595):
+    what its logged TFLOP/s divide by.  Causal attention counted half, no recomputation."""
+    h, layers = model.d_model, model.n_layers
+    n_moe = len(model.moe_layer_indices()) if model.is_moe else 0
+    ffn = ((layers - n_moe) * model.d_ff + n_moe * model.top_k * model.moe_d_ff
+           + n_moe * model.n_shared_experts * model.moe_d_ff) * (1.5 if model.ffn_type == "swiglu" else 1.0)
+    attn = layers * h * h * (1 + model.kv_dim / model.q_dim + seq / h / 2) * (model.q_dim / h)
+    return 12 * h * ffn + 12 * attn + 6 * h * model.vocab_size
 
 
 def implementation_of(run: Run) -> cm.Implementation:
