@@ -276,6 +276,8 @@ class LayerCost:
     moe_buffer: float  # all-to-all send+receive buffers of one MoE layer (transient)
     logits: float  # bytes of the last stage's logits for one micro-batch
     p2p: float  # one stage-boundary send (s) on the pipeline path
+    moe_block_fwd: float = 0.0  # router, routed and shared experts and their elementwise work (no attention)
+    norm_fwd: float = 0.0  # the two norms of a layer
 
 
 BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
@@ -451,7 +453,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                                    common_kernels + act_kernels)
     fwd_dense = dense_gemms + dense_ew + attn_core
     bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
-    fwd_moe = bwd_moe = 0.0
+    fwd_moe = bwd_moe = moe_block_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
     is_moe = model.is_moe
@@ -472,6 +474,9 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
         moe_gemms = attn_gemm + experts + shared + router
         moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
+        moe_block_fwd = experts + shared + router + elementwise_seconds(
+            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + (
+            dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + attn_core + (dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
@@ -514,8 +519,9 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     p2p = 0.0
     if pp_stride < world:
         p2p = collective_seconds("p2p", 2.0 * tokens * h / t, comm_path(system, 2, pp_stride))
+    norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
     return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
-                     cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p)
+                     cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd)
 
 
 # ------------------------------------------------------------ parameters
@@ -664,6 +670,9 @@ class Request:
     # data-parallel ranks, as the trainer runs them; the planner never sets it).  k > 0: experts split k
     # ways, ep x k x (expert data parallel) folded over tp x dp x cp ranks (Megatron's parallel folding).
     expert_tp: int = 0
+    # A published run that recomputes each MoE block (router, dispatch, experts, combine) and the norms in the
+    # backward on top of its recompute mode (Megatron --recompute-modules layernorm moe); never the trainer.
+    recompute_moe: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -791,6 +800,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
                 redo = n_layers * lc.attn_fwd
             else:
                 redo = 0.0
+            if req.recompute_moe and mode != "full":
+                redo += prof.n_moe * (lc.moe_block_fwd + lc.ep_fwd) + n_layers * lc.norm_fwd
             t_b = bwd + tp_comm + ep_comm + redo
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers)))

@@ -163,7 +163,7 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
     system = system or system_of(run, path)
     nodes = run.gpus // system.ranks_per_node
     req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, implementation_of(run),
-                     expert_tp=expert_tp_of(run, path))
+                     expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False))
     return cm.estimate(req, run.layout())
 
 
