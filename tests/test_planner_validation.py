@@ -133,6 +133,22 @@ def test_expert_tensor_parallel_folds_expert_parallelism_over_tensor_and_data_ra
     assert a.ep_fwd < b.ep_fwd  # the all-to-all stays on NVLink
 
 
+def test_recomputing_the_moe_block_repeats_its_experts_and_dispatch_once_per_micro_batch():
+    run = next(r for r in v.load_runs() if r.id == "modelzoo-qwen3-235b-lc-16k")
+    assert v.row_options(run) == {"etp": 1, "cp": 1, "recompute_moe": True}
+    reqs = [cm.Request(v.model_of(run), v.system_of(run), 32, run.global_batch, run.seq_len, v.implementation_of(run),
+                       expert_tp=1, recompute_moe=k) for k in (True, False)]
+    lay = run.layout()
+    with_moe, without = (cm.structure_of(r, lay.resolve(256)) for r in reqs)
+    lc = reqs[0].layer_cost(4, 1, 8, 1, 4 * 8)
+    assert 0 < lc.moe_block_fwd < lc.fwd_moe - lc.attn_fwd and lc.norm_fwd > 0
+    profiles = reqs[0].profiles(lay.pp, lay.vpp, lay.schedule)
+    for a, b, prof in zip(with_moe.stages, without.stages, profiles):
+        extra = prof.n_moe * (lc.moe_block_fwd + lc.ep_fwd) + (prof.n_moe + prof.n_dense) * lc.norm_fwd
+        assert a.recompute - b.recompute == pytest.approx(extra) and a.t_b - b.t_b == pytest.approx(extra)
+    assert cm.estimate(reqs[0], lay).step_time_s > cm.estimate(reqs[1], lay).step_time_s
+
+
 def test_deepep_crosses_the_network_once_per_destination_node():
     model, system = get_preset("1b-moe").replace(n_experts=128, top_k=8), load_system("dgx-h100")
     path = cm.comm_path(system, 32, 1)  # 4 nodes
@@ -146,6 +162,14 @@ def test_deepep_crosses_the_network_once_per_destination_node():
     per_rank = cm.layer_cost(model, system, 32, 1, 1, 32, 1, 4096, 32,
                              dataclasses.replace(v.IMPLEMENTATIONS["megatron-core"], ep_dedup=False))
     assert deepep.ep_fwd < 0.6 * per_rank.ep_fwd
+
+
+def test_an_overlapped_expert_all_to_all_costs_the_contention_share_of_its_time():
+    model, system = get_preset("1b-moe").replace(n_experts=64, top_k=8), load_system("h200-x8")
+    core = v.IMPLEMENTATIONS["megatron-core"]
+    plain = cm.layer_cost(model, system, 8, 1, 1, 8, 4, 2048, 8, core)
+    hidden = cm.layer_cost(model, system, 8, 1, 1, 8, 4, 2048, 8, dataclasses.replace(core, ep_overlap=True))
+    assert plain.ep_fwd > 0 and hidden.ep_fwd == pytest.approx(cm.DP_OVERLAP_CONTENTION * plain.ep_fwd)
 
 
 def test_fused_kernels_and_unfused_attention_change_what_they_should():

@@ -485,7 +485,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             else model.top_k * cf
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
-        if ep > 1 and not impl.ep_overlap:
+        if ep > 1:
             ep_path = comm_path(system, ep, etp)  # ep ranks etp apart: tp apart for the trainer
             if impl.ep_dedup and ep_path.nodes > 1:
                 # DeepEP across nodes: a token crosses the network once per destination node (to the
@@ -494,6 +494,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                 ep_fwd = 2 * deepep_internode_seconds(tokens / t * h * 2, copies, node_copies, ep_path)
             else:
                 ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
+            if impl.ep_overlap:
+                # hidden behind another micro-batch's compute, whose kernels it still slows (SMs, HBM
+                # bandwidth): the share that overlapped data-parallel traffic costs
+                ep_fwd *= DP_OVERLAP_CONTENTION
     tp_fwd = 0.0
     if tp > 1:
         tp_path = comm_path(system, tp, 1)
