@@ -50,6 +50,9 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
 }
+# Megatron's plain all-to-all dispatcher: a token goes once to each of its routed experts (no DeepEP dedup)
+IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
+                                               ep_dedup=False)
 EP_OVERLAP_SUFFIX = "+ep-overlap"
 
 
