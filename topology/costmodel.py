@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 
 from .hardware import GIB, Device, Link, System
 from .layout import RECOMPUTE_MODES, Layout, expert_shard_dim
-from .modelcfg import ModelConfig, ffn_params, flops_per_token, norm_params
+from .modelcfg import ConfigError, ModelConfig, ffn_params, flops_per_token, norm_params
 from .support import compiled_by_default
 
 WEIGHT_BYTES = 2  # bf16 weights
@@ -276,6 +276,8 @@ class LayerCost:
     moe_buffer: float  # all-to-all send+receive buffers of one MoE layer (transient)
     logits: float  # bytes of the last stage's logits for one micro-batch
     p2p: float  # one stage-boundary send (s) on the pipeline path
+    moe_block_fwd: float = 0.0  # router, routed and shared experts and their elementwise work (no attention)
+    norm_fwd: float = 0.0  # the two norms of a layer
 
 
 BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
@@ -388,6 +390,19 @@ def expected_destinations(n_experts: int, top_k: int, ep: int) -> float:
     return ep * (1.0 - miss)
 
 
+def deepep_internode_seconds(token_bytes: float, rank_copies: float, node_copies: float, path: CommPath) -> float:
+    """One DeepEP dispatch (or combine) over ``path.nodes`` nodes: each of a rank's tokens (``token_bytes``
+    in all) goes over the network once to each remote node holding one of its experts (``node_copies``
+    nodes on average), then over NVLink to each rank there that holds one (``rank_copies`` ranks in all).
+    The two legs are pipelined; the slower sets the time."""
+    remote_nodes = node_copies * (path.nodes - 1) / path.nodes
+    t_inter = token_bytes * remote_nodes / (path.inter_gbps * 1e9)
+    t_intra = _move(token_bytes * rank_copies * (path.k - 1) / path.k, path.intra, 0.0) if path.k > 1 else 0.0
+    latency = path.inter_latency_us * math.ceil(math.log2(path.nodes)) + (
+        path.intra.latency_us * math.ceil(math.log2(path.k)) if path.k > 1 and path.intra else 0.0)
+    return path.call_us * 1e-6 + max(t_inter, t_intra) + latency * 1e-6
+
+
 # A sliding window runs through the registry's block-sparse kernel (FlexAttention), which reaches about
 # half the rate of the fused causal kernels per FLOP it computes: on an H200 (2026-12-04, bench/vs_peers.py's
 # attention section, 1b's heads, 8 x 2048 tokens, fwd + bwd) 131.2 TFLOP/s with a 512-token window
@@ -396,7 +411,12 @@ WINDOW_KERNEL_SCALE = 131.2 / 272.9
 
 
 def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int, ep: int, mbs: int,
-               seq: int, pp_stride: int, impl: Implementation = ALPHAEXA) -> LayerCost:
+               seq: int, pp_stride: int, impl: Implementation = ALPHAEXA, etp: int = 0) -> LayerCost:
+    """Per micro-batch costs of one dense and one MoE layer.  ``etp`` (expert tensor parallel, 0 = tp):
+    the routed experts are split ``etp`` ways; with etp != tp the expert-parallel groups are folded over
+    the tensor- and data-parallel ranks (Megatron's parallel folding): each rank routes its own 1/tp
+    sequence-parallel share of the tokens, experts see ``etp`` ranks' tokens at 1/etp of their width."""
+    etp = etp or tp
     dev = system.node.device
     attention_scale = impl.attention_scale
     if model.sliding_window and model.sliding_window < seq:
@@ -433,27 +453,30 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                                    common_kernels + act_kernels)
     fwd_dense = dense_gemms + dense_ew + attn_core
     bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
-    fwd_moe = bwd_moe = 0.0
+    fwd_moe = bwd_moe = moe_block_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
     is_moe = model.is_moe
     if is_moe:
         cf = model.capacity_factor or 1.0
         local_experts = model.n_experts / ep
-        rows_per_expert = tokens * model.top_k * cf * ep / model.n_experts
+        rows_per_expert = tokens / t * etp * model.top_k * cf * ep / model.n_experts
         routed = rows_per_expert * local_experts
         gg = grouped_gemm_seconds
-        experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / t, h) \
-            + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / t)
+        experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / etp, h) \
+            + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / etp)
         shared_width = model.n_shared_experts * model.moe_d_ff
         shared = ffn(shared_width, tokens) if shared_width else 0.0
         router = g(dev, tokens, model.n_experts, h)
-        moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / t + MOE_ROW_BYTES * h)
+        moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + MOE_ROW_BYTES * h)
                      + tokens * MOE_TOKEN_BYTES * h + (tokens * (act_bytes * shared_width / t + RESIDUAL_BYTES * h)
                                                         if shared_width else 0.0))
         moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
         moe_gemms = attn_gemm + experts + shared + router
         moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
+        moe_block_fwd = experts + shared + router + elementwise_seconds(
+            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + (
+            dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + attn_core + (dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
@@ -462,9 +485,19 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             else model.top_k * cf
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
-        if ep > 1 and not impl.ep_overlap:
-            ep_path = comm_path(system, ep, tp)
-            ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
+        if ep > 1:
+            ep_path = comm_path(system, ep, etp)  # ep ranks etp apart: tp apart for the trainer
+            if impl.ep_dedup and ep_path.nodes > 1:
+                # DeepEP across nodes: a token crosses the network once per destination node (to the
+                # same-index GPU there), which forwards it over NVLink to that node's ranks
+                node_copies = expected_destinations(model.n_experts, model.top_k, ep_path.nodes)
+                ep_fwd = 2 * deepep_internode_seconds(tokens / t * h * 2, copies, node_copies, ep_path)
+            else:
+                ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
+            if impl.ep_overlap:
+                # hidden behind another micro-batch's compute, whose kernels it still slows (SMs, HBM
+                # bandwidth): the share that overlapped data-parallel traffic costs
+                ep_fwd *= DP_OVERLAP_CONTENTION
     tp_fwd = 0.0
     if tp > 1:
         tp_path = comm_path(system, tp, 1)
@@ -490,8 +523,9 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     p2p = 0.0
     if pp_stride < world:
         p2p = collective_seconds("p2p", 2.0 * tokens * h / t, comm_path(system, 2, pp_stride))
+    norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
     return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
-                     cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p)
+                     cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd)
 
 
 # ------------------------------------------------------------ parameters
@@ -506,7 +540,7 @@ class LayerParams:
     head: float
 
 
-def layer_params(model: ModelConfig, tp: int, ep: int) -> LayerParams:
+def layer_params(model: ModelConfig, tp: int, ep: int, etp: int = 0) -> LayerParams:
     d = model.d_model
     attn = d * model.q_dim + 2 * d * model.kv_dim + model.q_dim * d
     norms = 2 * norm_params(model)
@@ -515,7 +549,7 @@ def layer_params(model: ModelConfig, tp: int, ep: int) -> LayerParams:
     return LayerParams(
         dense_layer=(attn + ffn_params(model, model.d_ff)) / tp + norms,
         moe_layer_dense=(attn + model.n_shared_experts * expert) / tp + d * model.n_experts + norms,
-        moe_layer_experts=model.n_experts * expert / (ep * tp) if model.is_moe else 0.0,
+        moe_layer_experts=model.n_experts * expert / (ep * (etp or tp)) if model.is_moe else 0.0,
         embed=vocab / tp + (model.max_seq_len * d if model.pos_encoding == "learned" else 0),
         head=(0 if model.tie_embeddings else vocab / tp) + norm_params(model),
     )
@@ -636,6 +670,13 @@ class Request:
     impl: Implementation = ALPHAEXA  # the framework whose step is predicted (the trainer by default)
     offload: str = "none"  # none | cpu | nvme: parameters, gradients and optimizer state off the device
     engine: str = "native"  # native (FSDP2) | deepspeed: who runs the step (the CPU optimizer differs)
+    # Expert tensor parallel of a published run (0: experts split tp ways and expert parallelism borrowing
+    # data-parallel ranks, as the trainer runs them; the planner never sets it).  k > 0: experts split k
+    # ways, ep x k x (expert data parallel) folded over tp x dp x cp ranks (Megatron's parallel folding).
+    expert_tp: int = 0
+    # A published run that recomputes each MoE block (router, dispatch, experts, combine) and the norms in the
+    # backward on top of its recompute mode (Megatron --recompute-modules layernorm moe); never the trainer.
+    recompute_moe: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -661,7 +702,7 @@ class Request:
         key = ("lc", tp, cp, ep, mbs, pp_stride, impl.name)
         if key not in self._memo:
             self._memo[key] = layer_cost(self.model, self.system, self.world, tp, cp, ep, mbs,
-                                         self.seq_len, pp_stride, impl)
+                                         self.seq_len, pp_stride, impl, self.expert_tp)
         return self._memo[key]
 
     def profiles(self, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
@@ -679,7 +720,7 @@ class Request:
     def params(self, tp: int, ep: int) -> LayerParams:
         key = ("lp", tp, ep)
         if key not in self._memo:
-            self._memo[key] = layer_params(self.model, tp, ep)
+            self._memo[key] = layer_params(self.model, tp, ep, self.expert_tp)
         return self._memo[key]
 
 
@@ -763,6 +804,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
                 redo = n_layers * lc.attn_fwd
             else:
                 redo = 0.0
+            if req.recompute_moe and mode != "full":
+                redo += prof.n_moe * (lc.moe_block_fwd + lc.ep_fwd) + n_layers * lc.norm_fwd
             t_b = bwd + tp_comm + ep_comm + redo
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers)))
@@ -818,10 +861,11 @@ def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replica
     if out is not None:
         return out
     dp = dp_replicate * dp_shard
+    etp = req.expert_tp or tp  # expert data-parallel group: the tp*dp*cp ranks over ep*etp, ep*etp apart
     if sharding == "none":
         dense_shards = expert_shards = expert_group = 1
         rep = req.path(dp * cp, tp)
-        exp_rep = req.path(dp * cp // ep, tp * ep)
+        exp_rep = req.path(dp * cp * tp // (ep * etp), etp * ep)
     else:
         dense_shards = dp_shard * cp
         rep = req.path(dp_replicate, dense_shards * tp)
@@ -830,15 +874,15 @@ def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replica
         else:
             # Their own FSDP unit over every rank holding the same experts (all of edp, HSDP's
             # replicas included), never replicated; the fullest rank sets the memory.
-            expert_group = dp * cp // ep
+            expert_group = dp * cp * tp // (ep * etp)
             expert_shards = fullest_expert_shards(req.model, ep, expert_group)
-            exp_rep = req.path(1, tp * ep * expert_group)
+            exp_rep = req.path(1, etp * ep * expert_group)
     zd = zero_bytes_per_param(sharding, dense_shards)
     zx = zero_bytes_per_param(sharding, expert_shards)
     resident = 0.0 if req.offload != "none" else 1.0  # offloaded: the sharded state lives off the device
     out = DPGroups(dense_shards, expert_shards, resident * sum(zd.values()), resident * sum(zx.values()),
                    (2 * WEIGHT_BYTES + GRAD_BYTES) if sharding == "zero3" else 0.0,
-                   req.path(dense_shards, tp), req.path(expert_group, tp * ep), rep, exp_rep)
+                   req.path(dense_shards, tp), req.path(expert_group, etp * ep), rep, exp_rep)
     memo[key] = out
     return out
 
@@ -1024,8 +1068,20 @@ def structure_of(req: Request, lay: Layout) -> Structure:
 
 def estimate(req: Request, layout: Layout) -> Estimate:
     """Validate and cost one layout (dp_shard=-1 resolved against the request's world)."""
-    lay = layout.resolve(req.world)
-    lay.validate(world=req.world, model=req.model, global_batch=req.global_batch, seq_len=req.seq_len)
+    if req.expert_tp:  # resolve without the trainer's ep rule, checked below by the folded one
+        lay = dataclasses.replace(dataclasses.replace(layout, ep=1).resolve(req.world), ep=layout.ep)
+    else:
+        lay = layout.resolve(req.world)
+    if req.expert_tp:  # folded expert parallelism: ep x etp must tile the tp x dp x cp ranks instead
+        if lay.ep > 1 and (lay.tp * lay.dp * lay.cp) % (lay.ep * req.expert_tp):
+            raise ConfigError(f"ep={lay.ep} x expert_tp={req.expert_tp} does not divide tp*dp*cp = "
+                              f"{lay.tp * lay.dp * lay.cp}")
+        if req.model.is_moe and (req.model.n_experts % lay.ep or req.model.moe_d_ff % req.expert_tp):
+            raise ConfigError(f"ep={lay.ep} / expert_tp={req.expert_tp} do not divide the experts of {req.model.name}")
+        dataclasses.replace(lay, ep=1).validate(world=req.world, model=req.model, global_batch=req.global_batch,
+                                                seq_len=req.seq_len)
+    else:
+        lay.validate(world=req.world, model=req.model, global_batch=req.global_batch, seq_len=req.seq_len)
     st = structure_of(req, lay)
     g = dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
     memory, mem_stage = memory_breakdown(req, st, g, lay.sharding)

@@ -50,6 +50,9 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
 }
+# Megatron's plain all-to-all dispatcher: a token goes once to each of its routed experts (no DeepEP dedup)
+IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
+                                               ep_dedup=False)
 EP_OVERLAP_SUFFIX = "+ep-overlap"
 
 
@@ -84,6 +87,9 @@ class Run:
             return tokens / self.measured
         if self.measured_kind == "tokens_per_s_per_gpu":
             return tokens / (self.measured * self.gpus)
+        if self.measured_kind == "megatron2025_tflops_per_gpu":
+            return megatron2025_flops_per_token(model_of(self), self.seq_len) * tokens / (
+                self.measured * 1e12 * self.gpus)
         if self.measured_kind == "megatron2021_tflops_per_gpu":  # Narayanan et al. 2021, Eq. 3
             m = _data(str(DATA))["models"][self.model]
             l, h, v = m["n_layers"], m["d_model"], m["vocab_size"]
@@ -93,11 +99,12 @@ class Run:
         raise ConfigError(f"run {self.id}: unknown measured_kind {self.measured_kind!r}")
 
     def layout(self) -> Layout:
-        dp = self.gpus // (self.tp * self.pp)
+        cp = row_options(self).get("cp", 1)
+        dp = self.gpus // (self.tp * self.pp * cp)
         schedule = "interleaved1f1b" if self.vpp > 1 else "1f1b"
         sharded = self.sharding != "none"
         return Layout(tp=self.tp, pp=self.pp, vpp=self.vpp, dp_replicate=1 if sharded else dp,
-                      dp_shard=dp if sharded else 1, ep=self.ep, mbs=self.mbs, schedule=schedule,
+                      dp_shard=dp if sharded else 1, ep=self.ep, cp=cp, mbs=self.mbs, schedule=schedule,
                       recompute=self.recompute, sharding=self.sharding)
 
 
@@ -126,6 +133,28 @@ def system_of(run: Run, path: Path = DATA) -> System:
     return system_from_dict(dict(_data(str(path))["systems"][run.system]), where=f"systems.{run.system}")
 
 
+def row_options(run: Run, path: Path = DATA) -> dict:
+    """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe)."""
+    return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
+
+
+def expert_tp_of(run: Run, path: Path = DATA) -> int:
+    """The source's expert tensor-parallel size where it folds expert parallelism over tp x dp (0: the
+    trainer's rule, experts split tp ways)."""
+    return row_options(run, path).get("etp", 0)
+
+
+def megatron2025_flops_per_token(model: ModelConfig, seq: int) -> float:
+    """Megatron-LM's own FLOP count per token of a GQA transformer (fwd + bwd; training.py at 1e05700595):
+    what its logged TFLOP/s divide by.  Causal attention counted half, no recomputation."""
+    h, layers = model.d_model, model.n_layers
+    n_moe = len(model.moe_layer_indices()) if model.is_moe else 0
+    ffn = ((layers - n_moe) * model.d_ff + n_moe * model.top_k * model.moe_d_ff
+           + n_moe * model.n_shared_experts * model.moe_d_ff) * (1.5 if model.ffn_type == "swiglu" else 1.0)
+    attn = layers * h * h * (1 + model.kv_dim / model.q_dim + seq / h / 2) * (model.q_dim / h)
+    return 12 * h * ffn + 12 * attn + 6 * h * model.vocab_size
+
+
 def implementation_of(run: Run) -> cm.Implementation:
     name, overlap, _ = run.implementation.partition(EP_OVERLAP_SUFFIX)
     impl = IMPLEMENTATIONS[name]
@@ -136,7 +165,8 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
     """The cost model's estimate of ``run`` (``system`` replaces the row's, e.g. with trial constants)."""
     system = system or system_of(run, path)
     nodes = run.gpus // system.ranks_per_node
-    req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, implementation_of(run))
+    req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, implementation_of(run),
+                     expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False))
     return cm.estimate(req, run.layout())
 
 
@@ -163,9 +193,9 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     out = {}
     groups = {split: [r for r in rows if r.run.split == split] for split in SPLITS}
     groups["heldout_moe"] = [r for r in groups["heldout"] if model_is_moe(r.run)]
-    unseen = set(_data(str(DATA)).get("unseen_rows", ()))
-    groups["heldout_seen"] = [r for r in groups["heldout"] if r.run.id not in unseen]
-    groups["heldout_unseen"] = [r for r in groups["heldout"] if r.run.id in unseen]
+    groups["heldout_seen"] = [r for r in groups["heldout"] if group_of(r.run) == "seen"]
+    groups["heldout_unseen"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen"]
+    groups["heldout_unseen4"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen4"]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -183,8 +213,10 @@ def table(rows: list[Row], markdown: bool = False) -> str:
     lines = []
     for r in rows:
         lay = r.run.layout()
+        etp = expert_tp_of(r.run)
         desc = f"tp{lay.tp} pp{lay.pp}" + (f"x{lay.vpp}" if lay.vpp > 1 else "") + \
-            (f" ep{lay.ep}" if lay.ep > 1 else "") + f" {lay.sharding} mbs{lay.mbs} {lay.recompute}"
+            (f" ep{lay.ep}" if lay.ep > 1 else "") + (f" etp{etp}" if etp else "") + \
+            f" {lay.sharding} mbs{lay.mbs} {lay.recompute}"
         lines.append((r.run.id, r.run.split, group_of(r.run), r.run.source, str(r.run.gpus), desc,
                       f"{r.run.measured_step_s:.3f}", f"{r.estimate.step_time_s:.3f}", f"{r.error_pct:+.1f}%"))
     if markdown:
@@ -217,10 +249,14 @@ SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "dp_comm_exposed
 
 
 def group_of(run: Run) -> str:
-    """fit, seen (held out, looked at before a structural change) or unseen (added held out this session)."""
+    """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3)
+    or unseen4 (added held out in session 4)."""
     if run.split == "fit":
         return "fit"
-    return "unseen" if run.id in set(_data(str(DATA)).get("unseen_rows", ())) else "seen"
+    data = _data(str(DATA))
+    if run.id in set(data.get("unseen_rows_session4", ())):
+        return "unseen4"
+    return "unseen" if run.id in set(data.get("unseen_rows", ())) else "seen"
 
 
 def breakdown(rows: list[Row]) -> str:
@@ -231,13 +267,13 @@ def breakdown(rows: list[Row]) -> str:
         b, step = r.estimate.breakdown, r.estimate.step_time_s
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
-    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen mean |err| (n)"]
+    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 mean |err| (n)"]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
-        for g in ("fit", "seen", "unseen"):
+        for g in ("fit", "seen", "unseen", "unseen4"):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
