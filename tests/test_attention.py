@@ -213,3 +213,29 @@ def test_flex_is_picked_for_windows_on_accelerators_only():
     on_gpu = dataclasses.replace(windowed, device_type="cuda")
     assert flex.unsupported(on_gpu) is None
     assert "windowed attention only" in flex.unsupported(dataclasses.replace(on_gpu, window=0))
+
+
+def test_kernel_choice_under_compile_is_a_constant_without_importlib(monkeypatch):
+    """Inside a compiled model the registry's installed-module check must not reach importlib:
+    on the H200 (torch 2.11) tracing through it broke the model's graph at every attention call."""
+    import dataclasses
+    import importlib.util
+
+    from backends.attention import describe_call, select_kernel
+
+    def choose(q):
+        call = dataclasses.replace(describe_call(q, q, q, causal=True, window=0, q_offset=0), device_type="cuda")
+        return q * len(select_kernel(call).name)
+
+    real_find_spec = importlib.util.find_spec
+    kernel_modules = {k.requires_module for k in KERNELS.values() if k.requires_module}
+
+    def find_spec(name, *args, **kwargs):
+        if name in kernel_modules:
+            raise AssertionError(f"importlib.util.find_spec({name!r}) reached while tracing")
+        return real_find_spec(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    torch._dynamo.reset()
+    q = torch.ones(1, 2, 4, 8)
+    assert torch.equal(torch.compile(choose, backend="eager", fullgraph=True)(q), q * len("sdpa"))
