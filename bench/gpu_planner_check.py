@@ -66,14 +66,22 @@ def main() -> int:
     ap.add_argument("--warmup-steps", type=int, default=5, help="steps left out of the median")
     ap.add_argument("--mbs", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=2048)
+    ap.add_argument("--cases", default=None, metavar="PRESET:BATCH,...",
+                    help="the cases, in this order (default: " + ",".join(f"{p}:{b}" for p, b in CASES) + ")")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--smoke", action="store_true", help="debug preset on the CPU (fp32): checks the script only")
     args = ap.parse_args()
     if args.smoke:
         args.system, args.steps, args.warmup_steps, args.mbs, args.seq_len = "cpu", 6, 2, 2, 64
+    cases = SMOKE_CASES if args.smoke else CASES
+    if args.cases:
+        try:
+            cases = [(p, int(b)) for p, b in (c.split(":") for c in args.cases.split(","))]
+        except ValueError:
+            ap.error(f"--cases {args.cases!r}: expected PRESET:BATCH,PRESET:BATCH (e.g. 1b-moe:16,1b:64)")
     rows = []
     with tempfile.TemporaryDirectory(prefix="planner-check-") as tmp:
-        for preset, gb in SMOKE_CASES if args.smoke else CASES:
+        for preset, gb in cases:
             pred = predicted_step(preset, args.system, gb, args.seq_len, args.mbs)
             meas = measure(preset, gb, args, Path(tmp))
             rows.append({"model": preset, "global_batch": gb, "mbs": args.mbs, "seq_len": args.seq_len,
