@@ -634,11 +634,11 @@ class Request:
     global_batch: int
     seq_len: int
     impl: Implementation = ALPHAEXA  # the framework whose step is predicted (the trainer by default)
+    # Where the optimizer state (fp32 master, Adam m and v) goes when it differs from the parameters
+    # (``offload``; DeepSpeed's offload_optimizer.device next to offload_param.device): "" = with them.
+    offload_optimizer: str = ""
     offload: str = "none"  # none | cpu | nvme: parameters, gradients and optimizer state off the device
     engine: str = "native"  # native (FSDP2) | deepspeed: who runs the step (the CPU optimizer differs)
-    # Where the optimizer state (fp32 master, Adam m and v) goes when it differs from the parameters
-    # (DeepSpeed's offload_optimizer.device next to offload_param.device): "" = with the parameters.
-    offload_optimizer: str = ""
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
