@@ -66,6 +66,11 @@ HOST_HEADROOM = 0.9  # of MemAvailable a run's predicted host peak (host_peak) m
 HOST_GRAD_BYTES, HOST_PARAM_BYTES_CPU, HOST_TRANSIENT_BYTES = 4, 4.7, 5.5
 NVME_MAX_IN_CPU = 10**9  # DeepSpeed's offload_param.max_in_cpu default: elements kept in host memory
 DISK_HEADROOM = 0.9
+# The lent H200 machine's disk (64 GiB, device-mapper 254:0, kind unknown) under DeepSpeed's aio, GB/s:
+# not the catalogue's 3 GB/s NVMe.  Fitted on one run, the 12-block NVMe run of 2026-12-04 (steady
+# steps 11.9 and 13.4 s moving 9.1 GiB in and 5.0 GiB out), with the cost model's offload terms and
+# its fitted cpu_adam rate; bench/offload_vs_measured.py --fit recomputes it.
+LENT_DISK_GBPS = 1.42
 OPS = ("CPUAdamBuilder", "PinMemoryBuilder", "AsyncIOBuilder")
 T0 = time.time()
 
@@ -238,31 +243,42 @@ def planner_view(cfg, args, machine: dict) -> dict:
     return out
 
 
-def predicted_step(cfg, args, offload_params: str, optimizer_on: str) -> dict:
-    """The cost model's step time for the layout the run uses (ZeRO-3, dp 1, --mbs), DeepSpeed engine.
+def run_system(machine: dict | None = None, disk_gbps: float = 0.0):
+    """The ``SYSTEM`` catalogue node as the machine a run is on has it: its CPUs, RAM and free disk
+    from ``machine`` (gpu_offload.json's ``machine``), and its disk's throughput where one was
+    measured (``disk_gbps``; 0 keeps the catalogue's NVMe figure).  No ``machine``: the catalogue node."""
+    import dataclasses
 
-    The planner's ``nvme`` moves parameters and optimizer state through the drives; a run with the
-    parameters on NVMe and the optimizer in host memory is its ``cpu`` step with the ``nvme``
-    parameter traffic in place of the PCIe-only one (the two terms of ``offload_seconds``)."""
-    from topology.costmodel import Request, estimate
-    from topology.layout import Layout
     from topology.planner import resolve_system
 
     system = resolve_system(SYSTEM)
+    if not machine:
+        return system
+    node = dataclasses.replace(
+        system.node, numa_cores=(f"0-{int(machine['cpus']) - 1}",), reserved_cores=(), threads_per_core=1,
+        host_memory_gib=float(machine["ram_gib"]), nvme_gib=float(machine["disk_free_gib"]),
+        nvme_gbps=disk_gbps or system.node.nvme_gbps)
+    return dataclasses.replace(system, name=f"{SYSTEM} as measured", node=node)
+
+
+def predicted_step(cfg, args, offload_params: str, optimizer_on: str, system=None) -> dict:
+    """The cost model's step time for the layout the run uses (ZeRO-3, dp 1, --mbs), DeepSpeed engine,
+    parameters on ``offload_params`` and the optimizer state on ``optimizer_on`` (the cost model's
+    ``offload`` and ``offload_optimizer``), on ``system`` (default: the catalogue node; ``run_system``
+    for the machine the run was on)."""
+    from topology.costmodel import Request, estimate
+    from topology.layout import Layout
+
+    system = system or run_system()
     layout = Layout(dp_shard=1, sharding="zero3", mbs=args.mbs)
-    est = {o: estimate(Request(cfg, system, 1, args.global_batch, args.seq, offload=o, engine="deepspeed"), layout)
-           for o in ("cpu", "nvme")}
-    if offload_params == "nvme" and optimizer_on == "cpu":
-        step = est["cpu"].step_time_s - est["cpu"].breakdown["offload_s"] + est["nvme"].breakdown["offload_s"]
-        how = "cpu step with nvme parameter traffic"
-    else:
-        step = est[offload_params].step_time_s
-        how = f"planner offload={offload_params}"
+    req = Request(cfg, system, 1, args.global_batch, args.seq, offload=offload_params, engine="deepspeed",
+                  offload_optimizer="" if optimizer_on == offload_params else optimizer_on)
+    est = estimate(req, layout)
     node = system.node
-    return {"step_s": step, "how": how, "layout": est["cpu"].layout.short(),
-            "breakdown": {o: {k: v for k, v in e.breakdown.items() if v} for o, e in est.items()},
-            "assumes": f"PCIe {node.pcie_gbps} GB/s, NVMe {node.nvme_gbps} GB/s, host DRAM {node.host_memory_gbps} GB/s "
-                       f"({SYSTEM} catalogue)"}
+    return {"step_s": est.step_time_s, "how": f"params {offload_params}, optimizer {optimizer_on}",
+            "layout": est.layout.short(), "breakdown": {k: v for k, v in est.breakdown.items() if v},
+            "assumes": f"{node.cores} cores, PCIe {node.pcie_gbps} GB/s, disk {node.nvme_gbps:.2f} GB/s, host DRAM "
+                       f"{node.host_memory_gbps} GB/s ({system.name})"}
 
 
 # ------------------------------------------------------------------ one run (child process)
@@ -426,6 +442,9 @@ def main() -> int:
     parser.add_argument("--optimizer-on", choices=("auto", "nvme", "cpu"), default="cpu",
                         help="nvme run: where the optimizer state goes (auto: nvme when the disk holds it; nvme "
                              "swaps 24 bytes a parameter through the disk every step: minutes for billions)")
+    parser.add_argument("--disk-gbps", type=float, default=LENT_DISK_GBPS,
+                        help="the --nvme-dir disk's throughput for the prediction, GB/s (default: the lent H200 "
+                             "machine's, fitted on its 12-block run; 0: the catalogue's NVMe figure)")
     parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds per run before it is killed")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check of this script (use a tiny --model): DeepSpeed's CPU accelerator, ops may compile")
@@ -514,7 +533,7 @@ def main() -> int:
         record = run_child(name, args, optimizer_on, extra)
         record.update(model=run_cfg.name, host_peak=peak)
         if record["steps"]:
-            summarise(record, predicted_step(run_cfg, args, name, optimizer_on))
+            summarise(record, predicted_step(run_cfg, args, name, optimizer_on, run_system(machine, args.disk_gbps)))
         report["runs"].append(record)
         (out / "gpu_offload.json").write_text(json.dumps(report, indent=1))
     log(f"wrote {out / 'gpu_offload.json'}")

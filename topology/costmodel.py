@@ -668,6 +668,9 @@ class Request:
     global_batch: int
     seq_len: int
     impl: Implementation = ALPHAEXA  # the framework whose step is predicted (the trainer by default)
+    # Where the optimizer state (fp32 master, Adam m and v) goes when it differs from the parameters
+    # (``offload``; DeepSpeed's offload_optimizer.device next to offload_param.device): "" = with them.
+    offload_optimizer: str = ""
     offload: str = "none"  # none | cpu | nvme: parameters, gradients and optimizer state off the device
     engine: str = "native"  # native (FSDP2) | deepspeed: who runs the step (the CPU optimizer differs)
     # Expert tensor parallel of a published run (0: experts split tp ways and expert parallelism borrowing
@@ -678,6 +681,19 @@ class Request:
     # backward on top of its recompute mode (Megatron --recompute-modules layernorm moe); never the trainer.
     recompute_moe: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.offload not in ("none", "cpu", "nvme"):
+            raise ConfigError(f"offload={self.offload!r}: must be none, cpu or nvme")
+        if self.offload_optimizer not in ("", "cpu", "nvme"):
+            raise ConfigError(f"offload_optimizer={self.offload_optimizer!r}: must be cpu, nvme or empty (with the parameters)")
+        if self.offload_optimizer and self.offload == "none":
+            raise ConfigError(f"offload_optimizer={self.offload_optimizer!r} needs offload=cpu or nvme (the parameters offloaded)")
+
+    @property
+    def optimizer_on(self) -> str:
+        """Where the optimizer state lives: none (the device), cpu or nvme."""
+        return self.offload_optimizer or self.offload
 
     @property
     def world(self) -> int:
@@ -921,34 +937,91 @@ def peak_memory_bytes(st: Structure, g: DPGroups, reserved: float) -> tuple[floa
     return best + reserved, worst
 
 
-# Offload (docs/planner.md "Offload").  Estimates until calibrated: DeepSpeed's vectorised CPU Adam
-# streams at about half the host DRAM bandwidth; torch's AdamW on CPU tensors (FSDP2's CPU offload
-# policy) about a fifth of that (ZeRO-Offload paper: CPU-Adam 5-7x faster than PyTorch's CPU Adam).
-CPU_ADAM_EFFICIENCY = {"deepspeed": 0.5, "native": 0.1}
-NVME_STATE_BYTES = 2 * OPTIMIZER_BYTES  # ZeRO-Infinity swaps fp32 master, m and v in and out every step
+# Offload (docs/planner.md "Offload"; measured against the H200 runs by bench/offload_vs_measured.py).
+# The host optimizer step.  DeepSpeed's vectorised cpu_adam runs on the host's cores: a core updates
+# CPU_ADAM_PARAMS_PER_CORE_S parameters a second (fitted on one run, the only fitted constant here:
+# the lent H200 machine's ZeRO-Offload run of 7b with 6 blocks, 16 cores, step 2.20 s; see the docs'
+# table), and no host streams faster than about half its DRAM bandwidth over the ADAM_UPDATE_BYTES a
+# parameter moves.  torch's AdamW on CPU tensors (FSDP2's CPU offload policy) is a fifth of that
+# (ZeRO-Offload paper and DeepSpeed's tutorial: CPU-Adam 5-7x faster than PyTorch's CPU Adam).
+CPU_ADAM_PARAMS_PER_CORE_S = 45e6
+CPU_ADAM_EFFICIENCY = {"deepspeed": 0.5, "native": 0.1}  # of host DRAM bandwidth, at most
+# DeepSpeed's ZeRO-3 optimizer step walks the parameters in sub-groups of zero_optimization.
+# sub_group_size elements (default 1e9): per sub-group the CPU Adam, then the updated bf16 parameters
+# are written back (parameters on NVMe: an asynchronous aio write that the next sub-group's Adam
+# overlaps; stage3.py _partitioned_params_swap_out waits for the previous write first).
+DS_SUB_GROUP = 1e9
+NVME_PARAM_WRITE_BYTES = WEIGHT_BYTES  # parameters on NVMe: every step writes the updated bf16 parameters back
+# Optimizer state on NVMe (ZeRO-Infinity): fp32 master, m and v in and out every step, and the fp32
+# gradient partitions out during the backward and in for the step; with DeepSpeed's defaults
+# (offload_optimizer.pipeline_read/pipeline_write off) these swaps do not overlap the Adam.
+NVME_STATE_BYTES = 2 * OPTIMIZER_BYTES + 2 * 4
+
+
+def offload_traffic(req: Request, local_params: float) -> dict[str, float]:
+    """Bytes one rank moves with offload (``local_params``: its shard).
+
+    Per micro-batch: the bf16 parameters come to the device twice, gathered for the forward and again
+    for the backward (``pcie_params``; read from the drives first when they live on NVMe,
+    ``disk_read``), and the gradients go back (``pcie_grads``).  Per step: with the parameters on
+    NVMe the updated ones are written back (``disk_write``); with the optimizer state on NVMe it is
+    swapped in and out (``disk_state``).  Measured on the H200 (7b, 12 blocks, 2.69B parameters, 5.01
+    GiB of bf16): 5.01 GiB written a step, 10.02 GiB read in the first step and 9.12 GiB in later ones
+    (DeepSpeed's read-ahead keeps some of the forward's last parameters for the backward)."""
+    params = WEIGHT_BYTES * local_params
+    return {
+        "pcie_params": 2 * params,
+        "pcie_grads": GRAD_BYTES * local_params,
+        "disk_read": 2 * params if req.offload == "nvme" else 0.0,
+        "disk_write": NVME_PARAM_WRITE_BYTES * local_params if req.offload == "nvme" else 0.0,
+        "disk_state": NVME_STATE_BYTES * local_params if req.optimizer_on == "nvme" else 0.0,
+    }
+
+
+def cpu_adam_seconds(req: Request, local_params: float) -> float:
+    """The host optimizer step of one rank: all the node's ranks update their shards at once, on the
+    node's cores (DeepSpeed's cpu_adam) and its DRAM (both engines)."""
+    node = req.system.node
+    dram = node.host_memory_gbps * 1e9 * CPU_ADAM_EFFICIENCY["deepspeed"] / ADAM_UPDATE_BYTES
+    rate = min(dram, node.cores * CPU_ADAM_PARAMS_PER_CORE_S) if node.cores else dram
+    rate *= CPU_ADAM_EFFICIENCY[req.engine] / CPU_ADAM_EFFICIENCY["deepspeed"]
+    return local_params * node.ranks / rate
+
+
+def overlapped_chunks(a: float, b: float, n: int) -> float:
+    """Seconds of two stages, ``a`` then ``b``, over ``n`` equal chunks where chunk i's ``b`` overlaps
+    chunk i+1's ``a`` (the optimizer step's Adam and its parameter write-back)."""
+    n = max(1, n)
+    return (a + b) / n + (n - 1) / n * max(a, b)
 
 
 def offload_seconds(req: Request, local_params: float, stage: StageTerms) -> tuple[float, float]:
     """(exposed transfer time per micro-batch, optimizer step time) of one rank with offload.
 
-    Per micro-batch the shard's bf16 parameters come to the device for the forward and again for
-    the backward (prefetched: hidden behind that pass's compute as far as the link allows), and its
-    gradients go back during the backward (the other PCIe direction); with nvme the parameters are
-    read from the drives too, which the node's ranks share.  The optimizer step runs on the host,
-    after the backward (DeepSpeed's default: no overlap), and with nvme swaps its state through
-    the drives."""
+    Per micro-batch the parameters are gathered for the forward and again for the backward; DeepSpeed
+    prefetches (its NVMe read-ahead fills the free swap buffers in trace order), so a pass's reads
+    hide that pass's compute and the pass takes the longer of the two.  With the parameters on NVMe
+    a pass's read is bound by the drives (shared by the node's ranks) as well as PCIe.  The
+    optimizer step runs on the host after the backward (DeepSpeed's default: no overlap with the
+    next forward); with the parameters on NVMe its sub-groups' parameter write-back overlaps the next
+    sub-group's Adam, and the drives, which one rank's reads and writes share, serialise the write
+    with the reads (the last sub-group's write overlaps the next step's first reads, which wait on
+    the same drives).  Optimizer state on NVMe adds its swaps, not overlapped."""
     node = req.system.node
-    ranks = node.ranks
-    params = WEIGHT_BYTES * local_params
-    fetch = params / (node.pcie_gbps * 1e9)
-    if req.offload == "nvme":
-        fetch = max(fetch, params / (node.nvme_gbps * 1e9 / ranks))
-    grads = GRAD_BYTES * local_params / (node.pcie_gbps * 1e9)
+    pcie = node.pcie_gbps * 1e9
+    disk = node.nvme_gbps * 1e9 / node.ranks if node.nvme_gbps else 0.0
+    t = offload_traffic(req, local_params)
+    fetch = t["pcie_params"] / 2 / pcie
+    if t["disk_read"]:
+        fetch = max(fetch, t["disk_read"] / 2 / disk)
+    grads = t["pcie_grads"] / pcie
     exposed = max(0.0, fetch - stage.fwd) + max(0.0, max(fetch, grads) - stage.bwd)
-    efficiency = CPU_ADAM_EFFICIENCY[req.engine]
-    optimizer = ADAM_UPDATE_BYTES * local_params * ranks / (node.host_memory_gbps * 1e9 * efficiency)
-    if req.offload == "nvme":
-        optimizer += NVME_STATE_BYTES * local_params * ranks / (node.nvme_gbps * 1e9)
+    adam = cpu_adam_seconds(req, local_params)
+    write = t["disk_write"] / disk if t["disk_write"] else 0.0
+    sub_groups = math.ceil(local_params / DS_SUB_GROUP) if req.engine == "deepspeed" else 1
+    optimizer = overlapped_chunks(adam, write, sub_groups)
+    if t["disk_state"]:
+        optimizer += t["disk_state"] / disk
     return exposed, optimizer
 
 
@@ -1056,8 +1129,17 @@ def memory_breakdown(req: Request, st: Structure, g: DPGroups, sharding: str) ->
         out["grads"] -= (w.p_dense * zd["grads"] + w.p_exp * zx["grads"]) / GIB
         out["optimizer"] = 0.0
         node = req.system.node
-        out["offloaded_per_node"] = state * node.ranks / GIB
-        out["offload_capacity"] = node.host_memory_gib if req.offload == "cpu" else node.nvme_gib
+        if req.optimizer_on != req.offload:
+            # split (DeepSpeed's offload_param and offload_optimizer on different devices): what binds is
+            # the host's part, the gradients and whichever of parameters / optimizer state it holds
+            params = w.p_dense * zd["params"] + w.p_exp * zx["params"]
+            optim = w.p_dense * zd["optimizer"] + w.p_exp * zx["optimizer"]
+            state -= params if req.offload == "nvme" else optim
+            out["offloaded_per_node"] = state * node.ranks / GIB
+            out["offload_capacity"] = node.host_memory_gib
+        else:
+            out["offloaded_per_node"] = state * node.ranks / GIB
+            out["offload_capacity"] = node.host_memory_gib if req.offload == "cpu" else node.nvme_gib
     return out, w.rank
 
 

@@ -137,6 +137,17 @@ class Node:
     def ranks(self) -> int:
         return len(self.slots)
 
+    @property
+    def cores(self) -> int:
+        """Physical cores the node's processes may use: its NUMA domains' cores less the reserved ones."""
+        listed: set[int] = set()
+        for text in self.numa_cores:
+            for part in text.replace(" ", "").split(","):
+                if part:
+                    lo, _, hi = part.partition("-")
+                    listed.update(range(int(lo), int(hi or lo) + 1))
+        return len(listed - set(self.reserved_cores))
+
 
 @dataclass(frozen=True)
 class Network:
