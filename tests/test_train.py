@@ -156,16 +156,18 @@ def test_non_finite_step_is_skipped_leaving_weights_and_optimizer_untouched(guar
     assert math.isfinite(records[4]["loss"])
 
 
-def test_device_side_skip_of_a_fused_step_equals_the_host_side_skip(tmp_path):
+@pytest.mark.parametrize("nproc, layout", [(None, ()), (2, ("parallel.dp_shard=2",))], ids=["1-rank", "fsdp2-2-ranks"])
+def test_device_side_skip_of_a_fused_step_equals_the_host_side_skip(tmp_path, nproc, layout):
     """Fused AdamW is queued before the host reads the step's loss (one wait per step) and skips a
     non-finite step on the device; a run that must decide on the host first (spike rollback armed,
-    no spike) trains the same bits, and the skipped step leaves weights and moments untouched."""
+    no spike) trains the same bits, and the skipped step leaves weights and moments untouched.
+    Also with FSDP2's DTensor parameters (the fused kernel takes the plain found_inf flag)."""
     common = ("train.optimizer_impl=fused", "debug.nan_at_step=3", "train.steps=5", "train.eval_batches=0",
-              "checkpoint.every=1", "checkpoint.keep_last=10")
+              "checkpoint.every=1", "checkpoint.keep_last=10", *layout)
     device_run, host_run = tmp_path / "device", tmp_path / "host"
-    train(device_run, *common, cache_dir=tmp_path / "cache")
+    train(device_run, *common, cache_dir=tmp_path / "cache", nproc=nproc)
     train(host_run, *common, "train.loss_spike_factor=1000", "train.loss_spike_rollback=true",
-          "train.loss_spike_window=2", cache_dir=tmp_path / "cache")
+          "train.loss_spike_window=2", cache_dir=tmp_path / "cache", nproc=nproc)
     on_device, on_host = steps(device_run), steps(host_run)
     assert on_device[3]["skipped"] == 1 and on_device[3]["loss"] is None and on_device[5]["skipped_total"] == 1
     for step in (1, 2, 4, 5):
