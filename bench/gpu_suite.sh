@@ -32,7 +32,8 @@ for section in "$@"; do
   case $section in
     env) run env sh -c 'nvidia-smi; nvidia-smi topo -m; python3 -c "import torch; print(torch.__version__)"; alphaexa env --json' ;;
     backends) run backends python3 bench/gpu_backends.py
-              run attention-tests python3 -m pytest -q -m gpu tests/test_attention.py ;;
+              run attention-tests python3 -m pytest -q -m gpu tests/test_attention.py
+              run graph-breaks sh -c 'python3 bench/graph_breaks.py --preset 1b && python3 bench/graph_breaks.py --preset 1b-moe' ;;
     model) run model python3 bench/gpu_model.py ;;
     calibrate) run calibrate python3 bench/gpu_calibrate.py --capture-topo "$out/nvidia-smi-topo.txt" --out "$out/calibrate.json" ;;
     checkpoint) run checkpoint python3 bench/checkpoint_speed.py --params 1B --modes sync,thread,process --repeats 2 --dir /tmp/ckpt-bench ;;
