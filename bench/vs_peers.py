@@ -436,7 +436,13 @@ def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
     # copies and memsets, with their device time ranges in microseconds.
     wanted = DeviceType.CUDA if DEVICE == "cuda" else DeviceType.CPU
     spans, per_name = [], {}
+    # Host events that enter a compiled graph (forward: "CompiledFunction", backward:
+    # "CompiledFunctionBackward"): one each per step for a whole-model compile; more means the
+    # model's graph is split (graph breaks, or per-block compile).
+    compiled = {"CompiledFunction": 0, "CompiledFunctionBackward": 0}
     for e in events:
+        if e.device_type == DeviceType.CPU and e.name in compiled:
+            compiled[e.name] += 1
         # User annotations (``Optimizer.step#AdamW.step``) span kernels listed in their own right.
         if e.device_type != wanted or getattr(e, "is_user_annotation", False):
             continue
@@ -463,6 +469,8 @@ def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
     return {"what": "device kernels" if DEVICE == "cuda" else "host operators (nested: shares overlap)",
             "steps": steps, "step_ms": wall_ns / steps / 1e6, "busy_share": busy / wall_ns,
             "idle_share": max(0.0, 1 - busy / wall_ns),
+            "compiled_graphs_per_step": {"forward": compiled["CompiledFunction"] / steps,
+                                         "backward": compiled["CompiledFunctionBackward"] / steps},
             "categories": dict(sorted(categories.items(), key=lambda item: -item[1])),
             "kernels": [{"name": name, "category": category(name), "share": ns / wall_ns,
                          "ms_per_step": ns / steps / 1e6, "calls_per_step": calls / steps}
@@ -826,6 +834,10 @@ def _print_tables(result: dict) -> None:
 def _print_profile(name: str, p: dict) -> None:
     print(f"\nprofile of {name}: {p['steps']} steps of {p['step_ms']:.1f} ms, {p['what']}; "
           f"busy {p['busy_share']:.1%}, idle {p['idle_share']:.1%}")
+    graphs = p.get("compiled_graphs_per_step")
+    if graphs and (graphs["forward"] or graphs["backward"]):
+        print(f"  compiled graphs entered per step: {graphs['forward']:.0f} forward, {graphs['backward']:.0f} backward"
+              " (1 + 1 for a whole-model compile)")
     print("  " + ", ".join(f"{c} {share:.1%}" for c, share in p["categories"].items()))
     print(f"  {'share':>6} {'ms/step':>8} {'calls':>6}  {'category':<27} kernel")
     for k in p["kernels"]:
