@@ -71,9 +71,9 @@ def machine(run: Run) -> dict:
 
 
 def predict(run: Run, disk_gbps: float | None = None) -> dict:
-    from bench.gpu_offload import LENT_DISK_GBPS, model_config, predicted_step, run_system
+    from bench.gpu_offload import model_config, predicted_step
 
-    system = run_system(machine(run), LENT_DISK_GBPS if disk_gbps is None else disk_gbps)
+    system = predict_system(run, disk_gbps)
     return predicted_step(model_config("7b", run.n_layers), ARGS, run.params_on, run.optimizer_on, system)
 
 
@@ -90,10 +90,11 @@ def traffic(run: Run) -> dict:
     return {"disk_read_gib": t["disk_read"] / GIB, "disk_written_gib": (t["disk_write"] + t["disk_state"]) / GIB}
 
 
-def predict_system(run: Run):
+def predict_system(run: Run, disk_gbps: float | None = None):
+    """The lent machine as the run measured it, its disk at ``disk_gbps`` (default the fitted figure)."""
     from bench.gpu_offload import LENT_DISK_GBPS, run_system
 
-    return run_system(machine(run), LENT_DISK_GBPS)
+    return run_system(machine(run), LENT_DISK_GBPS if disk_gbps is None else disk_gbps)
 
 
 def rows() -> list[dict]:

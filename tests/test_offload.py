@@ -87,24 +87,30 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())  # 0 when it does not exist
 
 
+DS_BASE = {"max_norm": MAX_NORM, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": (0.9, 0.999)}
+
+
+def _train_each(runs: dict, model: ModelConfig, world: int, n_steps: int, figures) -> dict:
+    """Each named DeepSpeed run's history, plus ``figures(step)`` as ``NAME-KEY`` while its engine lives."""
+    out = {}
+    for name, options in runs.items():
+        out[name], step = _deepspeed_train(model, options, world, n_steps)
+        out.update({f"{name}-{key}": value for key, value in figures(step).items()})
+    return out
+
+
 def _deepspeed_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: str) -> None:
     _init(rank, world, port)
     from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions
 
-    base = {"max_norm": MAX_NORM, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": (0.9, 0.999)}
-    runs = {"zero3": DeepSpeedOptions(**base),
+    runs = {"zero3": DeepSpeedOptions(**DS_BASE),
             "zero3-nvme": DeepSpeedOptions(offload_optimizer="nvme", offload_params="nvme", nvme_path=nvme_dir,
-                                           **base)}
+                                           **DS_BASE)}
 
-    def run():
-        out = {}
-        for name, options in runs.items():
-            out[name], _ = _deepspeed_train(MODEL, options, world, STEPS)
-            # Swap files as they are while the engine lives (DeepSpeed removes them when it ends).
-            out[f"{name}-swap-bytes"] = {what: _dir_bytes(Path(nvme_dir, what)) for what in ("params", "optimizer")}
-        return out
+    def figures(_step):  # swap files as they are while the engine lives (DeepSpeed removes them when it ends)
+        return {"swap-bytes": {what: _dir_bytes(Path(nvme_dir, what)) for what in ("params", "optimizer")}}
 
-    _record(out_dir, rank, run)
+    _record(out_dir, rank, lambda: _train_each(runs, MODEL, world, STEPS, figures))
 
 
 @pytest.mark.multiproc
@@ -132,22 +138,17 @@ def _nvme_swap_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: 
 
     from alphaexa.parallel.deepspeed_engine import DeepSpeedOptions
 
-    base = {"max_norm": MAX_NORM, "lr": LR, "weight_decay": WEIGHT_DECAY, "betas": (0.9, 0.999)}
-    runs = {"zero3": DeepSpeedOptions(offload_optimizer="cpu", **base),
+    runs = {"zero3": DeepSpeedOptions(offload_optimizer="cpu", **DS_BASE),
             "nvme": DeepSpeedOptions(offload_optimizer="cpu", offload_params="nvme", nvme_path=nvme_dir,
-                                     nvme_params_in_cpu=0, **base)}
+                                     nvme_params_in_cpu=0, **DS_BASE)}
 
-    def run():
-        out = {}
-        for name, options in runs.items():
-            out[name], step = _deepspeed_train(SWAP_MODEL, options, world, SWAP_STEPS)
-            out[f"{name}-on-nvme"] = sum(p.ds_tensor.final_location == OffloadDeviceEnum.nvme
-                                         for p in step.engine.module.parameters())
-            out[f"{name}-buffers"] = step.config["zero_optimization"].get("offload_param", {}).get("buffer_count")
-            out[f"{name}-swap-bytes"] = _dir_bytes(Path(nvme_dir, "params"))
-        return out
+    def figures(step):
+        return {"on-nvme": sum(p.ds_tensor.final_location == OffloadDeviceEnum.nvme
+                               for p in step.engine.module.parameters()),
+                "buffers": step.config["zero_optimization"].get("offload_param", {}).get("buffer_count"),
+                "swap-bytes": _dir_bytes(Path(nvme_dir, "params"))}
 
-    _record(out_dir, rank, run)
+    _record(out_dir, rank, lambda: _train_each(runs, SWAP_MODEL, world, SWAP_STEPS, figures))
 
 
 @pytest.mark.multiproc
