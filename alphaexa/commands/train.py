@@ -64,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
             _keep_plan(Path(args.plan), run_dir)
         from ..train.trainer import Trainer
 
-        return Trainer(cfg, run_dir, resume=args.resume, stop_at=args.stop_at).run()
+        status = Trainer(cfg, run_dir, resume=args.resume, stop_at=args.stop_at).run()
+        # A clean exit tears the process group down (NCCL warns of leaked resources otherwise); after
+        # an error it is left to the process exit, since a peer may still be inside a collective.
+        from backends.launch import destroy_distributed
+
+        destroy_distributed()
+        return status
 
     # The parent prepares what every rank would otherwise redo (tokenizing, the run directory) and
     # hands the ranks the resolved config.
