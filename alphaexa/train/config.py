@@ -70,6 +70,10 @@ class TrainSection:
     # fused_projections); the LM head and the MoE router stay in bf16
     float8: bool = False
     fused_loss: bool = True  # LM head + cross-entropy in token chunks, never the full fp32 logits (tp1, pp1)
+    # launch step N+1 before reading step N's figures where nothing in between needs them (the optimizer
+    # step queued on the device, no rollback, no evaluation or checkpoint after N): the host's one wait per
+    # step then overlaps the device's work instead of idling it
+    overlap_steps: bool = True
     eval_every: int = 50  # steps between evaluations; 0 = only at the end
     eval_batches: int = 4  # global batches of held-out data per evaluation; 0 = no evaluation at all
     log_every: int = 1  # steps between progress lines (metrics.jsonl gets every step)

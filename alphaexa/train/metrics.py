@@ -4,7 +4,7 @@
 
 * a training step: ``step, loss, lr, grad_norm, tokens_per_s, mfu, mem_gib, aux_loss, z_loss,
   expert_load, dropped_fraction, expert_load_per_layer, dropped_fraction_per_layer, skipped,
-  skipped_total, spike, consumed_samples, step_time_s, time`` (the expert figures are null for
+  skipped_total, spike, consumed_samples, overlapped, step_time_s, time`` (the expert figures are null for
   dense models; the per-layer ones map a block index to that block's shares);
 * an evaluation: ``{"eval": true, "step", "loss", "perplexity", "tokens", "time"}``;
 * an event (start, resume, rollback, end): ``{"event": NAME, "step", "time", ...}``.
@@ -26,7 +26,7 @@ from ..errors import UserError
 METRICS_FILE = "metrics.jsonl"
 STEP_KEYS = ("step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gib", "aux_loss", "z_loss",
              "expert_load", "dropped_fraction", "expert_load_per_layer", "dropped_fraction_per_layer", "skipped",
-             "skipped_total", "spike", "consumed_samples", "step_time_s", "time")
+             "skipped_total", "spike", "consumed_samples", "overlapped", "step_time_s", "time")
 # Under train/ in TensorBoard; the expert figures go under experts/ (all layers, and per layer).
 TENSORBOARD_SCALARS = ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_gib", "aux_loss", "z_loss",
                        "dropped_fraction")

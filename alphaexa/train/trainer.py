@@ -56,6 +56,27 @@ MOE_STATS_HEAD = 4  # aux, z, forwards, dropped; the expert counts follow
 
 
 @dataclass
+class _StepFigures:
+    """A step's figures on their way to the host (``_queue_step_values``)."""
+
+    host: Tensor  # float64: the MoE rows, the memory peak, then the step values
+    done: Any  # torch.Event recorded after the copy; None where the copy was synchronous (CPU)
+    moe_shape: tuple[int, int]
+    has_step_values: bool
+
+
+@dataclass
+class _Launched:
+    """A step queued on the device whose figures the host has not read yet (``_launch_step``)."""
+
+    step: int
+    lr: float
+    queued: bool  # the optimizer step is queued on the device (the skip decided there)
+    consumed_samples: int
+    figures: _StepFigures
+
+
+@dataclass
 class TrainProgress:
     """Counters that travel in the checkpoint (identical on every rank)."""
 
@@ -130,7 +151,7 @@ class Trainer:
         self.moe_layer_ids = cfg.model.moe_layer_indices()
         # Per MoE layer [aux, z, forwards, dropped, counts (E)], summed on the device over the step's
         # micro-batches: the hooks add tensors (no host sync, no graph break under compile) and the
-        # step reads them once, in _reduce_step_values.
+        # step reads them once, in _read_step_values.
         self._moe_stats = torch.zeros(len(self.moe_layer_ids), MOE_STATS_HEAD + self.n_experts,
                                       dtype=torch.float64, device=self.device)
         for chunk in self.model.chunks:
@@ -246,10 +267,21 @@ class Trainer:
         losses: list[float] = []
         saved_step = start if start else None
         step_started = time.perf_counter()
-        while self.progress.step < last:
-            step = self.progress.step + 1
-            record = self._train_step(step, losses)
-            if record.get("rollback"):
+        # Step N+1 is launched before step N's figures are read where nothing between the two needs
+        # them (see _overlaps): the host then waits for step N while the device already runs N+1.
+        pending: _Launched | None = None
+        while pending is not None or self.progress.step < last:
+            following = (pending.step if pending is not None else self.progress.step) + 1
+            launched = None
+            if following <= last and (pending is None or self._overlaps(pending.step, last)):
+                launched = self._launch_step(following)
+            if pending is None:
+                pending = launched
+                continue
+            step, record = pending.step, self._finish_step(pending, losses)
+            record["overlapped"] = int(launched is not None)
+            pending = launched
+            if record.get("rollback"):  # never overlapped: a rollback needs the loss before any update
                 saved_step = self._rollback(step, record)
                 losses.clear()
                 step_started = time.perf_counter()
@@ -263,11 +295,10 @@ class Trainer:
             record["time"] = time.time()
             if self.metrics is not None:
                 self.metrics.step(record)
-            if cfg.train.eval_batches and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != last:
+            if self._evaluates_after(step, last):
                 self._evaluate(step)
                 step_started = time.perf_counter()
-            if cfg.checkpoint.enabled and cfg.checkpoint.every and step % cfg.checkpoint.every == 0 \
-                    and step != last:
+            if self._saves_after(step, last):
                 self._save(step)
                 saved_step = step
                 step_started = time.perf_counter()
@@ -282,7 +313,27 @@ class Trainer:
         return 0
 
     # ---------------------------------------------------------------- step
-    def _train_step(self, step: int, recent_losses: list[float]) -> dict[str, Any]:
+    def _evaluates_after(self, step: int, last: int) -> bool:
+        train = self.cfg.train
+        return bool(train.eval_batches and train.eval_every and step % train.eval_every == 0 and step != last)
+
+    def _saves_after(self, step: int, last: int) -> bool:
+        checkpoint = self.cfg.checkpoint
+        return bool(checkpoint.enabled and checkpoint.every and step % checkpoint.every == 0 and step != last)
+
+    def _overlaps(self, step: int, last: int) -> bool:
+        """Whether step ``step + 1`` may be launched before step ``step``'s figures are read.
+
+        Only where nothing in between needs them: the optimizer step is queued on the device (its
+        skip of a non-finite step decided there), no rollback can undo the step, and no evaluation
+        or checkpoint follows it (those must see the weights of exactly ``step`` steps).
+        """
+        return (self.cfg.train.overlap_steps and self.deepspeed is None and self._device_side_skip
+                and step < last and not self._evaluates_after(step, last) and not self._saves_after(step, last))
+
+    def _launch_step(self, step: int) -> _Launched:
+        """Queue step ``step`` on the device: batch, forward and backward, clipping, the optimizer
+        step where it can be queued, and the copy of the step's figures to the host."""
         cfg = self.cfg
         lr = learning_rate(step, cfg.train)
         for optimizer in self.optimizers:
@@ -301,30 +352,39 @@ class Trainer:
         if cfg.debug.spike_at_step == step and not self._spike_injected:
             self._loss_scale, self._spike_injected = SPIKE_INJECTION, True
         self._moe_stats.zero_()
-        queued = False  # the optimizer step is already queued on the device (see _queue_optimizer_step)
         if self.deepspeed is not None:  # clipped and stepped inside DeepSpeed (self.optimizers is empty)
             result, grad_norm = self.deepspeed.step(step, batch.inputs, batch.targets)
-            loss, tokens = result.loss, result.tokens
-            reduced = self._reduce_step_values()
+            figures = self._queue_step_values(torch.tensor([result.loss, grad_norm, result.tokens],
+                                                           dtype=torch.float64, device=self.device))
+            queued = False
         else:
-            # Nothing here waits for the device until _reduce_step_values reads the step's figures,
-            # once, with the optimizer step already queued behind the backward where it can be.
+            # Nothing here waits for the device: the step's figures are read once, in _finish_step,
+            # with the optimizer step already queued behind the backward where it can be.
             loss_t, tokens_t = self.step_fn.launch(batch.inputs, batch.targets)
             norm_t = clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims)
             queued = self._device_side_skip
             if queued:
                 self._queue_optimizer_step(loss_t, norm_t)
-            reduced = self._reduce_step_values(torch.stack([t.to(self.device, torch.float64)
-                                                            for t in (loss_t, norm_t, tokens_t)]))
-            loss, grad_norm, tokens = reduced["step"][0], reduced["step"][1], int(reduced["step"][2])
+                self._zero_grad()  # the next launch's backward must start from no gradients
+            figures = self._queue_step_values(torch.stack([t.to(self.device, torch.float64)
+                                                           for t in (loss_t, norm_t, tokens_t)]))
         self._loss_scale = 1.0
+        return _Launched(step, lr, queued, self.loader.consumed_samples, figures)
+
+    def _finish_step(self, launched: _Launched, recent_losses: list[float]) -> dict[str, Any]:
+        """Read step ``launched.step``'s figures (the step's one wait for the device), take the host's
+        decisions (count a skip or a spike, roll back, step an optimizer that could not be queued)
+        and return the step's record."""
+        cfg, step = self.cfg, launched.step
+        reduced = self._read_step_values(launched.figures)
+        loss, grad_norm, tokens = reduced["step"][0], reduced["step"][1], int(reduced["step"][2])
         # The step's loss is the global mean, identical on every rank: every rank decides alike.
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         spike = False
         if finite and cfg.train.loss_spike_factor and len(recent_losses) >= cfg.train.loss_spike_window:
             mean = sum(recent_losses[-cfg.train.loss_spike_window:]) / cfg.train.loss_spike_window
             spike = loss > cfg.train.loss_spike_factor * mean
-        record: dict[str, Any] = {"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+        record: dict[str, Any] = {"step": step, "loss": loss, "lr": launched.lr, "grad_norm": grad_norm}
         if spike:
             self.progress.spikes_total += 1
             if cfg.train.loss_spike_rollback and self._has_checkpoint():
@@ -334,11 +394,12 @@ class Trainer:
         if skipped:
             self.progress.skipped_total += 1
         else:
-            if not queued:
+            if not launched.queued:
                 for optimizer in self.optimizers:
                     optimizer.step()
             recent_losses.append(loss)
-        self._zero_grad()
+        if not launched.queued:
+            self._zero_grad()
         self.progress.step = step
         self.progress.tokens_seen += tokens
         record.update({
@@ -348,7 +409,7 @@ class Trainer:
             "expert_load_per_layer": reduced.get("expert_load_per_layer"),
             "dropped_fraction_per_layer": reduced.get("dropped_fraction_per_layer"),
             "skipped": int(skipped), "skipped_total": self.progress.skipped_total, "spike": int(spike),
-            "consumed_samples": self.loader.consumed_samples,
+            "consumed_samples": launched.consumed_samples,
         })
         return record
 
@@ -391,10 +452,11 @@ class Trainer:
                                layer.dropped_tokens.to(layer.aux_loss.dtype)])
         self._moe_stats[row] += torch.cat([figures, layer.tokens_per_expert.to(figures.dtype)]).to(torch.float64)
 
-    def _reduce_step_values(self, step_values: Tensor | None = None) -> dict[str, Any]:
+    def _queue_step_values(self, step_values: Tensor | None = None) -> _StepFigures:
         """One SUM all-reduce of the per-layer [aux, z, forwards, dropped, counts...] and one MAX of memory,
-        read to the host in one copy together with ``step_values`` (float64 on the device, already
-        reduced; returned as the list ``out["step"]``): the step's only wait for the device.
+        queued with one copy to the host together with ``step_values`` (float64 on the device, already
+        reduced; read back as the list ``out["step"]``).  Nothing here waits: ``_read_step_values``
+        does, once per step.
 
         MoE figures are summed over every layer forward of every rank: each rank routes its own
         tokens (data, sequence shards), and every layer is counted by the same number of ranks,
@@ -402,18 +464,32 @@ class Trainer:
         """
         packed = self._moe_stats.clone()
         # torch.full fills on the device: a host tensor copied in (torch.tensor(..., device=)) would
-        # wait for the whole queued step before the copy.
+        # wait for the whole queued step before the copy.  The allocator's peak is host-side
+        # bookkeeping of what was queued so far, so it is this step's peak even before the step ran.
         memory = torch.full((1,), float(self.backend.max_memory_allocated()), dtype=torch.float64,
                             device=self.device)
         if packed.numel():  # a dense model has no rows
             dist.all_reduce(packed)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
         extra = step_values if step_values is not None else memory[:0]
-        host = torch.cat([packed.flatten(), memory, extra]).cpu()
-        per_layer = host[:packed.numel()].view(packed.shape)
-        out: dict[str, Any] = {"mem_bytes": float(host[packed.numel()])}
-        if step_values is not None:
-            out["step"] = host[packed.numel() + 1:].tolist()
+        on_device = self.device.type != "cpu"
+        # non_blocking: the copy lands in pinned memory behind the queued step; the event says when.
+        host = torch.cat([packed.flatten(), memory, extra]).to("cpu", non_blocking=on_device)
+        done = None
+        if on_device:
+            done = torch.Event(device=self.device)
+            done.record()
+        return _StepFigures(host, done, tuple(packed.shape), step_values is not None)
+
+    def _read_step_values(self, figures: _StepFigures) -> dict[str, Any]:
+        """Wait for a step's queued figures (the step's only wait for the device) and unpack them."""
+        if figures.done is not None:
+            figures.done.synchronize()
+        host, rows = figures.host, figures.moe_shape[0] * figures.moe_shape[1]
+        per_layer = host[:rows].view(figures.moe_shape)
+        out: dict[str, Any] = {"mem_bytes": float(host[rows])}
+        if figures.has_step_values:
+            out["step"] = host[rows + 1:].tolist()
         aux, z, forwards = (float(per_layer[:, i].sum()) for i in range(3))
         if forwards:
             dropped, counts = per_layer[:, 3], per_layer[:, MOE_STATS_HEAD:]
