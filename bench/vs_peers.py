@@ -94,6 +94,7 @@ ABLATIONS: dict[str, list[str]] = {
     "no-fused-ce": ["train.fused_loss=false"],
     "fsdp-on-1-rank": ["parallel.fsdp_on_one_rank=true"],
     "recompute-selective": ["parallel.recompute=selective"],
+    "no-overlap": ["train.overlap_steps=false"],  # read each step's figures before launching the next
     # levers not on by default yet: each turned on
     "fused-projections": ["train.fused_projections=true"],
     "cudagraphs": ["train.compile_mode=reduce-overhead"],
@@ -682,21 +683,34 @@ def _alphaexa(spec: dict, m: dict) -> dict:
 
 def _profile_trainer_steps(first: int, count: int, into: dict) -> None:
     """Profile the trainer's steps ``first`` .. ``first + count - 1`` (this worker process only: it
-    wraps ``Trainer._train_step``, the package is unchanged); the summary goes to ``into["profile"]``."""
+    wraps ``Trainer._launch_step`` and ``Trainer._finish_step``, the package is unchanged); the
+    summary goes to ``into["profile"]``.  The trainer may launch step N+1 before it reads step N
+    (``train.overlap_steps``): the window opens on a drained device at the launch of ``first`` and
+    closes, the device drained again, at the launch of ``first + count`` or once ``first + count - 1``
+    is read, whichever comes first, so it holds exactly ``count`` steps' kernels."""
     from alphaexa.train.trainer import Trainer
 
-    unwrapped = Trainer._train_step
+    launch, finish = Trainer._launch_step, Trainer._finish_step
 
-    def train_step(self, step: int, recent_losses: list[float]) -> dict:
+    def close() -> None:
+        if "_profiler" in into:
+            into["profile"] = into.pop("_profiler").stop()
+
+    def launch_step(self, step: int):
         if step == first:
             into["_profiler"] = _StepProfiler(count)
             into["_profiler"].start()
-        record = unwrapped(self, step, recent_losses)
-        if step == first + count - 1:
-            into["profile"] = into.pop("_profiler").stop()
+        elif step == first + count:
+            close()
+        return launch(self, step)
+
+    def finish_step(self, launched, recent_losses: list[float]) -> dict:
+        record = finish(self, launched, recent_losses)
+        if launched.step == first + count - 1:
+            close()
         return record
 
-    Trainer._train_step = train_step
+    Trainer._launch_step, Trainer._finish_step = launch_step, finish_step
 
 
 def _attention_kernels(m: dict, spec: dict) -> list[dict]:
