@@ -210,7 +210,7 @@ def test_cpu_offload_steady_step_of_7b_6_blocks_is_about_0_9_s():
     # the lent machine (16 cores, no DRAM cap): the measured steady step is 0.90 s (the old model: 2.21 s)
     from bench.gpu_offload import run_system
 
-    req, est = _estimate(run_system(LENT, 1.84), offload="cpu", n_layers=6)
+    _, est = _estimate(run_system(LENT, 1.84), offload="cpu", n_layers=6)
     assert est.step_time_s == pytest.approx(0.90, rel=0.1)
     assert est.breakdown["optimizer_s"] > 0.5 * est.step_time_s  # the host step is most of it
 
