@@ -450,7 +450,7 @@ def main() -> int:
                              "swaps 24 bytes a parameter through the disk every step: minutes for billions)")
     parser.add_argument("--disk-gbps", type=float, default=LENT_DISK_GBPS,
                         help="the --nvme-dir disk's throughput for the prediction, GB/s (default: the lent H200 "
-                             "machine's, fitted on its 12-block run; 0: the catalogue's NVMe figure)")
+                             "machine's, fitted on its 18-block run of session 5; 0: the catalogue's NVMe figure)")
     parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds per run before it is killed")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check of this script (use a tiny --model): DeepSpeed's CPU accelerator, ops may compile")
