@@ -66,11 +66,14 @@ HOST_HEADROOM = 0.9  # of MemAvailable a run's predicted host peak (host_peak) m
 HOST_GRAD_BYTES, HOST_PARAM_BYTES_CPU, HOST_TRANSIENT_BYTES = 4, 4.7, 5.5
 NVME_MAX_IN_CPU = 10**9  # DeepSpeed's offload_param.max_in_cpu default: elements kept in host memory
 DISK_HEADROOM = 0.9
-# The lent H200 machine's disk (64 GiB, device-mapper 254:0, kind unknown) under DeepSpeed's aio, GB/s:
-# not the catalogue's 3 GB/s NVMe.  Fitted on one run, the 12-block NVMe run of 2026-12-04 (steady
-# steps 11.9 and 13.4 s moving 9.1 GiB in and 5.0 GiB out), with the cost model's offload terms and
-# its fitted cpu_adam rate; bench/offload_vs_measured.py --fit recomputes it.
-LENT_DISK_GBPS = 1.42
+# The lent H200 machine's disk (64 GiB, device-mapper 254:0, kind unknown) under DeepSpeed's aio, GB/s,
+# reads and writes alike: not the catalogue's 3 GB/s NVMe.  Fitted on one run, the 18-block NVMe run of
+# session 5 (steady steps 14.2 and 15.2 s moving 13.6 GiB in and 7.3 GiB out, with a blocking write-back
+# and the host step serial to it), with the cost model's offload terms and its fitted host rate;
+# bench/offload_vs_measured.py --fit recomputes it.  The same lease's dd probe (O_DIRECT, 64 MiB blocks,
+# one request at a time: write 1.3, read 1.4 GB/s) is below it; DeepSpeed's aio keeps queue_depth 8
+# requests of 1 MiB in flight per handle.  Earlier leases' runs imply ~1.45 GB/s (their checks).
+LENT_DISK_GBPS = 1.84
 OPS = ("CPUAdamBuilder", "PinMemoryBuilder", "AsyncIOBuilder")
 T0 = time.time()
 
@@ -257,7 +260,10 @@ def run_system(machine: dict | None = None, disk_gbps: float = 0.0):
     node = dataclasses.replace(
         system.node, numa_cores=(f"0-{int(machine['cpus']) - 1}",), reserved_cores=(), threads_per_core=1,
         host_memory_gib=float(machine["ram_gib"]), nvme_gib=float(machine["disk_free_gib"]),
-        nvme_gbps=disk_gbps or system.node.nvme_gbps)
+        # its DRAM bandwidth is not measured: the catalogue's 75 GB/s is a DGX H200's per-GPU share, and
+        # this machine's 16 cores stream more than half of it (the 6-block CPU run's steady step), so no
+        # DRAM cap: the cores bind (costmodel.host_stream_gbps)
+        host_memory_gbps=0.0, nvme_gbps=disk_gbps or system.node.nvme_gbps)
     return dataclasses.replace(system, name=f"{SYSTEM} as measured", node=node)
 
 
@@ -444,7 +450,7 @@ def main() -> int:
                              "swaps 24 bytes a parameter through the disk every step: minutes for billions)")
     parser.add_argument("--disk-gbps", type=float, default=LENT_DISK_GBPS,
                         help="the --nvme-dir disk's throughput for the prediction, GB/s (default: the lent H200 "
-                             "machine's, fitted on its 12-block run; 0: the catalogue's NVMe figure)")
+                             "machine's, fitted on its 18-block run of session 5; 0: the catalogue's NVMe figure)")
     parser.add_argument("--run-timeout", type=float, default=240.0, help="seconds per run before it is killed")
     parser.add_argument("--smoke", action="store_true",
                         help="CPU check of this script (use a tiny --model): DeepSpeed's CPU accelerator, ops may compile")

@@ -1,21 +1,26 @@
 """The cost model's step time for the stored H200 offload runs against what they measured (CPU, seconds).
 
-    python bench/offload_vs_measured.py          # one row per run: measured, predicted before/now, error
-    python bench/offload_vs_measured.py --fit    # also: the two figures fitted on the runs, recomputed
+    python bench/offload_vs_measured.py          # one row per run: measured, predicted before/now, error, role
+    python bench/offload_vs_measured.py --fit    # also: the three figures fitted on the runs, recomputed
     python bench/offload_vs_measured.py --json   # the rows as JSON
 
 The runs (bench/results, DeepSpeed 0.19.8 ZeRO-3, cpu_adam, one H200, global batch 4 = one micro-batch
-of 4 x 2048 tokens, bf16, never compiled) are on the lent machine: 16 CPUs, 126 GiB RAM, a 64 GiB disk
-of unknown kind (device-mapper 254:0).  Each is predicted with bench/gpu_offload.predicted_step on that
-machine as it was measured (``run_system``: its CPUs, RAM and disk; the disk's throughput
-``LENT_DISK_GBPS``).  What is fitted where (docs/planner.md "Offload"):
-* ``costmodel.CPU_ADAM_PARAMS_PER_CORE_S`` on ``cpu-6l`` (its only step: the step is compute + exposed
-  PCIe + Adam, solved for Adam);
-* ``gpu_offload.LENT_DISK_GBPS`` on ``nvme-12l`` (its steady steps 2-3), with the Adam rate above;
-* ``nvme-24l`` is fitted on nothing: the check.
-The first step of a run also builds DeepSpeed's trace, allocates Adam's m and v and reads every
-parameter twice (no read-ahead yet): ``nvme-12l`` measured step 1 at +21% over its steady steps.  The
-other two runs have only a first step, so their errors include that.
+of 4 x 2048 tokens, bf16, never compiled, the optimizer state in host memory) are on lent machines: 16
+CPUs, 126 GiB RAM, a 64 GiB disk of unknown kind (device-mapper 254:0); each session's lease may be a
+different host.  Each is predicted with bench/gpu_offload.predicted_step on that machine as it was
+measured (``run_system``: its CPUs, RAM and disk, no DRAM cap; the disk at ``LENT_DISK_GBPS``).
+
+The target is the steady step (the mean of steps 2+).  Step 1 is a warm-up (cpu_adam allocates and
+first-touches Adam's m and v; DeepSpeed records its trace and reads every parameter twice): it is
+compared with the model's first step (steady + ``costmodel.offload_first_step_seconds``), and a run with
+only a first step bounds its steady step from above.  What is fitted where (docs/planner.md "Offload"):
+* ``costmodel.HOST_STREAM_GBPS_PER_CORE`` on ``cpu-6l`` (session 5), its steady step: the step less the
+  model's compute and exposed PCIe is the host optimizer step, HOST_STEP_BYTES a parameter on 16 cores;
+* ``costmodel.HOST_FIRST_TOUCH_GBPS`` on ``cpu-6l`` (session 5), its step 1 less its steady step;
+* ``gpu_offload.LENT_DISK_GBPS`` on ``nvme-18l`` (session 5), its steady step, with the host rate above;
+  the same lease's dd probe (O_DIRECT, 64 MiB blocks: write 1.3, read 1.4 GB/s) is a lower bound of it;
+* the rest are checks: ``nvme-12l`` (session 4, GPU capped at 24 GiB), ``nvme-24l`` (session 3, step 1
+  only), ``cpu-6l-s4`` (session 4, step 1 only), and every nvme run's step 1.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
 GIB = 2**30
+DD_PROBE_GBPS = {"write": 1.3, "read": 1.4}  # session 5's lease, dd O_DIRECT 64 MiB blocks, 4 GiB
 
 
 @dataclass(frozen=True)
@@ -38,56 +44,48 @@ class Run:
     machine_file: str  # gpu_offload.json of the same session: the machine
     n_layers: int  # of the 7b preset
     params_on: str
-    optimizer_on: str
-    before_s: float  # gpu_offload.predicted_step at commit 775d143 (catalogue h200-x1 node, old terms)
+    before_s: float  # gpu_offload.predicted_step of the session-4 model (commit 3de9698), same machine
     fitted: str  # what this run calibrates ("": a check)
+    caveat: str = ""
 
 
+S5 = "h200-2026-12-04-s5-offload.json"
 RUNS = (
+    Run("cpu-6l", "h200-2026-12-04-s5-offload-cpu-6l.json", S5, 6, "cpu", 2.206,
+        "HOST_STREAM_GBPS_PER_CORE (steady), HOST_FIRST_TOUCH_GBPS (step 1)"),
+    Run("nvme-18l", "h200-2026-12-04-s5-offload-nvme-18l.json", S5, 18, "nvme", 17.856, "LENT_DISK_GBPS"),
     Run("nvme-12l", "h200-2026-12-04-s4-offload-nvme-12l-cap24.json", "h200-2026-12-04-s4-offload-planner-view.json",
-        12, "nvme", "cpu", 5.740, "LENT_DISK_GBPS"),
-    Run("cpu-6l", "h200-2026-12-04-s4-offload-cpu-6l.json", "h200-2026-12-04-s4-offload-planner-view.json",
-        6, "cpu", "cpu", 1.337, "CPU_ADAM_PARAMS_PER_CORE_S"),
+        12, "nvme", 12.615, "", "GPU capped at 24 GiB (reserved peak 23.99 GiB: the allocator at its cap); session-4 lease"),
     Run("nvme-24l", "h200-2026-12-04-offload-run-nvme.json", "h200-2026-12-04-offload.json",
-        24, "nvme", "cpu", 10.921, ""),
+        24, "nvme", 22.816, "", "step 1 only; session-3 lease"),
+    Run("cpu-6l-s4", "h200-2026-12-04-s4-offload-cpu-6l.json", "h200-2026-12-04-s4-offload-planner-view.json",
+        6, "cpu", 2.206, "", "step 1 only; session-4 lease"),
 )
 ARGS = argparse.Namespace(global_batch=4, seq=2048, mbs=4)
 
 
+def run_named(name: str) -> Run:
+    return next(r for r in RUNS if r.name == name)
+
+
 def measured(run: Run) -> dict:
-    """Step time (steady: steps 2+ where there are any, else the first step) and disk bytes per step."""
-    record = json.loads((RESULTS / run.file).read_text())
-    steps = record["steps"]
-    steady = steps[1:] or steps
+    """The steady step (mean of steps 2+; None with only a first step), step 1, and disk bytes a step."""
+    steps = json.loads((RESULTS / run.file).read_text())["steps"]
+    steady = steps[1:]
     n = len(steady)
-    return {"step_s": sum(s["step_s"] for s in steady) / n, "first_step_only": len(steps) == 1,
-            "step1_s": steps[0]["step_s"],
-            "disk_read_gib": sum(s["device_read_gib"] or 0.0 for s in steady) / n,
-            "disk_written_gib": sum(s["device_written_gib"] or 0.0 for s in steady) / n}
+
+    def mean(key, of):
+        return sum(s[key] or 0.0 for s in of) / len(of)
+
+    return {"steady_s": mean("step_s", steady) if n else None, "step1_s": steps[0]["step_s"],
+            "steady_steps": [s["step_s"] for s in steady],
+            "disk_read_gib": mean("device_read_gib", steady or steps),
+            "disk_written_gib": mean("device_written_gib", steady or steps),
+            "step1_disk_read_gib": steps[0]["device_read_gib"] or 0.0}
 
 
 def machine(run: Run) -> dict:
     return json.loads((RESULTS / run.machine_file).read_text())["machine"]
-
-
-def predict(run: Run, disk_gbps: float | None = None) -> dict:
-    from bench.gpu_offload import model_config, predicted_step
-
-    system = predict_system(run, disk_gbps)
-    return predicted_step(model_config("7b", run.n_layers), ARGS, run.params_on, run.optimizer_on, system)
-
-
-def traffic(run: Run) -> dict:
-    """The cost model's disk bytes per step for the run (GiB)."""
-    from bench.gpu_offload import model_config
-    from topology.costmodel import Request, offload_traffic
-    from topology.modelcfg import param_counts
-
-    cfg = model_config("7b", run.n_layers)
-    req = Request(cfg, predict_system(run), 1, 4, 2048, offload=run.params_on, engine="deepspeed",
-                  offload_optimizer="" if run.optimizer_on == run.params_on else run.optimizer_on)
-    t = offload_traffic(req, param_counts(cfg).total)
-    return {"disk_read_gib": t["disk_read"] / GIB, "disk_written_gib": (t["disk_write"] + t["disk_state"]) / GIB}
 
 
 def predict_system(run: Run, disk_gbps: float | None = None):
@@ -97,39 +95,75 @@ def predict_system(run: Run, disk_gbps: float | None = None):
     return run_system(machine(run), LENT_DISK_GBPS if disk_gbps is None else disk_gbps)
 
 
+def _request(run: Run, disk_gbps: float | None = None):
+    from bench.gpu_offload import model_config
+    from topology.costmodel import Request
+
+    return Request(model_config("7b", run.n_layers), predict_system(run, disk_gbps), 1, ARGS.global_batch, ARGS.seq,
+                   offload=run.params_on, engine="deepspeed", offload_optimizer="" if run.params_on == "cpu" else "cpu")
+
+
+def predict(run: Run, disk_gbps: float | None = None) -> dict:
+    """The model's steady step (``step_s``) and first step (``step1_s``) for the run."""
+    from bench.gpu_offload import model_config, predicted_step
+    from topology.costmodel import offload_first_step_seconds
+    from topology.modelcfg import param_counts
+
+    cfg = model_config("7b", run.n_layers)
+    out = predicted_step(cfg, ARGS, run.params_on, "cpu", predict_system(run, disk_gbps))
+    out["step1_s"] = out["step_s"] + offload_first_step_seconds(_request(run, disk_gbps), param_counts(cfg).total)
+    return out
+
+
+def traffic(run: Run) -> dict:
+    """The cost model's disk bytes per step for the run (GiB)."""
+    from topology.costmodel import offload_traffic
+    from topology.modelcfg import param_counts
+
+    req = _request(run)
+    t = offload_traffic(req, param_counts(req.model).total)
+    return {"disk_read_gib": t["disk_read"] / GIB, "disk_written_gib": (t["disk_write"] + t["disk_state"]) / GIB}
+
+
 def rows() -> list[dict]:
     out = []
     for run in RUNS:
-        m, p = measured(run), predict(run)
-        t = traffic(run)
-        out.append({"run": run.name, "model": f"7b-{run.n_layers}l", "params": run.params_on, "optimizer": run.optimizer_on,
-                    "measured_s": m["step_s"], "measured_is": "step 1 only" if m["first_step_only"] else "steady (steps 2-3)",
-                    "step1_s": m["step1_s"], "before_s": run.before_s, "before_error": run.before_s / m["step_s"] - 1,
-                    "predicted_s": p["step_s"], "error": p["step_s"] / m["step_s"] - 1,
-                    "breakdown": {k: round(v, 3) for k, v in p["breakdown"].items()}, "assumes": p["assumes"],
-                    "disk_read_gib": {"measured": m["disk_read_gib"], "model": t["disk_read_gib"]},
-                    "disk_written_gib": {"measured": m["disk_written_gib"], "model": t["disk_written_gib"]},
-                    "fitted_here": run.fitted or "nothing (check)"})
+        m, p, t = measured(run), predict(run), traffic(run)
+        steady = m["steady_s"]
+        row = {"run": run.name, "model": f"7b-{run.n_layers}l", "params": run.params_on, "optimizer": "cpu",
+               "measured_steady_s": steady, "steady_steps": m["steady_steps"], "measured_step1_s": m["step1_s"],
+               "before_s": run.before_s, "predicted_s": p["step_s"], "predicted_step1_s": p["step1_s"],
+               "breakdown": {k: round(v, 3) for k, v in p["breakdown"].items()}, "assumes": p["assumes"],
+               "disk_read_gib": {"measured": m["disk_read_gib"], "model": t["disk_read_gib"],
+                                 "measured_step1": m["step1_disk_read_gib"]},
+               "disk_written_gib": {"measured": m["disk_written_gib"], "model": t["disk_written_gib"]},
+               "role": ("fitted: " + run.fitted) if run.fitted else "independent check", "caveat": run.caveat}
+        if steady is not None:
+            row.update(before_error=run.before_s / steady - 1, error=p["step_s"] / steady - 1)
+        else:  # step 1 only: an upper bound of the steady step; the model's first step is what compares
+            row.update(before_error=None, error=None, steady_upper_bound_held=p["step_s"] <= m["step1_s"])
+        row["step1_error"] = p["step1_s"] / m["step1_s"] - 1
+        out.append(row)
     return out
 
 
 def fit() -> dict:
-    """The Adam rate from cpu-6l, then the disk throughput from nvme-12l (bisection), as the model sees them."""
-    from bench.gpu_offload import model_config
+    """The three fitted figures recomputed from their runs, as the model sees them: the host streaming rate
+    and first-touch rate from cpu-6l, then the disk from nvme-18l's steady step (bisection)."""
     from topology import costmodel as cm
     from topology.modelcfg import param_counts
 
-    cpu, nvme = RUNS[1], RUNS[0]
-    p = predict(cpu)
-    non_adam = p["step_s"] - p["breakdown"]["optimizer_s"]
-    adam = measured(cpu)["step_s"] - non_adam
-    n = param_counts(model_config("7b", cpu.n_layers)).total
+    cpu, nvme = run_named("cpu-6l"), run_named("nvme-18l")
+    p, m = predict(cpu), measured(cpu)
+    host = m["steady_s"] - (p["step_s"] - p["breakdown"]["optimizer_s"])
+    n = param_counts(_request(cpu).model).total
     cores = predict_system(cpu).node.cores
-    per_core = n / adam / cores
-    saved = cm.CPU_ADAM_PARAMS_PER_CORE_S
-    cm.CPU_ADAM_PARAMS_PER_CORE_S = per_core
+    per_core = n * cm.HOST_STEP_BYTES / host / cores / 1e9
+    first_touch = 8 * n / (m["step1_s"] - m["steady_s"]) / 1e9
+    saved = cm.HOST_STREAM_GBPS_PER_CORE
+    cm.HOST_STREAM_GBPS_PER_CORE = per_core
     try:
-        target = measured(nvme)["step_s"]
+        target = measured(nvme)["steady_s"]
         lo, hi = 0.05, 50.0
         for _ in range(60):
             mid = (lo * hi) ** 0.5
@@ -138,9 +172,18 @@ def fit() -> dict:
             else:
                 hi = mid
     finally:
-        cm.CPU_ADAM_PARAMS_PER_CORE_S = saved
-    return {"CPU_ADAM_PARAMS_PER_CORE_S": per_core, "adam_s_cpu_6l": adam, "non_adam_s_cpu_6l": non_adam,
+        cm.HOST_STREAM_GBPS_PER_CORE = saved
+    return {"HOST_STREAM_GBPS_PER_CORE": per_core, "host_step_s_cpu_6l": host,
+            "host_params_per_s_cpu_6l": n / host, "HOST_FIRST_TOUCH_GBPS": first_touch,
             "LENT_DISK_GBPS": (lo * hi) ** 0.5}
+
+
+def _s(x) -> str:
+    return "     -" if x is None else f"{x:5.2f}s"
+
+
+def _e(x) -> str:
+    return "    -" if x is None else f"{x:+5.0%}"
 
 
 def main() -> int:
@@ -155,21 +198,31 @@ def main() -> int:
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    print(f"{'run':9} {'measured':>9} {'':19} {'before':>7} {'err':>5} {'now':>7} {'err':>5}  disk r/w GiB measured | model  fitted here")
+    print("steady = mean of steps 2+ (step 1 is a warm-up); before = the session-4 model; now = this model")
+    print(f"{'run':10} {'steady':>6} {'before':>6} {'err':>5} {'now':>6} {'err':>5} | {'step 1':>6} {'now':>6} {'err':>5}"
+          f" | disk r/w GiB measured | model | role")
     for r in table:
-        print(f"{r['run']:9} {r['measured_s']:8.2f}s {r['measured_is']:19} {r['before_s']:6.2f}s {r['before_error']:+5.0%} "
-              f"{r['predicted_s']:6.2f}s {r['error']:+5.0%}  {r['disk_read_gib']['measured']:5.2f}/{r['disk_written_gib']['measured']:5.2f}"
-              f" | {r['disk_read_gib']['model']:5.2f}/{r['disk_written_gib']['model']:5.2f}  {r['fitted_here']}")
+        print(f"{r['run']:10} {_s(r['measured_steady_s'])} {_s(r['before_s'])} {_e(r['before_error'])} "
+              f"{_s(r['predicted_s'])} {_e(r['error'])} | {_s(r['measured_step1_s'])} {_s(r['predicted_step1_s'])} "
+              f"{_e(r['step1_error'])} | {r['disk_read_gib']['measured']:5.2f}/{r['disk_written_gib']['measured']:5.2f}"
+              f" | {r['disk_read_gib']['model']:5.2f}/{r['disk_written_gib']['model']:5.2f} | {r['role']}")
     for r in table:
-        print(f"  {r['run']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["breakdown"].items()) + f"  [{r['assumes']}]")
+        extra = f"; {r['caveat']}" if r["caveat"] else ""
+        bound = ("" if r["measured_steady_s"] is not None else
+                 f"; steady <= step 1 {'holds' if r['steady_upper_bound_held'] else 'FAILS'}")
+        print(f"  {r['run']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["breakdown"].items())
+              + f"  [{r['assumes']}]{bound}{extra}")
+    print(f"  dd probe of session 5's disk (a lower bound of DeepSpeed's aio): write {DD_PROBE_GBPS['write']}, "
+          f"read {DD_PROBE_GBPS['read']} GB/s")
     if args.fit:
         f = out["fit"]
         from bench.gpu_offload import LENT_DISK_GBPS
-        from topology.costmodel import CPU_ADAM_PARAMS_PER_CORE_S
+        from topology import costmodel as cm
 
-        print(f"fit: cpu_adam {f['CPU_ADAM_PARAMS_PER_CORE_S'] / 1e6:.1f}M params/s per core on cpu-6l (Adam "
-              f"{f['adam_s_cpu_6l']:.2f} s of its step; in use: {CPU_ADAM_PARAMS_PER_CORE_S / 1e6:.1f}M); disk "
-              f"{f['LENT_DISK_GBPS']:.2f} GB/s on nvme-12l (in use: {LENT_DISK_GBPS:.2f})")
+        print(f"fit: host step {f['HOST_STREAM_GBPS_PER_CORE']:.2f} GB/s a core on cpu-6l steady ({f['host_step_s_cpu_6l']:.2f} s,"
+              f" {f['host_params_per_s_cpu_6l'] / 1e9:.2f}B params/s; in use {cm.HOST_STREAM_GBPS_PER_CORE:.2f}); first touch "
+              f"{f['HOST_FIRST_TOUCH_GBPS']:.1f} GB/s on cpu-6l step 1 (in use {cm.HOST_FIRST_TOUCH_GBPS:.1f}); disk "
+              f"{f['LENT_DISK_GBPS']:.2f} GB/s on nvme-18l steady (in use {LENT_DISK_GBPS:.2f})")
     return 0
 
 

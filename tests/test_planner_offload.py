@@ -121,36 +121,40 @@ def test_a_disk_bound_step_takes_at_least_its_disk_bytes_over_the_disk():
         assert est.step_time_s >= (t["disk_read"] + t["disk_write"]) / (disk * 1e9)
 
 
-def test_the_write_back_overlaps_the_adam_of_the_next_sub_group_only():
-    from topology.costmodel import DS_SUB_GROUP, cpu_adam_seconds, offload_traffic, overlapped_chunks
+def test_the_nvme_write_back_is_blocking_so_it_adds_to_the_host_step():
+    # DeepSpeed 0.19.8 writes each sub-group's updated bf16 parameters with SwapBufferPool.swap_out(handle),
+    # async_op=False: the write waits before the next sub-group's Adam (the old model overlapped them)
+    from topology.costmodel import cpu_adam_seconds, offload_traffic
     from topology.modelcfg import param_counts
 
     disk = 1.4
     req, est = _estimate(_h200(cores=16, disk_gbps=disk))
     n = param_counts(req.model).total
     adam, write = cpu_adam_seconds(req, n), offload_traffic(req, n)["disk_write"] / (disk * 1e9)
-    opt = est.breakdown["optimizer_s"]
-    assert max(adam, write) < opt < adam + write  # 3 sub-groups of <= 1e9 parameters
-    assert opt == pytest.approx(overlapped_chunks(adam, write, -(-n // int(DS_SUB_GROUP))))
-    assert overlapped_chunks(2.0, 3.0, 1) == 5.0 and overlapped_chunks(2.0, 3.0, 10**6) == pytest.approx(3.0)
+    assert est.breakdown["optimizer_s"] == pytest.approx(adam + write)
 
 
-def test_cpu_adam_runs_on_the_hosts_cores_up_to_its_dram():
-    from topology.costmodel import ADAM_UPDATE_BYTES, cpu_adam_seconds
+def test_cpu_adam_streams_host_memory_on_the_hosts_cores_up_to_its_dram():
+    import dataclasses
 
+    from topology.costmodel import HOST_DRAM_EFFICIENCY, HOST_STEP_BYTES, cpu_adam_seconds, host_stream_gbps
+
+    # clip (8) + cpu_adam (28) + the copy into the bf16 partition (6): bytes a parameter through DRAM
+    assert HOST_STEP_BYTES == 42
     n = 1e9
-    on = {c: cpu_adam_seconds(_estimate(_h200(cores=c), offload="cpu")[0], n) for c in (8, 16, 56, 112)}
-    assert on[8] == pytest.approx(2 * on[16])  # core-bound: half the cores, twice the time
-    # 56 cores and more: the catalogue's 75 GB/s of DRAM binds (half of it over 30 bytes a parameter)
-    assert on[56] == on[112] == pytest.approx(n * ADAM_UPDATE_BYTES / (0.5 * 75e9))
-    native = _estimate(_h200(cores=16), offload="cpu")[0]
+    on = {c: cpu_adam_seconds(_estimate(_h200(cores=c), offload="cpu")[0], n) for c in (2, 4, 56, 112)}
+    assert on[2] == pytest.approx(2 * on[4])  # core-bound: half the cores, twice the time
+    # many cores: the catalogue's 75 GB/s of DRAM binds (HOST_DRAM_EFFICIENCY of it over 42 bytes a parameter)
+    assert on[56] == on[112] == pytest.approx(n * HOST_STEP_BYTES / (HOST_DRAM_EFFICIENCY * 75e9))
+    # DRAM bandwidth unknown (0): the cores bind
+    node = dataclasses.replace(_h200(cores=16).node, host_memory_gbps=0.0)
+    assert host_stream_gbps(node) == pytest.approx(16 * host_stream_gbps(dataclasses.replace(node, numa_cores=("0",))))
+    native = _estimate(_h200(cores=4), offload="cpu")[0]
     native = type(native)(native.model, native.system, 1, 4, 2048, offload="cpu", engine="native")
-    assert cpu_adam_seconds(native, n) == pytest.approx(5 * on[16])  # torch's CPU AdamW: a fifth of cpu_adam
+    assert cpu_adam_seconds(native, n) == pytest.approx(5 * on[4])  # torch's CPU AdamW: a fifth of cpu_adam
 
 
-def test_the_stored_h200_offload_runs_are_predicted_within_15_percent():
-    # bench/offload_vs_measured.py: nvme-12l fits the disk, cpu-6l the cpu_adam rate, nvme-24l is the check;
-    # the model before issue 14's change was 39-58% short on all three
+def _bench():
     import importlib.util
     import sys
     from pathlib import Path
@@ -163,15 +167,69 @@ def test_the_stored_h200_offload_runs_are_predicted_within_15_percent():
         spec.loader.exec_module(bench)
     finally:
         del sys.modules[spec.name]
+    return bench
+
+
+def test_the_offload_model_targets_steady_steps_of_the_stored_h200_runs():
+    # bench/offload_vs_measured.py: cpu-6l (session 5) fits the host rate on its steady steps 2-3 (0.90 s;
+    # the session-4 model, fitted on its warm-up step 1, said 2.21 s), nvme-18l fits the disk; the rest check
+    bench = _bench()
     rows = {r["run"]: r for r in bench.rows()}
-    assert set(rows) == {"nvme-12l", "cpu-6l", "nvme-24l"}
+    assert set(rows) == {"cpu-6l", "nvme-18l", "nvme-12l", "nvme-24l", "cpu-6l-s4"}
+    cpu, n18 = rows["cpu-6l"], rows["nvme-18l"]
+    assert cpu["measured_steady_s"] == pytest.approx(0.896, abs=0.005)
+    assert cpu["measured_step1_s"] > 2 * cpu["measured_steady_s"]  # step 1 is a warm-up
+    assert abs(cpu["error"]) <= 0.05 and cpu["before_error"] > 1.0
+    assert abs(n18["error"]) <= 0.05 and n18["before_error"] > 0.15
+    # the first step = steady + the first touch of m and v: fitted on cpu-6l's step 1, checked on nvme-18l's
+    assert abs(cpu["step1_error"]) <= 0.05 and abs(n18["step1_error"]) <= 0.10
     for r in rows.values():
-        assert abs(r["error"]) <= 0.15, r
-        assert r["before_error"] < -0.35
-        assert r["disk_written_gib"]["model"] == pytest.approx(r["disk_written_gib"]["measured"], rel=0.01)
+        assert r["role"].startswith("fitted") == (r["run"] in ("cpu-6l", "nvme-18l"))
+        if r["measured_steady_s"] is None:  # step 1 only: an upper bound of the steady step
+            assert r["error"] is None and r["steady_upper_bound_held"]
+        # the checks (other leases, one GPU-capped) within 25%, first steps included
+        assert abs(r["step1_error"]) <= 0.25, r
+        if r["error"] is not None:
+            assert abs(r["error"]) <= 0.25, r
+        assert r["disk_written_gib"]["model"] == pytest.approx(r["disk_written_gib"]["measured"], rel=0.01, abs=0.01)
     fitted = bench.fit()
-    assert fitted["LENT_DISK_GBPS"] == pytest.approx(1.42, rel=0.02)
-    assert fitted["CPU_ADAM_PARAMS_PER_CORE_S"] == pytest.approx(45e6, rel=0.02)
+    from bench.gpu_offload import LENT_DISK_GBPS
+    from topology.costmodel import HOST_FIRST_TOUCH_GBPS, HOST_STREAM_GBPS_PER_CORE
+
+    assert fitted["HOST_STREAM_GBPS_PER_CORE"] == pytest.approx(HOST_STREAM_GBPS_PER_CORE, rel=0.02)
+    assert fitted["HOST_FIRST_TOUCH_GBPS"] == pytest.approx(HOST_FIRST_TOUCH_GBPS, rel=0.02)
+    assert fitted["LENT_DISK_GBPS"] == pytest.approx(LENT_DISK_GBPS, rel=0.02)
+    # the dd probe of the same lease (one request at a time) is a lower bound of the aio throughput
+    assert LENT_DISK_GBPS >= max(bench.DD_PROBE_GBPS.values())
+
+
+LENT = {"cpus": 16, "ram_gib": 125.8, "disk_free_gib": 63.7}  # gpu_offload.json's machine (session 5)
+
+
+def test_cpu_offload_steady_step_of_7b_6_blocks_is_about_0_9_s():
+    # the lent machine (16 cores, no DRAM cap): the measured steady step is 0.90 s (the old model: 2.21 s)
+    from bench.gpu_offload import run_system
+
+    _, est = _estimate(run_system(LENT, 1.84), offload="cpu", n_layers=6)
+    assert est.step_time_s == pytest.approx(0.90, rel=0.1)
+    assert est.breakdown["optimizer_s"] > 0.5 * est.step_time_s  # the host step is most of it
+
+
+def test_nvme_step_scales_with_the_blocks_like_its_bytes():
+    # disk-bound: reads, the blocking write-back and the host step all scale with the parameters, so the
+    # step of 18 blocks over 12 is their parameter ratio (3.91B / 2.69B = 1.45) within a few %, as the
+    # measured steady steps' disk bytes scale (13.64 / 9.12 GiB read, 7.27 / 5.01 written)
+    from bench.gpu_offload import run_system
+    from topology.modelcfg import param_counts
+
+    steps, params = {}, {}
+    for n_layers in (12, 18, 24):
+        req, est = _estimate(run_system(LENT, 1.84), n_layers=n_layers)
+        steps[n_layers], params[n_layers] = est.step_time_s, param_counts(req.model).total
+    for a, b in ((12, 18), (18, 24)):
+        assert steps[b] / steps[a] == pytest.approx(params[b] / params[a], rel=0.03)
+    # 18 blocks: 14.6 GiB read + 7.3 GiB written at 1.84 GB/s plus a ~2 s host step; 14.7 s measured
+    assert steps[18] == pytest.approx(14.7, rel=0.1)
 
 
 def test_offload_optimizer_needs_offloaded_parameters():

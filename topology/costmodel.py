@@ -938,19 +938,27 @@ def peak_memory_bytes(st: Structure, g: DPGroups, reserved: float) -> tuple[floa
 
 
 # Offload (docs/planner.md "Offload"; measured against the H200 runs by bench/offload_vs_measured.py).
-# The host optimizer step.  DeepSpeed's vectorised cpu_adam runs on the host's cores: a core updates
-# CPU_ADAM_PARAMS_PER_CORE_S parameters a second (fitted on one run, the only fitted constant here:
-# the lent H200 machine's ZeRO-Offload run of 7b with 6 blocks, 16 cores, step 2.20 s; see the docs'
-# table), and no host streams faster than about half its DRAM bandwidth over the ADAM_UPDATE_BYTES a
-# parameter moves.  torch's AdamW on CPU tensors (FSDP2's CPU offload policy) is a fifth of that
-# (ZeRO-Offload paper and DeepSpeed's tutorial: CPU-Adam 5-7x faster than PyTorch's CPU Adam).
-CPU_ADAM_PARAMS_PER_CORE_S = 45e6
-CPU_ADAM_EFFICIENCY = {"deepspeed": 0.5, "native": 0.1}  # of host DRAM bandwidth, at most
-# DeepSpeed's ZeRO-3 optimizer step walks the parameters in sub-groups of zero_optimization.
-# sub_group_size elements (default 1e9): per sub-group the CPU Adam, then the updated bf16 parameters
-# are written back (parameters on NVMe: an asynchronous aio write that the next sub-group's Adam
-# overlaps; stage3.py _partitioned_params_swap_out waits for the previous write first).
-DS_SUB_GROUP = 1e9
+# The host optimizer step of DeepSpeed's ZeRO-3 with the optimizer offloaded (stage3.py ``step``, per
+# sub-group of ``sub_group_size`` elements): ``unscale_and_clip_grads`` multiplies the fp32 gradient
+# partition (read and write, 8 bytes a parameter; it runs every step, scale 1 or not), ``cpu_adam``
+# reads master, gradient, m and v and writes master, m and v (28), and the updated master is copied
+# into the bf16 partition, or with the parameters on NVMe into the pinned swap buffer (read 4, write
+# 2): HOST_STEP_BYTES a parameter streamed through host DRAM, a bandwidth-bound pass (cpu_adam's
+# arithmetic, ~10 flops a parameter in AVX-512, is far below what 16 cores do in that time).  A core
+# streams HOST_STREAM_GBPS_PER_CORE (the one fitted figure: the lent H200 machine's ZeRO-Offload run
+# of 7b with 6 blocks, its steady steps 2-3 of 0.90 s; see the docs' table), and the node no faster
+# than HOST_DRAM_EFFICIENCY of its DRAM bandwidth where that is known (0 in the catalogue: not known,
+# the cores bind).  torch's AdamW on CPU tensors (FSDP2's CPU offload policy) is NATIVE_HOST_SLOWDOWN
+# times slower (ZeRO-Offload paper and DeepSpeed's tutorial: CPU-Adam 5-7x faster than PyTorch's).
+HOST_STEP_BYTES = 8 + 28 + 6
+HOST_STREAM_GBPS_PER_CORE = 5.25
+HOST_DRAM_EFFICIENCY = 0.5
+NATIVE_HOST_SLOWDOWN = 5.0
+# DeepSpeed's cpu_adam creates m and v (zeros_like) at its first step, so a run's first step also
+# first-touches 8 bytes a parameter of fresh host memory (page faults, zero fill), at
+# HOST_FIRST_TOUCH_GBPS for the node (fitted on the 6-block CPU run: step 1 1.96 s, steady 0.90 s);
+# the first step is a warm-up, never a steady step (offload_first_step_seconds).
+HOST_FIRST_TOUCH_GBPS = 11.1
 NVME_PARAM_WRITE_BYTES = WEIGHT_BYTES  # parameters on NVMe: every step writes the updated bf16 parameters back
 # Optimizer state on NVMe (ZeRO-Infinity): fp32 master, m and v in and out every step, and the fp32
 # gradient partitions out during the backward and in for the step; with DeepSpeed's defaults
@@ -965,9 +973,10 @@ def offload_traffic(req: Request, local_params: float) -> dict[str, float]:
     for the backward (``pcie_params``; read from the drives first when they live on NVMe,
     ``disk_read``), and the gradients go back (``pcie_grads``).  Per step: with the parameters on
     NVMe the updated ones are written back (``disk_write``); with the optimizer state on NVMe it is
-    swapped in and out (``disk_state``).  Measured on the H200 (7b, 12 blocks, 2.69B parameters, 5.01
-    GiB of bf16): 5.01 GiB written a step, 10.02 GiB read in the first step and 9.12 GiB in later ones
-    (DeepSpeed's read-ahead keeps some of the forward's last parameters for the backward)."""
+    swapped in and out (``disk_state``).  Measured on the H200 (7b, 12 and 18 blocks): the bf16
+    parameters written once a step; read twice in the first step and 0.90 GiB less in later ones,
+    for both depths (DeepSpeed's read-ahead carries some of the forward's last parameters into the
+    backward), so the model's 2x is the first step's read and over-counts a steady one by a few %."""
     params = WEIGHT_BYTES * local_params
     return {
         "pcie_params": 2 * params,
@@ -978,21 +987,29 @@ def offload_traffic(req: Request, local_params: float) -> dict[str, float]:
     }
 
 
+def host_stream_gbps(node) -> float:
+    """GB/s the host optimizer step streams on ``node``: its cores, capped by its DRAM where known."""
+    cores = node.cores * HOST_STREAM_GBPS_PER_CORE
+    dram = node.host_memory_gbps * HOST_DRAM_EFFICIENCY
+    if cores and dram:
+        return min(cores, dram)
+    return cores or dram
+
+
 def cpu_adam_seconds(req: Request, local_params: float) -> float:
-    """The host optimizer step of one rank: all the node's ranks update their shards at once, on the
-    node's cores (DeepSpeed's cpu_adam) and its DRAM (both engines)."""
-    node = req.system.node
-    dram = node.host_memory_gbps * 1e9 * CPU_ADAM_EFFICIENCY["deepspeed"] / ADAM_UPDATE_BYTES
-    rate = min(dram, node.cores * CPU_ADAM_PARAMS_PER_CORE_S) if node.cores else dram
-    rate *= CPU_ADAM_EFFICIENCY[req.engine] / CPU_ADAM_EFFICIENCY["deepspeed"]
-    return local_params * node.ranks / rate
+    """The host optimizer step of one rank (clip, Adam, copy back: HOST_STEP_BYTES a parameter): all the
+    node's ranks update their shards at once, on the node's cores and its DRAM (DeepSpeed's cpu_adam;
+    torch's CPU AdamW, the native engine, NATIVE_HOST_SLOWDOWN times slower)."""
+    rate = host_stream_gbps(req.system.node) * 1e9 / HOST_STEP_BYTES
+    if req.engine != "deepspeed":
+        rate /= NATIVE_HOST_SLOWDOWN
+    return local_params * req.system.node.ranks / rate
 
 
-def overlapped_chunks(a: float, b: float, n: int) -> float:
-    """Seconds of two stages, ``a`` then ``b``, over ``n`` equal chunks where chunk i's ``b`` overlaps
-    chunk i+1's ``a`` (the optimizer step's Adam and its parameter write-back)."""
-    n = max(1, n)
-    return (a + b) / n + (n - 1) / n * max(a, b)
+def offload_first_step_seconds(req: Request, local_params: float) -> float:
+    """What a run's first step takes over a steady one: cpu_adam's m and v (8 bytes a parameter, all the
+    node's ranks) first-touched in fresh host memory.  Not part of the planner's (steady) step."""
+    return 8 * local_params * req.system.node.ranks / (HOST_FIRST_TOUCH_GBPS * 1e9)
 
 
 def offload_seconds(req: Request, local_params: float, stage: StageTerms) -> tuple[float, float]:
@@ -1003,10 +1020,11 @@ def offload_seconds(req: Request, local_params: float, stage: StageTerms) -> tup
     hide that pass's compute and the pass takes the longer of the two.  With the parameters on NVMe
     a pass's read is bound by the drives (shared by the node's ranks) as well as PCIe.  The
     optimizer step runs on the host after the backward (DeepSpeed's default: no overlap with the
-    next forward); with the parameters on NVMe its sub-groups' parameter write-back overlaps the next
-    sub-group's Adam, and the drives, which one rank's reads and writes share, serialise the write
-    with the reads (the last sub-group's write overlaps the next step's first reads, which wait on
-    the same drives).  Optimizer state on NVMe adds its swaps, not overlapped."""
+    next forward), and nothing hides it: with the parameters on NVMe each sub-group's updated bf16
+    parameters are written back with a blocking aio write before the next sub-group's Adam starts
+    (DeepSpeed 0.19.8: stage3.py ``_partitioned_params_swap_out`` -> partitioned_param_swapper
+    ``swap_out_partitioned_params`` -> ``SwapBufferPool.swap_out(handle)`` with ``async_op=False``,
+    which waits), so the step is Adam + write.  Optimizer state on NVMe adds its swaps, not overlapped."""
     node = req.system.node
     pcie = node.pcie_gbps * 1e9
     disk = node.nvme_gbps * 1e9 / node.ranks if node.nvme_gbps else 0.0
@@ -1016,10 +1034,9 @@ def offload_seconds(req: Request, local_params: float, stage: StageTerms) -> tup
         fetch = max(fetch, t["disk_read"] / 2 / disk)
     grads = t["pcie_grads"] / pcie
     exposed = max(0.0, fetch - stage.fwd) + max(0.0, max(fetch, grads) - stage.bwd)
-    adam = cpu_adam_seconds(req, local_params)
-    write = t["disk_write"] / disk if t["disk_write"] else 0.0
-    sub_groups = math.ceil(local_params / DS_SUB_GROUP) if req.engine == "deepspeed" else 1
-    optimizer = overlapped_chunks(adam, write, sub_groups)
+    optimizer = cpu_adam_seconds(req, local_params)
+    if t["disk_write"]:
+        optimizer += t["disk_write"] / disk
     if t["disk_state"]:
         optimizer += t["disk_state"] / disk
     return exposed, optimizer
