@@ -99,6 +99,7 @@ ABLATIONS: dict[str, list[str]] = {
     "fused-projections": ["train.fused_projections=true"],
     "cudagraphs": ["train.compile_mode=reduce-overhead"],
     "max-autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],  # its GEMM autotuning takes minutes
+    "loss-chunk-2048": ["train.loss_chunk_tokens=2048"],  # smaller loss temporaries at the forward's peak
     "float8": ["train.float8=true"],  # torchao; compare its loss column with the bf16 row's
 }
 

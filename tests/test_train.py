@@ -53,6 +53,7 @@ def test_plan_file_sets_the_layout_and_set_overrides_it(tmp_path):
     ("train.schedule=linear", "train.schedule='linear': must be one of cosine, wsd, constant"),
     ("parallel.tp=3", "tp=3 does not divide n_heads=4"),
     ("train.seq_len=4096", "train.seq_len=4096 exceeds model.max_seq_len=128"),
+    ("train.loss_chunk_tokens=0", "train.loss_chunk_tokens=0: must be >= 1"),
     ("steps=3", "expected section.key=value"),
 ])
 def test_bad_config_values_are_one_line_errors_naming_the_key(override, message):

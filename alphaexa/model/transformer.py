@@ -19,7 +19,7 @@ from topology.modelcfg import ModelConfig
 
 from .attention import Attention, KVCache
 from .layers import NORM_TYPES, FeedForward, build_norm
-from .loss import fused_linear_cross_entropy
+from .loss import LOSS_CHUNK_TOKENS, fused_linear_cross_entropy
 from .moe import GroupedExperts, MoE
 from .positions import rope_tables, sinusoidal_table
 
@@ -73,6 +73,10 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    # Tokens per chunk of the fused head + loss (train.loss_chunk_tokens): a chunk's logits, softmax and
+    # their gradient are the loss's temporaries, on top of every saved activation at the end of the forward.
+    loss_chunk_tokens: int = LOSS_CHUNK_TOKENS
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -192,7 +196,7 @@ class Transformer(nn.Module):
         if self.norm is not None:
             h = self.norm(h)
         if self.output is not None and targets is not None:
-            return fused_linear_cross_entropy(h, self.output.weight, targets)
+            return fused_linear_cross_entropy(h, self.output.weight, targets, self.loss_chunk_tokens)
         if self.output is not None:
             h = self.output(h)
         if cache is not None:

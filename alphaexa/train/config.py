@@ -70,6 +70,7 @@ class TrainSection:
     # fused_projections); the LM head and the MoE router stay in bf16
     float8: bool = False
     fused_loss: bool = True  # LM head + cross-entropy in token chunks, never the full fp32 logits (tp1, pp1)
+    loss_chunk_tokens: int = 4096  # tokens per chunk of the fused loss: smaller chunks, smaller loss temporaries
     # launch step N+1 before reading step N's figures where nothing in between needs them (the optimizer
     # step queued on the device, no rollback, no evaluation or checkpoint after N): the host's one wait per
     # step then overlaps the device's work instead of idling it
@@ -85,7 +86,7 @@ class TrainSection:
     collective_timeout_s: float = 300.0  # a collective waiting longer ends the job (dead rank)
 
     def validate(self) -> None:
-        positive = ("steps", "global_batch", "seq_len", "log_every", "loss_spike_window")
+        positive = ("steps", "global_batch", "seq_len", "log_every", "loss_spike_window", "loss_chunk_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 1")

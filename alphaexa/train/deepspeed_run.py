@@ -101,6 +101,7 @@ class DeepSpeedRun:
         # DeepSpeed insists on LOCAL_RANK, which a one-process run or an MPI launcher may not set.
         os.environ.setdefault("LOCAL_RANK", str(local_rank))
         model = build_model(cfg.model, seed=cfg.train.seed)  # the weights one native process initialises
+        model.loss_chunk_tokens = cfg.train.loss_chunk_tokens  # where its step uses the fused loss
         self.step_fn = DeepSpeedTrainStep(model, layout, deepspeed_options(cfg), n_microbatches=n_microbatches,
                                           compute_dtype=DTYPES[cfg.train.dtype],
                                           parameters=parameter_groups([model], cfg.train.weight_decay))

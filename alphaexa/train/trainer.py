@@ -188,6 +188,7 @@ class Trainer:
         # process would initialise (a resume then loads the checkpoint straight into these shards).
         with torch.device("meta"):
             model = Transformer(cfg.model)
+        model.loss_chunk_tokens = cfg.train.loss_chunk_tokens
         compute_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}[cfg.train.dtype]
         if compute_dtype == torch.float64:  # master weights too: exact comparisons between layouts
             model.to(torch.float64)
