@@ -196,6 +196,7 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     groups["heldout_seen"] = [r for r in groups["heldout"] if group_of(r.run) == "seen"]
     groups["heldout_unseen"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen"]
     groups["heldout_unseen4"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen4"]
+    groups["heldout_unseen5"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen5"]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -249,11 +250,13 @@ SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "dp_comm_exposed
 
 
 def group_of(run: Run) -> str:
-    """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3)
-    or unseen4 (added held out in session 4)."""
+    """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3),
+    unseen4 (added held out in session 4) or unseen5 (session 5)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
+    if run.id in set(data.get("unseen_rows_session5", ())):
+        return "unseen5"
     if run.id in set(data.get("unseen_rows_session4", ())):
         return "unseen4"
     return "unseen" if run.id in set(data.get("unseen_rows", ())) else "seen"
@@ -267,13 +270,14 @@ def breakdown(rows: list[Row]) -> str:
         b, step = r.estimate.breakdown, r.estimate.step_time_s
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
-    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 mean |err| (n)"]
+    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 "
+            "mean |err| (n)"]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
-        for g in ("fit", "seen", "unseen", "unseen4"):
+        for g in ("fit", "seen", "unseen", "unseen4", "unseen5"):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
