@@ -332,6 +332,7 @@ class Implementation:
     moe_routing_kernels: int = MOE_ROUTING_KERNELS
     moe_host_sync: bool = True  # dropless routing sizes its output on the host (torch.bincount)
     ep_overlap: bool = False  # expert all-to-all hidden behind another micro-batch's compute
+    tp_overlap: bool = False  # TP all-gathers / reduce-scatters pipelined with their GEMMs (TE's userbuffers)
     ep_dedup: bool = False  # a token goes once to each rank holding its experts (DeepEP), not once per expert
     gemm_scale: float = 1.0  # of the device's gemm_efficiency: this framework's GEMM kernels and their vintage
     attention_scale: float = 1.0  # of the device's attention_efficiency: this framework's attention kernel
@@ -524,6 +525,13 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                 routed_full = 2.0 * tokens / t * etp * h
                 tp_fwd_moe += collective_seconds("all_gather", routed_full, etp_path) + collective_seconds(
                     "reduce_scatter", routed_full, etp_path)
+    if impl.tp_overlap:
+        # Transformer Engine's communication overlap (Megatron --tp-comm-overlap): each all-gather is
+        # split into chunks that stream into the GEMM consuming them, each reduce-scatter out of the GEMM
+        # producing it, so the collectives run under the GEMMs; like other overlapped traffic they still
+        # take SMs and HBM bandwidth from them (the same share as hidden data-parallel traffic)
+        tp_fwd *= DP_OVERLAP_CONTENTION
+        tp_fwd_moe *= DP_OVERLAP_CONTENTION
     cp_fwd_exposed = cp_bwd_exposed = 0.0
     if cp > 1:
         cp_path = comm_path(system, cp, tp)

@@ -54,6 +54,9 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
 IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
                                                ep_dedup=False)
 EP_OVERLAP_SUFFIX = "+ep-overlap"
+# A row's implementation may name what its source overlaps: "+ep-overlap" (the expert all-to-all behind
+# another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs)
+OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,12 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int) -> float:
 
 
 def implementation_of(run: Run) -> cm.Implementation:
-    name, overlap, _ = run.implementation.partition(EP_OVERLAP_SUFFIX)
+    name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    return replace(impl, ep_overlap=True) if overlap else impl
+    unknown = [f for f in flags if f not in OVERLAP_FLAGS]
+    if unknown:
+        raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {sorted(OVERLAP_FLAGS)}")
+    return replace(impl, **{OVERLAP_FLAGS[f]: True for f in flags}) if flags else impl
 
 
 def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Estimate:
