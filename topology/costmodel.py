@@ -58,6 +58,13 @@ WEIGHT_BYTES = 2  # bf16 weights
 GRAD_BYTES = 2  # bf16 gradients (ZeRO's accounting)
 OPTIMIZER_BYTES = 12  # fp32 master + Adam m + v
 ADAM_UPDATE_BYTES = 30  # read/write master, m, v (24) + read grad (2) + write bf16 weight (2) + slack
+# The optimizer step on the device, per local parameter, as the trainer runs it (FSDP2 or a plain module:
+# fp32 parameters and gradients; torch's fused AdamW reads parameter, gradient, m and v, 16 bytes, and
+# writes parameter, m and v, 12) and the gradient clipping before it (the global norm reads each
+# gradient, 4; clip_grads_with_norm_ scales it in place, 4 + 4): 40 bytes, streamed through HBM at the
+# device's elementwise efficiency like any memory-bound kernel.  Megatron's distributed optimizer moves
+# about the same (fp32 main parameters and gradients, plus the bf16 copy it writes, 2).
+DEVICE_OPTIMIZER_BYTES = 28 + 12
 TILE = 128  # GEMM output tile edge used for wave quantisation
 
 
@@ -278,6 +285,7 @@ class LayerCost:
     p2p: float  # one stage-boundary send (s) on the pipeline path
     moe_block_fwd: float = 0.0  # router, routed and shared experts and their elementwise work (no attention)
     norm_fwd: float = 0.0  # the two norms of a layer
+    tp_fwd_moe: float | None = None  # tensor-parallel collectives of one MoE layer's forward (None: tp_fwd)
 
 
 BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
@@ -324,6 +332,7 @@ class Implementation:
     moe_routing_kernels: int = MOE_ROUTING_KERNELS
     moe_host_sync: bool = True  # dropless routing sizes its output on the host (torch.bincount)
     ep_overlap: bool = False  # expert all-to-all hidden behind another micro-batch's compute
+    tp_overlap: bool = False  # TP all-gathers / reduce-scatters pipelined with their GEMMs (TE's userbuffers)
     ep_dedup: bool = False  # a token goes once to each rank holding its experts (DeepEP), not once per expert
     gemm_scale: float = 1.0  # of the device's gemm_efficiency: this framework's GEMM kernels and their vintage
     attention_scale: float = 1.0  # of the device's attention_efficiency: this framework's attention kernel
@@ -498,12 +507,31 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                 # hidden behind another micro-batch's compute, whose kernels it still slows (SMs, HBM
                 # bandwidth): the share that overlapped data-parallel traffic costs
                 ep_fwd *= DP_OVERLAP_CONTENTION
-    tp_fwd = 0.0
+    tp_fwd = tp_fwd_moe = 0.0
     if tp > 1:
         tp_path = comm_path(system, tp, 1)
         full = 2.0 * tokens * h  # bf16 activation of the whole TP group
-        tp_fwd = 2 * (collective_seconds("all_gather", full, tp_path)
-                      + collective_seconds("reduce_scatter", full, tp_path))
+        block = collective_seconds("all_gather", full, tp_path) + collective_seconds("reduce_scatter", full, tp_path)
+        tp_fwd = 2 * block  # attention and FFN: all-gather in, reduce-scatter out (sequence parallel)
+        tp_fwd_moe = tp_fwd
+        if is_moe and etp != tp:
+            # Parallel folding: the MoE block takes the attention's sequence-parallel shard as it is (each
+            # rank routes its own 1/tp of the tokens) and gives it back the same way, so only the attention
+            # half of the layer's TP collectives run; experts split etp > 1 ways gather and scatter their
+            # etp ranks' tokens inside the expert-tensor-parallel group instead.
+            tp_fwd_moe = block
+            if etp > 1:
+                etp_path = comm_path(system, etp, 1)
+                routed_full = 2.0 * tokens / t * etp * h
+                tp_fwd_moe += collective_seconds("all_gather", routed_full, etp_path) + collective_seconds(
+                    "reduce_scatter", routed_full, etp_path)
+    if impl.tp_overlap:
+        # Transformer Engine's communication overlap (Megatron --tp-comm-overlap): each all-gather is
+        # split into chunks that stream into the GEMM consuming them, each reduce-scatter out of the GEMM
+        # producing it, so the collectives run under the GEMMs; like other overlapped traffic they still
+        # take SMs and HBM bandwidth from them (the same share as hidden data-parallel traffic)
+        tp_fwd *= DP_OVERLAP_CONTENTION
+        tp_fwd_moe *= DP_OVERLAP_CONTENTION
     cp_fwd_exposed = cp_bwd_exposed = 0.0
     if cp > 1:
         cp_path = comm_path(system, cp, tp)
@@ -525,7 +553,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         p2p = collective_seconds("p2p", 2.0 * tokens * h / t, comm_path(system, 2, pp_stride))
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
     return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
-                     cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd)
+                     cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
+                     tp_fwd_moe)
 
 
 # ------------------------------------------------------------ parameters
@@ -758,6 +787,7 @@ class StageTerms:
     ep_comm: float  # forward EP all-to-alls of one micro-batch
     recompute: float  # recomputation (compute + its communication) of one micro-batch
     units: int  # blocks on the rank (gradient buckets for the overlap rule)
+    redo_compute: float = 0.0  # the compute part of ``recompute`` (runs in the backward pass, hides DP traffic)
 
 
 @dataclass(slots=True)
@@ -806,7 +836,7 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         bwd = prof.n_dense * lc.bwd_dense + prof.n_moe * lc.bwd_moe \
             + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0))
         n_layers = prof.n_dense + prof.n_moe
-        tp_comm = n_layers * lc.tp_fwd
+        tp_comm = prof.n_dense * lc.tp_fwd + prof.n_moe * (lc.tp_fwd if lc.tp_fwd_moe is None else lc.tp_fwd_moe)
         ep_comm = prof.n_moe * lc.ep_fwd
         cp_comm = n_layers * (lc.cp_fwd_exposed + lc.cp_bwd_exposed)
         t_f = fwd + tp_comm + ep_comm
@@ -823,8 +853,10 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             if req.recompute_moe and mode != "full":
                 redo += prof.n_moe * (lc.moe_block_fwd + lc.ep_fwd) + n_layers * lc.norm_fwd
             t_b = bwd + tp_comm + ep_comm + redo
+            redo_compute = redo - (tp_comm + ep_comm if mode == "full" else 0.0) - (
+                prof.n_moe * lc.ep_fwd if req.recompute_moe and mode != "full" else 0.0)
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
-                                             tp_comm, ep_comm, redo, max(1, n_layers)))
+                                             tp_comm, ep_comm, redo, max(1, n_layers), redo_compute))
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
@@ -1057,7 +1089,10 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
     chosen = None
     for s in st.stages:
         rs, ag, ar = dp_comm(req, g, sharding, s.p_dense, s.p_exp)
-        bwd = s.bwd
+        # The backward pass's compute, which the gradient reduction (and ZeRO-3's backward gathers) hide
+        # behind: with recomputation each block's forward is redone inside it, block by block, between
+        # the gather that serves it and the block's backward, so it hides traffic as the backward does.
+        bwd = s.bwd + s.redo_compute
         per_mb = 0.0
         if not sharded:
             step_exposed = max(ar - bwd, ar / s.units)
@@ -1072,7 +1107,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         local = s.p_dense / g.dense_shards + s.p_exp / g.expert_shards
         transfers = 0.0
         if req.offload == "none":
-            optimizer = ADAM_UPDATE_BYTES * local / hbm
+            optimizer = DEVICE_OPTIMIZER_BYTES * local / (hbm * dev.elementwise_efficiency)
         else:
             transfers, optimizer = offload_seconds(req, local, s)
         # Data-parallel traffic hidden behind compute still slows it: the collectives' kernels take SMs

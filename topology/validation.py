@@ -54,6 +54,9 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
 IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
                                                ep_dedup=False)
 EP_OVERLAP_SUFFIX = "+ep-overlap"
+# A row's implementation may name what its source overlaps: "+ep-overlap" (the expert all-to-all behind
+# another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs)
+OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
 
 
 @dataclass(frozen=True)
@@ -156,9 +159,12 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int) -> float:
 
 
 def implementation_of(run: Run) -> cm.Implementation:
-    name, overlap, _ = run.implementation.partition(EP_OVERLAP_SUFFIX)
+    name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    return replace(impl, ep_overlap=True) if overlap else impl
+    unknown = [f for f in flags if f not in OVERLAP_FLAGS]
+    if unknown:
+        raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {sorted(OVERLAP_FLAGS)}")
+    return replace(impl, **{OVERLAP_FLAGS[f]: True for f in flags}) if flags else impl
 
 
 def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Estimate:
@@ -196,6 +202,7 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     groups["heldout_seen"] = [r for r in groups["heldout"] if group_of(r.run) == "seen"]
     groups["heldout_unseen"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen"]
     groups["heldout_unseen4"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen4"]
+    groups["heldout_unseen5"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen5"]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -249,11 +256,13 @@ SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "dp_comm_exposed
 
 
 def group_of(run: Run) -> str:
-    """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3)
-    or unseen4 (added held out in session 4)."""
+    """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3),
+    unseen4 (added held out in session 4) or unseen5 (session 5)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
+    if run.id in set(data.get("unseen_rows_session5", ())):
+        return "unseen5"
     if run.id in set(data.get("unseen_rows_session4", ())):
         return "unseen4"
     return "unseen" if run.id in set(data.get("unseen_rows", ())) else "seen"
@@ -267,13 +276,14 @@ def breakdown(rows: list[Row]) -> str:
         b, step = r.estimate.breakdown, r.estimate.step_time_s
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
-    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 mean |err| (n)"]
+    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 "
+            "mean |err| (n)"]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
-        for g in ("fit", "seen", "unseen", "unseen4"):
+        for g in ("fit", "seen", "unseen", "unseen4", "unseen5"):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
