@@ -337,6 +337,11 @@ class Implementation:
     gemm_scale: float = 1.0  # of the device's gemm_efficiency: this framework's GEMM kernels and their vintage
     attention_scale: float = 1.0  # of the device's attention_efficiency: this framework's attention kernel
     param_gather_overlap: bool = False  # zero1/zero2 parameter all-gather overlapped with the next forward
+    # Host time of one MoE layer's forward (s): the framework's Python/C++ launch path and its host
+    # synchronisations (the token counts the dispatcher and the grouped GEMM size their outputs from).
+    # The device cannot run ahead of the host past such a synchronisation, so the layer's forward takes
+    # the longer of its GPU time (incl. exposed TP/EP collectives) and this.  0: not modelled.
+    moe_host_floor_s: float = 0.0
 
 
 ALPHAEXA = Implementation()
@@ -788,6 +793,7 @@ class StageTerms:
     recompute: float  # recomputation (compute + its communication) of one micro-batch
     units: int  # blocks on the rank (gradient buckets for the overlap rule)
     redo_compute: float = 0.0  # the compute part of ``recompute`` (runs in the backward pass, hides DP traffic)
+    host_wait: float = 0.0  # forward time the MoE layers wait for the host beyond their GPU time (in t_f)
 
 
 @dataclass(slots=True)
@@ -839,13 +845,16 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         tp_comm = prof.n_dense * lc.tp_fwd + prof.n_moe * (lc.tp_fwd if lc.tp_fwd_moe is None else lc.tp_fwd_moe)
         ep_comm = prof.n_moe * lc.ep_fwd
         cp_comm = n_layers * (lc.cp_fwd_exposed + lc.cp_bwd_exposed)
-        t_f = fwd + tp_comm + ep_comm
+        # A MoE layer's forward cannot finish before the host has issued it (host-bound small layers)
+        moe_gpu_fwd = lc.fwd_moe + (lc.tp_fwd if lc.tp_fwd_moe is None else lc.tp_fwd_moe) + lc.ep_fwd
+        host_wait = prof.n_moe * max(0.0, impl.moe_host_floor_s - moe_gpu_fwd)
+        t_f = fwd + tp_comm + ep_comm + host_wait
         for mode in modes:
             act_dense, act_moe = lc.act[mode]
             acts = (prof.n_dense * act_dense + prof.n_moe * act_moe) * held + buffers
             if mode == "full":  # one layer's activations rebuilt during its backward, and its forward redone
                 acts += full_moe if prof.n_moe else full_dense
-                redo = fwd - (lc.head_fwd if prof.head else 0.0) + tp_comm + ep_comm
+                redo = fwd - (lc.head_fwd if prof.head else 0.0) + tp_comm + ep_comm + host_wait
             elif mode == "selective":
                 redo = n_layers * lc.attn_fwd
             else:
@@ -853,10 +862,11 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             if req.recompute_moe and mode != "full":
                 redo += prof.n_moe * (lc.moe_block_fwd + lc.ep_fwd) + n_layers * lc.norm_fwd
             t_b = bwd + tp_comm + ep_comm + redo
-            redo_compute = redo - (tp_comm + ep_comm if mode == "full" else 0.0) - (
+            redo_compute = redo - (tp_comm + ep_comm + host_wait if mode == "full" else 0.0) - (
                 prof.n_moe * lc.ep_fwd if req.recompute_moe and mode != "full" else 0.0)
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
-                                             tp_comm, ep_comm, redo, max(1, n_layers), redo_compute))
+                                             tp_comm, ep_comm, redo, max(1, n_layers), redo_compute,
+                                             host_wait))
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
@@ -1132,6 +1142,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         "tp_comm_s": m * 2 * s.tp_comm,
         "ep_comm_s": m * 2 * s.ep_comm,
         "cp_comm_exposed_s": m * s.cp_comm,
+        "host_wait_s": m * s.host_wait,
         "dp_comm_exposed_s": m * per_mb + step_exposed,
         "pp_comm_s": st.pp_comm,
         "bubble_s": st.bubble,
