@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 import pytest
-from train_runs import REPO, run_env, steps, train
+from train_runs import DEBUG_CONFIG, REPO, copy_checkpoint_run, run_env, steps, train
 
 pytest.importorskip("deepspeed")
 
@@ -64,16 +64,76 @@ def test_nvme_offload_trains_like_zero3_and_the_native_engine(nvme_run, tmp_path
 
 @pytest.mark.multiproc
 def test_checkpoint_of_the_nvme_run_resumes_bitwise(nvme_run, tmp_path):
+    """The debug model's optimizer sub-groups are all under DeepSpeed's 1 MiB swap minimum, so their state
+    stays in host memory and only the ``*_optim_states.pt`` holds it; DeepSpeed 0.19.8's NVMe load never
+    reads that file (fresh weights after a resume without ``restore_swapped_optimizer``)."""
     cache = nvme_run / "cache"
     resumed = tmp_path / "resumed"
     train(resumed, *SHORT, *_nvme(tmp_path), stop_at=3, cache_dir=cache)
-    # DeepSpeed 0.19.8 cannot load into an NVMe-swapping optimizer (preflight refuses it, one line) ...
-    refused = train(resumed, resume=True, config=None, cache_dir=cache, check=False)
-    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert "--set parallel.offload=cpu" in refused.stderr
-    # ... and the same files continue exactly with the optimizer in host memory.
-    train(resumed, "parallel.offload=cpu", resume=True, config=None, cache_dir=cache)
+    copy_checkpoint_run(resumed, tmp_path / "on_cpu", 3)
+    train(resumed, resume=True, config=None, cache_dir=cache)
     assert _history(resumed) == _history(nvme_run / "run")
+    # Nothing was swapped, so the same files also continue exactly with the optimizer in host memory.
+    train(tmp_path / "on_cpu", "parallel.offload=cpu", resume=True, config=None, cache_dir=cache)
+    assert _history(tmp_path / "on_cpu") == _history(nvme_run / "run")[3:]
+
+
+# model.d_model=128, d_ff=256: 0.66M parameters, whose weight-decay sub-group (0.41M fp32 elements on one
+# rank, 0.2M each on two) swaps to NVMe while the no-decay one (norms) stays in host memory.
+SWAPPING = ("model.d_model=128", "model.d_ff=256")
+
+
+def _swapped(run, step: int) -> list[str]:
+    """What the checkpoint's NVMe swap files hold, per rank: ``exp_avg-<id>.tensor.swp``, ``<id>.tensor.swp``."""
+    offloaded = run / "checkpoints" / f"step_{step:06d}" / "zero" / "offloaded_tensors"
+    return sorted(p.name.split("-")[0] if "-" in p.name else "master" for p in offloaded.rglob("*.tensor.swp"))
+
+
+@pytest.mark.multiproc
+def test_optimizer_state_swapped_to_nvme_resumes_bitwise(tmp_path):
+    """Master weights and Adam moments on NVMe (the swap files copied into the checkpoint) and in host
+    memory (the .pt file) both come back: the resumed run equals the uninterrupted one bitwise."""
+    cache = tmp_path / "cache"
+    sets = (*SHORT, *_nvme(tmp_path), *SWAPPING)
+    train(tmp_path / "straight", *sets, cache_dir=cache)
+    resumed = tmp_path / "resumed"
+    train(resumed, *sets, stop_at=3, cache_dir=cache)
+    assert _swapped(resumed, 3) == ["exp_avg", "exp_avg_sq", "master"]  # one swapped sub-group
+    # DeepSpeed's own load cannot put swapped state into an optimizer in host memory: one line, no work.
+    refused = train(resumed, "parallel.offload=cpu", resume=True, config=None, cache_dir=cache, check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--set parallel.offload=nvme" in refused.stderr
+    train(resumed, resume=True, config=None, cache_dir=cache)
+    assert _history(resumed) == _history(tmp_path / "straight")
+
+
+def test_offloads_that_deepspeed_cannot_resume_are_one_line(tmp_path):
+    """preflight's check on the checkpoint's files, before any process group: an NVMe run needs the
+    checkpoint's offloaded optimizer files; swapped ones need an NVMe run."""
+    from alphaexa.errors import UserError
+    from alphaexa.train.config import load_run_config
+    from alphaexa.train.preflight import check_offload_resume
+
+    manifest = {"engine": "deepspeed"}
+    checkpoint = tmp_path / "step_000003"
+    (checkpoint / "zero").mkdir(parents=True)
+
+    def config(offload: str):
+        return load_run_config(DEBUG_CONFIG, [*ZERO3, f"parallel.offload={offload}", f"parallel.nvme_path={tmp_path}"])
+
+    with pytest.raises(UserError, match="written without parallel.offload=nvme"):
+        check_offload_resume(config("nvme"), checkpoint, manifest)
+    check_offload_resume(config("cpu"), checkpoint, manifest)
+    rank = checkpoint / "zero" / "offloaded_tensors" / "rank00"
+    rank.mkdir(parents=True)  # an NVMe run whose sub-groups all stayed in host memory
+    for offload in ("nvme", "cpu", "none"):
+        check_offload_resume(config(offload), checkpoint, manifest)
+    (rank / "exp_avg-0_21.tensor.swp").write_bytes(b"\0" * 4096)
+    check_offload_resume(config("nvme"), checkpoint, manifest)
+    for offload in ("cpu", "none"):
+        with pytest.raises(UserError, match=f"resume it with --set parallel.offload=nvme, not {offload}") as error:
+            check_offload_resume(config(offload), checkpoint, manifest)
+        assert "\n" not in str(error.value)
 
 
 def test_a_plan_that_offloads_to_nvme_runs_on_the_deepspeed_engine(tmp_path):

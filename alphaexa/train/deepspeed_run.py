@@ -46,6 +46,7 @@ from ..errors import UserError
 from ..model import build_model
 from ..parallel.deepspeed_engine import DeepSpeedOptions, DeepSpeedTrainStep, check_deepspeed_layout
 from ..parallel.deepspeed_ops import check_buildable, required_ops
+from ..parallel.deepspeed_resume import restore_swapped_optimizer, swaps_optimizer
 from ..parallel.train_step import IGNORE_INDEX, StepResult, summed_cross_entropy
 from .config import RunConfig
 from .optim import learning_rate, parameter_groups
@@ -197,6 +198,8 @@ class DeepSpeedCheckpoints:
                                                     load_lr_scheduler_states=False)
             if loaded is None:
                 raise UserError(f"checkpoint {path}: DeepSpeed found no checkpoint under {path / ENGINE_TAG}")
+            if swaps_optimizer(self.engine):  # what DeepSpeed 0.19.8's NVMe load drops (deepspeed_resume)
+                restore_swapped_optimizer(self.engine, path, ENGINE_TAG)
             state = torch.load(path / _trainer_file(self.rank), weights_only=False)
             for name, part in app_state.items():
                 part.load_state_dict(state[name])
