@@ -1,7 +1,8 @@
 """`alphaexa train` with parallel.engine=deepspeed: real runs of the debug config on DeepSpeed's CPU accelerator.
 
 ZeRO-3 with parameters and optimizer state on NVMe (a local directory) trains like ZeRO-3 without
-offload and like the native engine; a checkpoint of the NVMe run resumes bitwise; what the engine
+offload and like the native engine; a checkpoint of the NVMe run resumes bitwise with NVMe offload (its
+optimizer state swapped to the disk or kept in host memory, 1 and 2 ranks); what the engine
 cannot do is one line before any work; a plan from `alphaexa plan --offload nvme` runs as planned.
 
 Tolerance RTOL (1e-5, relative): the three runs use three AdamW implementations (DeepSpeed's CPU
@@ -78,9 +79,10 @@ def test_checkpoint_of_the_nvme_run_resumes_bitwise(nvme_run, tmp_path):
     assert _history(tmp_path / "on_cpu") == _history(nvme_run / "run")[3:]
 
 
-# model.d_model=128, d_ff=256: 0.66M parameters, whose weight-decay sub-group (0.41M fp32 elements on one
-# rank, 0.2M each on two) swaps to NVMe while the no-decay one (norms) stays in host memory.
-SWAPPING = ("model.d_model=128", "model.d_ff=256")
+# A model whose weight-decay sub-group swaps to NVMe on each of one or two ranks (DeepSpeed swaps a
+# sub-group of at least 1 MiB, 262,144 fp32 elements; this one has 705,024) while the no-decay one (the
+# norms, 640 elements) stays in host memory.
+SWAPPING = ("model.d_model=128", "model.d_ff=512", "model.moe_d_ff=256")
 
 
 def _swapped(run, step: int) -> list[str]:
@@ -90,20 +92,23 @@ def _swapped(run, step: int) -> list[str]:
 
 
 @pytest.mark.multiproc
-def test_optimizer_state_swapped_to_nvme_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize("nproc", [None, pytest.param(2, marks=pytest.mark.exhaustive)])
+def test_optimizer_state_swapped_to_nvme_resumes_bitwise(tmp_path, nproc):
     """Master weights and Adam moments on NVMe (the swap files copied into the checkpoint) and in host
     memory (the .pt file) both come back: the resumed run equals the uninterrupted one bitwise."""
     cache = tmp_path / "cache"
     sets = (*SHORT, *_nvme(tmp_path), *SWAPPING)
-    train(tmp_path / "straight", *sets, cache_dir=cache)
+    train(tmp_path / "straight", *sets, nproc=nproc, cache_dir=cache)
     resumed = tmp_path / "resumed"
-    train(resumed, *sets, stop_at=3, cache_dir=cache)
-    assert _swapped(resumed, 3) == ["exp_avg", "exp_avg_sq", "master"]  # one swapped sub-group
+    train(resumed, *sets, stop_at=3, nproc=nproc, cache_dir=cache)
+    # One swapped sub-group on each rank: its master weights, exp_avg and exp_avg_sq.
+    assert _swapped(resumed, 3) == sorted(["exp_avg", "exp_avg_sq", "master"] * (nproc or 1))
     # DeepSpeed's own load cannot put swapped state into an optimizer in host memory: one line, no work.
-    refused = train(resumed, "parallel.offload=cpu", resume=True, config=None, cache_dir=cache, check=False)
+    refused = train(resumed, "parallel.offload=cpu", resume=True, config=None, nproc=nproc, cache_dir=cache,
+                    check=False)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "--set parallel.offload=nvme" in refused.stderr
-    train(resumed, resume=True, config=None, cache_dir=cache)
+    train(resumed, resume=True, config=None, nproc=nproc, cache_dir=cache)
     assert _history(resumed) == _history(tmp_path / "straight")
 
 
@@ -182,7 +187,7 @@ def test_missing_libaio_is_one_line(monkeypatch):
 @pytest.mark.multiproc
 @pytest.mark.exhaustive
 def test_two_ranks_match_the_native_engine_and_resume_bitwise(tmp_path):
-    """--nproc 2: ZeRO-3 partitions on two ranks, NVMe offload.  Compared with the native engine on two
+    """--nproc 2: ZeRO-3 partitions on two ranks, NVMe offload (resumed with it).  Compared with the native engine on two
     ranks (one rank groups the MoE statistics into other micro-batches, so its losses differ by design)."""
     cache = tmp_path / "cache"
     train(tmp_path / "straight", *SHORT, *_nvme(tmp_path), nproc=2, cache_dir=cache)
@@ -191,5 +196,5 @@ def test_two_ranks_match_the_native_engine_and_resume_bitwise(tmp_path):
         assert all(math.isclose(g, w, rel_tol=RTOL) for g, w in zip(got, want)), (got, want)
     resumed = tmp_path / "resumed"
     train(resumed, *SHORT, *_nvme(tmp_path), nproc=2, stop_at=3, cache_dir=cache)
-    train(resumed, "parallel.offload=cpu", resume=True, config=None, nproc=2, cache_dir=cache)
+    train(resumed, resume=True, config=None, nproc=2, cache_dir=cache)
     assert _history(resumed) == _history(tmp_path / "straight")
