@@ -71,6 +71,9 @@ def restore_swapped_optimizer(engine, load_dir: str | Path, tag: str) -> None:
         master = opt.fp32_partitioned_groups_flat[i]
         numel = int(opt.fp16_partitioned_groups_flat_numel[i])
         state = state_dict["state"].get(index_of[i], {})
+        if state and set(state) != {"step", *_MOMENTS}:
+            raise ConfigError(f"{name}: sub-group {i}'s optimizer state holds {sorted(state)}; restoring swapped "
+                              f"state knows DeepSpeed's Adam only ({', '.join(['step', *_MOMENTS])})")
         if opt._swappable_optimizer_subgroup(i):
             # load_checkpoint read the master from the copied swap file; the moments are in theirs.
             if state:

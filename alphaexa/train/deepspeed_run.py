@@ -7,8 +7,9 @@ so a step cannot be skipped after the fact: a non-finite loss or gradient norm e
 one line (resume from the last checkpoint), whatever ``train.skip_nonfinite`` says.  What the
 engine cannot do is refused by ``check_deepspeed_run`` before any work.
 
-Checkpoints are DeepSpeed's own (``save_checkpoint``: each rank's ZeRO partitions, with the
-offloaded optimizer state swapped in) in the native manager's directory scheme: written into
+Checkpoints are DeepSpeed's own (``save_checkpoint``: each rank's ZeRO partitions, with the NVMe
+swap files of the optimizer state copied in; a resume into an optimizer that swaps to NVMe is
+completed by ``parallel/deepspeed_resume.py``) in the native manager's directory scheme: written into
 ``step_N.tmp/``, with each rank's trainer state (data position, RNG, counters) beside them, then
 rank 0 writes the manifest, renames the directory into place, repoints ``latest`` and drops the
 checkpoints beyond ``checkpoint.keep_last``.  A resume needs the same world size.
