@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # `alphaexa train` with parallel.engine=deepspeed on one GPU (the H200 image: no libaio, no registry):
 # ZeRO-3 with parameters and optimizer state on NVMe for 5 steps, the same run stopped at step 3, and
-# its resume with offload=cpu (DeepSpeed 0.19.8 cannot load into an NVMe-swapping optimizer).
-# Prints both loss histories and their largest relative difference (bitwise on CPU; GPU kernels
-# with atomics may differ in the last bits even between two uninterrupted runs).
+# its resume, again with offload=nvme (alphaexa/parallel/deepspeed_resume.py restores what DeepSpeed
+# 0.19.8's NVMe load drops).  The debug model widened (d_model 128, d_ff 512, moe_d_ff 256) so that its
+# weight-decay optimizer sub-group swaps to the disk (DeepSpeed swaps sub-groups of 1 MiB or more) and
+# its norms' stays in host memory: both ways of restoring run.  Prints both loss histories, the swap
+# files of the checkpoint, and the largest relative difference (bitwise on CPU; GPU kernels with
+# atomics may differ in the last bits even between two uninterrupted runs).
 #   OUT=/tmp/out bash bench/gpu_ds_train.sh       # from the repository root, .whl/ and .deb/ carried
 set -euo pipefail
 OUT=${OUT:-/tmp/alphaexa-ds-train}
@@ -26,10 +29,13 @@ $PY -m alphaexa.parallel.deepspeed_ops --device "$DEVICE"  # compiles cpu_adam, 
 NVME=/tmp/alphaexa-nvme-train
 SETS=(--set parallel.engine=deepspeed --set parallel.sharding=zero3 --set parallel.offload=nvme
       --set "parallel.nvme_path=$NVME" --set train.steps=5 --set checkpoint.every=3 --set train.eval_batches=0
-      --set train.dtype=bf16 --set data.cache_dir=/tmp/alphaexa-data)
+      --set train.dtype=bf16 --set data.cache_dir=/tmp/alphaexa-data
+      --set model.d_model=128 --set model.d_ff=512 --set model.moe_d_ff=256)
+rm -rf "$OUT/straight" "$OUT/resumed" "$NVME"
 $PY -m alphaexa train --config configs/debug.toml --run-dir "$OUT/straight" "${SETS[@]}"
 $PY -m alphaexa train --config configs/debug.toml --run-dir "$OUT/resumed" "${SETS[@]}" --stop-at 3
-$PY -m alphaexa train --run-dir "$OUT/resumed" --resume --set parallel.offload=cpu
+ls -l "$OUT"/resumed/checkpoints/step_000003/zero/offloaded_tensors/rank*/*.swp  # fails if nothing swapped
+$PY -m alphaexa train --run-dir "$OUT/resumed" --resume
 $PY - "$OUT" <<'PY'
 import json, sys
 def history(run):

@@ -1,7 +1,8 @@
 """`alphaexa train` with parallel.engine=deepspeed: real runs of the debug config on DeepSpeed's CPU accelerator.
 
 ZeRO-3 with parameters and optimizer state on NVMe (a local directory) trains like ZeRO-3 without
-offload and like the native engine; a checkpoint of the NVMe run resumes bitwise; what the engine
+offload and like the native engine; a checkpoint of the NVMe run resumes bitwise with NVMe offload (its
+optimizer state swapped to the disk or kept in host memory, 1 and 2 ranks); what the engine
 cannot do is one line before any work; a plan from `alphaexa plan --offload nvme` runs as planned.
 
 Tolerance RTOL (1e-5, relative): the three runs use three AdamW implementations (DeepSpeed's CPU
@@ -17,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from train_runs import REPO, run_env, steps, train
+from train_runs import DEBUG_CONFIG, REPO, copy_checkpoint_run, run_env, steps, train
 
 pytest.importorskip("deepspeed")
 
@@ -64,16 +65,80 @@ def test_nvme_offload_trains_like_zero3_and_the_native_engine(nvme_run, tmp_path
 
 @pytest.mark.multiproc
 def test_checkpoint_of_the_nvme_run_resumes_bitwise(nvme_run, tmp_path):
+    """The debug model's optimizer sub-groups are all under DeepSpeed's 1 MiB swap minimum, so their state
+    stays in host memory and only the ``*_optim_states.pt`` holds it; DeepSpeed 0.19.8's NVMe load never
+    reads that file (fresh weights after a resume without ``restore_swapped_optimizer``)."""
     cache = nvme_run / "cache"
     resumed = tmp_path / "resumed"
     train(resumed, *SHORT, *_nvme(tmp_path), stop_at=3, cache_dir=cache)
-    # DeepSpeed 0.19.8 cannot load into an NVMe-swapping optimizer (preflight refuses it, one line) ...
-    refused = train(resumed, resume=True, config=None, cache_dir=cache, check=False)
-    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
-    assert "--set parallel.offload=cpu" in refused.stderr
-    # ... and the same files continue exactly with the optimizer in host memory.
-    train(resumed, "parallel.offload=cpu", resume=True, config=None, cache_dir=cache)
+    copy_checkpoint_run(resumed, tmp_path / "on_cpu", 3)
+    train(resumed, resume=True, config=None, cache_dir=cache)
     assert _history(resumed) == _history(nvme_run / "run")
+    # Nothing was swapped, so the same files also continue exactly with the optimizer in host memory.
+    train(tmp_path / "on_cpu", "parallel.offload=cpu", resume=True, config=None, cache_dir=cache)
+    assert _history(tmp_path / "on_cpu") == _history(nvme_run / "run")[3:]
+
+
+# A model whose weight-decay sub-group swaps to NVMe on each of one or two ranks (DeepSpeed swaps a
+# sub-group of at least 1 MiB, 262,144 fp32 elements; this one has 705,024) while the no-decay one (the
+# norms, 640 elements) stays in host memory.
+SWAPPING = ("model.d_model=128", "model.d_ff=512", "model.moe_d_ff=256")
+
+
+def _swapped(run, step: int) -> list[str]:
+    """What the checkpoint's NVMe swap files hold, per rank: ``exp_avg-<id>.tensor.swp``, ``<id>.tensor.swp``."""
+    offloaded = run / "checkpoints" / f"step_{step:06d}" / "zero" / "offloaded_tensors"
+    return sorted(p.name.split("-")[0] if "-" in p.name else "master" for p in offloaded.rglob("*.tensor.swp"))
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("nproc", [None, pytest.param(2, marks=pytest.mark.exhaustive)])
+def test_optimizer_state_swapped_to_nvme_resumes_bitwise(tmp_path, nproc):
+    """Master weights and Adam moments on NVMe (the swap files copied into the checkpoint) and in host
+    memory (the .pt file) both come back: the resumed run equals the uninterrupted one bitwise."""
+    cache = tmp_path / "cache"
+    sets = (*SHORT, *_nvme(tmp_path), *SWAPPING)
+    train(tmp_path / "straight", *sets, nproc=nproc, cache_dir=cache)
+    resumed = tmp_path / "resumed"
+    train(resumed, *sets, stop_at=3, nproc=nproc, cache_dir=cache)
+    # One swapped sub-group on each rank: its master weights, exp_avg and exp_avg_sq.
+    assert _swapped(resumed, 3) == sorted(["exp_avg", "exp_avg_sq", "master"] * (nproc or 1))
+    # DeepSpeed's own load cannot put swapped state into an optimizer in host memory: one line, no work.
+    refused = train(resumed, "parallel.offload=cpu", resume=True, config=None, nproc=nproc, cache_dir=cache,
+                    check=False)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--set parallel.offload=nvme" in refused.stderr
+    train(resumed, resume=True, config=None, nproc=nproc, cache_dir=cache)
+    assert _history(resumed) == _history(tmp_path / "straight")
+
+
+def test_offloads_that_deepspeed_cannot_resume_are_one_line(tmp_path):
+    """preflight's check on the checkpoint's files, before any process group: an NVMe run needs the
+    checkpoint's offloaded optimizer files; swapped ones need an NVMe run."""
+    from alphaexa.errors import UserError
+    from alphaexa.train.config import load_run_config
+    from alphaexa.train.preflight import check_offload_resume
+
+    manifest = {"engine": "deepspeed"}
+    checkpoint = tmp_path / "step_000003"
+    (checkpoint / "zero").mkdir(parents=True)
+
+    def config(offload: str):
+        return load_run_config(DEBUG_CONFIG, [*ZERO3, f"parallel.offload={offload}", f"parallel.nvme_path={tmp_path}"])
+
+    with pytest.raises(UserError, match="written without parallel.offload=nvme"):
+        check_offload_resume(config("nvme"), checkpoint, manifest)
+    check_offload_resume(config("cpu"), checkpoint, manifest)
+    rank = checkpoint / "zero" / "offloaded_tensors" / "rank00"
+    rank.mkdir(parents=True)  # an NVMe run whose sub-groups all stayed in host memory
+    for offload in ("nvme", "cpu", "none"):
+        check_offload_resume(config(offload), checkpoint, manifest)
+    (rank / "exp_avg-0_21.tensor.swp").write_bytes(b"\0" * 4096)
+    check_offload_resume(config("nvme"), checkpoint, manifest)
+    for offload in ("cpu", "none"):
+        with pytest.raises(UserError, match=f"resume it with --set parallel.offload=nvme, not {offload}") as error:
+            check_offload_resume(config(offload), checkpoint, manifest)
+        assert "\n" not in str(error.value)
 
 
 def test_a_plan_that_offloads_to_nvme_runs_on_the_deepspeed_engine(tmp_path):
@@ -122,7 +187,7 @@ def test_missing_libaio_is_one_line(monkeypatch):
 @pytest.mark.multiproc
 @pytest.mark.exhaustive
 def test_two_ranks_match_the_native_engine_and_resume_bitwise(tmp_path):
-    """--nproc 2: ZeRO-3 partitions on two ranks, NVMe offload.  Compared with the native engine on two
+    """--nproc 2: ZeRO-3 partitions on two ranks, NVMe offload (resumed with it).  Compared with the native engine on two
     ranks (one rank groups the MoE statistics into other micro-batches, so its losses differ by design)."""
     cache = tmp_path / "cache"
     train(tmp_path / "straight", *SHORT, *_nvme(tmp_path), nproc=2, cache_dir=cache)
@@ -131,5 +196,5 @@ def test_two_ranks_match_the_native_engine_and_resume_bitwise(tmp_path):
         assert all(math.isclose(g, w, rel_tol=RTOL) for g, w in zip(got, want)), (got, want)
     resumed = tmp_path / "resumed"
     train(resumed, *SHORT, *_nvme(tmp_path), nproc=2, stop_at=3, cache_dir=cache)
-    train(resumed, "parallel.offload=cpu", resume=True, config=None, nproc=2, cache_dir=cache)
+    train(resumed, resume=True, config=None, nproc=2, cache_dir=cache)
     assert _history(resumed) == _history(tmp_path / "straight")

@@ -7,8 +7,9 @@ so a step cannot be skipped after the fact: a non-finite loss or gradient norm e
 one line (resume from the last checkpoint), whatever ``train.skip_nonfinite`` says.  What the
 engine cannot do is refused by ``check_deepspeed_run`` before any work.
 
-Checkpoints are DeepSpeed's own (``save_checkpoint``: each rank's ZeRO partitions, with the
-offloaded optimizer state swapped in) in the native manager's directory scheme: written into
+Checkpoints are DeepSpeed's own (``save_checkpoint``: each rank's ZeRO partitions, with the NVMe
+swap files of the optimizer state copied in; a resume into an optimizer that swaps to NVMe is
+completed by ``parallel/deepspeed_resume.py``) in the native manager's directory scheme: written into
 ``step_N.tmp/``, with each rank's trainer state (data position, RNG, counters) beside them, then
 rank 0 writes the manifest, renames the directory into place, repoints ``latest`` and drops the
 checkpoints beyond ``checkpoint.keep_last``.  A resume needs the same world size.
@@ -46,6 +47,7 @@ from ..errors import UserError
 from ..model import build_model
 from ..parallel.deepspeed_engine import DeepSpeedOptions, DeepSpeedTrainStep, check_deepspeed_layout
 from ..parallel.deepspeed_ops import check_buildable, required_ops
+from ..parallel.deepspeed_resume import restore_swapped_optimizer, swaps_optimizer
 from ..parallel.train_step import IGNORE_INDEX, StepResult, summed_cross_entropy
 from .config import RunConfig
 from .optim import learning_rate, parameter_groups
@@ -198,6 +200,8 @@ class DeepSpeedCheckpoints:
                                                     load_lr_scheduler_states=False)
             if loaded is None:
                 raise UserError(f"checkpoint {path}: DeepSpeed found no checkpoint under {path / ENGINE_TAG}")
+            if swaps_optimizer(self.engine):  # what DeepSpeed 0.19.8's NVMe load drops (deepspeed_resume)
+                restore_swapped_optimizer(self.engine, path, ENGINE_TAG)
             state = torch.load(path / _trainer_file(self.rank), weights_only=False)
             for name, part in app_state.items():
                 part.load_state_dict(state[name])

@@ -63,7 +63,7 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
     if checkpoint is not None:
         check_same_model(checkpoint, manifest, cfg.model)
         check_same_engine(checkpoint, manifest, engine)
-        check_nvme_resume(cfg, checkpoint, manifest)
+        check_offload_resume(cfg, checkpoint, manifest)
     return Preflight(layout, checkpoint, manifest)
 
 
@@ -78,17 +78,35 @@ def check_same_engine(checkpoint: Path, manifest: dict[str, Any], engine: str) -
                         f"parallel.engine={saved}")
 
 
-def check_nvme_resume(cfg: RunConfig, checkpoint: Path, manifest: dict[str, Any]) -> None:
-    """DeepSpeed 0.19.8 loads a ZeRO-3 checkpoint into an engine whose optimizer swaps to NVMe wrongly
-    (the swapper re-initialises the Adam state and master weights it had just loaded; tests/
-    test_deepspeed_train.py), while the same files load exactly with offload=cpu."""
-    from ..checkpoint.manager import WEIGHTS_ONLY_KEY
+def check_offload_resume(cfg: RunConfig, checkpoint: Path, manifest: dict[str, Any]) -> None:
+    """A DeepSpeed checkpoint resumes with parallel.offload=nvme exactly (``parallel/deepspeed_resume.py``
+    restores what DeepSpeed 0.19.8's NVMe load drops) when it was written with offload=nvme; one line for
+    the two combinations DeepSpeed's own load cannot do.
 
-    if cfg.engine_options.engine == "deepspeed" and cfg.engine_options.offload == "nvme" \
-            and not manifest.get(WEIGHTS_ONLY_KEY):
-        raise UserError(f"resuming {checkpoint} with parallel.offload=nvme would not continue exactly (DeepSpeed "
-                        "0.19.8 drops the NVMe optimizer state on load); resume with --set parallel.offload=cpu, "
-                        "which loads it exactly")
+    * Written without NVMe (no ``zero/offloaded_tensors``): DeepSpeed's NVMe load copies that folder
+      into the swap directory and stops on its absence (FileNotFoundError).
+    * Written with optimizer sub-groups swapped to NVMe (their master weights and moments are only in
+      ``zero/offloaded_tensors``; the ``*_optim_states.pt`` holds empty tensors for them), resumed with
+      offload=cpu or none: DeepSpeed's load copies those empty tensors and stops ("The size of tensor
+      a (N) must match the size of tensor b (0)").  A checkpoint whose sub-groups all stayed in host
+      memory (each under DeepSpeed's 1 MiB swap minimum) loads exactly with any offload.
+    """
+    from ..checkpoint.manager import WEIGHTS_ONLY_KEY
+    from .deepspeed_run import ENGINE, ENGINE_TAG
+
+    if cfg.engine_options.engine != ENGINE or manifest.get("engine") != ENGINE or manifest.get(WEIGHTS_ONLY_KEY):
+        return
+    offloaded = checkpoint / ENGINE_TAG / "offloaded_tensors"
+    offload = cfg.engine_options.offload
+    if offload == "nvme" and not offloaded.is_dir():
+        raise UserError(f"checkpoint {checkpoint} was written without parallel.offload=nvme (it has no "
+                        f"{ENGINE_TAG}/offloaded_tensors, which DeepSpeed's NVMe load reads); resume it with "
+                        "the parallel.offload it was written with")
+    swapped = [p for p in offloaded.rglob("*.tensor.swp") if "_gradient_" not in p.name] if offloaded.is_dir() else []
+    if offload != "nvme" and swapped:
+        raise UserError(f"checkpoint {checkpoint} holds optimizer state swapped to NVMe ({len(swapped)} files "
+                        f"under {ENGINE_TAG}/offloaded_tensors), which DeepSpeed loads only into an optimizer "
+                        f"that swaps too; resume it with --set parallel.offload=nvme, not {offload}")
 
 
 def newest_checkpoint(root: Path) -> tuple[Path | None, dict[str, Any] | None]:
