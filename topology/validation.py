@@ -104,8 +104,9 @@ class Run:
             return tokens / self.measured
         if self.measured_kind == "tokens_per_s_per_gpu":
             return tokens / (self.measured * self.gpus)
-        if self.measured_kind == "megatron2025_tflops_per_gpu":
-            return megatron2025_flops_per_token(model_of(self), self.seq_len) * tokens / (
+        if self.measured_kind in ("megatron2025_tflops_per_gpu", "megatron2024_tflops_per_gpu"):
+            causal_half = self.measured_kind == "megatron2025_tflops_per_gpu"
+            return megatron2025_flops_per_token(model_of(self), self.seq_len, causal_half) * tokens / (
                 self.measured * 1e12 * self.gpus)
         if self.measured_kind == "megatron2021_tflops_per_gpu":  # Narayanan et al. 2021, Eq. 3
             m = _data(str(DATA))["models"][self.model]
@@ -161,14 +162,15 @@ def expert_tp_of(run: Run, path: Path = DATA) -> int:
     return row_options(run, path).get("etp", 0)
 
 
-def megatron2025_flops_per_token(model: ModelConfig, seq: int) -> float:
+def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool = True) -> float:
     """Megatron-LM's own FLOP count per token of a GQA transformer (fwd + bwd; training.py at 1e05700595):
-    what its logged TFLOP/s divide by.  Causal attention counted half, no recomputation."""
+    what its logged TFLOP/s divide by.  Causal attention counted half, no recomputation.  ``causal_half=False``:
+    the 2024 count (training.py at 0b981f9c53 and c230e0d7c2), the same but with the full s/h attention term."""
     h, layers = model.d_model, model.n_layers
     n_moe = len(model.moe_layer_indices()) if model.is_moe else 0
     ffn = ((layers - n_moe) * model.d_ff + n_moe * model.top_k * model.moe_d_ff
            + n_moe * model.n_shared_experts * model.moe_d_ff) * (1.5 if model.ffn_type == "swiglu" else 1.0)
-    attn = layers * h * h * (1 + model.kv_dim / model.q_dim + seq / h / 2) * (model.q_dim / h)
+    attn = layers * h * h * (1 + model.kv_dim / model.q_dim + seq / h / (2 if causal_half else 1)) * (model.q_dim / h)
     return 12 * h * ffn + 12 * attn + 6 * h * model.vocab_size
 
 
@@ -221,6 +223,7 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     groups["heldout_unseen"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen"]
     groups["heldout_unseen4"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen4"]
     groups["heldout_unseen5"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen5"]
+    groups["heldout_unseen6"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen6"]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -275,10 +278,12 @@ SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "host_wait_s", "
 
 def group_of(run: Run) -> str:
     """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3),
-    unseen4 (added held out in session 4) or unseen5 (session 5)."""
+    unseen4 (added held out in session 4), unseen5 (session 5) or unseen6 (session 5, second batch)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
+    if run.id in set(data.get("unseen_rows_session6", ())):
+        return "unseen6"
     if run.id in set(data.get("unseen_rows_session5", ())):
         return "unseen5"
     if run.id in set(data.get("unseen_rows_session4", ())):
@@ -294,14 +299,14 @@ def breakdown(rows: list[Row]) -> str:
         b, step = r.estimate.breakdown, r.estimate.step_time_s
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
-    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 "
+    out += ["", f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 / unseen6 "
             "mean |err| (n)"]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
-        for g in ("fit", "seen", "unseen", "unseen4", "unseen5"):
+        for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6"):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
