@@ -684,18 +684,25 @@ def _alphaexa(spec: dict, m: dict) -> dict:
 
 def _profile_trainer_steps(first: int, count: int, into: dict) -> None:
     """Profile the trainer's steps ``first`` .. ``first + count - 1`` (this worker process only: it
-    wraps ``Trainer._launch_step`` and ``Trainer._finish_step``, the package is unchanged); the
-    summary goes to ``into["profile"]``.  The trainer may launch step N+1 before it reads step N
-    (``train.overlap_steps``): the window opens on a drained device at the launch of ``first`` and
-    closes, the device drained again, at the launch of ``first + count`` or once ``first + count - 1``
-    is read, whichever comes first, so it holds exactly ``count`` steps' kernels."""
+    wraps ``Trainer._launch_step``, ``Trainer._finish_step`` and ``Trainer._overlaps``, the package is
+    unchanged); the summary goes to ``into["profile"]``.  The trainer may launch step N+1 before it
+    reads step N (``train.overlap_steps``): step ``first - 1`` is read before ``first`` is launched, so
+    that setting the profiler up (a device synchronisation, the profiler's start, CUPTI's
+    initialisation) falls in no timed step's wall time (a step's time ends when its record is
+    written, after the next step's launch where the two overlap); the window opens on a drained
+    device at the launch of ``first`` and closes, the device drained again, at the launch of
+    ``first + count`` or once ``first + count - 1`` is read, whichever comes first, so it holds
+    exactly ``count`` steps' kernels."""
     from alphaexa.train.trainer import Trainer
 
-    launch, finish = Trainer._launch_step, Trainer._finish_step
+    launch, finish, overlaps = Trainer._launch_step, Trainer._finish_step, Trainer._overlaps
 
     def close() -> None:
         if "_profiler" in into:
             into["profile"] = into.pop("_profiler").stop()
+
+    def overlaps_step(self, step: int, last: int) -> bool:
+        return step != first - 1 and overlaps(self, step, last)
 
     def launch_step(self, step: int):
         if step == first:
@@ -711,7 +718,7 @@ def _profile_trainer_steps(first: int, count: int, into: dict) -> None:
             close()
         return record
 
-    Trainer._launch_step, Trainer._finish_step = launch_step, finish_step
+    Trainer._launch_step, Trainer._finish_step, Trainer._overlaps = launch_step, finish_step, overlaps_step
 
 
 def _attention_kernels(m: dict, spec: dict) -> list[dict]:
