@@ -656,10 +656,14 @@ def _alphaexa(spec: dict, m: dict) -> dict:
     scratch = Path(spec["scratch"])
     run_dir = scratch / f"alphaexa-{spec['name'].replace(' ', '_')}"
     last_timed = spec["warmup"] + spec["timed"]
-    steps = last_timed + spec.get("profile_steps", 0)
+    steps = last_timed
     profiled: dict = {}
     if spec.get("profile_steps"):
-        _profile_trainer_steps(last_timed + 1, spec["profile_steps"], profiled)
+        # One untimed step between the timed and the profiled ones: it is read before the profiler
+        # starts (_profile_trainer_steps), so the last timed step still overlaps the next one, as
+        # every timed step before it does (train.overlap_steps).
+        steps = last_timed + 1 + spec["profile_steps"]
+        _profile_trainer_steps(last_timed + 2, spec["profile_steps"], profiled)
     sets = [f"model.preset={m['preset']}", *(f"model.{k}={v}" for k, v in m["overrides"].items()),
             f"model.max_seq_len={m['max_seq_len']}", f"model.sliding_window={m['sliding_window']}",
             f"train.steps={steps}", f"train.warmup={min(2, steps - 1)}", f"train.global_batch={spec['batch']}",
