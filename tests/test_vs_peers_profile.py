@@ -22,6 +22,7 @@ sys.path.insert(0, sys.argv[1] + "/bench")
 import vs_peers
 from alphaexa.cli import main
 from alphaexa.train.metrics import MetricsLogger
+from torch.autograd import DeviceType
 
 first, count, sets = int(sys.argv[2]), int(sys.argv[3]), sys.argv[6:]
 into, order, window = {}, [], {}
@@ -35,8 +36,9 @@ def profiler_start(self):
 def profiler_stop(self):
     summary = stop(self)
     order.append("profiler stop")
-    # torch.optim annotates each optimizer step: one per trainer step inside the window
-    window["optimizer_steps"] = sum(e.name.startswith("Optimizer.step#") for e in self.profile.events())
+    # torch.optim annotates each optimizer step on the host (on CUDA the device gets a copy of the range too)
+    window["optimizer_steps"] = sum(e.device_type == DeviceType.CPU and e.name.startswith("Optimizer.step#")
+                                    for e in self.profile.events())
     return summary
 
 def step_record(self, r):
