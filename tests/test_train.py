@@ -273,6 +273,22 @@ def test_overlapped_steps_on_cuda_change_nothing_a_rerun_does_not(tmp_path, comp
                 torch.testing.assert_close(a[key], b[key], rtol=1e-2, atol=1e-4)
 
 
+def test_pipelined_moe_figures_count_only_the_steps_micro_batches(tmp_path):
+    """torch's pipeline schedule runs each stage's forward once more on its first step, to learn the
+    shapes (the later stages on uninitialised inputs): the MoE figures of step 1 must still be those of
+    the step's micro-batches, as one rank training the same micro-batches reports them."""
+    common = ("train.steps=3", "train.dtype=fp64", "parallel.mbs=2", "parallel.dp_shard=1", "train.eval_batches=0",
+              "checkpoint.enabled=false")
+    train(tmp_path / "pp2", *common, "parallel.pp=2", cache_dir=tmp_path / "cache", nproc=2)
+    train(tmp_path / "one", *common, cache_dir=tmp_path / "cache")
+    pipelined, single = steps(tmp_path / "pp2"), steps(tmp_path / "one")
+    for step in (1, 2, 3):
+        assert pipelined[step]["loss"] == pytest.approx(single[step]["loss"], rel=1e-9), step
+        for key in ("aux_loss", "z_loss", "dropped_fraction"):
+            assert pipelined[step][key] == pytest.approx(single[step][key], rel=1e-9), (step, key)
+        assert pipelined[step]["expert_load"] == pytest.approx(single[step]["expert_load"], abs=1e-6), step
+
+
 def test_loss_spike_rolls_back_to_the_last_checkpoint_and_moves_past_the_bad_data(guarded_run):
     _, _, events = read_metrics(guarded_run)
     rollbacks = [e for e in events if e["event"] == "rollback"]
