@@ -184,7 +184,13 @@ def test_device_side_skip_of_a_fused_step_equals_the_host_side_skip(tmp_path, np
         assert torch.equal(final_device[key], final_host[key]), key
 
 
-@pytest.mark.parametrize("nproc, layout", [(None, ()), (2, ("parallel.dp_shard=2",))], ids=["1-rank", "fsdp2-2-ranks"])
+@pytest.mark.parametrize("nproc, layout", [
+    pytest.param(None, (), id="1-rank"),
+    pytest.param(2, ("parallel.dp_shard=2",), id="fsdp2-2-ranks"),
+    # the pipeline schedule's own host waits and buffers; step 1 runs torch's shape inference too
+    pytest.param(2, ("parallel.pp=2", "parallel.dp_shard=1", "parallel.mbs=2"), id="pp2-2-ranks",
+                 marks=pytest.mark.exhaustive),
+])
 def test_overlapped_steps_train_the_same_bits_as_one_step_at_a_time(tmp_path, nproc, layout):
     """train.overlap_steps launches step N+1 before reading step N's figures: the records (loss, norm,
     skip, MoE figures, data position), the evaluations and the checkpoints must be those of the run
