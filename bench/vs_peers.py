@@ -656,10 +656,14 @@ def _alphaexa(spec: dict, m: dict) -> dict:
     scratch = Path(spec["scratch"])
     run_dir = scratch / f"alphaexa-{spec['name'].replace(' ', '_')}"
     last_timed = spec["warmup"] + spec["timed"]
-    steps = last_timed + spec.get("profile_steps", 0)
+    steps = last_timed
     profiled: dict = {}
     if spec.get("profile_steps"):
-        _profile_trainer_steps(last_timed + 1, spec["profile_steps"], profiled)
+        # One untimed step between the timed and the profiled ones: it is read before the profiler
+        # starts (_profile_trainer_steps), so the last timed step still overlaps the next one, as
+        # every timed step before it does (train.overlap_steps).
+        steps = last_timed + 1 + spec["profile_steps"]
+        _profile_trainer_steps(last_timed + 2, spec["profile_steps"], profiled)
     sets = [f"model.preset={m['preset']}", *(f"model.{k}={v}" for k, v in m["overrides"].items()),
             f"model.max_seq_len={m['max_seq_len']}", f"model.sliding_window={m['sliding_window']}",
             f"train.steps={steps}", f"train.warmup={min(2, steps - 1)}", f"train.global_batch={spec['batch']}",
@@ -684,18 +688,25 @@ def _alphaexa(spec: dict, m: dict) -> dict:
 
 def _profile_trainer_steps(first: int, count: int, into: dict) -> None:
     """Profile the trainer's steps ``first`` .. ``first + count - 1`` (this worker process only: it
-    wraps ``Trainer._launch_step`` and ``Trainer._finish_step``, the package is unchanged); the
-    summary goes to ``into["profile"]``.  The trainer may launch step N+1 before it reads step N
-    (``train.overlap_steps``): the window opens on a drained device at the launch of ``first`` and
-    closes, the device drained again, at the launch of ``first + count`` or once ``first + count - 1``
-    is read, whichever comes first, so it holds exactly ``count`` steps' kernels."""
+    wraps ``Trainer._launch_step``, ``Trainer._finish_step`` and ``Trainer._overlaps``, the package is
+    unchanged); the summary goes to ``into["profile"]``.  The trainer may launch step N+1 before it
+    reads step N (``train.overlap_steps``): step ``first - 1`` is read before ``first`` is launched, so
+    that setting the profiler up (a device synchronisation, the profiler's start, CUPTI's
+    initialisation) falls in no timed step's wall time (a step's time ends when its record is
+    written, after the next step's launch where the two overlap); the window opens on a drained
+    device at the launch of ``first`` and closes, the device drained again, at the launch of
+    ``first + count`` or once ``first + count - 1`` is read, whichever comes first, so it holds
+    exactly ``count`` steps' kernels."""
     from alphaexa.train.trainer import Trainer
 
-    launch, finish = Trainer._launch_step, Trainer._finish_step
+    launch, finish, overlaps = Trainer._launch_step, Trainer._finish_step, Trainer._overlaps
 
     def close() -> None:
         if "_profiler" in into:
             into["profile"] = into.pop("_profiler").stop()
+
+    def overlaps_step(self, step: int, last: int) -> bool:
+        return step != first - 1 and overlaps(self, step, last)
 
     def launch_step(self, step: int):
         if step == first:
@@ -711,7 +722,7 @@ def _profile_trainer_steps(first: int, count: int, into: dict) -> None:
             close()
         return record
 
-    Trainer._launch_step, Trainer._finish_step = launch_step, finish_step
+    Trainer._launch_step, Trainer._finish_step, Trainer._overlaps = launch_step, finish_step, overlaps_step
 
 
 def _attention_kernels(m: dict, spec: dict) -> list[dict]:

@@ -129,6 +129,9 @@ class MoE(nn.Module):
     # Multiplies the injected aux/z-loss gradient; the trainer sets it, e.g. to
     # 1 / gradient-accumulation steps (class-wide, or per instance).
     aux_loss_scale: ClassVar[float] = 1.0
+    # True while a forward is no micro-batch of a step (a pipeline stage learning its shapes on the first
+    # step, alphaexa.parallel.pipeline): its figures are not the step's and the trainer skips them.
+    inferring_shapes: bool = False
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -30,6 +30,7 @@ from torch.distributed.pipelining import (
     ScheduleZBVZeroBubble,
 )
 
+from alphaexa.model.moe import moe_layers
 from alphaexa.model.transformer import Transformer
 from topology.modelcfg import ConfigError
 
@@ -82,6 +83,31 @@ def _no_deferred_weight_grads():
     return lambda: None
 
 
+def _flag_shape_inference(stage: PipelineStage) -> None:
+    """Mark the stage's MoE layers (``MoE.inferring_shapes``) while torch prepares the stage's forward.
+
+    On a schedule's first step torch runs every stage's forward once more to learn the shapes it
+    sends (torch 2.13: the first stage on the first micro-batch, the others on uninitialised
+    ``torch.empty`` inputs): that forward is no micro-batch of the step, and its routing figures
+    (NaN or garbage on the later stages) must not reach the step's MoE statistics.
+    """
+    prepare = getattr(stage, "_prepare_forward_infra", None)
+    layers = list(moe_layers(stage.submod).values())
+    if prepare is None or not layers:
+        return
+
+    def prepare_flagged(*args, **kwargs):
+        for layer in layers:
+            layer.inferring_shapes = True
+        try:
+            return prepare(*args, **kwargs)
+        finally:
+            for layer in layers:
+                layer.inferring_shapes = False
+
+    stage._prepare_forward_infra = prepare_flagged
+
+
 def build_schedule(chunks: list[nn.Module], stage_ids: list[int], n_stages: int, schedule: str,
                    n_microbatches: int, loss_fn, device: torch.device, pp_group):
     # zbv: with torch 2.13's split backward (input gradients first, weight gradients later by
@@ -91,6 +117,8 @@ def build_schedule(chunks: list[nn.Module], stage_ids: list[int], n_stages: int,
     dw_builder = _no_deferred_weight_grads if schedule == "zbv" else None
     stages = [PipelineStage(chunk, stage, n_stages, device, group=pp_group, dw_builder=dw_builder)
               for chunk, stage in zip(chunks, stage_ids)]
+    for stage in stages:
+        _flag_shape_inference(stage)
     cls = SCHEDULE_CLASSES[schedule]
     target = stages[0] if schedule in ("gpipe", "1f1b") else stages
     return cls(target, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=False)

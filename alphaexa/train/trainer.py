@@ -447,7 +447,7 @@ class Trainer:
 
     def _collect_moe_stats(self, row: int, layer: torch.nn.Module, _inputs: Any, _output: Any) -> None:
         """Forward hook of MoE layer ``row``: its routing figures of each training micro-batch."""
-        if not layer.training or layer.aux_loss is None:
+        if not layer.training or layer.aux_loss is None or layer.inferring_shapes:  # not a micro-batch of the step
             return
         figures = torch.stack([layer.aux_loss, layer.z_loss, torch.ones_like(layer.aux_loss),
                                layer.dropped_tokens.to(layer.aux_loss.dtype)])
