@@ -295,6 +295,17 @@ def test_pipelined_moe_figures_count_only_the_steps_micro_batches(tmp_path):
         assert pipelined[step]["expert_load"] == pytest.approx(single[step]["expert_load"], abs=1e-6), step
 
 
+def test_a_step_that_fails_to_launch_leaves_the_overlapped_step_before_it_logged(tmp_path):
+    """With overlap, step N is still unread when step N+1 is launched: if that launch fails, step N's
+    record must still be written before the error ends the run."""
+    run = tmp_path / "run"
+    done = train(run, "train.optimizer_impl=fused", "train.steps=6", "train.eval_batches=0", "checkpoint.every=0",
+                 "debug.fail_at_step=4", cache_dir=tmp_path / "cache", check=False)
+    assert done.returncode != 0 and "debug.fail_at_step=4" in done.stderr
+    records = steps(run)
+    assert sorted(records) == [1, 2, 3] and records[3]["overlapped"] == 1 and math.isfinite(records[3]["loss"])
+
+
 def test_loss_spike_rolls_back_to_the_last_checkpoint_and_moves_past_the_bad_data(guarded_run):
     _, _, events = read_metrics(guarded_run)
     rollbacks = [e for e in events if e["event"] == "rollback"]

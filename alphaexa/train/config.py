@@ -196,9 +196,10 @@ class DebugSection:
     nan_at_step: int = 0  # multiply that step's loss by NaN before backward (exercises the skip guard)
     spike_at_step: int = 0  # multiply that step's loss by 1000 before backward (exercises spike handling)
     record_samples: bool = False  # every rank appends its sample ids per step to RUN_DIR/samples/rank_R.jsonl
+    fail_at_step: int = 0  # raise an error when that step is launched (what a crash in the middle keeps)
 
     def validate(self) -> None:
-        for name in ("nan_at_step", "spike_at_step"):
+        for name in ("nan_at_step", "spike_at_step", "fail_at_step"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"debug.{name}={getattr(self, name)}: must be >= 0")
 

@@ -11,6 +11,7 @@ floating-point summation order.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import json
@@ -275,27 +276,24 @@ class Trainer:
             following = (pending.step if pending is not None else self.progress.step) + 1
             launched = None
             if following <= last and (pending is None or self._overlaps(pending.step, last)):
-                launched = self._launch_step(following)
+                try:
+                    launched = self._launch_step(following)
+                except BaseException:
+                    if pending is not None:  # the step before the failure keeps its record if it can be read
+                        with contextlib.suppress(Exception):  # the device may be what failed: keep the first error
+                            self._log_step(self._finish_step(pending, losses), step_started, overlapped=True)
+                    raise
             if pending is None:
                 pending = launched
                 continue
             step, record = pending.step, self._finish_step(pending, losses)
-            record["overlapped"] = int(launched is not None)
             pending = launched
             if record.get("rollback"):  # never overlapped: a rollback needs the loss before any update
                 saved_step = self._rollback(step, record)
                 losses.clear()
                 step_started = time.perf_counter()
                 continue
-            now = time.perf_counter()
-            record["step_time_s"] = now - step_started
-            step_started = now
-            tokens = cfg.train.global_batch * cfg.train.seq_len
-            record["tokens_per_s"] = tokens / record["step_time_s"]
-            record["mfu"] = record["tokens_per_s"] * self.flops_per_token / self.peak_flops
-            record["time"] = time.time()
-            if self.metrics is not None:
-                self.metrics.step(record)
+            step_started = self._log_step(record, step_started, overlapped=launched is not None)
             if self._evaluates_after(step, last):
                 self._evaluate(step)
                 step_started = time.perf_counter()
@@ -312,6 +310,18 @@ class Trainer:
             self.metrics.event("end", step=last, skipped_total=self.progress.skipped_total,
                                spikes_total=self.progress.spikes_total, rollbacks=self.progress.rollbacks)
         return 0
+
+    def _log_step(self, record: dict[str, Any], step_started: float, overlapped: bool) -> float:
+        """Complete a step's record with its timing and write it (rank 0); returns when the step ended."""
+        now = time.perf_counter()
+        record["overlapped"] = int(overlapped)
+        record["step_time_s"] = now - step_started
+        record["tokens_per_s"] = self.cfg.train.global_batch * self.cfg.train.seq_len / record["step_time_s"]
+        record["mfu"] = record["tokens_per_s"] * self.flops_per_token / self.peak_flops
+        record["time"] = time.time()
+        if self.metrics is not None:
+            self.metrics.step(record)
+        return now
 
     # ---------------------------------------------------------------- step
     def _evaluates_after(self, step: int, last: int) -> bool:
@@ -341,6 +351,8 @@ class Trainer:
             set_learning_rate(optimizer, lr)
         if self.deepspeed is not None:
             self.deepspeed.set_learning_rate(lr)
+        if cfg.debug.fail_at_step == step:
+            raise RuntimeError(f"debug.fail_at_step={step}: injected failure at the launch of step {step}")
         self.backend.reset_peak_memory()
         batch = next(self.loader)
         if self.sample_log is not None:
