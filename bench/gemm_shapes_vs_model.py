@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from topology import costmodel as cm  # noqa: E402
-from topology.hardware import load_system  # noqa: E402
+from topology import costmodel as cm
+from topology.hardware import load_system
 
 # (model, d_model, q width, kv width, expert width, local experts, top_k, vocab)
 MODELS = {
@@ -110,14 +110,14 @@ def main() -> int:
                 try:
                     t = run_case(kind, shape, args.iters)
                 except (RuntimeError, TypeError) as exc:  # a layout this torch's kernel refuses: say so, go on
-                    print(f"{name:16s} {tokens:6d} {label:18s} {str(shape):>28s} failed: {exc}".splitlines()[0])
+                    print(f"{name:16s} {tokens:6d} {label:18s} {shape!s:>28s} failed: {exc}".splitlines()[0])
                     continue
                 mod = modelled(device, kind, shape)
                 g = 1 if kind == "mm" else shape[0]
                 flops = 2.0 * g * shape[-3] * shape[-2] * shape[-1] if kind != "mm" else 2.0 * shape[0] * shape[1] * shape[2]
                 results.append({"model": name, "tokens": tokens, "gemm": label, "kind": kind, "shape": shape,
                                 "measured_s": t, "modelled_s": mod, "tflops": flops / t / 1e12})
-                print(f"{name:16s} {tokens:6d} {label:18s} {str(shape):>28s} {t * 1e3:8.3f} {mod * 1e3:9.3f} "
+                print(f"{name:16s} {tokens:6d} {label:18s} {shape!s:>28s} {t * 1e3:8.3f} {mod * 1e3:9.3f} "
                       f"{t / mod:10.2f} {flops / t / 1e12:8.1f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gemm_shapes.json").write_text(json.dumps(

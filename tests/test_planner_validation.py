@@ -226,7 +226,7 @@ def test_recomputation_in_the_backward_hides_data_parallel_traffic():
     g = cm.dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
     rs, ag, _ = cm.dp_comm(req, g, "zero3", s.p_dense, s.p_exp)
     assert s.bwd < ag + rs < s.bwd + s.redo_compute  # exposed without the recompute, hidden with it
-    step, det = cm.sharded_cost(req, st, g, "zero3", want_breakdown=True)
+    step, _ = cm.sharded_cost(req, st, g, "zero3", want_breakdown=True)
     bare = dataclasses.replace(s, redo_compute=0.0)
     step0, _ = cm.sharded_cost(req, dataclasses.replace(st, stages=(bare,)), g, "zero3")
     assert step < step0
