@@ -63,6 +63,9 @@ def test_nvme_offload_trains_like_zero3_and_the_native_engine(nvme_run, tmp_path
     assert (run / "tokenizer").is_dir() and 'engine = "deepspeed"' in (run / "config.toml").read_text()
 
 
+# test_optimizer_state_swapped_to_nvme_resumes_bitwise covers both restore paths (a swapped sub-group and one
+# kept in memory) by default; this debug-model variant (nothing swaps, plus a resume with offload=cpu) is long.
+@pytest.mark.exhaustive
 @pytest.mark.multiproc
 def test_checkpoint_of_the_nvme_run_resumes_bitwise(nvme_run, tmp_path):
     """The debug model's optimizer sub-groups are all under DeepSpeed's 1 MiB swap minimum, so their state
