@@ -21,7 +21,6 @@ import argparse
 import bisect
 import gzip
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -77,11 +76,7 @@ def analyse(events: list[dict], steps: int) -> dict:
             busy += end - reach
             reach = end
     wall = reach - device[0]["ts"]
-    from vs_peers import PROFILE_CATEGORIES
-
-    def category(name: str) -> str:
-        low = name.lower()
-        return next((c for c, pattern in PROFILE_CATEGORIES if re.search(pattern, low)), "other")
+    from vs_peers import kernel_category as category
 
     kernels: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for e in device:

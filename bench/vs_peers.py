@@ -429,6 +429,12 @@ class _StepProfiler:
         return kernel_summary(self.profile.events(), wall_ns, self.steps)
 
 
+def kernel_category(name: str) -> str:
+    """The first ``PROFILE_CATEGORIES`` entry whose pattern matches a kernel's (or operator's) name."""
+    low = name.lower()
+    return next((c for c, pattern in PROFILE_CATEGORIES if re.search(pattern, low)), "other")
+
+
 def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
     """Top kernels and categories (``PROFILE_CATEGORIES``) by their share of ``wall_ns``, and the idle share."""
 
@@ -460,13 +466,9 @@ def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
         elif end > reach:
             busy, reach = busy + end - reach, end
 
-    def category(name: str) -> str:
-        low = name.lower()
-        return next((c for c, pattern in PROFILE_CATEGORIES if re.search(pattern, low)), "other")
-
     categories: dict[str, float] = {}
     for name, (ns, _) in per_name.items():
-        categories[category(name)] = categories.get(category(name), 0.0) + ns / wall_ns
+        categories[kernel_category(name)] = categories.get(kernel_category(name), 0.0) + ns / wall_ns
     ranked = sorted(per_name.items(), key=lambda item: -item[1][0])[:top]
     return {"what": "device kernels" if DEVICE == "cuda" else "host operators (nested: shares overlap)",
             "steps": steps, "step_ms": wall_ns / steps / 1e6, "busy_share": busy / wall_ns,
@@ -474,7 +476,7 @@ def kernel_summary(events, wall_ns: float, steps: int, top: int = 15) -> dict:
             "compiled_graphs_per_step": {"forward": compiled["CompiledFunction"] / steps,
                                          "backward": compiled["CompiledFunctionBackward"] / steps},
             "categories": dict(sorted(categories.items(), key=lambda item: -item[1])),
-            "kernels": [{"name": name, "category": category(name), "share": ns / wall_ns,
+            "kernels": [{"name": name, "category": kernel_category(name), "share": ns / wall_ns,
                          "ms_per_step": ns / steps / 1e6, "calls_per_step": calls / steps}
                         for name, (ns, calls) in ranked]}
 

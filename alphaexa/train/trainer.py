@@ -63,7 +63,6 @@ class _StepFigures:
     host: Tensor  # float64: the MoE rows, the memory peak, then the step values
     done: Any  # torch.Event recorded after the copy; None where the copy was synchronous (CPU)
     moe_shape: tuple[int, int]
-    has_step_values: bool
 
 
 @dataclass
@@ -465,7 +464,7 @@ class Trainer:
                                layer.dropped_tokens.to(layer.aux_loss.dtype)])
         self._moe_stats[row] += torch.cat([figures, layer.tokens_per_expert.to(figures.dtype)]).to(torch.float64)
 
-    def _queue_step_values(self, step_values: Tensor | None = None) -> _StepFigures:
+    def _queue_step_values(self, step_values: Tensor) -> _StepFigures:
         """One SUM all-reduce of the per-layer [aux, z, forwards, dropped, counts...] and one MAX of memory,
         queued with one copy to the host together with ``step_values`` (float64 on the device, already
         reduced; read back as the list ``out["step"]``).  Nothing here waits: ``_read_step_values``
@@ -484,15 +483,14 @@ class Trainer:
         if packed.numel():  # a dense model has no rows
             dist.all_reduce(packed)
         dist.all_reduce(memory, op=dist.ReduceOp.MAX)
-        extra = step_values if step_values is not None else memory[:0]
         on_device = self.device.type != "cpu"
         # non_blocking: the copy lands in pinned memory behind the queued step; the event says when.
-        host = torch.cat([packed.flatten(), memory, extra]).to("cpu", non_blocking=on_device)
+        host = torch.cat([packed.flatten(), memory, step_values]).to("cpu", non_blocking=on_device)
         done = None
         if on_device:
             done = torch.Event(device=self.device)
             done.record()
-        return _StepFigures(host, done, tuple(packed.shape), step_values is not None)
+        return _StepFigures(host, done, tuple(packed.shape))
 
     def _read_step_values(self, figures: _StepFigures) -> dict[str, Any]:
         """Wait for a step's queued figures (the step's only wait for the device) and unpack them."""
@@ -500,9 +498,7 @@ class Trainer:
             figures.done.synchronize()
         host, rows = figures.host, figures.moe_shape[0] * figures.moe_shape[1]
         per_layer = host[:rows].view(figures.moe_shape)
-        out: dict[str, Any] = {"mem_bytes": float(host[rows])}
-        if figures.has_step_values:
-            out["step"] = host[rows + 1:].tolist()
+        out: dict[str, Any] = {"mem_bytes": float(host[rows]), "step": host[rows + 1:].tolist()}
         aux, z, forwards = (float(per_layer[:, i].sum()) for i in range(3))
         if forwards:
             dropped, counts = per_layer[:, 3], per_layer[:, MOE_STATS_HEAD:]
