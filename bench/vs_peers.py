@@ -99,8 +99,12 @@ ABLATIONS: dict[str, list[str]] = {
     "fused-projections": ["train.fused_projections=true"],
     "cudagraphs": ["train.compile_mode=reduce-overhead"],
     "max-autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],  # its GEMM autotuning takes minutes
+    "loss-chunk-1024": ["train.loss_chunk_tokens=1024"],
     "loss-chunk-2048": ["train.loss_chunk_tokens=2048"],  # smaller loss temporaries at the forward's peak
-    "float8": ["train.float8=true"],  # torchao; compare its loss column with the bf16 row's
+    "loss-chunk-4096": ["train.loss_chunk_tokens=4096"],
+    "float8": ["train.float8=true"],
+    "act-budget-0.9": ["train.activation_memory_budget=0.9"],  # recompute cheap ops: a lower activation peak
+    "act-budget-0.9-chunk-2048": ["train.activation_memory_budget=0.9", "train.loss_chunk_tokens=2048"],  # torchao; compare its loss column with the bf16 row's
 }
 
 
@@ -266,7 +270,7 @@ def main() -> int:
         if left < MIN_START_S:
             rows.append({**asdict(c), "status": f"skipped: {left:.0f} s of the budget left"})
             continue
-        spec = {**asdict(c), "scratch": str(scratch), "alphaexa_sets": args.alphaexa_set,
+        spec = {**asdict(c), "scratch": str(scratch), "alphaexa_sets": args.alphaexa_set, "out_dir": str(out_dir.resolve()),
                 "trace_dir": str(out_dir.resolve()) if args.trace else None}
         row, log = _run_contender(c, spec, min(c.timeout_s, left))
         rows.append(row)
@@ -315,7 +319,7 @@ TRACE_PATH: Path | None = None  # --trace: where the worker's profiler writes it
 def _worker(spec: dict) -> int:
     global TRACE_PATH
     if spec.get("trace_dir"):
-        TRACE_PATH = Path(spec["trace_dir"]) / ("trace-" + re.sub(r"[^a-z0-9]+", "-", spec["name"].lower()) + ".json.gz")
+        TRACE_PATH = Path(spec["trace_dir"]) / f"trace-{_slug(spec['name'])}.json.gz"
     window = spec["options"].get("window", 0)
     m = model_fields(spec["shape"], spec["seq"], window)
     tokens = spec["batch"] * spec["seq"]
@@ -539,6 +543,10 @@ class HandWrittenLM(nn.Module):
         return self.head(F.rms_norm(x, (x.shape[-1],), self.norm, self.eps))
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower())
+
+
 def _free_port() -> int:
     with contextlib.closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
@@ -679,6 +687,8 @@ def _alphaexa(spec: dict, m: dict) -> dict:
     if code:
         raise RuntimeError(f"alphaexa train exited {code}")
     records, _, events = read_metrics(run_dir)
+    for snapshot in run_dir.glob("memory_snapshot_rank_*.pickle"):  # debug.memory_snapshot: kept for memory_peak.py
+        shutil.move(snapshot, Path(spec["out_dir"]) / f"memory-{_slug(spec['name'])}-{snapshot.name[16:]}")
     shutil.rmtree(run_dir, ignore_errors=True)  # disk: nothing of a run is kept but its figures
     timed = [r for r in records if spec["warmup"] < r["step"] <= last_timed]
     start = next(e for e in events if e["event"] == "start")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 
 import pytest
 import torch
@@ -265,7 +266,8 @@ def test_overlapped_steps_on_cuda_change_nothing_a_rerun_does_not(tmp_path, comp
                     "dropped_fraction"):
             same(ahead[step][key], one_by_one[step][key], again[step][key], (step, key))
         # the peak is the allocator's host-side bookkeeping of the same queued work (block choice aside)
-        assert ahead[step]["mem_gib"] == pytest.approx(one_by_one[step]["mem_gib"], rel=0.1), step
+        # (the overlapped run also holds the step before's figures and loss while it launches: a few MiB)
+        assert ahead[step]["mem_gib"] == pytest.approx(one_by_one[step]["mem_gib"], rel=0.1, abs=0.05), step
     evals = [[(e["step"], e["loss"]) for e in read_metrics(run)[1]] for run in runs.values()]
     assert [s for s, _ in evals[0]] == [s for s, _ in evals[1]] == [4, 8]
     for (_, a), (_, b), (_, c) in zip(*evals):
@@ -352,3 +354,37 @@ def test_generate_loads_the_sharded_checkpoint_of_the_run(guarded_run, capsys):
     assert capsys.readouterr().out.startswith("def ")
 
 
+
+
+def test_memory_snapshot_needs_a_cuda_device(tmp_path):
+    """debug.memory_snapshot records the CUDA caching allocator: on another device the run stops at
+    once with a one-line reason instead of training without the record the user asked for."""
+    done = train(tmp_path / "run", "debug.memory_snapshot=true", "train.steps=3", cache_dir=tmp_path / "cache",
+                 check=False, backend="cpu")
+    assert done.returncode != 0 and "debug.memory_snapshot=true records the CUDA caching allocator" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_memory_snapshot_on_cuda_finds_the_runs_peak(tmp_path):
+    """The record covers the whole run, parameters included: the peak bench/memory_peak.py replays from
+    it is the largest per-step peak the trainer logged (the allocator's own counter), within a block."""
+    from bench.memory_peak import peak_of
+
+    run = tmp_path / "run"
+    train(run, "debug.memory_snapshot=true", "train.steps=4", "train.dtype=bf16", "train.eval_batches=0",
+          "checkpoint.enabled=false", cache_dir=tmp_path / "cache")
+    with (run / "memory_snapshot_rank_0.pickle").open("rb") as f:
+        result = peak_of(pickle.load(f))
+    assert not result["truncated"]
+    logged = max(r["mem_gib"] for r in steps(run).values())
+    assert result["peak_gib"] == pytest.approx(logged, rel=0.02)
+    assert sum(g["gib"] for g in result["groups"]) == pytest.approx(result["peak_gib"])
+
+
+@pytest.mark.parametrize("budget", [0.0, -0.5, 1.5])
+def test_activation_memory_budget_outside_0_1_is_refused_in_one_line(budget):
+    with pytest.raises(ConfigError) as err:
+        TrainSection(activation_memory_budget=budget).validate()
+    assert f"train.activation_memory_budget={budget}" in str(err.value) and "\n" not in str(err.value)

@@ -15,8 +15,10 @@ HANG_GUARD_S = 300  # a run that takes longer than this is hung, not slow
 
 
 def train_command(run_dir: Path, *sets: str, nproc: int | None = None, resume: bool = False,
-                  stop_at: int | None = None, config: Path | None = DEBUG_CONFIG, plan: Path | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "alphaexa", "train", "--run-dir", str(run_dir)]
+                  stop_at: int | None = None, config: Path | None = DEBUG_CONFIG, plan: Path | None = None,
+                  backend: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "alphaexa", *(("--backend", backend) if backend else ()), "train",
+           "--run-dir", str(run_dir)]
     if config is not None:
         cmd += ["--config", str(config)]
     if plan is not None:

@@ -69,6 +69,10 @@ class TrainSection:
     # the blocks' linear layers in float8 through torchao (CUDA, compute capability 8.9+; not with tp or
     # fused_projections); the LM head and the MoE router stay in bf16
     float8: bool = False
+    # torch.compile's activation memory budget (torch._functorch.config.activation_memory_budget): below 1,
+    # the partitioner recomputes the cheapest forward ops in the backward until the saved activations fit
+    # that fraction of what saving everything would keep (1 = save what the min-cut chooses, torch's default)
+    activation_memory_budget: float = 1.0
     fused_loss: bool = True  # LM head + cross-entropy in token chunks, never the full fp32 logits (tp1, pp1)
     loss_chunk_tokens: int = 4096  # tokens per chunk of the fused loss: smaller chunks, smaller loss temporaries
     # launch step N+1 before reading step N's figures where nothing in between needs them (the optimizer
@@ -95,6 +99,9 @@ class TrainSection:
                 raise ConfigError(f"train.{name}={getattr(self, name)}: must be >= 0")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr}: must be > 0")
+        if not 0 < self.activation_memory_budget <= 1:
+            raise ConfigError(f"train.activation_memory_budget={self.activation_memory_budget}: must be in (0, 1] "
+                              "(a fraction of the activations compile would save)")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"train.min_lr={self.min_lr}: must be between 0 and train.lr={self.lr}")
         if self.warmup >= self.steps and self.steps > 1:
@@ -197,6 +204,10 @@ class DebugSection:
     spike_at_step: int = 0  # multiply that step's loss by 1000 before backward (exercises spike handling)
     record_samples: bool = False  # every rank appends its sample ids per step to RUN_DIR/samples/rank_R.jsonl
     fail_at_step: int = 0  # raise an error when that step is launched (what a crash in the middle keeps)
+    # CUDA only: record every allocation (with its Python stack) from the start of the run and write
+    # RUN_DIR/memory_snapshot_rank_R.pickle at its end (bench/memory_peak.py shows what is live at the peak;
+    # https://pytorch.org/memory_viz draws it). Slows the host: for diagnosis, not for timing.
+    memory_snapshot: bool = False
 
     def validate(self) -> None:
         for name in ("nan_at_step", "spike_at_step", "fail_at_step"):

@@ -48,6 +48,7 @@ from .batches import eval_batches
 from .config import RunConfig
 from .dataset import open_training_data
 from .deepspeed_run import DeepSpeedCheckpoints, DeepSpeedRun
+from .memory_debug import start_memory_history, write_memory_history
 from .metrics import MetricsLogger
 from .optim import build_optimizer, learning_rate, set_learning_rate
 from .preflight import CHECKPOINT_DIR
@@ -115,6 +116,8 @@ class Trainer:
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = self.dist.device
         self.backend = self.dist.backend
+        if cfg.debug.memory_snapshot:  # before the model exists: its parameters are in the record too
+            start_memory_history(self.device)
         self.layout: Layout = cfg.layout_for(self.world)
         if cfg.train.float8:
             check_float8(self.device)
@@ -193,6 +196,10 @@ class Trainer:
         if compute_dtype == torch.float64:  # master weights too: exact comparisons between layouts
             model.to(torch.float64)
         offloaded = cfg.engine_options.offload == "cpu"  # FSDP2's CPUOffloadPolicy: state in host memory
+        if cfg.train.activation_memory_budget < 1:  # read by the partitioner when the graphs compile
+            import torch._functorch.config as functorch_config
+
+            functorch_config.activation_memory_budget = cfg.train.activation_memory_budget
         self.model = parallelize(model, self.dims, compute_dtype=compute_dtype,
                                  compile=cfg.train.compile_on(self.device.type, self.layout),
                                  compile_scope=cfg.train.compile_scope, cpu_offload=offloaded,
@@ -236,6 +243,8 @@ class Trainer:
         try:
             return self._train()
         finally:
+            if self.cfg.debug.memory_snapshot:
+                write_memory_history(self.run_dir / f"memory_snapshot_rank_{self.rank}.pickle")
             self.loader.close()
             self.checkpoints.close()
             if self.metrics is not None:
