@@ -165,6 +165,11 @@ class CommPath:
     inter_latency_us: float
     link_class: str  # human-readable: "MDFI", "XeLink", "NVLink3", "Slingshot-11", "XeLink+Slingshot-11"
     call_us: float = 0.0  # the device's fixed cost per collective call
+    # A hierarchical collective's node-link and network legs run at once (NCCL: its rings and trees cut
+    # the buffer into chunks that stream through every hop together, each of the node's ranks driving its
+    # own NIC), so the slower leg sets the time; False: one after the other (oneCCL's staged "topo"
+    # algorithms, as the model has assumed for XPU: not measured).
+    pipelined: bool = False
 
 
 def comm_path(system: System, size: int, stride: int) -> CommPath:
@@ -187,7 +192,8 @@ def comm_path(system: System, size: int, stride: int) -> CommPath:
     if r % stride == 0 and span % r == 0:
         k = r // stride
         link = node.link_levels[-1].link
-        return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}", call)
+        return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}", call,
+                        node.device.vendor == "nvidia")
     # A group that straddles node boundaries unevenly: charge it as inter-node throughout.
     return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)", call)
 
@@ -243,11 +249,22 @@ def collective_seconds(op: str, nbytes: float, path: CommPath) -> float:
         return call + _ring(op, n, nbytes, intra_lat, intra)
     if path.k == 1:
         return call + _ring(op, n, nbytes, path.inter_latency_us, None, path.inter_gbps)
-    # hierarchical: intra-node reduce-scatter/all-gather, inter-node on 1/k of the buffer
+    # hierarchical: intra-node reduce-scatter/all-gather, inter-node on 1/k of the buffer; pipelined
+    # (``CommPath.pipelined``, NCCL) the slower leg sets the transfer time and only the latency steps of
+    # both add up, else the legs run one after the other.
     inter = _ring(op, path.nodes, nbytes / path.k, path.inter_latency_us, None, path.inter_gbps)
+    if not path.pipelined:
+        if op == "all_reduce":
+            return call + 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra) + inter
+        return call + _ring(op, path.k, nbytes, intra_lat, intra) + inter
+    inter_lat = (2 if op == "all_reduce" else 1) * math.ceil(math.log2(path.nodes)) * path.inter_latency_us * 1e-6
     if op == "all_reduce":
-        return call + 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra) + inter
-    return call + _ring(op, path.k, nbytes, intra_lat, intra) + inter
+        intra_t = 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra)
+        intra_lat_s = 2 * math.ceil(math.log2(path.k)) * intra_lat * 1e-6
+    else:
+        intra_t = _ring(op, path.k, nbytes, intra_lat, intra)
+        intra_lat_s = math.ceil(math.log2(path.k)) * intra_lat * 1e-6
+    return call + max(intra_t - intra_lat_s, inter - inter_lat) + intra_lat_s + inter_lat
 
 
 # ------------------------------------------------------------ compute time
@@ -967,6 +984,48 @@ def dp_comm(req: Request, g: DPGroups, sharding: str, p_dense: float, p_exp: flo
     return out
 
 
+def device_share(req: Request, op: str, nbytes: float, path: CommPath) -> float:
+    """The share of a collective's time during which its kernels load the GPU as a collective inside the
+    node does: the rate it moves data at over the rate the node's own link gives the same collective.  An
+    NCCL kernel's claim on the compute it overlaps (the HBM bandwidth its copies and reductions stream, the
+    SMs its channels spin on) follows the bytes it pushes through the device a second; a ring that feeds
+    one NIC per rank (one rank per node) runs at the NIC's rate, a fraction of NVLink's.  1 inside a node,
+    and for hierarchical groups whose node's NICs together keep up with the node link."""
+    if path.nodes == 1 or path.size <= 1 or nbytes <= 0:
+        return 1.0
+    link = req.system.node.link_levels[-1].link
+    inside = CommPath(path.size, path.size, 1, link, path.inter_gbps, path.inter_latency_us, link.name, path.call_us)
+    actual = collective_seconds(op, nbytes, path)
+    return min(1.0, collective_seconds(op, nbytes, inside) / actual) if actual > 0 else 1.0
+
+
+def dp_comm_device(req: Request, g: DPGroups, sharding: str, p_dense: float,
+                   p_exp: float) -> tuple[float, float, float]:
+    """``dp_comm``'s three times, each collective weighted by its ``device_share``: what its kernels take
+    from the compute they overlap, in seconds of a node-link collective."""
+    key = ("dpd", id(g), p_dense, p_exp)
+    memo = req._memo
+    out = memo.get(key)
+    if out is not None:
+        return out
+
+    def cs(op: str, nbytes: float, path: CommPath) -> float:
+        return collective_seconds(op, nbytes, path) * device_share(req, op, nbytes, path)
+
+    if sharding == "none":
+        out = (0.0, 0.0, cs("all_reduce", GRAD_BYTES * p_dense, g.replicate)
+               + cs("all_reduce", GRAD_BYTES * p_exp, g.expert_replicate))
+    else:
+        out = (cs("reduce_scatter", GRAD_BYTES * p_dense, g.shard)
+               + cs("reduce_scatter", GRAD_BYTES * p_exp, g.expert_shard),
+               cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
+               + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
+               cs("all_reduce", GRAD_BYTES * p_dense / g.dense_shards, g.replicate)
+               + cs("all_reduce", GRAD_BYTES * p_exp / g.expert_shards, g.expert_replicate))
+    memo[key] = out
+    return out
+
+
 def peak_memory_bytes(st: Structure, g: DPGroups, reserved: float) -> tuple[float, StageTerms]:
     """Peak bytes over the structure's distinct stages, and the stage that has it."""
     best = -1.0
@@ -1124,7 +1183,12 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         # and HBM bandwidth from the GEMMs they overlap (a share of the hidden time, fitted).
         per_mb_total = {"zero2": rs, "zero3": 2 * ag + rs}.get(sharding, 0.0)
         step_total = {"none": ar, "zero1": rs + ar}.get(sharding, ar)
-        hidden = m * (per_mb_total - per_mb) + max(step_total - step_exposed, 0.0)
+        # Each share is weighted by how hard its collectives load the device (``device_share``).
+        rs_d, ag_d, ar_d = dp_comm_device(req, g, sharding, s.p_dense, s.p_exp)
+        per_mb_d = {"zero2": rs_d, "zero3": 2 * ag_d + rs_d}.get(sharding, 0.0)
+        step_d = {"none": ar_d, "zero1": rs_d + ar_d}.get(sharding, ar_d)
+        hidden = m * (per_mb_total - per_mb) * (per_mb_d / per_mb_total if per_mb_total > 0 else 1.0) \
+            + max(step_total - step_exposed, 0.0) * (step_d / step_total if step_total > 0 else 1.0)
         contention = DP_OVERLAP_CONTENTION * max(hidden, 0.0)
         per_mb += contention / m
         busy = m * (s.t_f + s.t_b + s.cp_comm + per_mb + transfers) + step_exposed + optimizer
