@@ -442,3 +442,13 @@ def test_overlapped_traffic_that_feeds_one_nic_per_rank_loads_the_device_less():
     nic_only = cm.device_share(req, "all_gather", 1e9, per_node)
     assert per_node.k == 1 and 0.05 < nic_only < 0.25  # 45 GB/s of one NIC against NVLink's ~330
     assert cm.device_share(req, "all_gather", 1e9, whole_nodes) > 0.8  # 8 NICs a node keep up with NVLink
+
+
+def test_without_sequence_parallelism_every_tp_rank_runs_the_norms_on_all_tokens():
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    sp = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8)
+    no_sp = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
+    assert no_sp.norm_fwd == pytest.approx(4 * sp.norm_fwd, rel=0.05)  # 4x the tokens (launches aside)
+    assert no_sp.fwd_dense > sp.fwd_dense and no_sp.act["none"][0] > sp.act["none"][0]
+    one = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
+    assert one.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)

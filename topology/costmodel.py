@@ -359,6 +359,10 @@ class Implementation:
     # The device cannot run ahead of the host past such a synchronisation, so the layer's forward takes
     # the longer of its GPU time (incl. exposed TP/EP collectives) and this.  0: not modelled.
     moe_host_floor_s: float = 0.0
+    # Megatron's sequence parallelism (Korthikanti et al. 2022): with tp > 1 the norms, dropouts and residual
+    # adds between the TP regions run on 1/tp of the tokens.  Without it (Megatron-LM before 2022) every TP
+    # rank runs them on all the tokens.
+    sequence_parallel: bool = True
 
 
 ALPHAEXA = Implementation()
@@ -457,7 +461,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                                   attention_efficiency=dev.attention_efficiency * attention_scale)
     h, q, kv, v = model.d_model, model.q_dim, model.kv_dim, model.vocab_size
     t = tp
-    rep = t  # with sequence parallelism (whenever t > 1) norms and residuals see 1/t of the tokens
+    # with sequence parallelism (the trainer's whenever t > 1) norms and residuals see 1/t of the tokens
+    rep = t if impl.sequence_parallel else 1
     tokens = mbs * seq / cp  # queries per rank; the GEMMs of a TP group see all of them
     g = gemm_seconds
     # wq, wk and wv are separate projections in alphaexa.model
@@ -566,7 +571,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     embed_fwd = elementwise_seconds(dev, 2.0 * tokens * h * 2, 1)
     act = {}
     for mode in ("none", "selective", "full"):
-        kw = {"s": seq, "b": mbs, "t": tp, "cp": cp, "recompute": mode, "fused_attention": dev.fused_attention}
+        kw = {"s": seq, "b": mbs, "t": tp, "cp": cp, "recompute": mode, "fused_attention": dev.fused_attention,
+              "sequence_parallel": impl.sequence_parallel}
         act[mode] = (layer_activation_bytes(model, False, **kw),
                      layer_activation_bytes(model, True, **kw) if is_moe else 0.0)
     logits = 10.0 * tokens * v / t  # bf16 logits + fp32 log-softmax + fp32 gradient

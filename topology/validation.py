@@ -50,6 +50,9 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
         attention="unfused"),
+    # Megatron-LM of 2021 (Narayanan et al.): the same kernels, before sequence parallelism
+    "megatron-2021": cm.Implementation(
+        name="megatron-2021", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False),
     # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts)
     "torchtitan-2024": cm.Implementation(name="torchtitan-2024"),
     # low-precision LayerNorm; triton FlashAttention and the cuBLAS of 2023: kernel scales fitted to the
