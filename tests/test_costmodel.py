@@ -448,7 +448,7 @@ def test_without_sequence_parallelism_every_tp_rank_runs_the_norms_on_all_tokens
     model, system = get_preset("1b"), load_system("dgx-a100-80gb")
     sp = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8)
     no_sp = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
-    assert no_sp.norm_fwd == pytest.approx(4 * sp.norm_fwd, rel=0.05)  # 4x the tokens (launches aside)
+    assert no_sp.norm_fwd > 2.5 * sp.norm_fwd  # 4x the tokens, the same launches
     assert no_sp.fwd_dense > sp.fwd_dense and no_sp.act["none"][0] > sp.act["none"][0]
     one = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
     assert one.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
