@@ -452,3 +452,14 @@ def test_without_sequence_parallelism_every_tp_rank_runs_the_norms_on_all_tokens
     assert no_sp.fwd_dense > sp.fwd_dense and no_sp.act["none"][0] > sp.act["none"][0]
     one = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
     assert one.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
+
+
+def test_cudnn_attention_runs_slower_per_flop_at_head_dim_64():
+    assert cm.head_dim_scale("cudnn", 128) == 1.0 and cm.head_dim_scale("", 64) == 1.0
+    assert cm.head_dim_scale("cudnn", 64) == pytest.approx(408 / 609)
+    assert cm.head_dim_scale("cudnn", 32) == cm.head_dim_scale("cudnn", 64)
+    assert cm.head_dim_scale("cudnn", 64) < cm.head_dim_scale("cudnn", 96) < 1.0
+    model, system = get_preset("1b").replace(head_dim=64, n_heads=32), load_system("dgx-h100")
+    plain = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 4096, 8)
+    cudnn = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 4096, 8, cm.Implementation(attention_kernel="cudnn"))
+    assert cudnn.attn_fwd > 1.4 * (plain.attn_fwd - 2e-6)

@@ -363,6 +363,10 @@ class Implementation:
     # adds between the TP regions run on 1/tp of the tokens.  Without it (Megatron-LM before 2022) every TP
     # rank runs them on all the tokens.
     sequence_parallel: bool = True
+    # The fused-attention kernel, where its rate depends on the head dimension in a way the device's
+    # attention_efficiency (measured at head dim 128) does not carry: "cudnn" (Transformer Engine's fused
+    # attention) scales it by CUDNN_HEAD_DIM_SCALE; "" leaves it as measured.
+    attention_kernel: str = ""
 
 
 ALPHAEXA = Implementation()
@@ -445,6 +449,29 @@ def deepep_internode_seconds(token_bytes: float, rank_copies: float, node_copies
 WINDOW_KERNEL_SCALE = 131.2 / 272.9
 
 
+# cuDNN's fused attention per head dimension, relative to head dim 128 (the head dim the devices'
+# attention_efficiency was measured at): H100 SXM5, BF16 forward, sequence 4k, from the FlashAttention-3
+# paper (Shah et al. 2024, figure 5, cuDNN bars: 408 TFLOP/s at head dim 64, 609 at 128, 483 at 256).  At
+# head dim 64 each tile holds half the matrix-multiply work per softmax element, so the exponentials
+# (the special-function units, far slower than the tensor cores) weigh twice as much.  A kernel
+# microbenchmark, like WINDOW_KERNEL_SCALE.
+CUDNN_HEAD_DIM_SCALE = {64: 408 / 609, 128: 1.0, 256: 483 / 609}
+
+
+def head_dim_scale(kernel: str, head_dim: int) -> float:
+    """The attention kernel's rate at ``head_dim`` over its rate at 128 (1 for kernels without a table);
+    linear between the measured head dims, the nearest outside them."""
+    if kernel != "cudnn":
+        return 1.0
+    table = sorted(CUDNN_HEAD_DIM_SCALE.items())
+    if head_dim <= table[0][0]:
+        return table[0][1]
+    for (d0, s0), (d1, s1) in zip(table, table[1:]):
+        if head_dim <= d1:
+            return s0 + (s1 - s0) * (head_dim - d0) / (d1 - d0)
+    return table[-1][1]
+
+
 def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int, ep: int, mbs: int,
                seq: int, pp_stride: int, impl: Implementation = ALPHAEXA, etp: int = 0) -> LayerCost:
     """Per micro-batch costs of one dense and one MoE layer.  ``etp`` (expert tensor parallel, 0 = tp):
@@ -456,6 +483,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     attention_scale = impl.attention_scale
     if model.sliding_window and model.sliding_window < seq:
         attention_scale *= WINDOW_KERNEL_SCALE
+    attention_scale *= head_dim_scale(impl.attention_kernel, model.head_dim)
     if impl.gemm_scale != 1.0 or attention_scale != 1.0:
         dev = dataclasses.replace(dev, gemm_efficiency=dev.gemm_efficiency * impl.gemm_scale,
                                   attention_efficiency=dev.attention_efficiency * attention_scale)

@@ -62,7 +62,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
         param_gather_overlap=True, ep_dedup=True,  # TE fused rotary, SwiGLU (6 of 10 bytes), cross-entropy; fused router/permute
-        moe_host_floor_s=MEGATRON_MOE_HOST_S),
+        moe_host_floor_s=MEGATRON_MOE_HOST_S, attention_kernel="cudnn"),  # TE's fused attention is cuDNN's
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
