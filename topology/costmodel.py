@@ -46,6 +46,7 @@ compares a run's measurements with the current model.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -466,7 +467,7 @@ def head_dim_scale(kernel: str, head_dim: int) -> float:
     table = sorted(CUDNN_HEAD_DIM_SCALE.items())
     if head_dim <= table[0][0]:
         return table[0][1]
-    for (d0, s0), (d1, s1) in zip(table, table[1:]):
+    for (d0, s0), (d1, s1) in itertools.pairwise(table):
         if head_dim <= d1:
             return s0 + (s1 - s0) * (head_dim - d0) / (d1 - d0)
     return table[-1][1]
