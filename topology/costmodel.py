@@ -304,6 +304,7 @@ class LayerCost:
     moe_block_fwd: float = 0.0  # router, routed and shared experts and their elementwise work (no attention)
     norm_fwd: float = 0.0  # the two norms of a layer
     tp_fwd_moe: float | None = None  # tensor-parallel collectives of one MoE layer's forward (None: tp_fwd)
+    moe_act_fwd: float = 0.0  # the routed experts' activation (elementwise) of one MoE layer's forward
 
 
 BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
@@ -518,7 +519,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                                    common_kernels + act_kernels)
     fwd_dense = dense_gemms + dense_ew + attn_core
     bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
-    fwd_moe = bwd_moe = moe_block_fwd = 0.0
+    fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
     is_moe = model.is_moe
@@ -539,6 +540,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
         moe_gemms = attn_gemm + experts + shared + router
         moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
+        moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels)
         moe_block_fwd = experts + shared + router + elementwise_seconds(
             dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
@@ -611,7 +613,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
     return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
                      cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
-                     tp_fwd_moe)
+                     tp_fwd_moe, moe_act_fwd)
 
 
 # ------------------------------------------------------------ parameters
@@ -766,6 +768,9 @@ class Request:
     # A published run that recomputes each MoE block (router, dispatch, experts, combine) and the norms in the
     # backward on top of its recompute mode (Megatron --recompute-modules layernorm moe); never the trainer.
     recompute_moe: bool = False
+    # A published run that recomputes the norms and the routed experts' activation in the backward on top of
+    # its recompute mode (Megatron --recompute-modules layernorm moe_act); never the trainer.
+    recompute_norm_act: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -913,6 +918,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
                 redo = 0.0
             if req.recompute_moe and mode != "full":
                 redo += prof.n_moe * (lc.moe_block_fwd + lc.ep_fwd) + n_layers * lc.norm_fwd
+            elif req.recompute_norm_act and mode != "full":
+                redo += prof.n_moe * lc.moe_act_fwd + n_layers * lc.norm_fwd
             t_b = bwd + tp_comm + ep_comm + redo
             redo_compute = redo - (tp_comm + ep_comm + host_wait if mode == "full" else 0.0) - (
                 prof.n_moe * lc.ep_fwd if req.recompute_moe and mode != "full" else 0.0)

@@ -155,7 +155,8 @@ def system_of(run: Run, path: Path = DATA) -> System:
 
 
 def row_options(run: Run, path: Path = DATA) -> dict:
-    """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe)."""
+    """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
+    recompute_norm_act)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
@@ -195,7 +196,8 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
     system = system or system_of(run, path)
     nodes = run.gpus // system.ranks_per_node
     req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, implementation_of(run),
-                     expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False))
+                     expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
+                     recompute_norm_act=row_options(run, path).get("recompute_norm_act", False))
     return cm.estimate(req, run.layout())
 
 
