@@ -369,6 +369,12 @@ class Implementation:
     # attention_efficiency (measured at head dim 128) does not carry: "cudnn" (Transformer Engine's fused
     # attention) scales it by CUDNN_HEAD_DIM_SCALE; "" leaves it as measured.
     attention_kernel: str = ""
+    # A clamped GLU activation (GPT-OSS: gate clamped to <= 7, linear half to [-7, 7]) that the framework
+    # clamps outside its fused activation kernel: extra bytes per expert hidden unit (and kernels), forward
+    # and backward.  0: none.
+    glu_clamp_fwd_bytes: float = 0.0
+    glu_clamp_bwd_bytes: float = 0.0
+    glu_clamp_kernels: tuple[int, int] = (0, 0)
 
 
 ALPHAEXA = Implementation()
@@ -540,14 +546,19 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
         moe_gemms = attn_gemm + experts + shared + router
         moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
-        moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels)
+        clamp_fwd = elementwise_seconds(dev, routed * impl.glu_clamp_fwd_bytes * model.moe_d_ff / etp,
+                                        impl.glu_clamp_kernels[0]) if impl.glu_clamp_fwd_bytes else 0.0
+        clamp_bwd = elementwise_seconds(dev, routed * impl.glu_clamp_bwd_bytes * model.moe_d_ff / etp,
+                                        impl.glu_clamp_kernels[1]) if impl.glu_clamp_bwd_bytes else 0.0
+        moe_ew += clamp_fwd
+        moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels) + clamp_fwd
         moe_block_fwd = experts + shared + router + elementwise_seconds(
             dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + attn_core + (dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
-        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew) + ATTN_BWD_FACTOR * attn_core
+        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + ATTN_BWD_FACTOR * attn_core
         copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
             else model.top_k * cf
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all

@@ -191,11 +191,24 @@ def implementation_of(run: Run) -> cm.Implementation:
     return impl
 
 
+# Megatron-Core's GPT-OSS activation (``weighted_bias_quick_geglu_impl`` with ``clamp_value``, Megatron-LM
+# megatron/core/fusions/fused_bias_geglu.py, e.g. at 034fd2d3): the two halves of the first expert projection's
+# output are clamped by two eager torch.clamp calls and put back together with torch.cat before the fused
+# quick-GEGLU kernel.  Per expert hidden unit (bf16, the projection's output is 2 units wide): forward, each
+# clamp reads and writes its half (2 + 2, twice) and the cat reads and writes both (4 + 4): 16 bytes in 3
+# kernels; backward, autograd's clamp backward reads the gradient and the input and writes the gradient for
+# each half (6, twice; the cat's backward is a view): 12 bytes in 2 kernels.  Counted, not fitted.
+MEGATRON_GLU_CLAMP = {"glu_clamp_fwd_bytes": 16.0, "glu_clamp_bwd_bytes": 12.0, "glu_clamp_kernels": (3, 2)}
+
+
 def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Estimate:
     """The cost model's estimate of ``run`` (``system`` replaces the row's, e.g. with trial constants)."""
     system = system or system_of(run, path)
     nodes = run.gpus // system.ranks_per_node
-    req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, implementation_of(run),
+    impl = implementation_of(run)
+    if row_options(run, path).get("glu_clamp") and impl.name.startswith("megatron-core"):
+        impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
+    req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, impl,
                      expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
                      recompute_norm_act=row_options(run, path).get("recompute_norm_act", False))
     return cm.estimate(req, run.layout())
