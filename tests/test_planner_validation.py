@@ -59,7 +59,7 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
 # The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-6: mean / max
 # |step-time error| in percent).  A change to the model or the data that makes any of them worse fails here;
 # one that improves them must update these figures and the docs together.
-REPORTED = {"fit": (6.3, 19.6), "heldout": (7.2, 29.6), "heldout_moe": (8.8, 28.6), "heldout_seen": (7.1, 29.6), "heldout_unseen": (6.5, 13.0), "heldout_unseen4": (7.8, 19.3), "heldout_unseen5": (3.8, 4.6), "heldout_unseen6": (10.3, 28.6)}
+REPORTED = {"fit": (6.3, 19.6), "heldout": (7.1, 29.6), "heldout_moe": (8.5, 28.6), "heldout_seen": (7.0, 29.6), "heldout_unseen": (6.5, 13.0), "heldout_unseen4": (7.8, 19.3), "heldout_unseen5": (3.8, 4.6), "heldout_unseen6": (10.3, 28.6)}
 
 
 def test_the_errors_are_no_worse_than_reported():
@@ -239,9 +239,10 @@ def test_recomputation_in_the_backward_hides_data_parallel_traffic():
     rs, ag, _ = cm.dp_comm(req, g, "zero3", s.p_dense, s.p_exp)
     assert s.bwd < ag + rs < s.bwd + s.redo_compute  # exposed without the recompute, hidden with it
     step, _ = cm.sharded_cost(req, st, g, "zero3", want_breakdown=True)
-    bare = dataclasses.replace(s, redo_compute=0.0)
+    # the same stage with its recomputation costed but hiding nothing (out of the backward's window)
+    bare = dataclasses.replace(s, redo_compute=0.0, t_b=s.t_b - s.recompute)
     step0, _ = cm.sharded_cost(req, dataclasses.replace(st, stages=(bare,)), g, "zero3")
-    assert step < step0
+    assert step < step0 + st.microbatches * s.recompute
 
 
 def test_the_device_optimizer_step_streams_the_trainers_bytes():
@@ -333,3 +334,19 @@ def test_megatron_clamps_gpt_oss_activation_outside_its_fused_kernel():
     assert v.predict(automodel).step_time_s == pytest.approx(cm.estimate(cm.Request(
         v.model_of(automodel), v.system_of(automodel), 1, automodel.global_batch, automodel.seq_len,
         v.implementation_of(automodel)), automodel.layout()).step_time_s)
+
+
+def test_gathers_that_feed_only_the_nics_also_hide_behind_the_exposed_tp_and_ep_collectives(monkeypatch):
+    run = next(r for r in v.load_runs() if r.id == "modelzoo-qwen3-235b-ep8-fsdp")
+    est = v.predict(run)
+    req = cm.Request(v.model_of(run), v.system_of(run), 32, run.global_batch, run.seq_len, v.implementation_of(run),
+                     expert_tp=1)
+    lay = est.layout
+    g = cm.dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
+    assert (g.expert_shard.k, g.expert_shard.nodes) == (1, 32) and g.shard.k > 1  # experts: one rank per node
+    st = cm.structure_of(req, lay).stages[0]
+    _, ag_nic = cm.dp_comm_nic_only(req, g, st.p_dense, st.p_exp)
+    assert 0 < ag_nic < cm.dp_comm(req, g, "zero3", st.p_dense, st.p_exp)[1]
+    monkeypatch.setattr(cm, "dp_comm_nic_only", lambda *a: (0.0, 0.0))  # every gather waits for compute alone
+    req2 = cm.Request(req.model, req.system, 32, run.global_batch, run.seq_len, req.impl, expert_tp=1)
+    assert cm.estimate(req2, lay).breakdown["dp_comm_exposed_s"] > est.breakdown["dp_comm_exposed_s"] + 0.5

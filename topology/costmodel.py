@@ -1037,6 +1037,23 @@ def dp_comm(req: Request, g: DPGroups, sharding: str, p_dense: float, p_exp: flo
     return out
 
 
+def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) -> tuple[float, float]:
+    """(reduce-scatter, all-gather) seconds of ZeRO-3's per-micro-batch traffic on groups of one rank per
+    node (``k == 1``): the part that uses no intra-node link."""
+    key = ("dpn", id(g), p_dense, p_exp)
+    memo = req._memo
+    out = memo.get(key)
+    if out is not None:
+        return out
+    rs = ag = 0.0
+    for path, params in ((g.shard, p_dense), (g.expert_shard, p_exp)):
+        if path.nodes > 1 and path.k == 1:
+            rs += collective_seconds("reduce_scatter", GRAD_BYTES * params, path)
+            ag += collective_seconds("all_gather", WEIGHT_BYTES * params, path)
+    memo[key] = out = (rs, ag)
+    return out
+
+
 def device_share(req: Request, op: str, nbytes: float, path: CommPath) -> float:
     """The share of a collective's time during which its kernels load the GPU as a collective inside the
     node does: the rate it moves data at over the rate the node's own link gives the same collective.  An
@@ -1224,7 +1241,13 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
             per_mb = max(rs - bwd, rs / s.units)
             step_exposed = max(ar - bwd, ar / s.units) + gather_exposed(ag, s)
         else:
-            per_mb = max(ag - s.fwd, 0.0) + max(ag + rs - bwd, 0.0) + ag / s.units
+            # The gathers and reduce-scatters that feed only the NICs (one rank per node) share no link with
+            # the TP and EP collectives inside the node, so they also run while those (and any wait for the
+            # host) hold the step: their window is the pass's wall time, the rest's its compute.
+            rs_nic, ag_nic = dp_comm_nic_only(req, g, s.p_dense, s.p_exp)
+            fwd_wall, bwd_wall = s.t_f, s.t_b + (s.host_wait if s.redo_compute else 0.0)
+            per_mb = max(ag - ag_nic - s.fwd, ag - fwd_wall, 0.0) \
+                + max(ag + rs - ag_nic - rs_nic - bwd, ag + rs - bwd_wall, 0.0) + ag / s.units
             step_exposed = max(ar - bwd, ar / s.units)
         local = s.p_dense / g.dense_shards + s.p_exp / g.expert_shards
         transfers = 0.0
