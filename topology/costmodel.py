@@ -375,6 +375,9 @@ class Implementation:
     glu_clamp_fwd_bytes: float = 0.0
     glu_clamp_bwd_bytes: float = 0.0
     glu_clamp_kernels: tuple[int, int] = (0, 0)
+    # Bytes a gradient element has in the data-parallel reduction (reduce-scatter / all-reduce): 2 for a bf16
+    # reduction, 4 where the framework reduces in fp32 (FSDP's MixedPrecision reduce_dtype=float32).
+    grad_reduce_bytes: float = GRAD_BYTES
 
 
 ALPHAEXA = Implementation()
@@ -793,6 +796,15 @@ class Request:
             raise ConfigError(f"offload_optimizer={self.offload_optimizer!r} needs offload=cpu or nvme (the parameters offloaded)")
 
     @property
+    def grad_reduce_bytes(self) -> float:
+        """Bytes a gradient element has in the data-parallel reduction: the trainer's native engine reduces in
+        fp32 (alphaexa.parallel.data_parallel: FSDP2 MixedPrecisionPolicy(reduce_dtype=torch.float32)), the
+        DeepSpeed engine in the gradients' bf16; a published run's framework says."""
+        if self.impl.name.startswith("alphaexa") and self.engine == "native":
+            return 4.0
+        return self.impl.grad_reduce_bytes
+
+    @property
     def optimizer_on(self) -> str:
         """Where the optimizer state lives: none (the device), cpu or nvme."""
         return self.offload_optimizer or self.offload
@@ -1018,21 +1030,22 @@ def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replica
 def dp_comm(req: Request, g: DPGroups, sharding: str, p_dense: float, p_exp: float) -> tuple[float, float, float]:
     """(reduce-scatter of gradients, all-gather of weights, all-reduce across replicas) for one rank."""
     key = ("dpc", id(g), p_dense, p_exp)
+    gb = req.grad_reduce_bytes
     memo = req._memo
     out = memo.get(key)
     if out is not None:
         return out
     cs = collective_seconds
     if sharding == "none":
-        out = (0.0, 0.0, cs("all_reduce", GRAD_BYTES * p_dense, g.replicate)
-               + cs("all_reduce", GRAD_BYTES * p_exp, g.expert_replicate))
+        out = (0.0, 0.0, cs("all_reduce", gb * p_dense, g.replicate)
+               + cs("all_reduce", gb * p_exp, g.expert_replicate))
     else:
-        out = (cs("reduce_scatter", GRAD_BYTES * p_dense, g.shard)
-               + cs("reduce_scatter", GRAD_BYTES * p_exp, g.expert_shard),
+        out = (cs("reduce_scatter", gb * p_dense, g.shard)
+               + cs("reduce_scatter", gb * p_exp, g.expert_shard),
                cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
                + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
-               cs("all_reduce", GRAD_BYTES * p_dense / g.dense_shards, g.replicate)
-               + cs("all_reduce", GRAD_BYTES * p_exp / g.expert_shards, g.expert_replicate))
+               cs("all_reduce", gb * p_dense / g.dense_shards, g.replicate)
+               + cs("all_reduce", gb * p_exp / g.expert_shards, g.expert_replicate))
     memo[key] = out
     return out
 
@@ -1041,6 +1054,7 @@ def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) ->
     """(reduce-scatter, all-gather) seconds of ZeRO-3's per-micro-batch traffic on groups of one rank per
     node (``k == 1``): the part that uses no intra-node link."""
     key = ("dpn", id(g), p_dense, p_exp)
+    gb = req.grad_reduce_bytes
     memo = req._memo
     out = memo.get(key)
     if out is not None:
@@ -1048,7 +1062,7 @@ def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) ->
     rs = ag = 0.0
     for path, params in ((g.shard, p_dense), (g.expert_shard, p_exp)):
         if path.nodes > 1 and path.k == 1:
-            rs += collective_seconds("reduce_scatter", GRAD_BYTES * params, path)
+            rs += collective_seconds("reduce_scatter", gb * params, path)
             ag += collective_seconds("all_gather", WEIGHT_BYTES * params, path)
     memo[key] = out = (rs, ag)
     return out
@@ -1074,6 +1088,7 @@ def dp_comm_device(req: Request, g: DPGroups, sharding: str, p_dense: float,
     """``dp_comm``'s three times, each collective weighted by its ``device_share``: what its kernels take
     from the compute they overlap, in seconds of a node-link collective."""
     key = ("dpd", id(g), p_dense, p_exp)
+    gb = req.grad_reduce_bytes
     memo = req._memo
     out = memo.get(key)
     if out is not None:
@@ -1083,15 +1098,15 @@ def dp_comm_device(req: Request, g: DPGroups, sharding: str, p_dense: float,
         return collective_seconds(op, nbytes, path) * device_share(req, op, nbytes, path)
 
     if sharding == "none":
-        out = (0.0, 0.0, cs("all_reduce", GRAD_BYTES * p_dense, g.replicate)
-               + cs("all_reduce", GRAD_BYTES * p_exp, g.expert_replicate))
+        out = (0.0, 0.0, cs("all_reduce", gb * p_dense, g.replicate)
+               + cs("all_reduce", gb * p_exp, g.expert_replicate))
     else:
-        out = (cs("reduce_scatter", GRAD_BYTES * p_dense, g.shard)
-               + cs("reduce_scatter", GRAD_BYTES * p_exp, g.expert_shard),
+        out = (cs("reduce_scatter", gb * p_dense, g.shard)
+               + cs("reduce_scatter", gb * p_exp, g.expert_shard),
                cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
                + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
-               cs("all_reduce", GRAD_BYTES * p_dense / g.dense_shards, g.replicate)
-               + cs("all_reduce", GRAD_BYTES * p_exp / g.expert_shards, g.expert_replicate))
+               cs("all_reduce", gb * p_dense / g.dense_shards, g.replicate)
+               + cs("all_reduce", gb * p_exp / g.expert_shards, g.expert_replicate))
     memo[key] = out
     return out
 

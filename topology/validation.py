@@ -53,8 +53,9 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # Megatron-LM of 2021 (Narayanan et al.): the same kernels, before sequence parallelism
     "megatron-2021": cm.Implementation(
         name="megatron-2021", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False),
-    # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts)
-    "torchtitan-2024": cm.Implementation(name="torchtitan-2024"),
+    # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts);
+    # torchtitan's default training.mixed_precision_reduce is float32: gradients reduce-scattered in fp32
+    "torchtitan-2024": cm.Implementation(name="torchtitan-2024", grad_reduce_bytes=4.0),
     # low-precision LayerNorm; triton FlashAttention and the cuBLAS of 2023: kernel scales fitted to the
     # fit rows (bench/fit_published_runs.py)
     "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.95, attention_scale=0.5),
@@ -181,11 +182,13 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool
 def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    known = sorted([*OVERLAP_FLAGS, "moe-graphs"])
+    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
     impl = replace(impl, **{OVERLAP_FLAGS[f]: True for f in flags if f in OVERLAP_FLAGS}) if flags else impl
+    if "fp32-reduce" in flags:  # the data-parallel gradient reduction in fp32 (FSDP reduce_dtype=float32)
+        impl = replace(impl, grad_reduce_bytes=4.0)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
         impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S))
     return impl
