@@ -9,8 +9,9 @@ This measures the ratio on our own GPU, forward and backward, for SDPA's cuDNN a
 heads (64 query heads, 8 key/value heads, head dim 64) and a head-dim-128 control with the same query
 width (32 heads, 8 key/value heads), sequence 4096, batch 4.  For each it prints the measured time, the
 TFLOP/s (causal: half the square, forward 4 b s^2 h d / 2, backward 2.5x) and ``costmodel.attention_seconds``
-x 3.5 (forward + backward) with and without the head-dim scale.  Writes OUT_DIR/attention_headdim.json.
-Under a minute on an H200.
+x 3.5 (forward + backward) with and without the head-dim scale; then cuDNN causal attention at head dim 128
+over sequence lengths (``--long-seqs``, default 4k / 16k / 32k, 16k tokens a call) against the model, for the
+long-context rows.  Writes OUT_DIR/attention_headdim.json.  About a minute on an H200.
 """
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--long-seqs", type=int, nargs="*", default=[4096, 16384, 32768],
+                    help="sequence lengths of the head-dim-128 causal sweep (16k tokens a call)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("attention_headdim_vs_model: needs a CUDA GPU")
@@ -89,7 +92,31 @@ def main() -> int:
                             "modelled_s": model, "modelled_cudnn_scaled_s": scaled})
             print(f"{name:28s} {backend:6s} {t * 1e3:8.3f} ms {flops / t / 1e12:7.1f} TFLOP/s | model {model * 1e3:8.3f} ms"
                   f" (x{t / model:.2f}), with the head-dim scale {scaled * 1e3:8.3f} ms (x{t / scaled:.2f})", flush=True)
-    by = {(r["backend"], r["head_dim"]): r["tflops"] for r in results}
+    # the sequence-length dependence at head dim 128 (the long-context rows: 16k-128k tokens, their fused
+    # attention the larger part of a layer): the same 16k tokens a call, causal
+    for seq in args.long_seqs:
+        heads, hd, bb = 32, 128, max(1, 16384 // seq)
+        q = torch.randn(bb, heads, seq, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(bb, heads, seq, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn(bb, heads, seq, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        grad = torch.randn(bb, heads, seq, hd, device="cuda", dtype=torch.bfloat16)
+        flops = 4.0 * bb * heads * seq * seq * hd / 2 * (1 + cm.ATTN_BWD_FACTOR)
+        model = cm.attention_seconds(device, bb, seq, seq, heads * hd) * (1 + cm.ATTN_BWD_FACTOR)
+
+        def step(q=q, k=k, v=v, grad=grad):
+            with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            out.backward(grad)
+        try:
+            t = timed(step, max(2, args.iters // 2))
+        except RuntimeError as exc:
+            print(f"seq {seq}: failed: {exc}".splitlines()[0])
+            continue
+        results.append({"case": f"long {seq}", "heads": heads, "kv_heads": heads, "head_dim": hd, "backend": "cudnn",
+                        "batch": bb, "seq": seq, "measured_s": t, "tflops": flops / t / 1e12, "modelled_s": model})
+        print(f"cudnn causal d128 seq {seq:6d} x{bb}: {t * 1e3:8.3f} ms {flops / t / 1e12:7.1f} TFLOP/s | "
+              f"model {model * 1e3:8.3f} ms (x{t / model:.2f})", flush=True)
+    by = {(r["backend"], r["head_dim"]): r["tflops"] for r in results if not r["case"].startswith("long")}
     for backend in BACKENDS:
         if (backend, 64) in by and (backend, 128) in by:
             print(f"{backend}: rate at head dim 64 / 128 = {by[(backend, 64)] / by[(backend, 128)]:.3f} "
