@@ -411,3 +411,55 @@ def test_train_compile_auto_follows_the_shared_rule():
                                   ("cpu", 1, "none"), ("xpu", 1, "full")]:
         layout = Layout(tp=tp, recompute=recompute)
         assert TrainSection().compile_on(device, layout) == compiled_by_default(device, tp, recompute)
+
+
+def test_nccl_runs_the_legs_of_a_hierarchical_collective_at_once():
+    # Two DGX H100 nodes: the node-link and network legs of NCCL's rings stream together, so the slower sets
+    # the time (nccl-tests' multi-node bus bandwidth is that of the node's NICs together, not of the two legs
+    # in sequence); oneCCL's staged algorithm on Aurora keeps the sum (the test above).
+    h100 = load_system("dgx-h100")
+    path = cm.comm_path(h100, 16, 1)
+    assert (path.k, path.nodes, path.pipelined) == (8, 2, True)
+    assert not cm.comm_path(load_system("aurora"), 24, 1).pipelined
+    nbytes = 1e9
+    link = h100.node.link_levels[-1].link
+    intra = cm._ring("all_gather", 8, nbytes, 0.0, link)
+    inter = cm._ring("all_gather", 2, nbytes / 8, 0.0, None, path.inter_gbps)
+    latency = (3 * link.latency_us + 1 * path.inter_latency_us) * 1e-6
+    assert cm.collective_seconds("all_gather", nbytes, path) == pytest.approx(
+        path.call_us * 1e-6 + max(intra, inter) + latency)
+    staged = cm.dataclasses.replace(path, pipelined=False)
+    assert cm.collective_seconds("all_gather", nbytes, staged) > cm.collective_seconds("all_gather", nbytes, path)
+
+
+def test_overlapped_traffic_that_feeds_one_nic_per_rank_loads_the_device_less():
+    # device_share: the rate a collective moves bytes at over the node link's; the contention of hidden
+    # data-parallel traffic is charged on that share of its time.
+    h100 = load_system("dgx-h100")
+    req = cm.Request(get_preset("1b"), h100, 32, 64, 2048)
+    inside, per_node, whole_nodes = cm.comm_path(h100, 8, 1), cm.comm_path(h100, 32, 8), cm.comm_path(h100, 32, 1)
+    assert cm.device_share(req, "all_gather", 1e9, inside) == 1.0
+    nic_only = cm.device_share(req, "all_gather", 1e9, per_node)
+    assert per_node.k == 1 and 0.05 < nic_only < 0.25  # 45 GB/s of one NIC against NVLink's ~330
+    assert cm.device_share(req, "all_gather", 1e9, whole_nodes) > 0.8  # 8 NICs a node keep up with NVLink
+
+
+def test_without_sequence_parallelism_every_tp_rank_runs_the_norms_on_all_tokens():
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    sp = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8)
+    no_sp = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
+    assert no_sp.norm_fwd > 2.5 * sp.norm_fwd  # 4x the tokens, the same launches
+    assert no_sp.fwd_dense > sp.fwd_dense and no_sp.act["none"][0] > sp.act["none"][0]
+    one = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
+    assert one.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
+
+
+def test_cudnn_attention_runs_slower_per_flop_at_head_dim_64():
+    assert cm.head_dim_scale("cudnn", 128) == 1.0 and cm.head_dim_scale("", 64) == 1.0
+    assert cm.head_dim_scale("cudnn", 64) == pytest.approx(408 / 609)
+    assert cm.head_dim_scale("cudnn", 32) == cm.head_dim_scale("cudnn", 64)
+    assert cm.head_dim_scale("cudnn", 64) < cm.head_dim_scale("cudnn", 96) < 1.0
+    model, system = get_preset("1b").replace(head_dim=64, n_heads=32), load_system("dgx-h100")
+    plain = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 4096, 8)
+    cudnn = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 4096, 8, cm.Implementation(attention_kernel="cudnn"))
+    assert cudnn.attn_fwd > 1.4 * (plain.attn_fwd - 2e-6)

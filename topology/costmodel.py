@@ -46,6 +46,7 @@ compares a run's measurements with the current model.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -165,6 +166,11 @@ class CommPath:
     inter_latency_us: float
     link_class: str  # human-readable: "MDFI", "XeLink", "NVLink3", "Slingshot-11", "XeLink+Slingshot-11"
     call_us: float = 0.0  # the device's fixed cost per collective call
+    # A hierarchical collective's node-link and network legs run at once (NCCL: its rings and trees cut
+    # the buffer into chunks that stream through every hop together, each of the node's ranks driving its
+    # own NIC), so the slower leg sets the time; False: one after the other (oneCCL's staged "topo"
+    # algorithms, as the model has assumed for XPU: not measured).
+    pipelined: bool = False
 
 
 def comm_path(system: System, size: int, stride: int) -> CommPath:
@@ -187,7 +193,8 @@ def comm_path(system: System, size: int, stride: int) -> CommPath:
     if r % stride == 0 and span % r == 0:
         k = r // stride
         link = node.link_levels[-1].link
-        return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}", call)
+        return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}", call,
+                        node.device.vendor == "nvidia")
     # A group that straddles node boundaries unevenly: charge it as inter-node throughout.
     return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)", call)
 
@@ -243,11 +250,22 @@ def collective_seconds(op: str, nbytes: float, path: CommPath) -> float:
         return call + _ring(op, n, nbytes, intra_lat, intra)
     if path.k == 1:
         return call + _ring(op, n, nbytes, path.inter_latency_us, None, path.inter_gbps)
-    # hierarchical: intra-node reduce-scatter/all-gather, inter-node on 1/k of the buffer
+    # hierarchical: intra-node reduce-scatter/all-gather, inter-node on 1/k of the buffer; pipelined
+    # (``CommPath.pipelined``, NCCL) the slower leg sets the transfer time and only the latency steps of
+    # both add up, else the legs run one after the other.
     inter = _ring(op, path.nodes, nbytes / path.k, path.inter_latency_us, None, path.inter_gbps)
+    if not path.pipelined:
+        if op == "all_reduce":
+            return call + 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra) + inter
+        return call + _ring(op, path.k, nbytes, intra_lat, intra) + inter
+    inter_lat = (2 if op == "all_reduce" else 1) * math.ceil(math.log2(path.nodes)) * path.inter_latency_us * 1e-6
     if op == "all_reduce":
-        return call + 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra) + inter
-    return call + _ring(op, path.k, nbytes, intra_lat, intra) + inter
+        intra_t = 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra)
+        intra_lat_s = 2 * math.ceil(math.log2(path.k)) * intra_lat * 1e-6
+    else:
+        intra_t = _ring(op, path.k, nbytes, intra_lat, intra)
+        intra_lat_s = math.ceil(math.log2(path.k)) * intra_lat * 1e-6
+    return call + max(intra_t - intra_lat_s, inter - inter_lat) + intra_lat_s + inter_lat
 
 
 # ------------------------------------------------------------ compute time
@@ -286,6 +304,7 @@ class LayerCost:
     moe_block_fwd: float = 0.0  # router, routed and shared experts and their elementwise work (no attention)
     norm_fwd: float = 0.0  # the two norms of a layer
     tp_fwd_moe: float | None = None  # tensor-parallel collectives of one MoE layer's forward (None: tp_fwd)
+    moe_act_fwd: float = 0.0  # the routed experts' activation (elementwise) of one MoE layer's forward
 
 
 BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
@@ -342,6 +361,23 @@ class Implementation:
     # The device cannot run ahead of the host past such a synchronisation, so the layer's forward takes
     # the longer of its GPU time (incl. exposed TP/EP collectives) and this.  0: not modelled.
     moe_host_floor_s: float = 0.0
+    # Megatron's sequence parallelism (Korthikanti et al. 2022): with tp > 1 the norms, dropouts and residual
+    # adds between the TP regions run on 1/tp of the tokens.  Without it (Megatron-LM before 2022) every TP
+    # rank runs them on all the tokens.
+    sequence_parallel: bool = True
+    # The fused-attention kernel, where its rate depends on the head dimension in a way the device's
+    # attention_efficiency (measured at head dim 128) does not carry: "cudnn" (Transformer Engine's fused
+    # attention) scales it by CUDNN_HEAD_DIM_SCALE; "" leaves it as measured.
+    attention_kernel: str = ""
+    # A clamped GLU activation (GPT-OSS: gate clamped to <= 7, linear half to [-7, 7]) that the framework
+    # clamps outside its fused activation kernel: extra bytes per expert hidden unit (and kernels), forward
+    # and backward.  0: none.
+    glu_clamp_fwd_bytes: float = 0.0
+    glu_clamp_bwd_bytes: float = 0.0
+    glu_clamp_kernels: tuple[int, int] = (0, 0)
+    # Bytes a gradient element has in the data-parallel reduction (reduce-scatter / all-reduce): 2 for a bf16
+    # reduction, 4 where the framework reduces in fp32 (FSDP's MixedPrecision reduce_dtype=float32).
+    grad_reduce_bytes: float = GRAD_BYTES
 
 
 ALPHAEXA = Implementation()
@@ -424,6 +460,29 @@ def deepep_internode_seconds(token_bytes: float, rank_copies: float, node_copies
 WINDOW_KERNEL_SCALE = 131.2 / 272.9
 
 
+# cuDNN's fused attention per head dimension, relative to head dim 128 (the head dim the devices'
+# attention_efficiency was measured at): H100 SXM5, BF16 forward, sequence 4k, from the FlashAttention-3
+# paper (Shah et al. 2024, figure 5, cuDNN bars: 408 TFLOP/s at head dim 64, 609 at 128, 483 at 256).  At
+# head dim 64 each tile holds half the matrix-multiply work per softmax element, so the exponentials
+# (the special-function units, far slower than the tensor cores) weigh twice as much.  A kernel
+# microbenchmark, like WINDOW_KERNEL_SCALE.
+CUDNN_HEAD_DIM_SCALE = {64: 408 / 609, 128: 1.0, 256: 483 / 609}
+
+
+def head_dim_scale(kernel: str, head_dim: int) -> float:
+    """The attention kernel's rate at ``head_dim`` over its rate at 128 (1 for kernels without a table);
+    linear between the measured head dims, the nearest outside them."""
+    if kernel != "cudnn":
+        return 1.0
+    table = sorted(CUDNN_HEAD_DIM_SCALE.items())
+    if head_dim <= table[0][0]:
+        return table[0][1]
+    for (d0, s0), (d1, s1) in itertools.pairwise(table):
+        if head_dim <= d1:
+            return s0 + (s1 - s0) * (head_dim - d0) / (d1 - d0)
+    return table[-1][1]
+
+
 def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int, ep: int, mbs: int,
                seq: int, pp_stride: int, impl: Implementation = ALPHAEXA, etp: int = 0) -> LayerCost:
     """Per micro-batch costs of one dense and one MoE layer.  ``etp`` (expert tensor parallel, 0 = tp):
@@ -435,12 +494,14 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     attention_scale = impl.attention_scale
     if model.sliding_window and model.sliding_window < seq:
         attention_scale *= WINDOW_KERNEL_SCALE
+    attention_scale *= head_dim_scale(impl.attention_kernel, model.head_dim)
     if impl.gemm_scale != 1.0 or attention_scale != 1.0:
         dev = dataclasses.replace(dev, gemm_efficiency=dev.gemm_efficiency * impl.gemm_scale,
                                   attention_efficiency=dev.attention_efficiency * attention_scale)
     h, q, kv, v = model.d_model, model.q_dim, model.kv_dim, model.vocab_size
     t = tp
-    rep = t  # with sequence parallelism (whenever t > 1) norms and residuals see 1/t of the tokens
+    # with sequence parallelism (the trainer's whenever t > 1) norms and residuals see 1/t of the tokens
+    rep = t if impl.sequence_parallel else 1
     tokens = mbs * seq / cp  # queries per rank; the GEMMs of a TP group see all of them
     g = gemm_seconds
     # wq, wk and wv are separate projections in alphaexa.model
@@ -467,7 +528,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                                    common_kernels + act_kernels)
     fwd_dense = dense_gemms + dense_ew + attn_core
     bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
-    fwd_moe = bwd_moe = moe_block_fwd = 0.0
+    fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
     is_moe = model.is_moe
@@ -488,13 +549,19 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
         moe_gemms = attn_gemm + experts + shared + router
         moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
+        clamp_fwd = elementwise_seconds(dev, routed * impl.glu_clamp_fwd_bytes * model.moe_d_ff / etp,
+                                        impl.glu_clamp_kernels[0]) if impl.glu_clamp_fwd_bytes else 0.0
+        clamp_bwd = elementwise_seconds(dev, routed * impl.glu_clamp_bwd_bytes * model.moe_d_ff / etp,
+                                        impl.glu_clamp_kernels[1]) if impl.glu_clamp_bwd_bytes else 0.0
+        moe_ew += clamp_fwd
+        moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels) + clamp_fwd
         moe_block_fwd = experts + shared + router + elementwise_seconds(
             dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + attn_core + (dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
-        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew) + ATTN_BWD_FACTOR * attn_core
+        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + ATTN_BWD_FACTOR * attn_core
         copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
             else model.top_k * cf
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
@@ -549,7 +616,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     embed_fwd = elementwise_seconds(dev, 2.0 * tokens * h * 2, 1)
     act = {}
     for mode in ("none", "selective", "full"):
-        kw = {"s": seq, "b": mbs, "t": tp, "cp": cp, "recompute": mode, "fused_attention": dev.fused_attention}
+        kw = {"s": seq, "b": mbs, "t": tp, "cp": cp, "recompute": mode, "fused_attention": dev.fused_attention,
+              "sequence_parallel": impl.sequence_parallel}
         act[mode] = (layer_activation_bytes(model, False, **kw),
                      layer_activation_bytes(model, True, **kw) if is_moe else 0.0)
     logits = 10.0 * tokens * v / t  # bf16 logits + fp32 log-softmax + fp32 gradient
@@ -559,7 +627,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
     return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
                      cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
-                     tp_fwd_moe)
+                     tp_fwd_moe, moe_act_fwd)
 
 
 # ------------------------------------------------------------ parameters
@@ -714,6 +782,9 @@ class Request:
     # A published run that recomputes each MoE block (router, dispatch, experts, combine) and the norms in the
     # backward on top of its recompute mode (Megatron --recompute-modules layernorm moe); never the trainer.
     recompute_moe: bool = False
+    # A published run that recomputes the norms and the routed experts' activation in the backward on top of
+    # its recompute mode (Megatron --recompute-modules layernorm moe_act); never the trainer.
+    recompute_norm_act: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -723,6 +794,15 @@ class Request:
             raise ConfigError(f"offload_optimizer={self.offload_optimizer!r}: must be cpu, nvme or empty (with the parameters)")
         if self.offload_optimizer and self.offload == "none":
             raise ConfigError(f"offload_optimizer={self.offload_optimizer!r} needs offload=cpu or nvme (the parameters offloaded)")
+
+    @property
+    def grad_reduce_bytes(self) -> float:
+        """Bytes a gradient element has in the data-parallel reduction: the trainer's native engine reduces in
+        fp32 (alphaexa.parallel.data_parallel: FSDP2 MixedPrecisionPolicy(reduce_dtype=torch.float32)), the
+        DeepSpeed engine in the gradients' bf16; a published run's framework says."""
+        if self.impl.name.startswith("alphaexa") and self.engine == "native":
+            return 4.0
+        return self.impl.grad_reduce_bytes
 
     @property
     def optimizer_on(self) -> str:
@@ -861,6 +941,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
                 redo = 0.0
             if req.recompute_moe and mode != "full":
                 redo += prof.n_moe * (lc.moe_block_fwd + lc.ep_fwd) + n_layers * lc.norm_fwd
+            elif req.recompute_norm_act and mode != "full":
+                redo += prof.n_moe * lc.moe_act_fwd + n_layers * lc.norm_fwd
             t_b = bwd + tp_comm + ep_comm + redo
             redo_compute = redo - (tp_comm + ep_comm + host_wait if mode == "full" else 0.0) - (
                 prof.n_moe * lc.ep_fwd if req.recompute_moe and mode != "full" else 0.0)
@@ -948,21 +1030,83 @@ def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replica
 def dp_comm(req: Request, g: DPGroups, sharding: str, p_dense: float, p_exp: float) -> tuple[float, float, float]:
     """(reduce-scatter of gradients, all-gather of weights, all-reduce across replicas) for one rank."""
     key = ("dpc", id(g), p_dense, p_exp)
+    gb = req.grad_reduce_bytes
     memo = req._memo
     out = memo.get(key)
     if out is not None:
         return out
     cs = collective_seconds
     if sharding == "none":
-        out = (0.0, 0.0, cs("all_reduce", GRAD_BYTES * p_dense, g.replicate)
-               + cs("all_reduce", GRAD_BYTES * p_exp, g.expert_replicate))
+        out = (0.0, 0.0, cs("all_reduce", gb * p_dense, g.replicate)
+               + cs("all_reduce", gb * p_exp, g.expert_replicate))
     else:
-        out = (cs("reduce_scatter", GRAD_BYTES * p_dense, g.shard)
-               + cs("reduce_scatter", GRAD_BYTES * p_exp, g.expert_shard),
+        out = (cs("reduce_scatter", gb * p_dense, g.shard)
+               + cs("reduce_scatter", gb * p_exp, g.expert_shard),
                cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
                + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
-               cs("all_reduce", GRAD_BYTES * p_dense / g.dense_shards, g.replicate)
-               + cs("all_reduce", GRAD_BYTES * p_exp / g.expert_shards, g.expert_replicate))
+               cs("all_reduce", gb * p_dense / g.dense_shards, g.replicate)
+               + cs("all_reduce", gb * p_exp / g.expert_shards, g.expert_replicate))
+    memo[key] = out
+    return out
+
+
+def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) -> tuple[float, float]:
+    """(reduce-scatter, all-gather) seconds of ZeRO-3's per-micro-batch traffic on groups of one rank per
+    node (``k == 1``): the part that uses no intra-node link."""
+    key = ("dpn", id(g), p_dense, p_exp)
+    gb = req.grad_reduce_bytes
+    memo = req._memo
+    out = memo.get(key)
+    if out is not None:
+        return out
+    rs = ag = 0.0
+    for path, params in ((g.shard, p_dense), (g.expert_shard, p_exp)):
+        if path.nodes > 1 and path.k == 1:
+            rs += collective_seconds("reduce_scatter", gb * params, path)
+            ag += collective_seconds("all_gather", WEIGHT_BYTES * params, path)
+    memo[key] = out = (rs, ag)
+    return out
+
+
+def device_share(req: Request, op: str, nbytes: float, path: CommPath) -> float:
+    """The share of a collective's time during which its kernels load the GPU as a collective inside the
+    node does: the rate it moves data at over the rate the node's own link gives the same collective.  An
+    NCCL kernel's claim on the compute it overlaps (the HBM bandwidth its copies and reductions stream, the
+    SMs its channels spin on) follows the bytes it pushes through the device a second; a ring that feeds
+    one NIC per rank (one rank per node) runs at the NIC's rate, a fraction of NVLink's.  1 inside a node,
+    and for hierarchical groups whose node's NICs together keep up with the node link."""
+    if path.nodes == 1 or path.size <= 1 or nbytes <= 0:
+        return 1.0
+    link = req.system.node.link_levels[-1].link
+    inside = CommPath(path.size, path.size, 1, link, path.inter_gbps, path.inter_latency_us, link.name, path.call_us)
+    actual = collective_seconds(op, nbytes, path)
+    return min(1.0, collective_seconds(op, nbytes, inside) / actual) if actual > 0 else 1.0
+
+
+def dp_comm_device(req: Request, g: DPGroups, sharding: str, p_dense: float,
+                   p_exp: float) -> tuple[float, float, float]:
+    """``dp_comm``'s three times, each collective weighted by its ``device_share``: what its kernels take
+    from the compute they overlap, in seconds of a node-link collective."""
+    key = ("dpd", id(g), p_dense, p_exp)
+    gb = req.grad_reduce_bytes
+    memo = req._memo
+    out = memo.get(key)
+    if out is not None:
+        return out
+
+    def cs(op: str, nbytes: float, path: CommPath) -> float:
+        return collective_seconds(op, nbytes, path) * device_share(req, op, nbytes, path)
+
+    if sharding == "none":
+        out = (0.0, 0.0, cs("all_reduce", gb * p_dense, g.replicate)
+               + cs("all_reduce", gb * p_exp, g.expert_replicate))
+    else:
+        out = (cs("reduce_scatter", gb * p_dense, g.shard)
+               + cs("reduce_scatter", gb * p_exp, g.expert_shard),
+               cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
+               + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
+               cs("all_reduce", gb * p_dense / g.dense_shards, g.replicate)
+               + cs("all_reduce", gb * p_exp / g.expert_shards, g.expert_replicate))
     memo[key] = out
     return out
 
@@ -1112,7 +1256,13 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
             per_mb = max(rs - bwd, rs / s.units)
             step_exposed = max(ar - bwd, ar / s.units) + gather_exposed(ag, s)
         else:
-            per_mb = max(ag - s.fwd, 0.0) + max(ag + rs - bwd, 0.0) + ag / s.units
+            # The gathers and reduce-scatters that feed only the NICs (one rank per node) share no link with
+            # the TP and EP collectives inside the node, so they also run while those (and any wait for the
+            # host) hold the step: their window is the pass's wall time, the rest's its compute.
+            rs_nic, ag_nic = dp_comm_nic_only(req, g, s.p_dense, s.p_exp)
+            fwd_wall, bwd_wall = s.t_f, s.t_b + (s.host_wait if s.redo_compute else 0.0)
+            per_mb = max(ag - ag_nic - s.fwd, ag - fwd_wall, 0.0) \
+                + max(ag + rs - ag_nic - rs_nic - bwd, ag + rs - bwd_wall, 0.0) + ag / s.units
             step_exposed = max(ar - bwd, ar / s.units)
         local = s.p_dense / g.dense_shards + s.p_exp / g.expert_shards
         transfers = 0.0
@@ -1124,7 +1274,12 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         # and HBM bandwidth from the GEMMs they overlap (a share of the hidden time, fitted).
         per_mb_total = {"zero2": rs, "zero3": 2 * ag + rs}.get(sharding, 0.0)
         step_total = {"none": ar, "zero1": rs + ar}.get(sharding, ar)
-        hidden = m * (per_mb_total - per_mb) + max(step_total - step_exposed, 0.0)
+        # Each share is weighted by how hard its collectives load the device (``device_share``).
+        rs_d, ag_d, ar_d = dp_comm_device(req, g, sharding, s.p_dense, s.p_exp)
+        per_mb_d = {"zero2": rs_d, "zero3": 2 * ag_d + rs_d}.get(sharding, 0.0)
+        step_d = {"none": ar_d, "zero1": rs_d + ar_d}.get(sharding, ar_d)
+        hidden = m * (per_mb_total - per_mb) * (per_mb_d / per_mb_total if per_mb_total > 0 else 1.0) \
+            + max(step_total - step_exposed, 0.0) * (step_d / step_total if step_total > 0 else 1.0)
         contention = DP_OVERLAP_CONTENTION * max(hidden, 0.0)
         per_mb += contention / m
         busy = m * (s.t_f + s.t_b + s.cp_comm + per_mb + transfers) + step_exposed + optimizer

@@ -50,8 +50,12 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
         attention="unfused"),
-    # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts)
-    "torchtitan-2024": cm.Implementation(name="torchtitan-2024"),
+    # Megatron-LM of 2021 (Narayanan et al.): the same kernels, before sequence parallelism
+    "megatron-2021": cm.Implementation(
+        name="megatron-2021", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False),
+    # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts);
+    # torchtitan's default training.mixed_precision_reduce is float32: gradients reduce-scattered in fp32
+    "torchtitan-2024": cm.Implementation(name="torchtitan-2024", grad_reduce_bytes=4.0),
     # low-precision LayerNorm; triton FlashAttention and the cuBLAS of 2023: kernel scales fitted to the
     # fit rows (bench/fit_published_runs.py)
     "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.95, attention_scale=0.5),
@@ -59,7 +63,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
         param_gather_overlap=True, ep_dedup=True,  # TE fused rotary, SwiGLU (6 of 10 bytes), cross-entropy; fused router/permute
-        moe_host_floor_s=MEGATRON_MOE_HOST_S),
+        moe_host_floor_s=MEGATRON_MOE_HOST_S, attention_kernel="cudnn"),  # TE's fused attention is cuDNN's
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
@@ -152,7 +156,8 @@ def system_of(run: Run, path: Path = DATA) -> System:
 
 
 def row_options(run: Run, path: Path = DATA) -> dict:
-    """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe)."""
+    """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
+    recompute_norm_act)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
@@ -177,22 +182,38 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool
 def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    known = sorted([*OVERLAP_FLAGS, "moe-graphs"])
+    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
     impl = replace(impl, **{OVERLAP_FLAGS[f]: True for f in flags if f in OVERLAP_FLAGS}) if flags else impl
+    if "fp32-reduce" in flags:  # the data-parallel gradient reduction in fp32 (FSDP reduce_dtype=float32)
+        impl = replace(impl, grad_reduce_bytes=4.0)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
         impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S))
     return impl
+
+
+# Megatron-Core's GPT-OSS activation (``weighted_bias_quick_geglu_impl`` with ``clamp_value``, Megatron-LM
+# megatron/core/fusions/fused_bias_geglu.py, e.g. at 034fd2d3): the two halves of the first expert projection's
+# output are clamped by two eager torch.clamp calls and put back together with torch.cat before the fused
+# quick-GEGLU kernel.  Per expert hidden unit (bf16, the projection's output is 2 units wide): forward, each
+# clamp reads and writes its half (2 + 2, twice) and the cat reads and writes both (4 + 4): 16 bytes in 3
+# kernels; backward, autograd's clamp backward reads the gradient and the input and writes the gradient for
+# each half (6, twice; the cat's backward is a view): 12 bytes in 2 kernels.  Counted, not fitted.
+MEGATRON_GLU_CLAMP = {"glu_clamp_fwd_bytes": 16.0, "glu_clamp_bwd_bytes": 12.0, "glu_clamp_kernels": (3, 2)}
 
 
 def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Estimate:
     """The cost model's estimate of ``run`` (``system`` replaces the row's, e.g. with trial constants)."""
     system = system or system_of(run, path)
     nodes = run.gpus // system.ranks_per_node
-    req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, implementation_of(run),
-                     expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False))
+    impl = implementation_of(run)
+    if row_options(run, path).get("glu_clamp") and impl.name.startswith("megatron-core"):
+        impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
+    req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, impl,
+                     expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
+                     recompute_norm_act=row_options(run, path).get("recompute_norm_act", False))
     return cm.estimate(req, run.layout())
 
 
