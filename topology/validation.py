@@ -245,6 +245,7 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     groups["heldout_unseen4"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen4"]
     groups["heldout_unseen5"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen5"]
     groups["heldout_unseen6"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen6"]
+    groups["heldout_unseen7"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen7"]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -299,10 +300,13 @@ SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "host_wait_s", "
 
 def group_of(run: Run) -> str:
     """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3),
-    unseen4 (added held out in session 4), unseen5 (session 5) or unseen6 (session 5, second batch)."""
+    unseen4 (added held out in session 4), unseen5 (session 5), unseen6 (session 5, second batch) or unseen7
+    (session 6: NVIDIA's DGX Cloud benchmarking recipes)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
+    if run.id in set(data.get("unseen_rows_session7", ())):
+        return "unseen7"
     if run.id in set(data.get("unseen_rows_session6", ())):
         return "unseen6"
     if run.id in set(data.get("unseen_rows_session5", ())):
@@ -321,13 +325,13 @@ def breakdown(rows: list[Row]) -> str:
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
     out += ["", (f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 / unseen6 "
-                 "mean |err| (n)")]
+                 "/ unseen7 mean |err| (n)")]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
-        for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6"):
+        for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6", "unseen7"):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
