@@ -26,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gemm_shapes_vs_model import timed  # the same CUDA-event timing
 from topology import costmodel as cm
 from topology.hardware import load_system
 
@@ -34,19 +35,6 @@ CASES = {  # name: (query heads, key/value heads, head dim)
     "control (32 x 128, 8 kv)": (32, 8, 128),
 }
 BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
-
-
-def timed(fn, iters: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters / 1e3
 
 
 def main() -> int:
