@@ -266,9 +266,8 @@ def test_overlapped_steps_on_cuda_change_nothing_a_rerun_does_not(tmp_path, comp
                     "dropped_fraction"):
             same(ahead[step][key], one_by_one[step][key], again[step][key], (step, key))
         # the peak is the allocator's host-side bookkeeping of the same queued work (block choice aside)
-        # (the overlapped run also holds the step before's figures and loss while it launches: a few MiB,
-        # more than 10% of the debug preset's peak; a guess from one failed GPU run, not checked yet)
-        assert ahead[step]["mem_gib"] == pytest.approx(one_by_one[step]["mem_gib"], rel=0.1, abs=0.004), step
+        # (failed on the H200 in session 6, cause not known yet: docs/performance.md, "Session 6")
+        assert ahead[step]["mem_gib"] == pytest.approx(one_by_one[step]["mem_gib"], rel=0.1), step
     evals = [[(e["step"], e["loss"]) for e in read_metrics(run)[1]] for run in runs.values()]
     assert [s for s, _ in evals[0]] == [s for s, _ in evals[1]] == [4, 8]
     for (_, a), (_, b), (_, c) in zip(*evals):
