@@ -64,6 +64,11 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
         param_gather_overlap=True, ep_dedup=True,  # TE fused rotary, SwiGLU (6 of 10 bytes), cross-entropy; fused router/permute
         moe_host_floor_s=MEGATRON_MOE_HOST_S, attention_kernel="cudnn"),  # TE's fused attention is cuDNN's
+    # argonne-lcf/Megatron-DeepSpeed on Intel Max 1550 (ALCF/helpers.sh): no Megatron fused kernel on XPU (eager
+    # SwiGLU, rotary, residual adds), IPEX's fused RMSNorm, flash attention from DeepSpeed's XPU builder, and no
+    # Megatron sequence parallelism.  Read from the launch scripts, not fitted.
+    "megatron-deepspeed-xpu": cm.Implementation(
+        name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
@@ -246,6 +251,7 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     groups["heldout_unseen5"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen5"]
     groups["heldout_unseen6"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen6"]
     groups["heldout_unseen7"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen7"]
+    groups["heldout_unseen8"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen8"]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -293,6 +299,7 @@ CATEGORIES: dict[str, Callable[[Run, cm.Estimate], bool]] = {
         e.breakdown["dp_comm_total_s"] > 0.05 * e.step_time_s),
     "A100": lambda r, e: system_of(r).node.device.name.startswith("A100"),
     "H100": lambda r, e: system_of(r).node.device.name.startswith("H100"),
+    "Intel Max 1550 (Aurora)": lambda r, e: system_of(r).node.device.name.startswith("Max1550"),
 }
 SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "host_wait_s", "dp_comm_exposed_s", "pp_comm_s", "bubble_s",
           "optimizer_s")
@@ -300,11 +307,13 @@ SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "host_wait_s", "
 
 def group_of(run: Run) -> str:
     """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3),
-    unseen4 (added held out in session 4), unseen5 (session 5), unseen6 (session 5, second batch) or unseen7
-    (session 6: NVIDIA's DGX Cloud benchmarking recipes)."""
+    unseen4 (added held out in session 4), unseen5 (session 5), unseen6 (session 5, second batch), unseen7
+    (session 6: NVIDIA's DGX Cloud benchmarking recipes) or unseen8 (session 6, second batch: ALCF's Aurora runs)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
+    if run.id in set(data.get("unseen_rows_session8", ())):
+        return "unseen8"
     if run.id in set(data.get("unseen_rows_session7", ())):
         return "unseen7"
     if run.id in set(data.get("unseen_rows_session6", ())):
@@ -325,13 +334,13 @@ def breakdown(rows: list[Row]) -> str:
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
     out += ["", (f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 / unseen6 "
-                 "/ unseen7 mean |err| (n)")]
+                 "/ unseen7 / unseen8 mean |err| (n)")]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
-        for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6", "unseen7"):
+        for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6", "unseen7", "unseen8"):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
