@@ -372,3 +372,27 @@ def test_gradient_reductions_move_the_bytes_of_their_dtype():
     g2 = cm.dp_groups(deepspeed, 1, 1, 1, "zero3", 1, 16)
     rs2, ag2, _ = cm.dp_comm(deepspeed, g2, "zero3", st.p_dense, st.p_exp)
     assert ag4 == pytest.approx(ag2) and rs4 > 1.8 * rs2
+
+
+def test_megatron_alltoall_dispatcher_gathers_routed_rows_outside_the_tp_overlap():
+    # Megatron-Core's all-to-all dispatcher with experts split over an expert-TP group: the routed rows (top_k x
+    # capacity copies of the tokens) are all-gathered after the EP all-to-all and reduce-scattered before the
+    # combine by plain collectives, which Transformer Engine's userbuffer overlap does not hide; a rank with
+    # several local experts also sorts them by expert and back.
+    run = next(r for r in v.load_runs() if r.id == "dgxc-grok1-2l-8")
+    impl, model, system = v.implementation_of(run), v.model_of(run), v.system_of(run)
+    assert impl.moe_dispatch_tp_gather and impl.tp_overlap and not v.IMPLEMENTATIONS["megatron-core"].moe_dispatch_tp_gather
+    lc = {(g, o): cm.layer_cost(model, system, 8, 4, 1, 2, 1, run.seq_len, 8,
+                                dataclasses.replace(impl, moe_dispatch_tp_gather=g, tp_overlap=o))
+          for g in (True, False) for o in (True, False)}
+    # without the flag the MoE block is costed like a dense one; with it the attention's pair (overlapped) plus
+    # the routed rows' pair, which tp_overlap leaves alone
+    assert lc[False, True].tp_fwd_moe == pytest.approx(lc[False, True].tp_fwd)
+    routed = lc[True, False].tp_fwd_moe - lc[True, False].tp_fwd / 2
+    assert lc[True, True].tp_fwd_moe == pytest.approx(lc[True, True].tp_fwd / 2 + routed)
+    assert routed > lc[True, False].tp_fwd / 2  # top_k 2 x capacity 1: twice the bytes of a dense pair
+    assert lc[True, True].fwd_moe > lc[False, True].fwd_moe  # 4 local experts: the sort and its restore
+    assert lc[True, True].fwd_dense == lc[False, True].fwd_dense and lc[True, True].tp_fwd == lc[False, True].tp_fwd
+    one = cm.layer_cost(model, system, 32, 4, 1, 8, 1, run.seq_len, 32, impl)  # EP 8: one local expert, no sort
+    assert one.fwd_moe == cm.layer_cost(model, system, 32, 4, 1, 8, 1, run.seq_len, 32,
+                                        dataclasses.replace(impl, moe_dispatch_tp_gather=False)).fwd_moe

@@ -70,7 +70,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
 }
 # Megatron's plain all-to-all dispatcher: a token goes once to each of its routed experts (no DeepEP dedup)
 IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
-                                               ep_dedup=False)
+                                               ep_dedup=False, moe_dispatch_tp_gather=True)
 EP_OVERLAP_SUFFIX = "+ep-overlap"
 # A row's implementation may name what its source overlaps: "+ep-overlap" (the expert all-to-all behind
 # another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs)
