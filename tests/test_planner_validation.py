@@ -396,3 +396,24 @@ def test_megatron_alltoall_dispatcher_gathers_routed_rows_outside_the_tp_overlap
     one = cm.layer_cost(model, system, 32, 4, 1, 8, 1, run.seq_len, 32, impl)  # EP 8: one local expert, no sort
     assert one.fwd_moe == cm.layer_cost(model, system, 32, 4, 1, 8, 1, run.seq_len, 32,
                                         dataclasses.replace(impl, moe_dispatch_tp_gather=False)).fwd_moe
+
+
+def test_megatron_sequential_mlp_runs_one_mlp_per_local_expert():
+    # moe_grouped_gemm false (the 2024 Grok-1 recipes, "+expert-loop"): each local expert's GEMMs and activation
+    # are their own kernels, and with several local experts the forward reads the token counts to the host
+    # (tolist) and concatenates the outputs (the backward concatenates the split's gradients)
+    runs = {r.id: r for r in v.load_runs()}
+    run = runs["dgxc-grok1-2l-8"]
+    impl, model, system = v.implementation_of(run), v.model_of(run), v.system_of(run)
+    assert impl.expert_loop and not v.implementation_of(runs["dgxc-grok1-64l-512-etp1"]).expert_loop
+    grouped = dataclasses.replace(impl, expert_loop=False)
+    four = [cm.layer_cost(model, system, 8, 4, 1, 2, 1, run.seq_len, 8, i) for i in (impl, grouped)]  # EP 2: 4 local
+    dev = system.node.device
+    routed = run.seq_len * model.top_k * model.capacity_factor  # rows a rank's experts see (tp 4 gathers them)
+    cat = cm.elementwise_seconds(dev, routed * 4.0 * model.d_model, 1)
+    assert four[0].fwd_moe - four[1].fwd_moe > cat + dev.host_sync_us * 1e-6  # and the separate GEMMs' waves
+    assert four[0].fwd_dense == four[1].fwd_dense
+    one = [cm.layer_cost(model, system, 32, 4, 1, 8, 1, run.seq_len, 32, i) for i in (impl, grouped)]  # EP 8: 1 local
+    assert one[0].fwd_moe == pytest.approx(one[1].fwd_moe) and one[0].bwd_moe == pytest.approx(one[1].bwd_moe)
+    with pytest.raises(ConfigError, match="unknown implementation flag"):
+        v.implementation_of(dataclasses.replace(run, implementation="megatron-core-a2a+expert-loops"))

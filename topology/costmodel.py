@@ -388,6 +388,12 @@ class Implementation:
     # gathered rows by local expert (``sort_chunks_by_idxs``, or with capacity padding a transpose and
     # ``contiguous``) and restores the order after the experts: one copy each way.
     moe_dispatch_tp_gather: bool = False
+    # Megatron-Core's ``SequentialMLP`` (``moe_grouped_gemm: false``): each local expert is its own MLP module,
+    # so its GEMMs and activation run as separate kernels (no shared waves); with several local experts the
+    # forward first reads the token counts to the host (``tokens_per_expert.tolist()``: one synchronisation),
+    # splits the rows into views and concatenates the experts' outputs (``torch.cat``: one copy), and the
+    # backward concatenates the split's gradients (one copy).  False: one grouped GEMM per projection.
+    expert_loop: bool = False
 
 
 ALPHAEXA = Implementation()
@@ -548,15 +554,21 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         rows_per_expert = tokens / t * etp * model.top_k * cf * ep / model.n_experts
         routed = rows_per_expert * local_experts
         gg = grouped_gemm_seconds
-        experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / etp, h) \
-            + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / etp)
+        if impl.expert_loop:  # one MLP module per local expert (SequentialMLP)
+            experts = local_experts * (g(dev, rows_per_expert, up * model.moe_d_ff / etp, h)
+                                       + g(dev, rows_per_expert, h, model.moe_d_ff / etp))
+        else:
+            experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / etp, h) \
+                + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / etp)
         shared_width = model.n_shared_experts * model.moe_d_ff
         shared = ffn(shared_width, tokens) if shared_width else 0.0
         router = g(dev, tokens, model.n_experts, h)
         moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + MOE_ROW_BYTES * h)
                      + tokens * MOE_TOKEN_BYTES * h + (tokens * (act_bytes * shared_width / t + RESIDUAL_BYTES * h)
                                                         if shared_width else 0.0))
-        moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
+        expert_act_kernels = act_kernels * (math.ceil(local_experts) if impl.expert_loop else 1)
+        moe_kernels = common_kernels + expert_act_kernels + impl.moe_routing_kernels + (
+            act_kernels + 1 if shared_width else 0)
         moe_gemms = attn_gemm + experts + shared + router
         moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
         clamp_fwd = elementwise_seconds(dev, routed * impl.glu_clamp_fwd_bytes * model.moe_d_ff / etp,
@@ -567,13 +579,17 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         # the dispatcher's sort of the gathered rows by local expert and its restore (read + write, bf16)
         sort_fwd = elementwise_seconds(dev, routed * 2 * 4.0 * h, 2) \
             if impl.moe_dispatch_tp_gather and local_experts > 1 else 0.0
+        if impl.expert_loop and local_experts > 1:  # SequentialMLP: the outputs' cat (its backward: the split's)
+            sort_fwd += elementwise_seconds(dev, routed * 4.0 * h, 1)
+        loop_sync = dev.host_sync_us * 1e-6 if impl.expert_loop and local_experts > 1 else 0.0
         moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels) + clamp_fwd
         moe_block_fwd = experts + shared + router + elementwise_seconds(
             dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + (dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
+        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + loop_sync + (
+            dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
         copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
             else model.top_k * cf
