@@ -62,7 +62,7 @@ def measure(d_in: int, d_out: int, k: int, iters: int, label: str) -> tuple[floa
     for in_place in (True, False):  # accumulate in place (TE's beta = 1 into main_grad); else a new fp32 tensor
         kw = {"out": main_grad} if in_place else {}
         try:
-            t_acc = timed(lambda: torch.addmm(main_grad, x.t(), dy, out_dtype=torch.float32, **kw), iters)
+            t_acc = timed(lambda kw=kw: torch.addmm(main_grad, x.t(), dy, out_dtype=torch.float32, **kw), iters)
             break
         except (RuntimeError, TypeError) as exc:  # this torch has no fp32-output addmm: say so, go on
             print(f"{label:26s} fp32 accumulate (in place: {in_place}) failed: {exc}".splitlines()[0])
