@@ -584,7 +584,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         loop_sync = dev.host_sync_us * 1e-6 if impl.expert_loop and local_experts > 1 else 0.0
         moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels) + clamp_fwd
         moe_block_fwd = experts + shared + router + elementwise_seconds(
-            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + (
+            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + sort_fwd + loop_sync + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
