@@ -378,6 +378,22 @@ class Implementation:
     # Bytes a gradient element has in the data-parallel reduction (reduce-scatter / all-reduce): 2 for a bf16
     # reduction, 4 where the framework reduces in fp32 (FSDP's MixedPrecision reduce_dtype=float32).
     grad_reduce_bytes: float = GRAD_BYTES
+    # Megatron-Core's all-to-all token dispatcher (``MoEAlltoAllTokenDispatcher``) with the routed experts split
+    # over an expert-tensor-parallel group (etp > 1): each rank routes its own sequence-parallel tokens, the EP
+    # all-to-all moves them, then a plain NCCL all-gather over the expert-TP group collects the *routed rows*
+    # (top_k x capacity copies of the tokens, not the tokens) and the combine gives them back with a
+    # reduce-scatter (``gather_from_sequence_parallel_region`` / ``reduce_scatter_to_sequence_parallel_region``
+    # in ``dispatch_postprocess`` / ``combine_preprocess``): torch.distributed collectives, outside Transformer
+    # Engine's userbuffers, so ``tp_overlap`` does not hide them.  A rank holding several experts then sorts the
+    # gathered rows by local expert (``sort_chunks_by_idxs``, or with capacity padding a transpose and
+    # ``contiguous``) and restores the order after the experts: one copy each way.
+    moe_dispatch_tp_gather: bool = False
+    # Megatron-Core's ``SequentialMLP`` (``moe_grouped_gemm: false``): each local expert is its own MLP module,
+    # so its GEMMs and activation run as separate kernels (no shared waves); with several local experts the
+    # forward first reads the token counts to the host (``tokens_per_expert.tolist()``: one synchronisation),
+    # splits the rows into views and concatenates the experts' outputs (``torch.cat``: one copy), and the
+    # backward concatenates the split's gradients (one copy).  False: one grouped GEMM per projection.
+    expert_loop: bool = False
 
 
 ALPHAEXA = Implementation()
@@ -538,15 +554,21 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         rows_per_expert = tokens / t * etp * model.top_k * cf * ep / model.n_experts
         routed = rows_per_expert * local_experts
         gg = grouped_gemm_seconds
-        experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / etp, h) \
-            + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / etp)
+        if impl.expert_loop:  # one MLP module per local expert (SequentialMLP)
+            experts = local_experts * (g(dev, rows_per_expert, up * model.moe_d_ff / etp, h)
+                                       + g(dev, rows_per_expert, h, model.moe_d_ff / etp))
+        else:
+            experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / etp, h) \
+                + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / etp)
         shared_width = model.n_shared_experts * model.moe_d_ff
         shared = ffn(shared_width, tokens) if shared_width else 0.0
         router = g(dev, tokens, model.n_experts, h)
         moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + MOE_ROW_BYTES * h)
                      + tokens * MOE_TOKEN_BYTES * h + (tokens * (act_bytes * shared_width / t + RESIDUAL_BYTES * h)
                                                         if shared_width else 0.0))
-        moe_kernels = common_kernels + act_kernels + impl.moe_routing_kernels + (act_kernels + 1 if shared_width else 0)
+        expert_act_kernels = act_kernels * (math.ceil(local_experts) if impl.expert_loop else 1)
+        moe_kernels = common_kernels + expert_act_kernels + impl.moe_routing_kernels + (
+            act_kernels + 1 if shared_width else 0)
         moe_gemms = attn_gemm + experts + shared + router
         moe_ew = elementwise_seconds(dev, moe_bytes, moe_kernels)
         clamp_fwd = elementwise_seconds(dev, routed * impl.glu_clamp_fwd_bytes * model.moe_d_ff / etp,
@@ -554,14 +576,21 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         clamp_bwd = elementwise_seconds(dev, routed * impl.glu_clamp_bwd_bytes * model.moe_d_ff / etp,
                                         impl.glu_clamp_kernels[1]) if impl.glu_clamp_bwd_bytes else 0.0
         moe_ew += clamp_fwd
+        # the dispatcher's sort of the gathered rows by local expert and its restore (read + write, bf16)
+        sort_fwd = elementwise_seconds(dev, routed * 2 * 4.0 * h, 2) \
+            if impl.moe_dispatch_tp_gather and local_experts > 1 else 0.0
+        if impl.expert_loop and local_experts > 1:  # SequentialMLP: the outputs' cat (its backward: the split's)
+            sort_fwd += elementwise_seconds(dev, routed * 4.0 * h, 1)
+        loop_sync = dev.host_sync_us * 1e-6 if impl.expert_loop and local_experts > 1 else 0.0
         moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels) + clamp_fwd
         moe_block_fwd = experts + shared + router + elementwise_seconds(
-            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + (
+            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + sort_fwd + loop_sync + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + attn_core + (dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
-        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + ATTN_BWD_FACTOR * attn_core
+        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + loop_sync + (
+            dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
+        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
         copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
             else model.top_k * cf
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
@@ -580,13 +609,23 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                 # bandwidth): the share that overlapped data-parallel traffic costs
                 ep_fwd *= DP_OVERLAP_CONTENTION
     tp_fwd = tp_fwd_moe = 0.0
+    routed_tp = 0.0  # the dispatcher's expert-TP gather / scatter of routed rows (not under TE's overlap)
     if tp > 1:
         tp_path = comm_path(system, tp, 1)
         full = 2.0 * tokens * h  # bf16 activation of the whole TP group
         block = collective_seconds("all_gather", full, tp_path) + collective_seconds("reduce_scatter", full, tp_path)
         tp_fwd = 2 * block  # attention and FFN: all-gather in, reduce-scatter out (sequence parallel)
         tp_fwd_moe = tp_fwd
-        if is_moe and etp != tp:
+        if is_moe and impl.moe_dispatch_tp_gather and etp > 1:
+            # The MoE block routes the attention's sequence-parallel shard as it is; the routed rows (top_k x
+            # capacity copies) are gathered and scattered in the expert-TP group by plain collectives (see
+            # Implementation.moe_dispatch_tp_gather); a shared expert is a TP-split MLP with its own pair
+            etp_path = comm_path(system, etp, 1)
+            routed_full = 2.0 * tokens / t * etp * copies * h
+            tp_fwd_moe = block * (2 if model.n_shared_experts else 1)
+            routed_tp = collective_seconds("all_gather", routed_full, etp_path) + collective_seconds(
+                "reduce_scatter", routed_full, etp_path)
+        elif is_moe and etp != tp:
             # Parallel folding: the MoE block takes the attention's sequence-parallel shard as it is (each
             # rank routes its own 1/tp of the tokens) and gives it back the same way, so only the attention
             # half of the layer's TP collectives run; experts split etp > 1 ways gather and scatter their
@@ -604,6 +643,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         # take SMs and HBM bandwidth from them (the same share as hidden data-parallel traffic)
         tp_fwd *= DP_OVERLAP_CONTENTION
         tp_fwd_moe *= DP_OVERLAP_CONTENTION
+    tp_fwd_moe += routed_tp
     cp_fwd_exposed = cp_bwd_exposed = 0.0
     if cp > 1:
         cp_path = comm_path(system, cp, tp)

@@ -75,10 +75,12 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
 }
 # Megatron's plain all-to-all dispatcher: a token goes once to each of its routed experts (no DeepEP dedup)
 IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
-                                               ep_dedup=False)
+                                               ep_dedup=False, moe_dispatch_tp_gather=True)
 EP_OVERLAP_SUFFIX = "+ep-overlap"
 # A row's implementation may name what its source overlaps: "+ep-overlap" (the expert all-to-all behind
-# another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs)
+# another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs);
+# and what it runs: "+moe-graphs" (router and MoE preprocessing as CUDA graphs), "+fp32-reduce" (gradients
+# reduced in fp32), "+expert-loop" (moe_grouped_gemm false: Megatron-Core's SequentialMLP, session 6 second round)
 OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
 
 
@@ -187,13 +189,15 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool
 def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce"])
+    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
     impl = replace(impl, **{OVERLAP_FLAGS[f]: True for f in flags if f in OVERLAP_FLAGS}) if flags else impl
     if "fp32-reduce" in flags:  # the data-parallel gradient reduction in fp32 (FSDP reduce_dtype=float32)
         impl = replace(impl, grad_reduce_bytes=4.0)
+    if "expert-loop" in flags:  # moe_grouped_gemm false: Megatron-Core's SequentialMLP, one MLP per local expert
+        impl = replace(impl, expert_loop=True)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
         impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S))
     return impl
