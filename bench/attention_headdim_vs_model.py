@@ -15,8 +15,6 @@ long-context rows.  Writes OUT_DIR/attention_headdim.json.  About a minute on an
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,9 +24,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.gemm_shapes_vs_model import timed  # the same CUDA-event timing
+from bench.gemm_shapes_vs_model import bench_arguments, modelled_device, timed, write_results
 from topology import costmodel as cm
-from topology.hardware import load_system
 
 CASES = {  # name: (query heads, key/value heads, head dim)
     "gpt-oss (64 x 64, 8 kv)": (64, 8, 64),
@@ -38,18 +35,13 @@ BACKENDS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTEN
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--system", default="h200-x1")
-    ap.add_argument("--iters", type=int, default=10)
+    ap = bench_arguments(__doc__, iters=10)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--long-seqs", type=int, nargs="*", default=[4096, 16384, 32768],
                     help="sequence lengths of the head-dim-128 causal sweep (16k tokens a call)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("attention_headdim_vs_model: needs a CUDA GPU")
-    device = load_system(args.system).node.device
+    device = modelled_device(args, "attention_headdim_vs_model")
     b, s = args.batch, args.seq
     results = []
     for name, (heads, kv_heads, hd) in CASES.items():
@@ -109,10 +101,7 @@ def main() -> int:
         if (backend, 64) in by and (backend, 128) in by:
             print(f"{backend}: rate at head dim 64 / 128 = {by[(backend, 64)] / by[(backend, 128)]:.3f} "
                   f"(costmodel.CUDNN_HEAD_DIM_SCALE[64] = {cm.CUDNN_HEAD_DIM_SCALE[64]:.3f})")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "attention_headdim.json").write_text(json.dumps(
-        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "system": args.system,
-         "results": results}, indent=1))
+    write_results(args, "attention_headdim.json", results)
     return 0
 
 

@@ -92,15 +92,32 @@ def modelled(device, kind, shape):
     return cm.grouped_gemm_seconds(device, g, m, n, k)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_arguments(doc: str, iters: int = 20) -> argparse.ArgumentParser:
+    """The arguments these GPU-against-the-model benches share: OUT, --system, --iters."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("out", type=Path)
-    ap.add_argument("--system", default="h200-x1")
-    ap.add_argument("--iters", type=int, default=20)
-    args = ap.parse_args()
+    ap.add_argument("--system", default="h200-x1", help="the catalogue system whose device the model uses")
+    ap.add_argument("--iters", type=int, default=iters)
+    return ap
+
+
+def modelled_device(args, name: str):
+    """The catalogue device of ``--system``; stops with a one-line reason where there is no CUDA GPU."""
     if not torch.cuda.is_available():
-        raise SystemExit("gemm_shapes_vs_model: needs a CUDA GPU")
-    device = load_system(args.system).node.device
+        raise SystemExit(f"{name}: needs a CUDA GPU")
+    return load_system(args.system).node.device
+
+
+def write_results(args, filename: str, results: list[dict]) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / filename).write_text(json.dumps(
+        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "system": args.system,
+         "results": results}, indent=1))
+
+
+def main() -> int:
+    args = bench_arguments(__doc__).parse_args()
+    device = modelled_device(args, "gemm_shapes_vs_model")
     results = []
     print(f"{'model':16s} {'tokens':>6s} {'gemm':18s} {'shape':>28s} {'meas ms':>8s} {'model ms':>9s} "
           f"{'meas/model':>10s} {'TFLOP/s':>8s}")
@@ -119,10 +136,7 @@ def main() -> int:
                                 "measured_s": t, "modelled_s": mod, "tflops": flops / t / 1e12})
                 print(f"{name:16s} {tokens:6d} {label:18s} {shape!s:>28s} {t * 1e3:8.3f} {mod * 1e3:9.3f} "
                       f"{t / mod:10.2f} {flops / t / 1e12:8.1f}", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gemm_shapes.json").write_text(json.dumps(
-        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "system": args.system,
-         "results": results}, indent=1))
+    write_results(args, "gemm_shapes.json", results)
     return 0
 
 

@@ -16,8 +16,6 @@ OUT_DIR/wgrad_accumulate.json.  Under a minute on an H200.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.gemm_shapes_vs_model import bench_arguments, modelled_device, timed, write_results
 from topology import costmodel as cm
-from topology.hardware import load_system
 
 # (label, d_in, d_out, K rows): the weight gradient is (d_in x K) @ (K x d_out)
 CASES = [(f"grok1 expert fc1 K={k}", 6144, 16384, k) for k in (2048, 4096, 8192)] + \
@@ -36,19 +34,6 @@ CASES = [(f"grok1 expert fc1 K={k}", 6144, 16384, k) for k in (2048, 4096, 8192)
     ("llama31-70b fc1 K=4096", 8192, 14336, 4096),
     ("llama31-70b fc2 K=4096", 7168, 8192, 4096),
 ]
-
-
-def timed(fn, iters: int) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters / 1e3
 
 
 def measure(d_in: int, d_out: int, k: int, iters: int, label: str) -> tuple[float, float]:
@@ -70,14 +55,8 @@ def measure(d_in: int, d_out: int, k: int, iters: int, label: str) -> tuple[floa
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path)
-    ap.add_argument("--system", default="h200-x1")
-    ap.add_argument("--iters", type=int, default=20)
-    args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("wgrad_accumulate_vs_model: needs a CUDA GPU")
-    device = load_system(args.system).node.device
+    args = bench_arguments(__doc__).parse_args()
+    device = modelled_device(args, "wgrad_accumulate_vs_model")
     results = []
     print(f"{'case':26s} {'bf16 ms':>8s} {'fp32 acc ms':>11s} {'model ms':>9s} {'bf16/model':>10s} "
           f"{'acc/model':>9s} {'acc/bf16':>8s} {'acc - bf16 us':>13s} {'8 B/weight at HBM us':>20s}")
@@ -91,10 +70,7 @@ def main() -> int:
         print(f"{label:26s} {t_bf16 * 1e3:8.3f} {t_acc * 1e3:11.3f} {model * 1e3:9.3f} {t_bf16 / model:10.2f} "
               f"{t_acc / model:9.2f} {t_acc / t_bf16:8.2f} {(t_acc - t_bf16) * 1e6:13.1f} {rmw * 1e6:20.1f}",
               flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "wgrad_accumulate.json").write_text(json.dumps(
-        {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "system": args.system,
-         "results": results}, indent=1))
+    write_results(args, "wgrad_accumulate.json", results)
     return 0
 
 

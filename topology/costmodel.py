@@ -1075,19 +1075,23 @@ def dp_comm(req: Request, g: DPGroups, sharding: str, p_dense: float, p_exp: flo
     out = memo.get(key)
     if out is not None:
         return out
-    cs = collective_seconds
-    if sharding == "none":
-        out = (0.0, 0.0, cs("all_reduce", gb * p_dense, g.replicate)
-               + cs("all_reduce", gb * p_exp, g.expert_replicate))
-    else:
-        out = (cs("reduce_scatter", gb * p_dense, g.shard)
-               + cs("reduce_scatter", gb * p_exp, g.expert_shard),
-               cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
-               + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
-               cs("all_reduce", gb * p_dense / g.dense_shards, g.replicate)
-               + cs("all_reduce", gb * p_exp / g.expert_shards, g.expert_replicate))
-    memo[key] = out
+    memo[key] = out = _dp_times(collective_seconds, g, sharding, gb, p_dense, p_exp)
     return out
+
+
+def _dp_times(cs, g: DPGroups, sharding: str, gb: float, p_dense: float,
+              p_exp: float) -> tuple[float, float, float]:
+    """(reduce-scatter, all-gather, cross-replica all-reduce) of one rank's data-parallel traffic, each
+    collective timed by ``cs(op, bytes, path)``; gradients move ``gb`` bytes a parameter."""
+    if sharding == "none":
+        return (0.0, 0.0, cs("all_reduce", gb * p_dense, g.replicate)
+                + cs("all_reduce", gb * p_exp, g.expert_replicate))
+    return (cs("reduce_scatter", gb * p_dense, g.shard)
+            + cs("reduce_scatter", gb * p_exp, g.expert_shard),
+            cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
+            + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
+            cs("all_reduce", gb * p_dense / g.dense_shards, g.replicate)
+            + cs("all_reduce", gb * p_exp / g.expert_shards, g.expert_replicate))
 
 
 def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) -> tuple[float, float]:
@@ -1137,17 +1141,7 @@ def dp_comm_device(req: Request, g: DPGroups, sharding: str, p_dense: float,
     def cs(op: str, nbytes: float, path: CommPath) -> float:
         return collective_seconds(op, nbytes, path) * device_share(req, op, nbytes, path)
 
-    if sharding == "none":
-        out = (0.0, 0.0, cs("all_reduce", gb * p_dense, g.replicate)
-               + cs("all_reduce", gb * p_exp, g.expert_replicate))
-    else:
-        out = (cs("reduce_scatter", gb * p_dense, g.shard)
-               + cs("reduce_scatter", gb * p_exp, g.expert_shard),
-               cs("all_gather", WEIGHT_BYTES * p_dense, g.shard)
-               + cs("all_gather", WEIGHT_BYTES * p_exp, g.expert_shard),
-               cs("all_reduce", gb * p_dense / g.dense_shards, g.replicate)
-               + cs("all_reduce", gb * p_exp / g.expert_shards, g.expert_replicate))
-    memo[key] = out
+    memo[key] = out = _dp_times(cs, g, sharding, gb, p_dense, p_exp)
     return out
 
 
