@@ -275,6 +275,13 @@ PVC_ATTENTION_TFLOPS = 3.5 / (1 / 102.5 + 2.5 / 43.5)  # 52.1 TF, forward + back
 #   limit, which takes GEMMs from 256 to 207 TF).
 PVC_TRIAD_GBPS = 1000.0  # ALCF node performance overview: STREAM-like triad (2 loads, 1 store) 1 TB/s a
 #   tile, 12 TB/s a node (both pages, 2024 and 2026; one significant digit as printed)
+ONECCL_CALL_US = 350.0  # a oneCCL call's fixed cost on Aurora (PyTorch 2.5.1, oneccl_bindings_for_pytorch 2.5.0,
+#   oneAPI 24.347): ALCF's DLcomm_benchmark example logs (github.com/argonne-lcf/DLcomm_benchmark,
+#   examples/2_multimode, Aug. 2025): a 512 KB all-reduce between one tile on each of 2 nodes (12 such pairs at
+#   once) takes 0.42 ms (median of 4 timed iterations x 12 groups), of which the cost model's latency (16 us),
+#   transfer (37 us at 8 NICs x 21.25 GB/s / 12 tiles) and host round trip (18.5 us) explain 72 us.  Isolated,
+#   synchronised calls: an upper bound for calls queued back to back; the same logs' 12-tile all-gather of
+#   512 KB (0.8 ms) and 24-rank all-reduce of 100 KB (1.2 ms) cost more, so a lower bound for larger groups.
 PVC_TILE = Device(
     name="Max1550-tile", vendor="intel", bf16_tflops=round(PVC_TILE_BF16_PEAK, 1), fp8_tflops=0.0,
     fp32_tflops=round(64 * 256 * PVC_CLOCK_GHZ / 1000, 1),  # 24.6 TF at 1.5 GHz (ALCF measured 21 a tile)
@@ -284,13 +291,14 @@ PVC_TILE = Device(
     #   / (1 + 128/s) for the diagonal tiles the cost model adds back, as for Hopper
     reserved_gib=2.0, launch_us=8.0,
     elementwise_efficiency=round(PVC_TRIAD_GBPS / 1638.4, 2),  # 0.61: triad over the datasheet's HBM
-    collective_call_us=NCCL_CALL_US, host_sync_us=HOPPER_HOST_SYNC_US,
+    collective_call_us=ONECCL_CALL_US, host_sync_us=HOPPER_HOST_SYNC_US,
     source="Intel ark Max 1550 (128 GB HBM2e 3.2768 TB/s per GPU = 2 tiles; 838.9 TF bf16 at 1.6 GHz); "
            "ALCF Aurora node performance overview (Jan. 2026): 1.5 GHz default clock (peak 393.2 TF a "
            "tile), BF16 GEMM 2487 TF a node = 207 a tile (GEMM efficiency 0.527), triad 1 TB/s a tile "
            "(elementwise efficiency 0.61); attention 52 TF a tile fwd+bwd from Intel's triton benchmark "
-           "(XeTLA backward, SYCL-TLA forward, causal d128 s8192); still estimates (no measurement "
-           "found): launch 8 us, collective call and host sync (as fitted on H200)")
+           "(XeTLA backward, SYCL-TLA forward, causal d128 s8192); oneCCL call 350 us from ALCF's "
+           "DLcomm_benchmark logs; still estimates (no measurement found): launch 8 us, host sync (as "
+           "fitted on H200)")
 CPU_SOCKET = Device(
     name="cpu", vendor="cpu", bf16_tflops=2.0, fp8_tflops=0.0, fp32_tflops=1.0, memory_gib=64.0,
     memory_gbps=100.0, compute_units=32, gemm_efficiency=0.5, attention_efficiency=0.2,
