@@ -272,7 +272,9 @@ PVC_ATTENTION_TFLOPS = 3.5 / (1 / 102.5 + 2.5 / 43.5)  # 52.1 TF, forward + back
 #   (intel/intel-xpu-backend-for-triton PR 5150, Sep. 2025); forward 205.0 TF (102.5) for SYCL-TLA's
 #   kernel (issue 5771, Jan. 2026), which replaced XeTLA's forward in that benchmark as the faster
 #   (PR 4524): an upper bound for XeTLA's.  Measured on one tile alone (not under a full node's power
-#   limit, which takes GEMMs from 256 to 207 TF).
+#   limit, which takes GEMMs from 256 to 207 TF), in fp16 (the benchmark's dtype; PVC's XMX rate is the same
+#   for bf16); the PR and the issue do not name their device, the repository's benchmark CI runs on Max 1550
+#   runners by default (.github/workflows/triton-benchmarks.yml: runner label max1550).
 PVC_TRIAD_GBPS = 1000.0  # ALCF node performance overview: STREAM-like triad (2 loads, 1 store) 1 TB/s a
 #   tile, 12 TB/s a node (both pages, 2024 and 2026; one significant digit as printed)
 ONECCL_CALL_US = 350.0  # a oneCCL call's fixed cost on Aurora (PyTorch 2.5.1, oneccl_bindings_for_pytorch 2.5.0,
