@@ -250,16 +250,57 @@ H200_SXM = dataclasses.replace(
     H100_SXM, name="H200-SXM-141GB", memory_gib=141.0, memory_gbps=4800.0,
     source="NVIDIA H200 datasheet (same Hopper compute as H100 SXM, 141GB HBM3e 4.8 TB/s); efficiencies "
            "fitted to H200x4 measurements 2026-11-22, bench/gpu_calibrate.py")
+# Intel Max 1550 tile (one of the two stacks of a Max 1550, one rank each on Aurora).  Every figure below is
+# a published measurement of the hardware where one was found (docs/planner.md section 2 lists them);
+# none is fitted to the published training runs of topology/data/published_runs.json.
+PVC_CLOCK_GHZ = 1.5  # ALCF, "Aurora node performance overview" (user-guides, Jan. 12 2026): "The default GPU
+#   frequency on Aurora was 1.5 GHz" (commit 7ec7c016: the page's first numbers, Mar. 2024, were at 1.6 GHz,
+#   the datasheet's clock; Aurora now runs 1.5 GHz with the second FP64 pipeline disabled).
+PVC_TILE_BF16_PEAK = 64 * 4096 * PVC_CLOCK_GHZ / 1000  # 393.2 TF: 64 Xe cores x 8 XMX engines x 512 bf16
+#   FLOP a clock (Intel ark: 838.9 TF for 128 Xe cores at 1.6 GHz = 4096 FLOP a clock an Xe core) at 1.5 GHz
+PVC_GEMM_TFLOPS = 2487.0 / 12  # 207.3 TF a tile with all 12 tiles of a node busy: ALCF node performance
+#   overview (Jan. 2026, 1.5 GHz), oneMKL BF16 GEMM 8192^3 (bf16 in, fp32 out), best of 100, "Full Node"
+#   2487 TF over 12 ranks (one tile alone: 256 TF; the node scales 9.7x on 12 tiles: power).  A training
+#   step runs every tile at once, so the full-node figure applies.  Corroborated by ALCF's fleet-wide GEMM
+#   runs (github.com/argonne-lcf/gemm_benchmarking, aurora_2026/01 and /04: 24576x21504x16384 BF16 on
+#   ~49,000 GPUs, 12 ranks a node, median 410.6 TF a GPU = 205.3 a tile).  At 1.6 GHz (before 2026) the
+#   same table read 2645 TF (220.4 a tile, +6%).
+PVC_ATTENTION_TFLOPS = 3.5 / (1 / 102.5 + 2.5 / 43.5)  # 52.1 TF, forward + backward at 3.5x the forward,
+#   causal, head dim 128, s 8192, b 2 x 16 heads, one tile, counting the visible half (Intel's triton
+#   benchmark counts the full square, so its figures are halved here): backward 87.0 TF (43.5) for XeTLA's
+#   flash-attention kernel, the family DeepSpeed's XPU flash-attention builder runs
+#   (intel/intel-xpu-backend-for-triton PR 5150, Sep. 2025); forward 205.0 TF (102.5) for SYCL-TLA's
+#   kernel (issue 5771, Jan. 2026), which replaced XeTLA's forward in that benchmark as the faster
+#   (PR 4524): an upper bound for XeTLA's.  Measured on one tile alone (not under a full node's power
+#   limit, which takes GEMMs from 256 to 207 TF), in fp16 (the benchmark's dtype; PVC's XMX rate is the same
+#   for bf16); the PR and the issue do not name their device, the repository's benchmark CI runs on Max 1550
+#   runners by default (.github/workflows/triton-benchmarks.yml: runner label max1550).
+PVC_TRIAD_GBPS = 1000.0  # ALCF node performance overview: STREAM-like triad (2 loads, 1 store) 1 TB/s a
+#   tile, 12 TB/s a node (both pages, 2024 and 2026; one significant digit as printed)
+ONECCL_CALL_US = 350.0  # a oneCCL call's fixed cost on Aurora (PyTorch 2.5.1, oneccl_bindings_for_pytorch 2.5.0,
+#   oneAPI 24.347): ALCF's DLcomm_benchmark example logs (github.com/argonne-lcf/DLcomm_benchmark,
+#   examples/2_multimode, Aug. 2025): a 512 KB all-reduce between one tile on each of 2 nodes (12 such pairs at
+#   once) takes 0.42 ms (median of 4 timed iterations x 12 groups), of which the cost model's latency (16 us),
+#   transfer (37 us at 8 NICs x 21.25 GB/s / 12 tiles) and host round trip (18.5 us) explain 72 us.  Isolated,
+#   synchronised calls: an upper bound for calls queued back to back; the same logs' 12-tile all-gather of
+#   512 KB (0.8 ms) and 24-rank all-reduce of 100 KB (1.2 ms) cost more, so a lower bound for larger groups.
 PVC_TILE = Device(
-    name="Max1550-tile", vendor="intel", bf16_tflops=419.4, fp8_tflops=0.0, fp32_tflops=26.2,
-    memory_gib=64.0, memory_gbps=1638.4, compute_units=64, gemm_efficiency=0.65,
-    attention_efficiency=0.35, reserved_gib=2.0, launch_us=8.0,
-    elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
-    host_sync_us=HOPPER_HOST_SYNC_US,
-    source="Intel ark Max 1550: 838.9 TF bf16, 128 GB HBM2e 3.2768 TB/s per GPU = 2 tiles; ALCF "
-           "Aurora node performance overview measured 273 TF bf16 per tile (GEMM efficiency 0.65); "
-           "attention and launch estimates (no Aurora access); elementwise efficiency, collective call "
-           "(oneCCL assumed no cheaper than NCCL) and host sync as fitted on H200")
+    name="Max1550-tile", vendor="intel", bf16_tflops=round(PVC_TILE_BF16_PEAK, 1), fp8_tflops=0.0,
+    fp32_tflops=round(64 * 256 * PVC_CLOCK_GHZ / 1000, 1),  # 24.6 TF at 1.5 GHz (ALCF measured 21 a tile)
+    memory_gib=64.0, memory_gbps=1638.4, compute_units=64,
+    gemm_efficiency=round(PVC_GEMM_TFLOPS / PVC_TILE_BF16_PEAK, 3),  # 0.527
+    attention_efficiency=round(PVC_ATTENTION_TFLOPS / PVC_TILE_BF16_PEAK / (1 + 128 / 8192), 3),  # 0.130:
+    #   / (1 + 128/s) for the diagonal tiles the cost model adds back, as for Hopper
+    reserved_gib=2.0, launch_us=8.0,
+    elementwise_efficiency=round(PVC_TRIAD_GBPS / 1638.4, 2),  # 0.61: triad over the datasheet's HBM
+    collective_call_us=ONECCL_CALL_US, host_sync_us=HOPPER_HOST_SYNC_US,
+    source="Intel ark Max 1550 (128 GB HBM2e 3.2768 TB/s per GPU = 2 tiles; 838.9 TF bf16 at 1.6 GHz); "
+           "ALCF Aurora node performance overview (Jan. 2026): 1.5 GHz default clock (peak 393.2 TF a "
+           "tile), BF16 GEMM 2487 TF a node = 207 a tile (GEMM efficiency 0.527), triad 1 TB/s a tile "
+           "(elementwise efficiency 0.61); attention 52 TF a tile fwd+bwd from Intel's triton benchmark "
+           "(XeTLA backward, SYCL-TLA forward, causal d128 s8192); oneCCL call 350 us from ALCF's "
+           "DLcomm_benchmark logs; still estimates (no measurement found): launch 8 us, host sync (as "
+           "fitted on H200)")
 CPU_SOCKET = Device(
     name="cpu", vendor="cpu", bf16_tflops=2.0, fp8_tflops=0.0, fp32_tflops=1.0, memory_gib=64.0,
     memory_gbps=100.0, compute_units=32, gemm_efficiency=0.5, attention_efficiency=0.2,
@@ -286,13 +327,19 @@ NVLINK3 = Link("NVLink3", gbps=300.0, latency_us=3.0, efficiency=0.78,
                source="A100: 12 NVLink3 links x 25 GB/s per direction = 300 GB/s (600 GB/s bidirectional); "
                       "efficiency estimate (no A100 access); NCCL's protocol switch as fitted on H200 "
                       "NVLink4 (same ratio of low-latency to bandwidth protocol, same set-up)")
-MDFI = Link("MDFI", gbps=230.0, latency_us=3.0, efficiency=0.70,
-            source="Max 1550 tile-to-tile on one package; estimate: calibrate")
+MDFI = Link("MDFI", gbps=230.0, latency_us=3.0, efficiency=0.80,
+            source="Max 1550 tile-to-tile on one package: ALCF node performance overview (Jan. 2026) MPI "
+                   "Tile2Tile unidirectional 185 GB/s (= 0.80 x 230; write 158.5, read 173.6 GB/s with "
+                   "SYCL copies, Sep. 2025); 230 GB/s and the latency: estimates")
 XELINK = Link("XeLink", gbps=106.0, latency_us=5.0, efficiency=0.60,
               source="Max 1550: 16 Xe Links x 26.5 GB/s per direction per GPU, 4 usable per tile towards "
-                     "peers in Aurora's 6-GPU all-to-all; estimate: calibrate")
+                     "peers in Aurora's 6-GPU all-to-all; efficiency as measured on one link: ALCF node "
+                     "performance overview, GPU2GPU unidirectional 15 GB/s (MPI), 15.8 read / 18.9 write "
+                     "GB/s per tile pair (SYCL, Sep. 2025) = 0.60-0.71 of 26.5; how many links a collective "
+                     "drives at once and the latency: estimates")
 SLINGSHOT11 = Link("Slingshot-11", gbps=25.0, latency_us=8.0, efficiency=0.85,
-                   source="HPE Slingshot-11 Cassini NIC: 200 Gb/s = 25 GB/s per direction")
+                   source="HPE Slingshot-11 Cassini NIC: 200 Gb/s = 25 GB/s per direction; ALCF (Aurora "
+                          "DAOS overview): each NIC drives 20-25 GB/s unidirectional")
 HDR200 = Link("InfiniBand-HDR", gbps=25.0, latency_us=6.0, efficiency=0.90,
               source="ConnectX-6 HDR 200 Gb/s = 25 GB/s per direction")
 NDR400 = Link("InfiniBand-NDR", gbps=50.0, latency_us=6.0, efficiency=0.90,
@@ -335,9 +382,10 @@ def _aurora_node() -> Node:
         numa_cores=("0-51", "52-103"), reserved_cores=(0, 52), threads_per_core=2,
         nics=tuple(Nic(f"cxi{i}", 0 if i < 4 else 1) for i in range(8)),
         visibility_env="ZE_AFFINITY_MASK", ccl_worker_affinity=True, host_memory_gib=1024.0,
-        # estimates: PCIe Gen5 x16 per GPU shared by its two tiles; DDR5 of two Xeon Max sockets; no local
-        # NVMe for jobs (DAOS instead), so no NVMe offload
-        pcie_gbps=25.0, host_memory_gbps=500.0)
+        # PCIe: ALCF node performance overview (Jan. 2026), all 12 tiles at once: H2D 318 GB/s, D2H 257 GB/s
+        # a node = 26.5 / 21.4 a tile; the slower direction is taken.  Estimate: DDR5 of two Xeon Max
+        # sockets.  No local NVMe for jobs (DAOS instead), so no NVMe offload
+        pcie_gbps=21.4, host_memory_gbps=500.0)
 
 
 def _dgx_a100_node() -> Node:
