@@ -242,7 +242,9 @@ def test_overlapped_steps_on_cuda_change_nothing_a_rerun_does_not(tmp_path, comp
     assert torch.ones(2, device="cuda").to("cpu", non_blocking=True).is_pinned()  # else every read would wait
     common = ("train.optimizer_impl=fused", "train.dtype=bf16", "debug.nan_at_step=3", "train.steps=8",
               "train.eval_every=4", "checkpoint.every=4", "checkpoint.keep_last=10",
-              f"train.compile_mode={compile_mode}")
+              f"train.compile_mode={compile_mode}",
+              # CUDA graphs run one micro-batch a step (TrainSection.check_cudagraphs refuses more)
+              *(("parallel.mbs=8",) if compile_mode != "default" else ()))
     runs = {name: tmp_path / name for name in ("overlap", "serial", "serial-again")}
     first = train(runs["serial"], *common, "train.overlap_steps=false", cache_dir=tmp_path / "cache", check=False)
     if first.returncode and compile_mode != "default":  # a failure of the mode itself, not of the overlap
@@ -388,3 +390,19 @@ def test_activation_memory_budget_outside_0_1_is_refused_in_one_line(budget):
     with pytest.raises(ConfigError) as err:
         TrainSection(activation_memory_budget=budget).validate()
     assert f"train.activation_memory_budget={budget}" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_cuda_graphs_with_several_micro_batches_are_refused_in_one_line(mode):
+    """CUDA graphs failed on the H200 with 8 micro-batches a step; one micro-batch a step ran."""
+    from topology.layout import Layout
+
+    train = TrainSection(compile_mode=mode)
+    layout = Layout(dp_shard=1, mbs=4)
+    with pytest.raises(ConfigError) as err:
+        train.check_cudagraphs("cuda", layout, n_micro=2)
+    assert f"train.compile_mode={mode}" in str(err.value) and "\n" not in str(err.value)
+    train.check_cudagraphs("cuda", layout, n_micro=1)  # one micro-batch a step: allowed
+    train.check_cudagraphs("cpu", layout, n_micro=2)  # no CUDA graphs off CUDA
+    TrainSection(compile_mode="max-autotune-no-cudagraphs").check_cudagraphs("cuda", layout, n_micro=2)
+    TrainSection(compile_mode=mode, compile=False).check_cudagraphs("cuda", layout, n_micro=2)

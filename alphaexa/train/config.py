@@ -35,6 +35,7 @@ SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("fp32", "bf16", "fp64")
 OPTIMIZER_IMPLS = ("auto", "fused", "foreach", "for-loop")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compile modes that replay CUDA graphs
 COMPRESSIONS = ("none", "zstd")
 ENGINES = ("native", "deepspeed")
 OFFLOADS = ("none", "cpu", "nvme")
@@ -126,6 +127,19 @@ class TrainSection:
             raise ConfigError(f"train.eps={self.eps}: must be > 0")
         if self.collective_timeout_s <= 0:
             raise ConfigError(f"train.collective_timeout_s={self.collective_timeout_s}: must be > 0")
+
+    def check_cudagraphs(self, device_type: str, layout: Layout, n_micro: int) -> None:
+        """CUDA graphs replay into the same output buffers at every call. With 8 micro-batches a step the
+        debug preset failed on the H200 (session 6: "accessing tensor output of CUDAGraphs that has been
+        overwritten by a subsequent run"): a tensor of one replay is read after the next replay, most
+        likely what gradient accumulation keeps between micro-batches; one micro-batch a step ran
+        (session 4). Refused, with what to do instead, before the model is built."""
+        if (device_type == "cuda" and self.compile_mode in CUDAGRAPH_MODES and n_micro > 1
+                and self.compile_on(device_type, layout)):
+            raise ConfigError(f"train.compile_mode={self.compile_mode} (CUDA graphs) with {n_micro} micro-batches per "
+                              f"step: a replay overwrites what the micro-batch before it left (it fails on CUDA); set parallel.mbs so that "
+                              f"one micro-batch makes the step (train.global_batch / data-parallel ranks), or use "
+                              f"train.compile_mode=default or max-autotune-no-cudagraphs")
 
     def compile_on(self, device_type: str, layout: Layout) -> bool:
         """``compile`` resolved for the run.  auto compiles on CUDA, except with tensor parallelism

@@ -136,6 +136,7 @@ class Trainer:
                             f"{cfg.train.global_batch}: raise data.val_fraction or lower the batch")
 
         self.n_micro = self.layout.n_microbatches(cfg.train.global_batch)
+        cfg.train.check_cudagraphs(self.device.type, self.layout, self.n_micro)
         self.dims = build_mesh(self.layout, self.backend, self.device)
         self.deepspeed: DeepSpeedRun | None = None
         if cfg.engine_options.engine == "deepspeed":
