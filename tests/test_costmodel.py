@@ -433,6 +433,23 @@ def test_nccl_runs_the_legs_of_a_hierarchical_collective_at_once():
     assert cm.collective_seconds("all_gather", nbytes, staged) > cm.collective_seconds("all_gather", nbytes, path)
 
 
+def test_only_groups_of_one_rank_per_node_count_as_nic_only_zero3_traffic():
+    # dp_comm_nic_only lets ZeRO-3 traffic that uses no intra-node link hide behind the pass's wall time.  A
+    # misaligned group (tp 4 on Aurora's 12 ranks a node: ranks 0, 4, 8 share node 0) is charged as inter-node
+    # throughout, but three of its ranks share each node's link: it is not NIC-only.
+    aurora, polaris = load_system("aurora"), load_system("polaris")
+    model = get_preset("1b")
+    req = cm.Request(model, aurora, 16, 96, 2048)  # 192 tiles: tp 4 x dp_replicate 3 x dp_shard 16
+    g = cm.dp_groups(req, 4, 1, 1, "zero3", 3, 16)
+    assert cm.dp_comm_nic_only(req, g, 1e9, 0.0) == (0.0, 0.0)
+    assert g.shard.misaligned and (g.shard.k, g.shard.nodes) == (1, 16)
+    req = cm.Request(model, polaris, 8, 96, 2048)
+    g = cm.dp_groups(req, 4, 1, 1, "zero3", 1, 8)  # tp 4 fills a Polaris node: one rank per node
+    assert not g.shard.misaligned and (g.shard.k, g.shard.nodes) == (1, 8)
+    rs, ag = cm.dp_comm_nic_only(req, g, 1e9, 0.0)
+    assert rs > 0 and ag > 0
+
+
 def test_overlapped_traffic_that_feeds_one_nic_per_rank_loads_the_device_less():
     # device_share: the rate a collective moves bytes at over the node link's; the contention of hidden
     # data-parallel traffic is charged on that share of its time.

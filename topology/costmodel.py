@@ -171,6 +171,9 @@ class CommPath:
     # own NIC), so the slower leg sets the time; False: one after the other (oneCCL's staged "topo"
     # algorithms, as the model has assumed for XPU: not measured).
     pipelined: bool = False
+    # A group that straddles node boundaries unevenly (charged as inter-node throughout, though some of its
+    # ranks share a node and its link)
+    misaligned: bool = False
 
 
 def comm_path(system: System, size: int, stride: int) -> CommPath:
@@ -196,7 +199,7 @@ def comm_path(system: System, size: int, stride: int) -> CommPath:
         return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}", call,
                         node.device.vendor == "nvidia")
     # A group that straddles node boundaries unevenly: charge it as inter-node throughout.
-    return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)", call)
+    return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)", call, misaligned=True)
 
 
 def _move(volume: float, link: Link | None, gbps: float) -> float:
@@ -1096,7 +1099,8 @@ def _dp_times(cs, g: DPGroups, sharding: str, gb: float, p_dense: float,
 
 def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) -> tuple[float, float]:
     """(reduce-scatter, all-gather) seconds of ZeRO-3's per-micro-batch traffic on groups of one rank per
-    node (``k == 1``): the part that uses no intra-node link."""
+    node (``k == 1``, not misaligned: a misaligned group has several ranks on some nodes): the part that uses
+    no intra-node link."""
     key = ("dpn", id(g), p_dense, p_exp)
     gb = req.grad_reduce_bytes
     memo = req._memo
@@ -1105,7 +1109,7 @@ def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) ->
         return out
     rs = ag = 0.0
     for path, params in ((g.shard, p_dense), (g.expert_shard, p_exp)):
-        if path.nodes > 1 and path.k == 1:
+        if path.nodes > 1 and path.k == 1 and not path.misaligned:
             rs += collective_seconds("reduce_scatter", gb * params, path)
             ag += collective_seconds("all_gather", WEIGHT_BYTES * params, path)
     memo[key] = out = (rs, ag)
