@@ -450,6 +450,21 @@ def test_only_groups_of_one_rank_per_node_count_as_nic_only_zero3_traffic():
     assert rs > 0 and ag > 0
 
 
+def test_the_host_wait_is_counted_once_in_the_window_that_hides_nic_only_zero3_traffic():
+    # StageTerms.t_f holds the forward's wait for the host and t_b a full recompute's redone wait: the field
+    # host_wait alone (for the breakdown) must not widen the window again.
+    req = cm.Request(get_preset("7b"), load_system("polaris"), 8, 8, 2048)
+    lay = Layout(tp=4, pp=1, vpp=1, dp_replicate=1, dp_shard=8, ep=1, cp=1, mbs=1, schedule="1f1b",
+                 recompute="full", sharding="zero3")
+    st = cm.structure_of(req, lay)
+    g = cm.dp_groups(req, 4, 1, 1, "zero3", 1, 8)
+    s = st.stages[0]
+    rs, ag, _ = cm.dp_comm(req, g, "zero3", s.p_dense, s.p_exp)
+    assert cm.dp_comm_nic_only(req, g, s.p_dense, s.p_exp) == (rs, ag) and ag + rs > s.t_b  # exposed traffic
+    waited = cm.dataclasses.replace(st, stages=(cm.dataclasses.replace(s, host_wait=1.0),))
+    assert cm.sharded_cost(req, waited, g, "zero3")[0] == pytest.approx(cm.sharded_cost(req, st, g, "zero3")[0])
+
+
 def test_overlapped_traffic_that_feeds_one_nic_per_rank_loads_the_device_less():
     # device_share: the rate a collective moves bytes at over the node link's; the contention of hidden
     # data-parallel traffic is charged on that share of its time.

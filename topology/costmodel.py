@@ -1298,7 +1298,8 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
             # the TP and EP collectives inside the node, so they also run while those (and any wait for the
             # host) hold the step: their window is the pass's wall time, the rest's its compute.
             rs_nic, ag_nic = dp_comm_nic_only(req, g, s.p_dense, s.p_exp)
-            fwd_wall, bwd_wall = s.t_f, s.t_b + (s.host_wait if s.redo_compute else 0.0)
+            # (t_f holds the forward's wait for the host, t_b a full recompute's redone wait)
+            fwd_wall, bwd_wall = s.t_f, s.t_b
             per_mb = max(ag - ag_nic - s.fwd, ag - fwd_wall, 0.0) \
                 + max(ag + rs - ag_nic - rs_nic - bwd, ag + rs - bwd_wall, 0.0) + ag / s.units
             step_exposed = max(ar - bwd, ar / s.units)
