@@ -465,6 +465,26 @@ def test_the_host_wait_is_counted_once_in_the_window_that_hides_nic_only_zero3_t
     assert cm.sharded_cost(req, waited, g, "zero3")[0] == pytest.approx(cm.sharded_cost(req, st, g, "zero3")[0])
 
 
+def test_nic_only_zero3_traffic_does_not_hide_behind_expert_all_to_alls_on_the_same_nics():
+    # Polaris, tp 4 fills a node: the ZeRO-3 group and the EP 8 all-to-all both run one rank per node, so
+    # the time the all-to-alls hold the NICs is no window for the gathers.
+    req = cm.Request(get_preset("1b-moe"), load_system("polaris"), 8, 8, 4096)
+    lay = Layout(tp=4, pp=1, vpp=1, dp_replicate=1, dp_shard=8, ep=8, cp=1, mbs=1, schedule="1f1b",
+                 recompute="full", sharding="zero3")
+    st = cm.structure_of(req, lay)
+    g = cm.dp_groups(req, 4, 1, 8, "zero3", 1, 8)
+    s = st.stages[0]
+    assert s.ep_comm > 0 and s.nic_f == s.ep_comm and s.nic_b == 2 * s.ep_comm  # full recompute redoes them
+    _, ag_nic = cm.dp_comm_nic_only(req, g, s.p_dense, s.p_exp)
+    assert s.fwd < ag_nic < s.t_f  # the forward's gathers outlast its compute
+    free = cm.dataclasses.replace(st, stages=(cm.dataclasses.replace(s, nic_f=0.0, nic_b=0.0),))
+    assert cm.sharded_cost(req, st, g, "zero3")[0] > cm.sharded_cost(req, free, g, "zero3")[0] + 0.005
+    # inside one node the all-to-alls leave the NICs free
+    inside = cm.structure_of(cm.Request(get_preset("1b-moe"), load_system("polaris"), 8, 8, 4096),
+                             cm.dataclasses.replace(lay, tp=1, dp_shard=32, ep=4)).stages[0]
+    assert inside.ep_comm > 0 and inside.nic_f == 0.0
+
+
 def test_overlapped_traffic_that_feeds_one_nic_per_rank_loads_the_device_less():
     # device_share: the rate a collective moves bytes at over the node link's; the contention of hidden
     # data-parallel traffic is charged on that share of its time.

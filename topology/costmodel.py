@@ -917,6 +917,10 @@ class StageTerms:
     units: int  # blocks on the rank (gradient buckets for the overlap rule)
     redo_compute: float = 0.0  # the compute part of ``recompute`` (runs in the backward pass, hides DP traffic)
     host_wait: float = 0.0  # forward time the MoE layers wait for the host beyond their GPU time (in t_f)
+    # the parts of t_f and t_b that the pass's own TP and EP collectives spend on the network (their groups span
+    # nodes): the NICs are busy, so ZeRO-3 traffic on them does not hide there (``sharded_cost``)
+    nic_f: float = 0.0
+    nic_b: float = 0.0
 
 
 @dataclass(slots=True)
@@ -952,6 +956,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     lc = req.layer_cost(tp, cp, ep, mbs, dp * cp * tp, impl)
     lp = req.params(tp, ep)
     full_dense, full_moe = lc.act["none"]
+    tp_on_nics = tp > 1 and req.path(tp, 1).nodes > 1
+    ep_on_nics = ep > 1 and req.path(ep, req.expert_tp or tp).nodes > 1  # ep ranks etp apart (layer_cost)
     per_mode: dict[str, list[StageTerms]] = {mode: [] for mode in modes}
     for prof in req.profiles(pp, vpp, schedule):
         p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
@@ -972,6 +978,7 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         moe_gpu_fwd = lc.fwd_moe + (lc.tp_fwd if lc.tp_fwd_moe is None else lc.tp_fwd_moe) + lc.ep_fwd
         host_wait = prof.n_moe * max(0.0, impl.moe_host_floor_s - moe_gpu_fwd)
         t_f = fwd + tp_comm + ep_comm + host_wait
+        nic_f = (tp_comm if tp_on_nics else 0.0) + (ep_comm if ep_on_nics else 0.0)
         for mode in modes:
             act_dense, act_moe = lc.act[mode]
             acts = (prof.n_dense * act_dense + prof.n_moe * act_moe) * held + buffers
@@ -989,9 +996,11 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             t_b = bwd + tp_comm + ep_comm + redo
             redo_compute = redo - (tp_comm + ep_comm + host_wait if mode == "full" else 0.0) - (
                 prof.n_moe * lc.ep_fwd if req.recompute_moe and mode != "full" else 0.0)
+            nic_b = nic_f * (2 if mode == "full" else 1) + (
+                prof.n_moe * lc.ep_fwd if ep_on_nics and req.recompute_moe and mode != "full" else 0.0)
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers), redo_compute,
-                                             host_wait))
+                                             host_wait, nic_f, nic_b))
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
@@ -1296,10 +1305,11 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         else:
             # The gathers and reduce-scatters that feed only the NICs (one rank per node) share no link with
             # the TP and EP collectives inside the node, so they also run while those (and any wait for the
-            # host) hold the step: their window is the pass's wall time, the rest's its compute.
+            # host) hold the step: their window is the pass's wall time less the time the pass's own
+            # collectives hold the NICs (t_f holds the forward's wait for the host, t_b a full recompute's
+            # redone wait); the rest's window is its compute.
             rs_nic, ag_nic = dp_comm_nic_only(req, g, s.p_dense, s.p_exp)
-            # (t_f holds the forward's wait for the host, t_b a full recompute's redone wait)
-            fwd_wall, bwd_wall = s.t_f, s.t_b
+            fwd_wall, bwd_wall = s.t_f - s.nic_f, s.t_b - s.nic_b
             per_mb = max(ag - ag_nic - s.fwd, ag - fwd_wall, 0.0) \
                 + max(ag + rs - ag_nic - rs_nic - bwd, ag + rs - bwd_wall, 0.0) + ag / s.units
             step_exposed = max(ar - bwd, ar / s.units)
