@@ -503,6 +503,12 @@ def test_without_sequence_parallelism_every_tp_rank_runs_the_norms_on_all_tokens
     no_sp = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
     assert no_sp.norm_fwd > 2.5 * sp.norm_fwd  # 4x the tokens, the same launches
     assert no_sp.fwd_dense > sp.fwd_dense and no_sp.act["none"][0] > sp.act["none"][0]
+    # Megatron's TP regions without sequence parallelism: one all-reduce a block (forward at the output,
+    # backward at the input), not an all-gather and a reduce-scatter (two calls)
+    path = cm.comm_path(system, 4, 1)
+    assert no_sp.tp_fwd == pytest.approx(2 * cm.collective_seconds("all_reduce", 2.0 * 2048 * model.d_model, path))
+    assert sp.tp_fwd == pytest.approx(2 * (cm.collective_seconds("all_gather", 2.0 * 2048 * model.d_model, path)
+                                           + cm.collective_seconds("reduce_scatter", 2.0 * 2048 * model.d_model, path)))
     one = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
     assert one.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
 

@@ -616,8 +616,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     if tp > 1:
         tp_path = comm_path(system, tp, 1)
         full = 2.0 * tokens * h  # bf16 activation of the whole TP group
-        block = collective_seconds("all_gather", full, tp_path) + collective_seconds("reduce_scatter", full, tp_path)
-        tp_fwd = 2 * block  # attention and FFN: all-gather in, reduce-scatter out (sequence parallel)
+        if impl.sequence_parallel:  # all-gather in, reduce-scatter out
+            block = collective_seconds("all_gather", full, tp_path) + collective_seconds("reduce_scatter", full, tp_path)
+        else:  # Megatron without sequence parallelism: one all-reduce a block (forward out, backward in)
+            block = collective_seconds("all_reduce", full, tp_path)
+        tp_fwd = 2 * block  # attention and FFN
         tp_fwd_moe = tp_fwd
         if is_moe and impl.moe_dispatch_tp_gather and etp > 1:
             # The MoE block routes the attention's sequence-parallel shard as it is; the routed rows (top_k x
