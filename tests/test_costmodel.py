@@ -10,7 +10,7 @@ import pytest
 from topology import costmodel as cm
 from topology.hardware import GIB, load_system
 from topology.layout import Layout
-from topology.modelcfg import ModelConfig, flops_per_token
+from topology.modelcfg import ConfigError, ModelConfig, flops_per_token
 from topology.presets import get_preset
 
 GB = 1e9
@@ -511,6 +511,13 @@ def test_without_sequence_parallelism_every_tp_rank_runs_the_norms_on_all_tokens
                                            + cm.collective_seconds("reduce_scatter", 2.0 * 2048 * model.d_model, path)))
     one = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
     assert one.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
+
+
+@pytest.mark.parametrize("field, value", [("attention_kernel", "cuDNN"), ("grad_reduce_bytes", 3.0),
+                                          ("glu_clamp_kernels", (3, -1))])
+def test_implementation_refuses_fields_the_model_would_silently_ignore(field, value):
+    with pytest.raises(ConfigError, match=field.split("_")[0]):
+        cm.Implementation(**{field: value})
 
 
 def test_cudnn_attention_runs_slower_per_flop_at_head_dim_64():

@@ -398,6 +398,15 @@ class Implementation:
     # backward concatenates the split's gradients (one copy).  False: one grouped GEMM per projection.
     expert_loop: bool = False
 
+    def __post_init__(self):
+        if self.attention_kernel not in ("", "cudnn"):
+            raise ConfigError(f"attention_kernel={self.attention_kernel!r}: must be '' or 'cudnn' (the kernels with "
+                              "a head-dim table)")
+        if self.grad_reduce_bytes not in (2, 4):
+            raise ConfigError(f"grad_reduce_bytes={self.grad_reduce_bytes!r}: must be 2 (bf16) or 4 (fp32)")
+        if min(self.glu_clamp_fwd_bytes, self.glu_clamp_bwd_bytes, *self.glu_clamp_kernels) < 0:
+            raise ConfigError("glu_clamp_* counts must be >= 0")
+
 
 ALPHAEXA = Implementation()
 ALPHAEXA_EAGER = Implementation(name="alphaexa-eager")  # the trainer's eager kernels, asked for explicitly
