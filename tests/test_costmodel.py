@@ -10,7 +10,7 @@ import pytest
 from topology import costmodel as cm
 from topology.hardware import GIB, load_system
 from topology.layout import Layout
-from topology.modelcfg import ModelConfig, flops_per_token
+from topology.modelcfg import ConfigError, ModelConfig, flops_per_token
 from topology.presets import get_preset
 
 GB = 1e9
@@ -433,6 +433,58 @@ def test_nccl_runs_the_legs_of_a_hierarchical_collective_at_once():
     assert cm.collective_seconds("all_gather", nbytes, staged) > cm.collective_seconds("all_gather", nbytes, path)
 
 
+def test_only_groups_of_one_rank_per_node_count_as_nic_only_zero3_traffic():
+    # dp_comm_nic_only lets ZeRO-3 traffic that uses no intra-node link hide behind the pass's wall time.  A
+    # misaligned group (tp 4 on Aurora's 12 ranks a node: ranks 0, 4, 8 share node 0) is charged as inter-node
+    # throughout, but three of its ranks share each node's link: it is not NIC-only.
+    aurora, polaris = load_system("aurora"), load_system("polaris")
+    model = get_preset("1b")
+    req = cm.Request(model, aurora, 16, 96, 2048)  # 192 tiles: tp 4 x dp_replicate 3 x dp_shard 16
+    g = cm.dp_groups(req, 4, 1, 1, "zero3", 3, 16)
+    assert cm.dp_comm_nic_only(req, g, 1e9, 0.0) == (0.0, 0.0)
+    assert g.shard.misaligned and (g.shard.k, g.shard.nodes) == (1, 16)
+    req = cm.Request(model, polaris, 8, 96, 2048)
+    g = cm.dp_groups(req, 4, 1, 1, "zero3", 1, 8)  # tp 4 fills a Polaris node: one rank per node
+    assert not g.shard.misaligned and (g.shard.k, g.shard.nodes) == (1, 8)
+    rs, ag = cm.dp_comm_nic_only(req, g, 1e9, 0.0)
+    assert rs > 0 and ag > 0
+
+
+def test_the_host_wait_is_counted_once_in_the_window_that_hides_nic_only_zero3_traffic():
+    # StageTerms.t_f holds the forward's wait for the host and t_b a full recompute's redone wait: the field
+    # host_wait alone (for the breakdown) must not widen the window again.
+    req = cm.Request(get_preset("7b"), load_system("polaris"), 8, 8, 2048)
+    lay = Layout(tp=4, pp=1, vpp=1, dp_replicate=1, dp_shard=8, ep=1, cp=1, mbs=1, schedule="1f1b",
+                 recompute="full", sharding="zero3")
+    st = cm.structure_of(req, lay)
+    g = cm.dp_groups(req, 4, 1, 1, "zero3", 1, 8)
+    s = st.stages[0]
+    rs, ag, _ = cm.dp_comm(req, g, "zero3", s.p_dense, s.p_exp)
+    assert cm.dp_comm_nic_only(req, g, s.p_dense, s.p_exp) == (rs, ag) and ag + rs > s.t_b  # exposed traffic
+    waited = cm.dataclasses.replace(st, stages=(cm.dataclasses.replace(s, host_wait=1.0),))
+    assert cm.sharded_cost(req, waited, g, "zero3")[0] == pytest.approx(cm.sharded_cost(req, st, g, "zero3")[0])
+
+
+def test_nic_only_zero3_traffic_does_not_hide_behind_expert_all_to_alls_on_the_same_nics():
+    # Polaris, tp 4 fills a node: the ZeRO-3 group and the EP 8 all-to-all both run one rank per node, so
+    # the time the all-to-alls hold the NICs is no window for the gathers.
+    req = cm.Request(get_preset("1b-moe"), load_system("polaris"), 8, 8, 4096)
+    lay = Layout(tp=4, pp=1, vpp=1, dp_replicate=1, dp_shard=8, ep=8, cp=1, mbs=1, schedule="1f1b",
+                 recompute="full", sharding="zero3")
+    st = cm.structure_of(req, lay)
+    g = cm.dp_groups(req, 4, 1, 8, "zero3", 1, 8)
+    s = st.stages[0]
+    assert s.ep_comm > 0 and s.nic_f == s.ep_comm and s.nic_b == 2 * s.ep_comm  # full recompute redoes them
+    _, ag_nic = cm.dp_comm_nic_only(req, g, s.p_dense, s.p_exp)
+    assert s.fwd < ag_nic < s.t_f  # the forward's gathers outlast its compute
+    free = cm.dataclasses.replace(st, stages=(cm.dataclasses.replace(s, nic_f=0.0, nic_b=0.0),))
+    assert cm.sharded_cost(req, st, g, "zero3")[0] > cm.sharded_cost(req, free, g, "zero3")[0] + 0.005
+    # inside one node the all-to-alls leave the NICs free
+    inside = cm.structure_of(cm.Request(get_preset("1b-moe"), load_system("polaris"), 8, 8, 4096),
+                             cm.dataclasses.replace(lay, tp=1, dp_shard=32, ep=4)).stages[0]
+    assert inside.ep_comm > 0 and inside.nic_f == 0.0
+
+
 def test_overlapped_traffic_that_feeds_one_nic_per_rank_loads_the_device_less():
     # device_share: the rate a collective moves bytes at over the node link's; the contention of hidden
     # data-parallel traffic is charged on that share of its time.
@@ -451,8 +503,21 @@ def test_without_sequence_parallelism_every_tp_rank_runs_the_norms_on_all_tokens
     no_sp = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
     assert no_sp.norm_fwd > 2.5 * sp.norm_fwd  # 4x the tokens, the same launches
     assert no_sp.fwd_dense > sp.fwd_dense and no_sp.act["none"][0] > sp.act["none"][0]
+    # Megatron's TP regions without sequence parallelism: one all-reduce a block (forward at the output,
+    # backward at the input), not an all-gather and a reduce-scatter (two calls)
+    path = cm.comm_path(system, 4, 1)
+    assert no_sp.tp_fwd == pytest.approx(2 * cm.collective_seconds("all_reduce", 2.0 * 2048 * model.d_model, path))
+    assert sp.tp_fwd == pytest.approx(2 * (cm.collective_seconds("all_gather", 2.0 * 2048 * model.d_model, path)
+                                           + cm.collective_seconds("reduce_scatter", 2.0 * 2048 * model.d_model, path)))
     one = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(sequence_parallel=False))
     assert one.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
+
+
+@pytest.mark.parametrize("field, value", [("attention_kernel", "cuDNN"), ("grad_reduce_bytes", 3.0),
+                                          ("glu_clamp_kernels", (3, -1))])
+def test_implementation_refuses_fields_the_model_would_silently_ignore(field, value):
+    with pytest.raises(ConfigError, match=field.split("_")[0]):
+        cm.Implementation(**{field: value})
 
 
 def test_cudnn_attention_runs_slower_per_flop_at_head_dim_64():

@@ -1,4 +1,5 @@
 """The planner offloads only when nothing fits without it, says why, and the trainer accepts the plan."""
+import dataclasses
 import json
 
 import pytest
@@ -104,6 +105,10 @@ def test_nvme_parameter_traffic_reads_twice_a_micro_batch_and_writes_back_once_a
     assert t["disk_read"] == 2 * t["disk_write"] and t["disk_state"] == 0.0
     assert offload_traffic(_estimate(_h200(), optimizer="nvme")[0], n)["disk_state"] == 32 * n
     assert offload_traffic(_estimate(_h200(), offload="cpu")[0], n)["disk_read"] == 0.0
+    # gradients go to the host in the reduction's dtype: bf16 for DeepSpeed, fp32 for the native engine's FSDP2
+    assert t["pcie_grads"] == 2 * n
+    native = dataclasses.replace(req, engine="native", offload="cpu", offload_optimizer="", _memo={})
+    assert offload_traffic(native, n)["pcie_grads"] == 4 * n
     # two micro-batches: the reads (offload_s) twice, the write-back (in optimizer_s) once
     _, one = _estimate(_h200(disk_gbps=1.0))
     _, two = _estimate(_h200(disk_gbps=1.0), global_batch=8)

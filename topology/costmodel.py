@@ -171,6 +171,9 @@ class CommPath:
     # own NIC), so the slower leg sets the time; False: one after the other (oneCCL's staged "topo"
     # algorithms, as the model has assumed for XPU: not measured).
     pipelined: bool = False
+    # A group that straddles node boundaries unevenly (charged as inter-node throughout, though some of its
+    # ranks share a node and its link)
+    misaligned: bool = False
 
 
 def comm_path(system: System, size: int, stride: int) -> CommPath:
@@ -196,7 +199,7 @@ def comm_path(system: System, size: int, stride: int) -> CommPath:
         return CommPath(size, k, size // k, link, inter_gbps, inter_lat, f"{link.name}+{inter_name}", call,
                         node.device.vendor == "nvidia")
     # A group that straddles node boundaries unevenly: charge it as inter-node throughout.
-    return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)", call)
+    return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)", call, misaligned=True)
 
 
 def _move(volume: float, link: Link | None, gbps: float) -> float:
@@ -394,6 +397,15 @@ class Implementation:
     # splits the rows into views and concatenates the experts' outputs (``torch.cat``: one copy), and the
     # backward concatenates the split's gradients (one copy).  False: one grouped GEMM per projection.
     expert_loop: bool = False
+
+    def __post_init__(self):
+        if self.attention_kernel not in ("", "cudnn"):
+            raise ConfigError(f"attention_kernel={self.attention_kernel!r}: must be '' or 'cudnn' (the kernels with "
+                              "a head-dim table)")
+        if self.grad_reduce_bytes not in (2, 4):
+            raise ConfigError(f"grad_reduce_bytes={self.grad_reduce_bytes!r}: must be 2 (bf16) or 4 (fp32)")
+        if min(self.glu_clamp_fwd_bytes, self.glu_clamp_bwd_bytes, *self.glu_clamp_kernels) < 0:
+            raise ConfigError("glu_clamp_* counts must be >= 0")
 
 
 ALPHAEXA = Implementation()
@@ -613,8 +625,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     if tp > 1:
         tp_path = comm_path(system, tp, 1)
         full = 2.0 * tokens * h  # bf16 activation of the whole TP group
-        block = collective_seconds("all_gather", full, tp_path) + collective_seconds("reduce_scatter", full, tp_path)
-        tp_fwd = 2 * block  # attention and FFN: all-gather in, reduce-scatter out (sequence parallel)
+        if impl.sequence_parallel:  # all-gather in, reduce-scatter out
+            block = collective_seconds("all_gather", full, tp_path) + collective_seconds("reduce_scatter", full, tp_path)
+        else:  # Megatron without sequence parallelism: one all-reduce a block (forward out, backward in)
+            block = collective_seconds("all_reduce", full, tp_path)
+        tp_fwd = 2 * block  # attention and FFN
         tp_fwd_moe = tp_fwd
         if is_moe and impl.moe_dispatch_tp_gather and etp > 1:
             # The MoE block routes the attention's sequence-parallel shard as it is; the routed rows (top_k x
@@ -914,6 +929,10 @@ class StageTerms:
     units: int  # blocks on the rank (gradient buckets for the overlap rule)
     redo_compute: float = 0.0  # the compute part of ``recompute`` (runs in the backward pass, hides DP traffic)
     host_wait: float = 0.0  # forward time the MoE layers wait for the host beyond their GPU time (in t_f)
+    # the parts of t_f and t_b that the pass's own TP and EP collectives spend on the network (their groups span
+    # nodes): the NICs are busy, so ZeRO-3 traffic on them does not hide there (``sharded_cost``)
+    nic_f: float = 0.0
+    nic_b: float = 0.0
 
 
 @dataclass(slots=True)
@@ -949,6 +968,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     lc = req.layer_cost(tp, cp, ep, mbs, dp * cp * tp, impl)
     lp = req.params(tp, ep)
     full_dense, full_moe = lc.act["none"]
+    tp_on_nics = tp > 1 and req.path(tp, 1).nodes > 1
+    ep_on_nics = ep > 1 and req.path(ep, req.expert_tp or tp).nodes > 1  # ep ranks etp apart (layer_cost)
     per_mode: dict[str, list[StageTerms]] = {mode: [] for mode in modes}
     for prof in req.profiles(pp, vpp, schedule):
         p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
@@ -969,6 +990,7 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         moe_gpu_fwd = lc.fwd_moe + (lc.tp_fwd if lc.tp_fwd_moe is None else lc.tp_fwd_moe) + lc.ep_fwd
         host_wait = prof.n_moe * max(0.0, impl.moe_host_floor_s - moe_gpu_fwd)
         t_f = fwd + tp_comm + ep_comm + host_wait
+        nic_f = (tp_comm if tp_on_nics else 0.0) + (ep_comm if ep_on_nics else 0.0)
         for mode in modes:
             act_dense, act_moe = lc.act[mode]
             acts = (prof.n_dense * act_dense + prof.n_moe * act_moe) * held + buffers
@@ -986,9 +1008,11 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             t_b = bwd + tp_comm + ep_comm + redo
             redo_compute = redo - (tp_comm + ep_comm + host_wait if mode == "full" else 0.0) - (
                 prof.n_moe * lc.ep_fwd if req.recompute_moe and mode != "full" else 0.0)
+            nic_b = nic_f * (2 if mode == "full" else 1) + (
+                prof.n_moe * lc.ep_fwd if ep_on_nics and req.recompute_moe and mode != "full" else 0.0)
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers), redo_compute,
-                                             host_wait))
+                                             host_wait, nic_f, nic_b))
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
@@ -1096,7 +1120,8 @@ def _dp_times(cs, g: DPGroups, sharding: str, gb: float, p_dense: float,
 
 def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) -> tuple[float, float]:
     """(reduce-scatter, all-gather) seconds of ZeRO-3's per-micro-batch traffic on groups of one rank per
-    node (``k == 1``): the part that uses no intra-node link."""
+    node (``k == 1``, not misaligned: a misaligned group has several ranks on some nodes): the part that uses
+    no intra-node link."""
     key = ("dpn", id(g), p_dense, p_exp)
     gb = req.grad_reduce_bytes
     memo = req._memo
@@ -1105,7 +1130,7 @@ def dp_comm_nic_only(req: Request, g: DPGroups, p_dense: float, p_exp: float) ->
         return out
     rs = ag = 0.0
     for path, params in ((g.shard, p_dense), (g.expert_shard, p_exp)):
-        if path.nodes > 1 and path.k == 1:
+        if path.nodes > 1 and path.k == 1 and not path.misaligned:
             rs += collective_seconds("reduce_scatter", gb * params, path)
             ag += collective_seconds("all_gather", WEIGHT_BYTES * params, path)
     memo[key] = out = (rs, ag)
@@ -1191,7 +1216,7 @@ def offload_traffic(req: Request, local_params: float) -> dict[str, float]:
 
     Per micro-batch: the bf16 parameters come to the device twice, gathered for the forward and again
     for the backward (``pcie_params``; read from the drives first when they live on NVMe,
-    ``disk_read``), and the gradients go back (``pcie_grads``).  Per step: with the parameters on
+    ``disk_read``), and the gradients go back in the reduction's dtype (``pcie_grads``).  Per step: with the parameters on
     NVMe the updated ones are written back (``disk_write``); with the optimizer state on NVMe it is
     swapped in and out (``disk_state``).  Measured on the H200 (7b, 12 and 18 blocks): the bf16
     parameters written once a step; read twice in the first step and 0.90 GiB less in later ones,
@@ -1200,7 +1225,8 @@ def offload_traffic(req: Request, local_params: float) -> dict[str, float]:
     params = WEIGHT_BYTES * local_params
     return {
         "pcie_params": 2 * params,
-        "pcie_grads": GRAD_BYTES * local_params,
+        # the reduced gradient shard in the reduction's dtype (FSDP2 offload copies its fp32 reduce-scatter output)
+        "pcie_grads": req.grad_reduce_bytes * local_params,
         "disk_read": 2 * params if req.offload == "nvme" else 0.0,
         "disk_write": NVME_PARAM_WRITE_BYTES * local_params if req.offload == "nvme" else 0.0,
         "disk_state": NVME_STATE_BYTES * local_params if req.optimizer_on == "nvme" else 0.0,
@@ -1292,9 +1318,11 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         else:
             # The gathers and reduce-scatters that feed only the NICs (one rank per node) share no link with
             # the TP and EP collectives inside the node, so they also run while those (and any wait for the
-            # host) hold the step: their window is the pass's wall time, the rest's its compute.
+            # host) hold the step: their window is the pass's wall time less the time the pass's own
+            # collectives hold the NICs (t_f holds the forward's wait for the host, t_b a full recompute's
+            # redone wait); the rest's window is its compute.
             rs_nic, ag_nic = dp_comm_nic_only(req, g, s.p_dense, s.p_exp)
-            fwd_wall, bwd_wall = s.t_f, s.t_b + (s.host_wait if s.redo_compute else 0.0)
+            fwd_wall, bwd_wall = s.t_f - s.nic_f, s.t_b - s.nic_b
             per_mb = max(ag - ag_nic - s.fwd, ag - fwd_wall, 0.0) \
                 + max(ag + rs - ag_nic - rs_nic - bwd, ag + rs - bwd_wall, 0.0) + ag / s.units
             step_exposed = max(ar - bwd, ar / s.units)
