@@ -38,13 +38,13 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
     data = v._data(str(v.DATA))
     unseen = set(data["unseen_rows"])
     unseen4 = (set(data["unseen_rows_session4"]) | set(data["unseen_rows_session5"]) | set(data["unseen_rows_session6"])
-               | set(data["unseen_rows_session7"]) | set(data["unseen_rows_session8"]))
+               | set(data["unseen_rows_session7"]) | set(data["unseen_rows_session8"]) | set(data["unseen_rows_session9"]))
     assert unseen and unseen4 and unseen | unseen4 <= {r.id for r in runs}
     assert set(data["row_options"]["rows"]) <= {r.id for r in runs}
     position: dict[str, int] = defaultdict(int)
     first_moe = next(r.id for r in runs if v.model_is_moe(r))
     for r in runs:
-        if r.id in unseen | unseen4:  # added in sessions 3-6 (unseen to unseen8): all held out, recorded before any prediction
+        if r.id in unseen | unseen4:  # added in sessions 3-6 (unseen to unseen9): all held out, recorded before any prediction
             assert r.split == "heldout", r.id
             continue
         if v.model_is_moe(r):
@@ -57,12 +57,13 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
     assert len(held) >= 15 and sum(v.model_is_moe(r) for r in held) >= 5
 
 
-# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-8: mean / max
+# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-9: mean / max
 # |step-time error| in percent).  A change to the model or the data that makes any of them worse fails here;
 # one that improves them must update these figures and the docs together.
-REPORTED = {"fit": (6.1, 19.6), "heldout": (10.0, 44.1), "heldout_moe": (6.6, 28.6), "heldout_seen": (6.4, 29.6),
+REPORTED = {"fit": (6.1, 19.6), "heldout": (10.7, 44.1), "heldout_moe": (6.6, 28.6), "heldout_seen": (6.4, 29.6),
             "heldout_unseen": (6.1, 11.0), "heldout_unseen4": (7.7, 18.5), "heldout_unseen5": (3.8, 4.6),
-            "heldout_unseen6": (10.3, 28.6), "heldout_unseen7": (3.8, 12.6), "heldout_unseen8": (39.0, 44.1)}
+            "heldout_unseen6": (10.3, 28.6), "heldout_unseen7": (3.8, 12.6), "heldout_unseen8": (39.0, 44.1),
+            "heldout_unseen9": (24.6, 27.9)}
 
 
 def test_the_errors_are_no_worse_than_reported():
