@@ -563,3 +563,14 @@ def test_deepspeed_bf16_optimizer_costs_what_its_engine_does():
     assert own.head_bwd_extra == pytest.approx(cm.elementwise_seconds(dev, (14.0 - 24.0) * 2048 * model.vocab_size, 0))
     with pytest.raises(ConfigError, match="hp_grad"):
         cm.Implementation(hp_grad_accum_bytes=-1.0)
+
+
+def test_a_partition_that_counts_the_embedding_as_a_layer_gives_the_end_stages_one_fewer():
+    # DeepSpeed's --pp-partition-method 'type:transformer|embedding' (BLOOM): 70 layers + embedding + head
+    # are 72 units, 3 a stage on 24 stages; the trainer's even cut of the layers is the default.
+    model = get_preset("1b").replace(n_layers=70)
+    even = cm.rank_profiles(model, 24, 1, "1f1b")
+    units = cm.rank_profiles(model, 24, 1, "1f1b", embed_unit=True)
+    assert [p.n_dense for p in even][:2] == [3, 3] and even[-1].n_dense == 2
+    assert units[0].n_dense == 2 and units[-1].n_dense == 2 and all(p.n_dense == 3 for p in units[1:-1])
+    assert units[0].embed and units[-1].head and sum(p.n_dense for p in units) == 70

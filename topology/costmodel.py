@@ -752,18 +752,24 @@ class StageProfile:
     head: bool
 
 
-def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
+def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str,
+                   embed_unit: bool = False) -> tuple[StageProfile, ...]:
     """Every pipeline rank with a distinct (layers, embedding, head) content; the lowest rank of each."""
     seen: dict[tuple, StageProfile] = {}
-    for prof in rank_profiles(model, pp, vpp, schedule):
+    for prof in rank_profiles(model, pp, vpp, schedule, embed_unit):
         seen.setdefault((prof.n_dense, prof.n_moe, prof.embed, prof.head), prof)
     return tuple(seen.values())
 
 
-def rank_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> list[StageProfile]:
-    """The content of every pipeline rank 0..pp-1 (stages of balanced layer counts, as the trainer cuts them)."""
+def rank_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str,
+                  embed_unit: bool = False) -> list[StageProfile]:
+    """The content of every pipeline rank 0..pp-1 (stages of balanced layer counts, as the trainer cuts them).
+    ``embed_unit`` (published runs only): the embedding and the head each take a layer's place in the
+    balance (DeepSpeed's ``partition_method 'type:transformer|embedding'``), so the end chunks hold fewer
+    layers."""
     chunks = pp * vpp
-    base, extra = divmod(model.n_layers, chunks)
+    units = model.n_layers + (2 if embed_unit else 0)
+    base, extra = divmod(units, chunks)
     bounds = [0]
     for c in range(chunks):
         bounds.append(bounds[-1] + base + (1 if c < extra else 0))
@@ -779,7 +785,8 @@ def rank_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> list[
         per_rank[owner[c]].append(c)
     out = []
     for r in range(pp):
-        layers = [i for c in per_rank[r] for i in range(bounds[c], bounds[c + 1])]
+        layers = [u - 1 if embed_unit else u for c in per_rank[r] for u in range(bounds[c], bounds[c + 1])
+                  if not embed_unit or 1 <= u <= model.n_layers]
         n_moe = sum(1 for i in layers if i in moe)
         out.append(StageProfile(r, len(layers) - n_moe, n_moe, 0 in per_rank[r], chunks - 1 in per_rank[r]))
     return out
@@ -868,6 +875,9 @@ class Request:
     # A published run that recomputes the norms and the routed experts' activation in the backward on top of
     # its recompute mode (Megatron --recompute-modules layernorm moe_act); never the trainer.
     recompute_norm_act: bool = False
+    # A published run whose pipeline partition counts the embedding and the head as a layer each
+    # (DeepSpeed's ``--pp-partition-method 'type:transformer|embedding'``); never the trainer.
+    embed_stage_unit: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -921,7 +931,7 @@ class Request:
     def profiles(self, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
         key = ("sp", pp, vpp, schedule)
         if key not in self._memo:
-            self._memo[key] = stage_profiles(self.model, pp, vpp, schedule)
+            self._memo[key] = stage_profiles(self.model, pp, vpp, schedule, self.embed_stage_unit)
         return self._memo[key]
 
     def path(self, size: int, stride: int) -> CommPath:
@@ -1416,7 +1426,7 @@ RESIDENT_BYTES = {"params": 4, "grads": 4, "optimizer": 8}
 def resident_state_bytes(req: Request, lay: Layout, pp_rank: int) -> dict[str, float]:
     """Bytes of the parameter, gradient and optimizer shards one rank of pipeline rank ``pp_rank``
     holds between steps (what ``alphaexa plan --verify`` measures on the real sharded model)."""
-    prof = rank_profiles(req.model, lay.pp, lay.vpp, lay.schedule)[pp_rank]
+    prof = rank_profiles(req.model, lay.pp, lay.vpp, lay.schedule, req.embed_stage_unit)[pp_rank]
     lp = req.params(lay.tp, lay.ep)
     p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
         + (lp.embed if prof.embed else 0.0) + (lp.head if prof.head else 0.0)

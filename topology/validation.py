@@ -238,7 +238,8 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
     req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, impl,
                      expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
-                     recompute_norm_act=row_options(run, path).get("recompute_norm_act", False))
+                     recompute_norm_act=row_options(run, path).get("recompute_norm_act", False),
+                     embed_stage_unit=row_options(run, path).get("embed_stage_unit", False))
     return cm.estimate(req, run.layout())
 
 
