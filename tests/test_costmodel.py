@@ -529,3 +529,48 @@ def test_cudnn_attention_runs_slower_per_flop_at_head_dim_64():
     plain = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 4096, 8)
     cudnn = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 4096, 8, cm.Implementation(attention_kernel="cudnn"))
     assert cudnn.attn_fwd > 1.4 * (plain.attn_fwd - 2e-6)
+
+
+def test_deepspeed_bf16_optimizer_costs_what_its_engine_does():
+    # DeepSpeed's BF16_Optimizer (session 6, third round): the fp32 gradient accumulation after every
+    # micro-batch on every stage, the gradient all-reduce after the backward (none of it hidden), and the
+    # casts around it.  Off for alphaexa's own implementations.
+    for impl in (cm.ALPHAEXA, cm.ALPHAEXA_EAGER, cm.ALPHAEXA_COMPILED):
+        assert impl.hp_grad_accum_bytes == impl.hp_grad_step_bytes == 0.0 and not impl.dp_reduce_after_backward
+        assert impl.logit_bwd_bytes < 0
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    lay = Layout(tp=1, pp=2, mbs=1, schedule="1f1b", sharding="none", dp_replicate=8)
+    eager = cm.ALPHAEXA_EAGER
+    plain = cm.Request(model, system, 2, 64, 2048, eager)
+    accum = cm.Request(model, system, 2, 64, 2048, cm.dataclasses.replace(eager, hp_grad_accum_bytes=18.0))
+    sp, sa = cm.structure_of(plain, lay), cm.structure_of(accum, lay)
+    dev = system.node.device
+    for a, b in zip(sp.stages, sa.stages):
+        assert b.bwd - a.bwd == pytest.approx(cm.elementwise_seconds(dev, 18.0 * (a.p_dense + a.p_exp), 0))
+    assert cm.estimate(accum, lay).step_time_s > cm.estimate(plain, lay).step_time_s
+    # the reduction after the backward: all of it exposed, plus the per-step casts
+    after = cm.Request(model, system, 2, 64, 2048, cm.dataclasses.replace(eager, dp_reduce_after_backward=True,
+                                                                         hp_grad_step_bytes=16.0))
+    est_plain, est_after = cm.estimate(plain, lay), cm.estimate(after, lay)
+    bp, ba = est_plain.breakdown, est_after.breakdown
+    assert ba["dp_comm_total_s"] == pytest.approx(bp["dp_comm_total_s"])
+    assert ba["dp_comm_exposed_s"] > bp["dp_comm_exposed_s"]
+    assert ba["dp_comm_exposed_s"] >= ba["dp_comm_total_s"]
+    # the loss's backward by its own count
+    lc = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8)
+    own = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(logit_bwd_bytes=14.0))
+    assert lc.head_bwd_extra == 0.0
+    assert own.head_bwd_extra == pytest.approx(cm.elementwise_seconds(dev, (14.0 - 24.0) * 2048 * model.vocab_size, 0))
+    with pytest.raises(ConfigError, match="hp_grad"):
+        cm.Implementation(hp_grad_accum_bytes=-1.0)
+
+
+def test_a_partition_that_counts_the_embedding_as_a_layer_gives_the_end_stages_one_fewer():
+    # DeepSpeed's --pp-partition-method 'type:transformer|embedding' (BLOOM): 70 layers + embedding + head
+    # are 72 units, 3 a stage on 24 stages; the trainer's even cut of the layers is the default.
+    model = get_preset("1b").replace(n_layers=70)
+    even = cm.rank_profiles(model, 24, 1, "1f1b")
+    units = cm.rank_profiles(model, 24, 1, "1f1b", embed_unit=True)
+    assert [p.n_dense for p in even][:2] == [3, 3] and even[-1].n_dense == 2
+    assert units[0].n_dense == 2 and units[-1].n_dense == 2 and all(p.n_dense == 3 for p in units[1:-1])
+    assert units[0].embed and units[-1].head and sum(p.n_dense for p in units) == 70

@@ -308,6 +308,7 @@ class LayerCost:
     norm_fwd: float = 0.0  # the two norms of a layer
     tp_fwd_moe: float | None = None  # tensor-parallel collectives of one MoE layer's forward (None: tp_fwd)
     moe_act_fwd: float = 0.0  # the routed experts' activation (elementwise) of one MoE layer's forward
+    head_bwd_extra: float = 0.0  # the loss's backward beyond BWD_FACTOR x its forward (``logit_bwd_bytes``)
 
 
 BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
@@ -397,6 +398,27 @@ class Implementation:
     # splits the rows into views and concatenates the experts' outputs (``torch.cat``: one copy), and the
     # backward concatenates the split's gradients (one copy).  False: one grouped GEMM per projection.
     expert_loop: bool = False
+    # DeepSpeed's BF16_Optimizer (bf16 weights, fp32 gradient accumulation: DeepSpeed's choice for bf16
+    # without ZeRO, for bf16 + ZeRO-1 with ``grad_accum_dtype`` fp32, and BigScience's BLOOM run), read in
+    # deepspeed/runtime/bf16_optimizer.py at 56c52238 (2022, the upstreamed olruwase/bf16-updates branch) and
+    # at master: after every micro-batch's backward, on every pipeline stage (``_exec_backward_pass`` for the
+    # others, ``engine.backward`` -> ``optimizer.backward`` on the last), ``update_hp_grads`` adds each bf16
+    # gradient into its fp32 copy: ``hp_grad.add_(lp.grad.to(fp32))``, a cast (2 read, 4 written) and an add
+    # (4 + 4 read, 4 written): 18 bytes per parameter of the rank, a micro-batch.  0: not this optimizer.
+    hp_grad_accum_bytes: float = 0.0
+    # Once a step, per parameter of the rank, around the engine's gradient all-reduce
+    # (``buffered_allreduce_fallback`` -> ``allreduce_bucket``): the fp32 gradients cast to the bf16
+    # communication type (4 read, 2 written) and the result cast back (2 read, 4 written), and
+    # ``clear_hp_grads`` zeroing the fp32 buffer after the step (4 written): 16 bytes.
+    hp_grad_step_bytes: float = 0.0
+    # DeepSpeed's engine reduces the gradients (``allreduce_gradients``, or the pipeline engine's
+    # ``ReduceGrads`` instruction) once the backward pass has finished, bucket by bucket: none of it
+    # overlaps the backward's compute.  With the BF16_Optimizer the reduction is a full all-reduce
+    # (``_bf16_reduce_grads`` / ``buffered_allreduce_fallback``) even where it shards the optimizer state.
+    dp_reduce_after_backward: bool = False
+    # Bytes per logit of the loss's backward, where the framework's count is not BWD_FACTOR times the
+    # forward's ``logit_bytes`` (negative: BWD_FACTOR x logit_bytes).
+    logit_bwd_bytes: float = -1.0
 
     def __post_init__(self):
         if self.attention_kernel not in ("", "cudnn"):
@@ -406,6 +428,8 @@ class Implementation:
             raise ConfigError(f"grad_reduce_bytes={self.grad_reduce_bytes!r}: must be 2 (bf16) or 4 (fp32)")
         if min(self.glu_clamp_fwd_bytes, self.glu_clamp_bwd_bytes, *self.glu_clamp_kernels) < 0:
             raise ConfigError("glu_clamp_* counts must be >= 0")
+        if min(self.hp_grad_accum_bytes, self.hp_grad_step_bytes) < 0:
+            raise ConfigError("hp_grad_* byte counts must be >= 0")
 
 
 ALPHAEXA = Implementation()
@@ -668,6 +692,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         cp_bwd_exposed = max(0.0, 2 * ring - ATTN_BWD_FACTOR * attn_core)
     # LM head GEMM, then logits.float() and the fp32 cross-entropy: 12 bytes per logit, 3 kernels
     head_fwd = g(dev, tokens, v / t, h) + elementwise_seconds(dev, impl.logit_bytes * tokens * v / t, 3)
+    head_bwd_extra = 0.0
+    if impl.logit_bwd_bytes >= 0:
+        head_bwd_extra = elementwise_seconds(dev, impl.logit_bwd_bytes * tokens * v / t, 0) \
+            - BWD_FACTOR * elementwise_seconds(dev, impl.logit_bytes * tokens * v / t, 0)
     embed_fwd = elementwise_seconds(dev, 2.0 * tokens * h * 2, 1)
     act = {}
     for mode in ("none", "selective", "full"):
@@ -682,7 +710,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
     return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
                      cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
-                     tp_fwd_moe, moe_act_fwd)
+                     tp_fwd_moe, moe_act_fwd, head_bwd_extra)
 
 
 # ------------------------------------------------------------ parameters
@@ -724,18 +752,24 @@ class StageProfile:
     head: bool
 
 
-def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
+def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str,
+                   embed_unit: bool = False) -> tuple[StageProfile, ...]:
     """Every pipeline rank with a distinct (layers, embedding, head) content; the lowest rank of each."""
     seen: dict[tuple, StageProfile] = {}
-    for prof in rank_profiles(model, pp, vpp, schedule):
+    for prof in rank_profiles(model, pp, vpp, schedule, embed_unit):
         seen.setdefault((prof.n_dense, prof.n_moe, prof.embed, prof.head), prof)
     return tuple(seen.values())
 
 
-def rank_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> list[StageProfile]:
-    """The content of every pipeline rank 0..pp-1 (stages of balanced layer counts, as the trainer cuts them)."""
+def rank_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str,
+                  embed_unit: bool = False) -> list[StageProfile]:
+    """The content of every pipeline rank 0..pp-1 (stages of balanced layer counts, as the trainer cuts them).
+    ``embed_unit`` (published runs only): the embedding and the head each take a layer's place in the
+    balance (DeepSpeed's ``partition_method 'type:transformer|embedding'``), so the end chunks hold fewer
+    layers."""
     chunks = pp * vpp
-    base, extra = divmod(model.n_layers, chunks)
+    units = model.n_layers + (2 if embed_unit else 0)
+    base, extra = divmod(units, chunks)
     bounds = [0]
     for c in range(chunks):
         bounds.append(bounds[-1] + base + (1 if c < extra else 0))
@@ -751,7 +785,8 @@ def rank_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str) -> list[
         per_rank[owner[c]].append(c)
     out = []
     for r in range(pp):
-        layers = [i for c in per_rank[r] for i in range(bounds[c], bounds[c + 1])]
+        layers = [u - 1 if embed_unit else u for c in per_rank[r] for u in range(bounds[c], bounds[c + 1])
+                  if not embed_unit or 1 <= u <= model.n_layers]
         n_moe = sum(1 for i in layers if i in moe)
         out.append(StageProfile(r, len(layers) - n_moe, n_moe, 0 in per_rank[r], chunks - 1 in per_rank[r]))
     return out
@@ -840,6 +875,9 @@ class Request:
     # A published run that recomputes the norms and the routed experts' activation in the backward on top of
     # its recompute mode (Megatron --recompute-modules layernorm moe_act); never the trainer.
     recompute_norm_act: bool = False
+    # A published run whose pipeline partition counts the embedding and the head as a layer each
+    # (DeepSpeed's ``--pp-partition-method 'type:transformer|embedding'``); never the trainer.
+    embed_stage_unit: bool = False
     _memo: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -893,7 +931,7 @@ class Request:
     def profiles(self, pp: int, vpp: int, schedule: str) -> tuple[StageProfile, ...]:
         key = ("sp", pp, vpp, schedule)
         if key not in self._memo:
-            self._memo[key] = stage_profiles(self.model, pp, vpp, schedule)
+            self._memo[key] = stage_profiles(self.model, pp, vpp, schedule, self.embed_stage_unit)
         return self._memo[key]
 
     def path(self, size: int, stride: int) -> CommPath:
@@ -981,7 +1019,10 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         fwd = prof.n_dense * lc.fwd_dense + prof.n_moe * lc.fwd_moe \
             + (lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)
         bwd = prof.n_dense * lc.bwd_dense + prof.n_moe * lc.bwd_moe \
-            + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0))
+            + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)) \
+            + (lc.head_bwd_extra if prof.head else 0.0)
+        if impl.hp_grad_accum_bytes:  # BF16_Optimizer: the fp32 gradient accumulation after each backward
+            bwd += elementwise_seconds(req.system.node.device, impl.hp_grad_accum_bytes * (p_dense + p_exp), 0)
         n_layers = prof.n_dense + prof.n_moe
         tp_comm = prof.n_dense * lc.tp_fwd + prof.n_moe * (lc.tp_fwd if lc.tp_fwd_moe is None else lc.tp_fwd_moe)
         ep_comm = prof.n_moe * lc.ep_fwd
@@ -1308,7 +1349,12 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         # the gather that serves it and the block's backward, so it hides traffic as the backward does.
         bwd = s.bwd + s.redo_compute
         per_mb = 0.0
-        if not sharded:
+        if req.impl.dp_reduce_after_backward:
+            # DeepSpeed's engine: the whole reduction after the backward (an all-reduce of the gradients,
+            # also where the optimizer state is sharded), then the sharded step's parameter all-gather
+            step_exposed = (2 * rs + ar + ag if sharding == "zero1" else ar) + elementwise_seconds(
+                dev, req.impl.hp_grad_step_bytes * (s.p_dense + s.p_exp), 0)
+        elif not sharded:
             step_exposed = max(ar - bwd, ar / s.units)
         elif sharding == "zero1":
             step_exposed = max(rs + ar - bwd, (rs + ar) / s.units) + gather_exposed(ag, s)
@@ -1380,7 +1426,7 @@ RESIDENT_BYTES = {"params": 4, "grads": 4, "optimizer": 8}
 def resident_state_bytes(req: Request, lay: Layout, pp_rank: int) -> dict[str, float]:
     """Bytes of the parameter, gradient and optimizer shards one rank of pipeline rank ``pp_rank``
     holds between steps (what ``alphaexa plan --verify`` measures on the real sharded model)."""
-    prof = rank_profiles(req.model, lay.pp, lay.vpp, lay.schedule)[pp_rank]
+    prof = rank_profiles(req.model, lay.pp, lay.vpp, lay.schedule, req.embed_stage_unit)[pp_rank]
     lp = req.params(lay.tp, lay.ep)
     p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
         + (lp.embed if prof.embed else 0.0) + (lp.head if prof.head else 0.0)

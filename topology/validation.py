@@ -46,6 +46,16 @@ FUSED_NORM = {"norm_bytes": 4.0, "norm_kernels": 1}  # bf16 in, bf16 out, one ke
 # it.  tests/test_planner_validation.py re-derives both figures from the two rows.
 MEGATRON_MOE_HOST_S = 5.1e-3
 MOE_GRAPHS_HOST_SAVING_S = 1.6e-3  # what CUDA-graphing the router and MoE preprocessing takes off it
+# DeepSpeed's engine with its BF16_Optimizer (costmodel.Implementation's hp_grad_* and dp_reduce_after_backward,
+# read in deepspeed/runtime/{engine,bf16_optimizer,pipe/engine}.py): fp32 gradient accumulation after every
+# micro-batch, the gradient all-reduce after the backward in the bf16 communication type (DeepSpeed's default
+# for bf16: 2022's ``communication_data_type`` and master's alike; BigScience needed PyTorch 1.11's NCCL 'for
+# BF16 comms'), and Megatron's fp32 vocab-parallel cross-entropy (``cross_entropy(output.float(), labels)``,
+# megatron/core/tensor_parallel/cross_entropy.py): forward, the upcast (2 read, 4 written), max (4), subtract
+# (4 + 4), in-place exp (4 + 4), sum (4), in-place divide (4 + 4): 38 bytes a logit; backward, the in-place
+# multiply by the loss gradient (4 + 4) and the upcast's backward to bf16 (4 + 2): 14.  Counted, not fitted.
+DEEPSPEED_BF16 = {"hp_grad_accum_bytes": 18.0, "hp_grad_step_bytes": 16.0, "dp_reduce_after_backward": True,
+                  "logit_bytes": 38.0, "logit_bwd_bytes": 14.0}
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
@@ -68,7 +78,13 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # SwiGLU, rotary, residual adds), IPEX's fused RMSNorm, flash attention from DeepSpeed's XPU builder, and no
     # Megatron sequence parallelism.  Read from the launch scripts, not fitted.
     "megatron-deepspeed-xpu": cm.Implementation(
-        name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False),
+        name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False, **DEEPSPEED_BF16),
+    # BigScience's Megatron-DeepSpeed of 2022 (BLOOM-176B): Megatron-LM's 2021 kernels (fused LayerNorm,
+    # bias-GeLU, bias-dropout-add, scale-mask-softmax; no sequence parallelism) under DeepSpeed's pipeline
+    # engine with its BF16_Optimizer (ZeRO stage 0: 'it implements its own zero stage 1 equivalent')
+    "megatron-deepspeed-2022": cm.Implementation(
+        name="megatron-deepspeed-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused",
+        sequence_parallel=False, **DEEPSPEED_BF16),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
@@ -222,7 +238,8 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
     req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, impl,
                      expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
-                     recompute_norm_act=row_options(run, path).get("recompute_norm_act", False))
+                     recompute_norm_act=row_options(run, path).get("recompute_norm_act", False),
+                     embed_stage_unit=row_options(run, path).get("embed_stage_unit", False))
     return cm.estimate(req, run.layout())
 
 
