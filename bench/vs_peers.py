@@ -688,7 +688,7 @@ def _alphaexa(spec: dict, m: dict) -> dict:
         raise RuntimeError(f"alphaexa train exited {code}")
     records, _, events = read_metrics(run_dir)
     for snapshot in run_dir.glob("memory_snapshot_rank_*.pickle"):  # debug.memory_snapshot: kept for memory_peak.py
-        shutil.move(snapshot, Path(spec["out_dir"]) / f"memory-{_slug(spec['name'])}-{snapshot.name[16:]}")
+        shutil.move(snapshot, Path(spec["out_dir"]) / f"memory-{_slug(spec['name'])}-{snapshot.name.removeprefix('memory_snapshot_')}")
     shutil.rmtree(run_dir, ignore_errors=True)  # disk: nothing of a run is kept but its figures
     timed = [r for r in records if spec["warmup"] < r["step"] <= last_timed]
     start = next(e for e in events if e["event"] == "start")

@@ -24,7 +24,7 @@ def start_memory_history(device: torch.device) -> None:
 
 def write_memory_history(path: Path) -> None:
     """Write the record (if recording started) and stop recording."""
-    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+    if not torch.cuda.is_initialized():  # recording never started (no CUDA, or the run stopped before it)
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.cuda.memory._dump_snapshot(str(path))
