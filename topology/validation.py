@@ -274,6 +274,7 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     groups["heldout_unseen7"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen7"]
     groups["heldout_unseen8"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen8"]
     groups["heldout_unseen9"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen9"]
+    groups["heldout_unseen10"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen10"]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -330,11 +331,14 @@ SHARES = ("compute_s", "recompute_s", "tp_comm_s", "ep_comm_s", "host_wait_s", "
 def group_of(run: Run) -> str:
     """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3),
     unseen4 (added held out in session 4), unseen5 (session 5), unseen6 (session 5, second batch), unseen7
-    (session 6: NVIDIA's DGX Cloud benchmarking recipes), unseen8 (session 6, second batch: ALCF's Aurora runs) or unseen9
-    (session 6, third batch: BigScience's BLOOM-176B runs on Jean Zay)."""
+    (session 6: NVIDIA's DGX Cloud benchmarking recipes), unseen8 (session 6, second batch: ALCF's Aurora runs), unseen9
+    (session 6, third batch: BigScience's BLOOM-176B runs on Jean Zay) or unseen10 (session 7: Nemotron-4 recipes,
+    Automodel's Llama 3.1 70B, a token-drop Mixtral 8x22B)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
+    if run.id in set(data.get("unseen_rows_session10", ())):
+        return "unseen10"
     if run.id in set(data.get("unseen_rows_session9", ())):
         return "unseen9"
     if run.id in set(data.get("unseen_rows_session8", ())):
@@ -359,13 +363,14 @@ def breakdown(rows: list[Row]) -> str:
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
     out += ["", (f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 / unseen6 "
-                 "/ unseen7 / unseen8 / unseen9 mean |err| (n)")]
+                 "/ unseen7 / unseen8 / unseen9 / unseen10 mean |err| (n)")]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
-        for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6", "unseen7", "unseen8", "unseen9"):
+        for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6", "unseen7", "unseen8", "unseen9",
+                  "unseen10"):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
