@@ -418,3 +418,37 @@ def test_megatron_sequential_mlp_runs_one_mlp_per_local_expert():
     assert one[0].fwd_moe == pytest.approx(one[1].fwd_moe) and one[0].bwd_moe == pytest.approx(one[1].bwd_moe)
     with pytest.raises(ConfigError, match="unknown implementation flag"):
         v.implementation_of(dataclasses.replace(run, implementation="megatron-core-a2a+expert-loops"))
+
+
+def test_deepspeed_bf16_optimizer_steps_its_shard_and_clips_every_gradient():
+    # Session 7: DeepSpeed's BF16_Optimizer partitions its fp32 master weights and Adam state over the data-parallel
+    # ranks whatever the ZeRO stage (the ALCF 24-tile rows run it with no zero_optimization block, like BLOOM's
+    # rows: zero1), steps its shard (AdamW 28 bytes + the bf16 copy 6), all-gathers the bf16 weights, and takes the
+    # global norm and the clipping over every fp32 gradient of the rank (4 + 8) plus the all-reduce's averaging
+    # (2 + 2): 16 bytes a parameter on top of the casts and the zeroing.
+    for name in ("megatron-deepspeed-xpu", "megatron-deepspeed-2022"):
+        impl = v.IMPLEMENTATIONS[name]
+        assert (impl.optimizer_bytes, impl.hp_grad_step_bytes) == (34.0, 32.0), name
+    assert cm.ALPHAEXA.optimizer_bytes == cm.DEVICE_OPTIMIZER_BYTES  # the trainer's step is unchanged
+    with pytest.raises(ConfigError, match="optimizer_bytes"):
+        cm.Implementation(optimizer_bytes=0.0)
+    runs = {r.id: r for r in v.load_runs()}
+    small = [r for r in runs.values() if r.id.startswith("aurora-small-")]
+    assert len(small) == 12 and all(r.sharding == "zero1" for r in small)
+    r = runs["aurora-small-llama3arch-8l"]
+    est = v.predict(r)
+    params = param_counts(v.model_of(r)).total
+    dev = v.system_of(r).node.device
+    rate = dev.memory_gbps * 1e9 * dev.elementwise_efficiency
+    assert est.breakdown["optimizer_s"] == pytest.approx(34.0 * params / r.gpus / rate, rel=0.01)
+    # the reduction after the backward is an all-reduce (reduce-scatter + all-gather of the gradients) and the
+    # step's bf16 weights are all-gathered: three collectives of the gradient's size, all exposed
+    req = cm.Request(v.model_of(r), v.system_of(r), 2, r.global_batch, r.seq_len, v.implementation_of(r))
+    lay = r.layout().resolve(r.gpus)
+    st = cm.structure_of(req, lay)
+    g = cm.dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
+    s = st.stages[0]
+    rs, ag, ar = cm.dp_comm(req, g, "zero1", s.p_dense, s.p_exp)
+    step_bytes = cm.elementwise_seconds(dev, 32.0 * (s.p_dense + s.p_exp), 0)
+    assert est.breakdown["dp_comm_exposed_s"] == pytest.approx(2 * rs + ar + ag + step_bytes, rel=1e-6)
+

@@ -419,6 +419,10 @@ class Implementation:
     # Bytes per logit of the loss's backward, where the framework's count is not BWD_FACTOR times the
     # forward's ``logit_bytes`` (negative: BWD_FACTOR x logit_bytes).
     logit_bwd_bytes: float = -1.0
+    # The optimizer step's bytes per parameter of the rank's optimizer shard (``local``): by default the
+    # trainer's fused AdamW and the clipping of that shard's gradients (DEVICE_OPTIMIZER_BYTES).  A framework
+    # that clips the full gradients outside the sharded step counts the clipping in ``hp_grad_step_bytes``.
+    optimizer_bytes: float = DEVICE_OPTIMIZER_BYTES
 
     def __post_init__(self):
         if self.attention_kernel not in ("", "cudnn"):
@@ -430,6 +434,8 @@ class Implementation:
             raise ConfigError("glu_clamp_* counts must be >= 0")
         if min(self.hp_grad_accum_bytes, self.hp_grad_step_bytes) < 0:
             raise ConfigError("hp_grad_* byte counts must be >= 0")
+        if self.optimizer_bytes <= 0:
+            raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
 
 
 ALPHAEXA = Implementation()
@@ -1375,7 +1381,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         local = s.p_dense / g.dense_shards + s.p_exp / g.expert_shards
         transfers = 0.0
         if req.offload == "none":
-            optimizer = DEVICE_OPTIMIZER_BYTES * local / (hbm * dev.elementwise_efficiency)
+            optimizer = req.impl.optimizer_bytes * local / (hbm * dev.elementwise_efficiency)
         else:
             transfers, optimizer = offload_seconds(req, local, s)
         # Data-parallel traffic hidden behind compute still slows it: the collectives' kernels take SMs

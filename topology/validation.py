@@ -54,8 +54,15 @@ MOE_GRAPHS_HOST_SAVING_S = 1.6e-3  # what CUDA-graphing the router and MoE prepr
 # megatron/core/tensor_parallel/cross_entropy.py): forward, the upcast (2 read, 4 written), max (4), subtract
 # (4 + 4), in-place exp (4 + 4), sum (4), in-place divide (4 + 4): 38 bytes a logit; backward, the in-place
 # multiply by the loss gradient (4 + 4) and the upcast's backward to bf16 (4 + 2): 14.  Counted, not fitted.
-DEEPSPEED_BF16 = {"hp_grad_accum_bytes": 18.0, "hp_grad_step_bytes": 16.0, "dp_reduce_after_backward": True,
-                  "logit_bytes": 38.0, "logit_bwd_bytes": 14.0}
+# The optimizer's step (session 7, read in deepspeed/runtime/bf16_optimizer.py ``step`` at 56c52238 and at master
+# edaa7221, and engine.py ``allreduce_bucket``): the global norm reads every fp32 gradient of the rank (4) and,
+# with ``gradient_clipping`` > 0, ``clip_tensors_by_global_norm`` scales them in place (4 + 4), all of them, not
+# the rank's shard; the all-reduce averages its bf16 buffer in place after the call (``mul_(1 / dp)``: 2 + 2):
+# 16 bytes a parameter of the rank beyond the casts and the zeroing (16), so 32.  The AdamW step then runs on the
+# rank's fp32 shard only (28 bytes, as the trainer's), and ``update_lp_params`` writes the shard's bf16 copy
+# (4 read + 2 written) before the all-gather: 34 bytes a local parameter.
+DEEPSPEED_BF16 = {"hp_grad_accum_bytes": 18.0, "hp_grad_step_bytes": 32.0, "dp_reduce_after_backward": True,
+                  "logit_bytes": 38.0, "logit_bwd_bytes": 14.0, "optimizer_bytes": 34.0}
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
