@@ -452,3 +452,10 @@ def test_deepspeed_bf16_optimizer_steps_its_shard_and_clips_every_gradient():
     step_bytes = cm.elementwise_seconds(dev, 32.0 * (s.p_dense + s.p_exp), 0)
     assert est.breakdown["dp_comm_exposed_s"] == pytest.approx(2 * rs + ar + ag + step_bytes, rel=1e-6)
 
+
+def test_alcf_attention_block_is_counted_from_its_source():
+    # argonne-lcf/Megatron-DeepSpeed at 3848f6fb: bf16 rotary (20 bytes, 5 kernels) on the query and the repeated
+    # key, repeat_kv's copies, the query's split copy and the output's rearrange (8 bytes a query element)
+    impl = v.IMPLEMENTATIONS["megatron-deepspeed-xpu"]
+    assert (impl.rope_bytes, impl.rope_kernels, impl.attn_out_bytes, impl.gqa_repeat_kv) == (20.0, 5, 8.0, True)
+    assert not v.IMPLEMENTATIONS["megatron-deepspeed-2022"].gqa_repeat_kv
