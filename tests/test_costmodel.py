@@ -565,6 +565,24 @@ def test_deepspeed_bf16_optimizer_costs_what_its_engine_does():
         cm.Implementation(hp_grad_accum_bytes=-1.0)
 
 
+def test_repeated_kv_heads_are_copied_and_rotated_at_the_query_width():
+    # Megatron-DeepSpeed's repeat_kv (session 7): K and V materialised at the query's heads (kv read, q written,
+    # bf16, one kernel each), and the rotary then runs on q-width keys.  Nothing changes without GQA.
+    gqa, system = get_preset("1b").replace(n_kv_heads=4), load_system("dgx-h100")
+    assert gqa.kv_dim < gqa.q_dim
+    tokens, q, kv = 2 * 4096, gqa.q_dim, gqa.kv_dim
+    dev = system.node.device
+    plain = cm.layer_cost(gqa, system, 8, 1, 1, 1, 2, 4096, 8, cm.Implementation())
+    rep = cm.layer_cost(gqa, system, 8, 1, 1, 1, 2, 4096, 8, cm.Implementation(gqa_repeat_kv=True))
+    extra = cm.elementwise_seconds(dev, tokens * (cm.ROPE_BYTES * (q - kv) + 2 * (2.0 * kv + 2.0 * q)), 2)
+    assert rep.fwd_dense - plain.fwd_dense == pytest.approx(extra, rel=1e-9)
+    assert rep.bwd_dense - plain.bwd_dense == pytest.approx(cm.BWD_FACTOR * extra, rel=1e-9)
+    mha = get_preset("1b").replace(n_kv_heads=get_preset("1b").n_heads)
+    a, b = (cm.layer_cost(mha, system, 8, 1, 1, 1, 2, 4096, 8, cm.Implementation(gqa_repeat_kv=f)) for f in (False, True))
+    assert a.fwd_dense == b.fwd_dense
+    assert not any(i.gqa_repeat_kv for i in (cm.ALPHAEXA, cm.ALPHAEXA_EAGER, cm.ALPHAEXA_COMPILED))
+
+
 def test_a_partition_that_counts_the_embedding_as_a_layer_gives_the_end_stages_one_fewer():
     # DeepSpeed's --pp-partition-method 'type:transformer|embedding' (BLOOM): 70 layers + embedding + head
     # are 72 units, 3 a stage on 24 stages; the trainer's even cut of the layers is the default.

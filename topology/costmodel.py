@@ -419,6 +419,15 @@ class Implementation:
     # Bytes per logit of the loss's backward, where the framework's count is not BWD_FACTOR times the
     # forward's ``logit_bytes`` (negative: BWD_FACTOR x logit_bytes).
     logit_bwd_bytes: float = -1.0
+    # The optimizer step's bytes per parameter of the rank's optimizer shard (``local``): by default the
+    # trainer's fused AdamW and the clipping of that shard's gradients (DEVICE_OPTIMIZER_BYTES).  A framework
+    # that clips the full gradients outside the sharded step counts the clipping in ``hp_grad_step_bytes``.
+    optimizer_bytes: float = DEVICE_OPTIMIZER_BYTES
+    # Megatron-DeepSpeed's grouped-query attention (``ParallelAttention.repeat_kv``, argonne-lcf's fork): K and
+    # V are expanded to the query's heads and materialised (``expand`` + ``reshape``: kv read, q width
+    # written, bf16) before the rotary embedding and the attention kernel, so the rotary runs on q-width keys.
+    # False: K and V enter the rotary and the kernel at their own width (the trainer, SDPA's enable_gqa).
+    gqa_repeat_kv: bool = False
 
     def __post_init__(self):
         if self.attention_kernel not in ("", "cudnn"):
@@ -430,6 +439,8 @@ class Implementation:
             raise ConfigError("glu_clamp_* counts must be >= 0")
         if min(self.hp_grad_accum_bytes, self.hp_grad_step_bytes) < 0:
             raise ConfigError("hp_grad_* byte counts must be >= 0")
+        if self.optimizer_bytes <= 0:
+            raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
 
 
 ALPHAEXA = Implementation()
@@ -567,10 +578,15 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     act_bytes, act_kernels = ACT_BYTES[model.ffn_type]
     act_bytes *= impl.act_scale
     rope = model.pos_encoding == "rope"
+    # grouped-query attention whose K and V the framework repeats to the query's heads (gqa_repeat_kv): the two
+    # copies (kv read, q written, bf16), and the rotary then runs on q-width keys
+    repeat = impl.gqa_repeat_kv and kv < q
+    key_width = q if repeat else kv
     # norms, residual adds, rotary, attention-output copy: the same in dense and MoE layers
     common_bytes = tokens * ((2 * impl.norm_bytes + 2 * impl.residual_bytes) * h / rep + impl.attn_out_bytes * q / t
-                             + (impl.rope_bytes * (q + kv) / t if rope else 0.0))
-    common_kernels = 2 * impl.norm_kernels + 2 + 1 + (2 * impl.rope_kernels if rope else 0)
+                             + (impl.rope_bytes * (q + key_width) / t if rope else 0.0)
+                             + (2 * (2.0 * kv + 2.0 * q) / t if repeat else 0.0))
+    common_kernels = 2 * impl.norm_kernels + 2 + 1 + (2 * impl.rope_kernels if rope else 0) + (2 if repeat else 0)
 
     def ffn(width: float, rows: float) -> float:
         return g(dev, rows, up * width / t, h) + g(dev, rows, h, width / t)
@@ -1375,7 +1391,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         local = s.p_dense / g.dense_shards + s.p_exp / g.expert_shards
         transfers = 0.0
         if req.offload == "none":
-            optimizer = DEVICE_OPTIMIZER_BYTES * local / (hbm * dev.elementwise_efficiency)
+            optimizer = req.impl.optimizer_bytes * local / (hbm * dev.elementwise_efficiency)
         else:
             transfers, optimizer = offload_seconds(req, local, s)
         # Data-parallel traffic hidden behind compute still slows it: the collectives' kernels take SMs

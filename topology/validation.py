@@ -54,8 +54,26 @@ MOE_GRAPHS_HOST_SAVING_S = 1.6e-3  # what CUDA-graphing the router and MoE prepr
 # megatron/core/tensor_parallel/cross_entropy.py): forward, the upcast (2 read, 4 written), max (4), subtract
 # (4 + 4), in-place exp (4 + 4), sum (4), in-place divide (4 + 4): 38 bytes a logit; backward, the in-place
 # multiply by the loss gradient (4 + 4) and the upcast's backward to bf16 (4 + 2): 14.  Counted, not fitted.
-DEEPSPEED_BF16 = {"hp_grad_accum_bytes": 18.0, "hp_grad_step_bytes": 16.0, "dp_reduce_after_backward": True,
-                  "logit_bytes": 38.0, "logit_bwd_bytes": 14.0}
+# The optimizer's step (session 7, read in deepspeed/runtime/bf16_optimizer.py ``step`` at 56c52238 and at master
+# edaa7221, and engine.py ``allreduce_bucket``): the global norm reads every fp32 gradient of the rank (4) and,
+# with ``gradient_clipping`` > 0, ``clip_tensors_by_global_norm`` scales them in place (4 + 4), all of them, not
+# the rank's shard; the all-reduce averages its bf16 buffer in place after the call (``mul_(1 / dp)``: 2 + 2):
+# 16 bytes a parameter of the rank beyond the casts and the zeroing (16), so 32.  The AdamW step then runs on the
+# rank's fp32 shard only (28 bytes, as the trainer's), and ``update_lp_params`` writes the shard's bf16 copy
+# (4 read + 2 written) before the all-gather: 34 bytes a local parameter.
+DEEPSPEED_BF16 = {"hp_grad_accum_bytes": 18.0, "hp_grad_step_bytes": 32.0, "dp_reduce_after_backward": True,
+                  "logit_bytes": 38.0, "logit_bwd_bytes": 14.0, "optimizer_bytes": 34.0}
+# argonne-lcf/Megatron-DeepSpeed's attention block (megatron/model/transformer.py at 3848f6fb,
+# ``ParallelAttention.forward``): one fused QKV projection whose output is viewed as [s, b, nkv, g + 2, hn];
+# ``split_tensor`` reshapes the query out of it (a copy: 2 read + 2 written a query element), ``repeat_kv``
+# materialises K and V at the query's heads (``Implementation.gqa_repeat_kv``), and the rotary embedding
+# (megatron/model/rotary_pos_embedding.py ``apply_rotary_pos_emb``: cos and sin cast to the input's dtype, so
+# bf16) runs on the query and the repeated key: ``t * cos`` (2 + 2), ``_rotate_half``'s negation of one half
+# (1 + 1) and ``cat`` (2 + 2), ``* sin`` (2 + 2), the sum (4 + 2): 20 bytes an element, 5 kernels.  With MBS 1 the
+# ``s b -> b s`` rearranges before the kernel are views (``contiguous`` of a size-1 dimension copies nothing);
+# the output's ``b h s d -> s b (h d)`` rearrange is a copy (4).  So 8 bytes a query element of copies in
+# and out (attn_out_bytes), against the default 4 for the output copy alone.
+ALCF_ATTENTION = {"rope_bytes": 20.0, "rope_kernels": 5, "attn_out_bytes": 8.0, "gqa_repeat_kv": True}
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
@@ -78,7 +96,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # SwiGLU, rotary, residual adds), IPEX's fused RMSNorm, flash attention from DeepSpeed's XPU builder, and no
     # Megatron sequence parallelism.  Read from the launch scripts, not fitted.
     "megatron-deepspeed-xpu": cm.Implementation(
-        name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False, **DEEPSPEED_BF16),
+        name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False, **DEEPSPEED_BF16, **ALCF_ATTENTION),
     # BigScience's Megatron-DeepSpeed of 2022 (BLOOM-176B): Megatron-LM's 2021 kernels (fused LayerNorm,
     # bias-GeLU, bias-dropout-add, scale-mask-softmax; no sequence parallelism) under DeepSpeed's pipeline
     # engine with its BF16_Optimizer (ZeRO stage 0: 'it implements its own zero stage 1 equivalent')
