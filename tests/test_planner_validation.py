@@ -356,6 +356,17 @@ def test_gathers_that_feed_only_the_nics_also_hide_behind_the_exposed_tp_and_ep_
     assert cm.estimate(req2, lay).breakdown["dp_comm_exposed_s"] > est.breakdown["dp_comm_exposed_s"] + 0.5
 
 
+def test_llm_foundry_rows_reduce_in_the_dtype_their_table_row_lists():
+    # llm-foundry scripts/train/benchmarking/README.md, column "MP Mode" of each row: DEFAULT (Composer's
+    # reduce_dtype float32) for every H100 row and for the A100-80GB 30b/13b/7b rows that #543 (2023-10-19)
+    # re-measured with amp_bf16; PURE (all bf16) for the A100-80GB 70b rows and every A100-40GB row (April 2023)
+    rows = [r for r in v.load_runs() if r.source.startswith("llmfoundry-")]
+    assert len(rows) == 45
+    for r in rows:
+        default = r.source == "llmfoundry-h100" or (r.source == "llmfoundry-a100-80gb" and r.model != "mpt-70b")
+        assert v.implementation_of(r).grad_reduce_bytes == (4.0 if default else 2.0), r.id
+
+
 def test_gradient_reductions_move_the_bytes_of_their_dtype():
     runs = {r.id: r for r in v.load_runs()}
     h100, a100 = runs["mpt-h100-13b-8-s2048"], runs["mpt-a100-40gb-13b-8"]
