@@ -367,6 +367,22 @@ def test_llm_foundry_rows_reduce_in_the_dtype_their_table_row_lists():
         assert v.implementation_of(r).grad_reduce_bytes == (4.0 if default else 2.0), r.id
 
 
+def test_llm_foundry_steps_composers_unfused_decoupled_adamw():
+    # Composer's DecoupledAdamW (composer/optim/decoupled_weight_decay.py, v0.13-v0.16) updates one tensor at a
+    # time with eager ops: 80 bytes an fp32 element, not the fused AdamW's 28; FSDP's clip_grad_norm_ adds 12
+    assert cm.COMPOSER_DECOUPLED_ADAMW_BYTES == 8 + 12 + 8 + 12 + 8 + 8 + 8 + 16
+    foundry = v.IMPLEMENTATIONS["llm-foundry"]
+    assert foundry.optimizer_bytes == cm.COMPOSER_DECOUPLED_ADAMW_BYTES + 12
+    assert cm.ALPHAEXA.optimizer_bytes == cm.DEVICE_OPTIMIZER_BYTES == 40  # the trainer's fused AdamW and clip
+    run = next(r for r in v.load_runs() if r.id == "mpt-h100-13b-8-s2048")
+    est = v.predict(run)
+    dev = v.system_of(run).node.device
+    local = est.breakdown["optimizer_s"] * dev.memory_gbps * 1e9 * dev.elementwise_efficiency / 92
+    assert local == pytest.approx(param_counts(v.model_of(run)).total / 8, rel=0.01)  # ZeRO-3 over 8: an eighth a rank
+    with pytest.raises(ConfigError, match="optimizer_bytes"):
+        cm.Implementation(optimizer_bytes=0.0)
+
+
 def test_gradient_reductions_move_the_bytes_of_their_dtype():
     runs = {r.id: r for r in v.load_runs()}
     h100, a100 = runs["mpt-h100-13b-8-s2048"], runs["mpt-a100-40gb-13b-8"]

@@ -66,6 +66,13 @@ ADAM_UPDATE_BYTES = 30  # read/write master, m, v (24) + read grad (2) + write b
 # device's elementwise efficiency like any memory-bound kernel.  Megatron's distributed optimizer moves
 # about the same (fp32 main parameters and gradients, plus the bf16 copy it writes, 2).
 DEVICE_OPTIMIZER_BYTES = 28 + 12
+# Composer's DecoupledAdamW (composer/optim/decoupled_weight_decay.py, the same loop in v0.13.1 and v0.16.3: the
+# optimizer of llm-foundry's MPT yamls, ``decoupled_adamw``) updates one parameter tensor at a time with eager
+# ops, each streaming its fp32 operands through HBM, per element: exp_avg.mul_ (4 read, 4 written) .add_(grad)
+# (8, 4), exp_avg_sq.mul_ (4, 4) .addcmul_(grad, grad) (8, 4: the gradient read once from HBM), denom =
+# exp_avg_sq.sqrt() (4, 4) / sqrt(bias_correction2) (4, 4) .add_(eps) (4, 4), param.addcdiv_(exp_avg, denom)
+# (12, 4): 80 bytes where torch's fused AdamW moves 28 (weight decay 0 in the yamls: no decay pass).
+COMPOSER_DECOUPLED_ADAMW_BYTES = 8 + 12 + 8 + 12 + 8 + 8 + 8 + 16
 TILE = 128  # GEMM output tile edge used for wave quantisation
 
 
@@ -419,6 +426,9 @@ class Implementation:
     # Bytes per logit of the loss's backward, where the framework's count is not BWD_FACTOR times the
     # forward's ``logit_bytes`` (negative: BWD_FACTOR x logit_bytes).
     logit_bwd_bytes: float = -1.0
+    # Bytes per local parameter of the device optimizer step, gradient clipping included, streamed at the
+    # device's elementwise efficiency (DEVICE_OPTIMIZER_BYTES: torch's fused AdamW and the trainer's clip).
+    optimizer_bytes: float = DEVICE_OPTIMIZER_BYTES
 
     def __post_init__(self):
         if self.attention_kernel not in ("", "cudnn"):
@@ -430,6 +440,8 @@ class Implementation:
             raise ConfigError("glu_clamp_* counts must be >= 0")
         if min(self.hp_grad_accum_bytes, self.hp_grad_step_bytes) < 0:
             raise ConfigError("hp_grad_* byte counts must be >= 0")
+        if not self.optimizer_bytes > 0:
+            raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0 (bytes a parameter of the step)")
 
 
 ALPHAEXA = Implementation()
@@ -1375,7 +1387,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         local = s.p_dense / g.dense_shards + s.p_exp / g.expert_shards
         transfers = 0.0
         if req.offload == "none":
-            optimizer = DEVICE_OPTIMIZER_BYTES * local / (hbm * dev.elementwise_efficiency)
+            optimizer = req.impl.optimizer_bytes * local / (hbm * dev.elementwise_efficiency)
         else:
             transfers, optimizer = offload_seconds(req, local, s)
         # Data-parallel traffic hidden behind compute still slows it: the collectives' kernels take SMs
