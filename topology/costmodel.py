@@ -66,6 +66,13 @@ ADAM_UPDATE_BYTES = 30  # read/write master, m, v (24) + read grad (2) + write b
 # device's elementwise efficiency like any memory-bound kernel.  Megatron's distributed optimizer moves
 # about the same (fp32 main parameters and gradients, plus the bf16 copy it writes, 2).
 DEVICE_OPTIMIZER_BYTES = 28 + 12
+# Composer's DecoupledAdamW (composer/optim/decoupled_weight_decay.py, the same loop in v0.13.3 and v0.16.3: the
+# optimizer of llm-foundry's MPT yamls, ``decoupled_adamw``) updates one parameter tensor at a time with eager
+# ops, each streaming its fp32 operands through HBM, per element: exp_avg.mul_ (4 read, 4 written) .add_(grad)
+# (8, 4), exp_avg_sq.mul_ (4, 4) .addcmul_(grad, grad) (8, 4: the gradient read once from HBM), denom =
+# exp_avg_sq.sqrt() (4, 4) / sqrt(bias_correction2) (4, 4) .add_(eps) (4, 4), param.addcdiv_(exp_avg, denom)
+# (12, 4): 80 bytes where torch's fused AdamW moves 28 (weight decay 0 in the yamls: no decay pass).
+COMPOSER_DECOUPLED_ADAMW_BYTES = 8 + 12 + 8 + 12 + 8 + 8 + 8 + 16
 TILE = 128  # GEMM output tile edge used for wave quantisation
 
 

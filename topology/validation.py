@@ -85,8 +85,10 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # torchtitan's default training.mixed_precision_reduce is float32: gradients reduce-scattered in fp32
     "torchtitan-2024": cm.Implementation(name="torchtitan-2024", grad_reduce_bytes=4.0),
     # low-precision LayerNorm; triton FlashAttention and the cuBLAS of 2023: kernel scales fitted to the
-    # fit rows (bench/fit_published_runs.py)
-    "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.95, attention_scale=0.5),
+    # fit rows (bench/fit_published_runs.py).  Composer's unfused DecoupledAdamW (80 bytes an element) and
+    # FSDP's clip_grad_norm_ (12: the norm reads each gradient, then every gradient is scaled in place)
+    "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.95, attention_scale=0.5,
+                                     optimizer_bytes=cm.COMPOSER_DECOUPLED_ADAMW_BYTES + 12),
     "megatron-core": cm.Implementation(
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
