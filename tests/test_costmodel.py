@@ -574,3 +574,56 @@ def test_a_partition_that_counts_the_embedding_as_a_layer_gives_the_end_stages_o
     assert [p.n_dense for p in even][:2] == [3, 3] and even[-1].n_dense == 2
     assert units[0].n_dense == 2 and units[-1].n_dense == 2 and all(p.n_dense == 3 for p in units[1:-1])
     assert units[0].embed and units[-1].head and sum(p.n_dense for p in units) == 70
+
+
+def test_deepspeeds_pipeline_engine_pays_four_blocking_transfers_and_three_tp_gathers_a_micro_batch():
+    # DeepSpeed's PipelineEngine (session 7): RecvActivation then SendGrad before a forward, SendActivation then
+    # RecvGrad before a backward, each a blocking send or receive of its own, each after the PartitionedTensor's
+    # metadata with TP > 1, and the partitioned activation / gradient rebuilt by three TP all-gathers; Megatron's
+    # (and the trainer's) batched exchange pays one transfer per pass.  Off for alphaexa's implementations.
+    for impl in (cm.ALPHAEXA, cm.ALPHAEXA_EAGER, cm.ALPHAEXA_COMPILED):
+        assert not impl.deepspeed_pipe
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    eager = cm.ALPHAEXA_EAGER
+    ds = cm.dataclasses.replace(eager, name="ds-pipe", deepspeed_pipe=True)
+    for tp, pp in ((2, 4), (1, 4), (2, 2)):
+        lay = Layout(tp=tp, pp=pp, mbs=1, schedule="1f1b", sharding="none", dp_replicate=16 // (tp * pp))
+        plain = cm.structure_of(cm.Request(model, system, 2, 64, 2048, eager), lay)
+        pipe = cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds), lay)
+        m = plain.microbatches
+        lc = cm.layer_cost(model, system, 16, tp, 1, 1, 1, 2048, 16 // pp, ds)
+        assert lc.p2p > 0  # stages on different nodes: the network
+        assert plain.pp_comm == pytest.approx(2 * (pp - 1 + m) * lc.p2p)
+        if tp == 1:  # no partitioning: only the transfers double
+            assert lc.pipe_meta == lc.pipe_gather == 0.0
+        else:
+            assert lc.pipe_meta == pytest.approx(cm.collective_seconds("p2p", cm.PIPE_META_BYTES,
+                                                                       cm.comm_path(system, 2, 16 // pp)))
+            assert lc.pipe_gather == pytest.approx(cm.collective_seconds("all_gather", 2.0 * 2048 * model.d_model,
+                                                                         cm.comm_path(system, tp, 1)))
+        gathers = 3 if pp > 2 else 2
+        assert pipe.pp_comm == pytest.approx(2 * (pp - 1) * (lc.p2p + lc.pipe_meta)
+                                             + m * (4 * (lc.p2p + lc.pipe_meta) + gathers * lc.pipe_gather))
+        assert pipe.pp_comm > 1.5 * plain.pp_comm
+        assert [s.t_f + s.t_b for s in pipe.stages] == pytest.approx([s.t_f + s.t_b for s in plain.stages])
+
+
+def test_a_score_bias_added_through_baddbmm_costs_its_copy_and_read_in_the_forward_only():
+    # BigScience's ALiBi through torch.baddbmm(alibi, q, k^T, beta=1) (session 7): the expanded bias copied into
+    # the scores and read back by the GEMM, score_bias_bytes a score, forward (and so a full recompute's redo) only.
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    dev = system.node.device
+    unfused = cm.Implementation(name="unfused", attention="unfused")
+    biased = cm.dataclasses.replace(unfused, name="biased", score_bias_bytes=4.0)
+    for tp, mbs in ((1, 1), (2, 2)):
+        a = cm.layer_cost(model, system, 8, tp, 1, 1, mbs, 2048, 8, unfused)
+        b = cm.layer_cost(model, system, 8, tp, 1, 1, mbs, 2048, 8, biased)
+        extra = cm.elementwise_seconds(dev, 4.0 * mbs * model.n_heads / tp * 2048 * 2048, 1)
+        assert b.fwd_dense - a.fwd_dense == pytest.approx(extra)
+        assert b.attn_fwd - a.attn_fwd == pytest.approx(extra)
+        assert b.bwd_dense == pytest.approx(a.bwd_dense)
+    # fused attention keeps its bias inside the kernel: no extra traffic
+    fused = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(name="f", score_bias_bytes=4.0))
+    assert fused.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
+    with pytest.raises(ConfigError, match="score_bias"):
+        cm.Implementation(score_bias_bytes=-1.0)

@@ -418,3 +418,19 @@ def test_megatron_sequential_mlp_runs_one_mlp_per_local_expert():
     assert one[0].fwd_moe == pytest.approx(one[1].fwd_moe) and one[0].bwd_moe == pytest.approx(one[1].bwd_moe)
     with pytest.raises(ConfigError, match="unknown implementation flag"):
         v.implementation_of(dataclasses.replace(run, implementation="megatron-core-a2a+expert-loops"))
+
+
+def test_the_megatron_deepspeed_rows_run_deepspeeds_pipeline_engine_and_blooms_alibi_through_baddbmm(monkeypatch):
+    # Session 7: both Megatron-DeepSpeed stacks exchange stage boundaries through DeepSpeed's PipelineEngine (blocking
+    # sends and receives, PartitionedTensor metadata and gathers); BLOOM's ALiBi reaches the unfused scores as
+    # baddbmm's C operand (row option alibi).  No other framework and no other row gets either.
+    for name, impl in v.IMPLEMENTATIONS.items():
+        assert impl.deepspeed_pipe == name.startswith("megatron-deepspeed"), name
+        assert impl.score_bias_bytes == 0.0
+    assert v.ALIBI_BADDBMM_BYTES == 4.0  # copy of the expanded bias (2 written) + the GEMM's read of C (2)
+    runs = v.load_runs()
+    assert {r.id for r in runs if v.row_options(r).get("alibi")} == {r.id for r in runs if r.model == "bloom-176b"}
+    bloom = [r for r in runs if r.model == "bloom-176b"]
+    with_bias = [v.predict(r).step_time_s for r in bloom]
+    monkeypatch.setattr(v, "ALIBI_BADDBMM_BYTES", 0.0)
+    assert all(a > b for a, b in zip(with_bias, [v.predict(r).step_time_s for r in bloom], strict=True))

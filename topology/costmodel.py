@@ -309,8 +309,13 @@ class LayerCost:
     tp_fwd_moe: float | None = None  # tensor-parallel collectives of one MoE layer's forward (None: tp_fwd)
     moe_act_fwd: float = 0.0  # the routed experts' activation (elementwise) of one MoE layer's forward
     head_bwd_extra: float = 0.0  # the loss's backward beyond BWD_FACTOR x its forward (``logit_bwd_bytes``)
+    pipe_meta: float = 0.0  # DeepSpeed's pipeline: one PartitionedTensor metadata send (s) before each transfer
+    pipe_gather: float = 0.0  # DeepSpeed's pipeline: one PartitionedTensor rebuild, an all-gather in the TP group (s)
 
 
+# DeepSpeed's PartitionedTensor.to_meta(): an int64 tensor of the shape, the partition count and offsets (a few
+# dozen elements); its send costs a call and a latency, not bandwidth
+PIPE_META_BYTES = 8 * 16
 BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
 ATTN_BWD_FACTOR = 2.5  # fused attention backward: 5 matmuls (it recomputes the scores) to the forward's 2
 ATTN_TILE = 128  # query/key tile of fused attention kernels: causal diagonal tiles are computed whole
@@ -419,6 +424,21 @@ class Implementation:
     # Bytes per logit of the loss's backward, where the framework's count is not BWD_FACTOR times the
     # forward's ``logit_bytes`` (negative: BWD_FACTOR x logit_bytes).
     logit_bwd_bytes: float = -1.0
+    # DeepSpeed's PipelineEngine (deepspeed/runtime/pipe/engine.py and p2p.py, read at 56c52238, 2022, and at master
+    # 38327e07, unchanged): the TrainSchedule's forward step runs ``RecvActivation`` then ``SendGrad`` and its
+    # backward step ``SendActivation`` then ``RecvGrad``, each a blocking ``dist.send`` / ``dist.recv`` of its own
+    # (p2p.send asserts ``async_op == False``), so a middle stage pays four transfers a micro-batch on its path
+    # where Megatron's batched isend/irecv pays two.  With TP > 1 the activation and its gradient go as a 1/tp
+    # ``PartitionedTensor``: each transfer is preceded by its small metadata tensor (one more send, its call and
+    # latency), and the tensor is rebuilt with an all-gather in the TP group three times a micro-batch
+    # (``part_input.full()`` before the forward, the output and the received gradient before the backward).
+    deepspeed_pipe: bool = False
+    # Per attention score, the forward bytes of an additive bias the unfused attention adds through
+    # ``torch.baddbmm(bias, q, k^T, beta=1)`` (BigScience's ALiBi, megatron/model/transformer.py at 640c8180):
+    # PyTorch's out-of-place baddbmm expands the broadcast bias and copies it into the result (2 bytes written)
+    # before the batched GEMM reads it back as C (2 read; ATen native/cuda/Blas.cpp ``baddbmm_out_cuda_impl``:
+    # ``result.copy_(self)`` when beta != 0).  The bias needs no gradient: the backward is unchanged.
+    score_bias_bytes: float = 0.0
 
     def __post_init__(self):
         if self.attention_kernel not in ("", "cudnn"):
@@ -430,6 +450,8 @@ class Implementation:
             raise ConfigError("glu_clamp_* counts must be >= 0")
         if min(self.hp_grad_accum_bytes, self.hp_grad_step_bytes) < 0:
             raise ConfigError("hp_grad_* byte counts must be >= 0")
+        if self.score_bias_bytes < 0:
+            raise ConfigError("score_bias_bytes must be >= 0")
 
 
 ALPHAEXA = Implementation()
@@ -563,6 +585,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         attn_core = unfused_attention_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff, model.head_dim)
     else:
         attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t)
+    bias_fwd = 0.0  # an additive score bias through baddbmm (Implementation.score_bias_bytes): forward only
+    if impl.attention == "unfused" and impl.score_bias_bytes:
+        # the expanded copy is a kernel of its own; the batched GEMM that reads it back as C is bandwidth-bound
+        # at these head dims (k = head_dim), so its read adds to its time as streamed bytes
+        bias_fwd = elementwise_seconds(dev, impl.score_bias_bytes * mbs * model.n_heads / t * (seq / cp) * s_eff, 1)
     up = 2 if model.ffn_type == "swiglu" else 1
     act_bytes, act_kernels = ACT_BYTES[model.ffn_type]
     act_bytes *= impl.act_scale
@@ -578,7 +605,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     dense_gemms = attn_gemm + ffn(model.d_ff, tokens)
     dense_ew = elementwise_seconds(dev, common_bytes + tokens * act_bytes * model.d_ff / t,
                                    common_kernels + act_kernels)
-    fwd_dense = dense_gemms + dense_ew + attn_core
+    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd
     bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
@@ -624,7 +651,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + loop_sync + (
+        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + loop_sync + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
         copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
@@ -707,10 +734,14 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     p2p = 0.0
     if pp_stride < world:
         p2p = collective_seconds("p2p", 2.0 * tokens * h / t, comm_path(system, 2, pp_stride))
+    pipe_meta = pipe_gather = 0.0
+    if impl.deepspeed_pipe and p2p and tp > 1:  # the 1/tp PartitionedTensor: its metadata and its all-gather
+        pipe_meta = collective_seconds("p2p", PIPE_META_BYTES, comm_path(system, 2, pp_stride))
+        pipe_gather = collective_seconds("all_gather", 2.0 * tokens * h, comm_path(system, tp, 1))
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
-    return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
+    return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core + bias_fwd, tp_fwd, ep_fwd, cp_fwd_exposed,
                      cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
-                     tp_fwd_moe, moe_act_fwd, head_bwd_extra)
+                     tp_fwd_moe, moe_act_fwd, head_bwd_extra, pipe_meta, pipe_gather)
 
 
 # ------------------------------------------------------------ parameters
@@ -1059,6 +1090,12 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
     # pipelining schedules alike).
     pp_comm = 2 * (pp * vpp - 1 + m * vpp) * lc.p2p if pp > 1 else 0.0
+    if impl.deepspeed_pipe and pp > 1:
+        # DeepSpeed's PipelineEngine (Implementation.deepspeed_pipe): the fill and the drain as above; in the steady
+        # state a middle stage's four blocking transfers a micro-batch, each after its metadata send, and three
+        # PartitionedTensor all-gathers (two where no stage has both neighbours, pp = 2)
+        gathers = 3 if pp > 2 else 2
+        pp_comm = 2 * (pp - 1) * (lc.p2p + lc.pipe_meta) + m * (4 * (lc.p2p + lc.pipe_meta) + gathers * lc.pipe_gather)
     out = {}
     for mode, stages in per_mode.items():
         slow = stages[0]
