@@ -627,3 +627,27 @@ def test_a_score_bias_added_through_baddbmm_costs_its_copy_and_read_in_the_forwa
     assert fused.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
     with pytest.raises(ConfigError, match="score_bias"):
         cm.Implementation(score_bias_bytes=-1.0)
+
+
+def test_a_tied_lm_head_on_its_own_stage_holds_a_copy_whose_gradient_deepspeed_all_reduces_each_step():
+    # Session 7: with tied embeddings and the head on another stage than the embedding, the last stage keeps its own
+    # copy of the shared weight (DeepSpeed's TiedLayerSpec), so its gradient accumulation, its data-parallel reduction
+    # and its memory count it; DeepSpeed's ReduceTiedGrads all-reduces the copies' gradient (fp32 with the
+    # BF16_Optimizer) between the first and the last stage once a step.  The trainer refuses pp > 1 with tied
+    # embeddings (topology.support), so no plan moves.
+    tied = get_preset("1b").replace(tie_embeddings=True)
+    system = load_system("dgx-a100-80gb")
+    lp, lp_untied = cm.layer_params(tied, 2, 1), cm.layer_params(get_preset("1b"), 2, 1)
+    assert lp.tied_copy == pytest.approx(tied.vocab_size * tied.d_model / 2) and lp_untied.tied_copy == 0.0
+    profs = cm.rank_profiles(tied, 4, 1, "1f1b")
+    assert cm.stage_dense_params(lp, profs[-1]) - cm.stage_dense_params(lp, profs[-2]) == pytest.approx(
+        lp.tied_copy + lp.head + (profs[-1].n_dense - profs[-2].n_dense) * lp.dense_layer)
+    one_stage = cm.rank_profiles(tied, 1, 1, "1f1b")[0]  # embedding and head on one rank: one weight
+    assert cm.stage_dense_params(lp, one_stage) == pytest.approx(
+        one_stage.n_dense * lp.dense_layer + lp.embed + lp.head)
+    lay = Layout(tp=2, pp=4, mbs=1, schedule="1f1b", sharding="none", dp_replicate=2)
+    ds = cm.dataclasses.replace(cm.ALPHAEXA_EAGER, name="ds", deepspeed_pipe=True, hp_grad_accum_bytes=18.0)
+    with_copy = cm.structure_of(cm.Request(tied, system, 2, 64, 2048, ds), lay)
+    plain_ds = cm.structure_of(cm.Request(tied.replace(tie_embeddings=False), system, 2, 64, 2048, ds), lay)
+    reduce = cm.collective_seconds("all_reduce", 4.0 * lp.tied_copy, cm.comm_path(system, 2, 3 * 4))
+    assert reduce > 0 and with_copy.pp_comm - plain_ds.pp_comm == pytest.approx(reduce)

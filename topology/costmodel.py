@@ -754,6 +754,16 @@ class LayerParams:
     moe_layer_experts: float  # this rank's share of the routed experts
     embed: float
     head: float
+    tied_copy: float = 0.0  # a tied LM head on a stage without the embedding holds its own copy of the weight
+
+
+def stage_dense_params(lp: LayerParams, prof: StageProfile) -> float:
+    """Parameters outside routed experts on a pipeline rank: its layers, the embedding and the head, and with tied
+    embeddings the head's own copy of the shared weight where the embedding is on another rank (every pipeline
+    keeps the weight the logits need on the last stage: DeepSpeed's TiedLayerSpec builds the tied module on each
+    stage that uses it and all-reduces its gradient between them)."""
+    return prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense + (lp.embed if prof.embed else 0.0) \
+        + (lp.head if prof.head else 0.0) + (lp.tied_copy if prof.head and not prof.embed else 0.0)
 
 
 def layer_params(model: ModelConfig, tp: int, ep: int, etp: int = 0) -> LayerParams:
@@ -768,6 +778,7 @@ def layer_params(model: ModelConfig, tp: int, ep: int, etp: int = 0) -> LayerPar
         moe_layer_experts=model.n_experts * expert / (ep * (etp or tp)) if model.is_moe else 0.0,
         embed=vocab / tp + (model.max_seq_len * d if model.pos_encoding == "learned" else 0),
         head=(0 if model.tie_embeddings else vocab / tp) + norm_params(model),
+        tied_copy=vocab / tp if model.tie_embeddings else 0.0,
     )
 
 
@@ -1041,8 +1052,7 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     ep_on_nics = ep > 1 and req.path(ep, req.expert_tp or tp).nodes > 1  # ep ranks etp apart (layer_cost)
     per_mode: dict[str, list[StageTerms]] = {mode: [] for mode in modes}
     for prof in req.profiles(pp, vpp, schedule):
-        p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
-            + (lp.embed if prof.embed else 0.0) + (lp.head if prof.head else 0.0)
+        p_dense = stage_dense_params(lp, prof)
         p_exp = prof.n_moe * lp.moe_layer_experts
         unit = lp.moe_layer_dense + lp.moe_layer_experts if prof.n_moe else lp.dense_layer
         held = inflight(schedule, pp, vpp, m, prof.rank)
@@ -1096,6 +1106,12 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         # PartitionedTensor all-gathers (two where no stage has both neighbours, pp = 2)
         gathers = 3 if pp > 2 else 2
         pp_comm = 2 * (pp - 1) * (lc.p2p + lc.pipe_meta) + m * (4 * (lc.p2p + lc.pipe_meta) + gathers * lc.pipe_gather)
+        if req.model.tie_embeddings:
+            # ``ReduceTiedGrads`` after the last backward: the tied weight's gradient all-reduced between the first
+            # and the last stage (pipe/engine.py ``_exec_reduce_tied_grads``: the BF16_Optimizer's fp32 ``_hp_grad``,
+            # else the weight's own gradient), blocking, on the first stage, which the 1F1B drain ends the step on
+            tied_bytes = (4.0 if impl.hp_grad_accum_bytes else GRAD_BYTES) * lp.tied_copy
+            pp_comm += collective_seconds("all_reduce", tied_bytes, req.path(2, (pp - 1) * dp * cp * tp))
     out = {}
     for mode, stages in per_mode.items():
         slow = stages[0]
@@ -1465,8 +1481,7 @@ def resident_state_bytes(req: Request, lay: Layout, pp_rank: int) -> dict[str, f
     holds between steps (what ``alphaexa plan --verify`` measures on the real sharded model)."""
     prof = rank_profiles(req.model, lay.pp, lay.vpp, lay.schedule, req.embed_stage_unit)[pp_rank]
     lp = req.params(lay.tp, lay.ep)
-    p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
-        + (lp.embed if prof.embed else 0.0) + (lp.head if prof.head else 0.0)
+    p_dense = stage_dense_params(lp, prof)
     p_exp = prof.n_moe * lp.moe_layer_experts
     g = dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
     per_rank = p_dense / g.dense_shards + p_exp / g.expert_shards
