@@ -592,7 +592,7 @@ def test_deepspeeds_pipeline_engine_pays_four_blocking_transfers_and_three_tp_ga
         pipe = cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds), lay)
         m = plain.microbatches
         lc = cm.layer_cost(model, system, 16, tp, 1, 1, 1, 2048, 16 // pp, ds)
-        assert lc.p2p > 0  # stages on different nodes: the network
+        assert lc.p2p > 0
         assert plain.pp_comm == pytest.approx(2 * (pp - 1 + m) * lc.p2p)
         if tp == 1:  # no partitioning: only the transfers double
             assert lc.pipe_meta == lc.pipe_gather == 0.0
@@ -601,11 +601,20 @@ def test_deepspeeds_pipeline_engine_pays_four_blocking_transfers_and_three_tp_ga
                                                                        cm.comm_path(system, 2, 16 // pp)))
             assert lc.pipe_gather == pytest.approx(cm.collective_seconds("all_gather", 2.0 * 2048 * model.d_model,
                                                                          cm.comm_path(system, tp, 1)))
-        gathers = 3 if pp > 2 else 2
-        assert pipe.pp_comm == pytest.approx(2 * (pp - 1) * (lc.p2p + lc.pipe_meta)
-                                             + m * (4 * (lc.p2p + lc.pipe_meta) + gathers * lc.pipe_gather))
-        assert pipe.pp_comm > 1.5 * plain.pp_comm
+        xfer = lc.p2p + lc.pipe_meta
+        assert pipe.pp_comm == pytest.approx(2 * (pp - 1) * xfer)  # the fill and the drain
+        for st in pipe.stages:  # each rank's own exchanges: four transfers and three gathers with two neighbours
+            first, last = st.rank == 0, st.rank == pp - 1
+            assert st.pipe_xchg == pytest.approx((4 - 2 * first - 2 * last) * xfer
+                                                 + (3 - first - 2 * last) * lc.pipe_gather)
+        assert all(s.pipe_xchg == 0.0 for s in plain.stages)
         assert [s.t_f + s.t_b for s in pipe.stages] == pytest.approx([s.t_f + s.t_b for s in plain.stages])
+        # the stage that sets the pace pays its own exchanges every micro-batch; the breakdown shows them as pp_comm
+        req = cm.Request(model, system, 2, 64, 2048, ds)
+        est = cm.estimate(req, lay)
+        pace = max(pipe.stages, key=lambda s: s.t_f + s.t_b + s.pipe_xchg)
+        assert est.breakdown["pp_comm_s"] == pytest.approx(pipe.pp_comm + m * pace.pipe_xchg)
+        assert pace.pipe_xchg >= 2 * xfer
 
 
 def test_a_score_bias_added_through_baddbmm_costs_its_copy_and_read_in_the_forward_only():

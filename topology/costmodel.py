@@ -1013,6 +1013,9 @@ class StageTerms:
     # nodes): the NICs are busy, so ZeRO-3 traffic on them does not hide there (``sharded_cost``)
     nic_f: float = 0.0
     nic_b: float = 0.0
+    # DeepSpeed's PipelineEngine (``Implementation.deepspeed_pipe``): this rank's blocking exchanges with its
+    # neighbours and its PartitionedTensor all-gathers, per micro-batch (in the steady state, on its own path)
+    pipe_xchg: float = 0.0
 
 
 @dataclass(slots=True)
@@ -1073,6 +1076,13 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         host_wait = prof.n_moe * max(0.0, impl.moe_host_floor_s - moe_gpu_fwd)
         t_f = fwd + tp_comm + ep_comm + host_wait
         nic_f = (tp_comm if tp_on_nics else 0.0) + (ep_comm if ep_on_nics else 0.0)
+        pipe_xchg = 0.0
+        if impl.deepspeed_pipe and pp > 1:
+            # DeepSpeed's PipelineEngine: with the previous stage, RecvActivation then SendGrad (and the input's
+            # all-gather); with the next, SendActivation then RecvGrad (and the output's and the gradient's), each a
+            # blocking transfer after its metadata send; the first and last stages have one neighbour (vpp is 1)
+            prev, nxt = not prof.embed, not prof.head
+            pipe_xchg = 2 * (prev + nxt) * (lc.p2p + lc.pipe_meta) + (prev + 2 * nxt) * lc.pipe_gather
         for mode in modes:
             act_dense, act_moe = lc.act[mode]
             acts = (prof.n_dense * act_dense + prof.n_moe * act_moe) * held + buffers
@@ -1094,18 +1104,18 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
                 prof.n_moe * lc.ep_fwd if ep_on_nics and req.recompute_moe and mode != "full" else 0.0)
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers), redo_compute,
-                                             host_wait, nic_f, nic_b))
+                                             host_wait, nic_f, nic_b, pipe_xchg))
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
     # pipelining schedules alike).
     pp_comm = 2 * (pp * vpp - 1 + m * vpp) * lc.p2p if pp > 1 else 0.0
     if impl.deepspeed_pipe and pp > 1:
-        # DeepSpeed's PipelineEngine (Implementation.deepspeed_pipe): the fill and the drain as above; in the steady
-        # state a middle stage's four blocking transfers a micro-batch, each after its metadata send, and three
-        # PartitionedTensor all-gathers (two where no stage has both neighbours, pp = 2)
-        gathers = 3 if pp > 2 else 2
-        pp_comm = 2 * (pp - 1) * (lc.p2p + lc.pipe_meta) + m * (4 * (lc.p2p + lc.pipe_meta) + gathers * lc.pipe_gather)
+        # DeepSpeed's PipelineEngine (Implementation.deepspeed_pipe): the fill and the drain as above, each transfer
+        # after its metadata send; the steady state's exchanges are each stage's own (StageTerms.pipe_xchg: four
+        # transfers and three all-gathers a micro-batch on a middle stage, two and one or two on the end stages), on
+        # the path of the stage that sets the pace
+        pp_comm = 2 * (pp - 1) * (lc.p2p + lc.pipe_meta)
         if req.model.tie_embeddings:
             # ``ReduceTiedGrads`` after the last backward: the tied weight's gradient all-reduced between the first
             # and the last stage (pipe/engine.py ``_exec_reduce_tied_grads``: the BF16_Optimizer's fp32 ``_hp_grad``,
@@ -1116,10 +1126,10 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     for mode, stages in per_mode.items():
         slow = stages[0]
         for st in stages:
-            if st.t_f + st.t_b + st.cp_comm > slow.t_f + slow.t_b + slow.cp_comm:
+            if st.t_f + st.t_b + st.cp_comm + st.pipe_xchg > slow.t_f + slow.t_b + slow.cp_comm + slow.pipe_xchg:
                 slow = st
         bubble = bubble_seconds(schedule, pp, vpp, slow.t_f, slow.t_b + slow.cp_comm)
-        lower = m * (slow.t_f + slow.t_b + slow.cp_comm) + bubble + pp_comm
+        lower = m * (slow.t_f + slow.t_b + slow.cp_comm + slow.pipe_xchg) + bubble + pp_comm
         out[mode] = Structure(m, tuple(stages), bubble, pp_comm, lower,
                               tuple((st.p_dense, st.p_exp, st.unit, st.acts) for st in stages))
     return out
@@ -1443,7 +1453,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
             + max(step_total - step_exposed, 0.0) * (step_d / step_total if step_total > 0 else 1.0)
         contention = DP_OVERLAP_CONTENTION * max(hidden, 0.0)
         per_mb += contention / m
-        busy = m * (s.t_f + s.t_b + s.cp_comm + per_mb + transfers) + step_exposed + optimizer
+        busy = m * (s.t_f + s.t_b + s.cp_comm + s.pipe_xchg + per_mb + transfers) + step_exposed + optimizer
         if busy > longest:
             longest = busy
             chosen = (s, per_mb, step_exposed, optimizer, rs, ag, ar, transfers)
@@ -1460,7 +1470,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         "cp_comm_exposed_s": m * s.cp_comm,
         "host_wait_s": m * s.host_wait,
         "dp_comm_exposed_s": m * per_mb + step_exposed,
-        "pp_comm_s": st.pp_comm,
+        "pp_comm_s": st.pp_comm + m * s.pipe_xchg,
         "bubble_s": st.bubble,
         "optimizer_s": optimizer,
         "offload_s": m * transfers,
