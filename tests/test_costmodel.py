@@ -660,3 +660,18 @@ def test_a_tied_lm_head_on_its_own_stage_holds_a_copy_whose_gradient_deepspeed_a
     plain_ds = cm.structure_of(cm.Request(tied.replace(tie_embeddings=False), system, 2, 64, 2048, ds), lay)
     reduce = cm.collective_seconds("all_reduce", 4.0 * lp.tied_copy, cm.comm_path(system, 2, 3 * 4))
     assert reduce > 0 and with_copy.pp_comm - plain_ds.pp_comm == pytest.approx(reduce)
+
+
+def test_norms_that_all_reduce_their_weights_each_forward_pay_two_small_collectives_a_norm():
+    # BigScience's layer-norm auto-sync (session 7): MixedFusedLayerNorm.forward all-reduces its weight and bias
+    # over the TP group; two norms a layer, forward (and a full recompute's redo) only.
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    plain = cm.Implementation(name="p", attention="unfused")
+    synced = cm.dataclasses.replace(plain, name="s", norm_tp_sync=True)
+    a = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, plain)
+    b = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, synced)
+    one = cm.collective_seconds("all_reduce", 2.0 * model.d_model, cm.comm_path(system, 4, 1))
+    assert one > 0 and b.fwd_dense - a.fwd_dense == pytest.approx(4 * one)
+    assert b.bwd_dense == pytest.approx(a.bwd_dense) and b.tp_fwd == pytest.approx(a.tp_fwd)
+    no_tp = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, synced)
+    assert no_tp.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, plain).fwd_dense)

@@ -439,6 +439,12 @@ class Implementation:
     # before the batched GEMM reads it back as C (2 read; ATen native/cuda/Blas.cpp ``baddbmm_out_cuda_impl``:
     # ``result.copy_(self)`` when beta != 0).  The bias needs no gradient: the backward is unchanged.
     score_bias_bytes: float = 0.0
+    # Every norm's forward all-reduces its weight and bias over the TP group before it runs (BigScience's
+    # "layer-norm auto-sync" band-aid against TP-desynchronised LayerNorm weights: MixedFusedLayerNorm.forward
+    # calls ``all_reduce(self.weight, AVG)`` and ``all_reduce(self.bias, AVG)``, Megatron-DeepSpeed branch
+    # ds_ckpt_reshape-with-layer-norm-auto-sync at c44c85b9; chronicles.md, 2022-03-30): two small collectives a
+    # norm, latency-bound, in the forward and so in a full recompute's redone forward, none in the backward.
+    norm_tp_sync: bool = False
 
     def __post_init__(self):
         if self.attention_kernel not in ("", "cudnn"):
@@ -605,7 +611,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     dense_gemms = attn_gemm + ffn(model.d_ff, tokens)
     dense_ew = elementwise_seconds(dev, common_bytes + tokens * act_bytes * model.d_ff / t,
                                    common_kernels + act_kernels)
-    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd
+    norm_sync = 0.0  # Implementation.norm_tp_sync: two all-reduces of a norm's weight and bias, two norms a layer
+    if impl.norm_tp_sync and tp > 1:
+        norm_sync = 2 * 2 * collective_seconds("all_reduce", WEIGHT_BYTES * h, comm_path(system, tp, 1))
+    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + norm_sync
     bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
@@ -651,7 +660,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + loop_sync + (
+        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
         copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \

@@ -191,7 +191,7 @@ def system_of(run: Run, path: Path = DATA) -> System:
 
 def row_options(run: Run, path: Path = DATA) -> dict:
     """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
-    recompute_norm_act, glu_clamp, embed_stage_unit, alibi)."""
+    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
@@ -249,6 +249,8 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
     if row_options(run, path).get("alibi") and impl.attention == "unfused":  # the bias through baddbmm's C
         impl = replace(impl, name=impl.name + "+alibi", score_bias_bytes=ALIBI_BADDBMM_BYTES)
+    if row_options(run, path).get("norm_tp_sync"):  # the source's code all-reduces each norm's weights a forward
+        impl = replace(impl, name=impl.name + "+norm-sync", norm_tp_sync=True)
     req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, impl,
                      expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
                      recompute_norm_act=row_options(run, path).get("recompute_norm_act", False),
