@@ -592,3 +592,104 @@ def test_a_partition_that_counts_the_embedding_as_a_layer_gives_the_end_stages_o
     assert [p.n_dense for p in even][:2] == [3, 3] and even[-1].n_dense == 2
     assert units[0].n_dense == 2 and units[-1].n_dense == 2 and all(p.n_dense == 3 for p in units[1:-1])
     assert units[0].embed and units[-1].head and sum(p.n_dense for p in units) == 70
+
+
+def test_deepspeeds_pipeline_engine_pays_four_blocking_transfers_and_three_tp_gathers_a_micro_batch():
+    # DeepSpeed's PipelineEngine (session 7): RecvActivation then SendGrad before a forward, SendActivation then
+    # RecvGrad before a backward, each a blocking send or receive of its own, each after the PartitionedTensor's
+    # metadata with TP > 1, and the partitioned activation / gradient rebuilt by three TP all-gathers; Megatron's
+    # (and the trainer's) batched exchange pays one transfer per pass.  Off for alphaexa's implementations.
+    for impl in (cm.ALPHAEXA, cm.ALPHAEXA_EAGER, cm.ALPHAEXA_COMPILED):
+        assert not impl.deepspeed_pipe
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    eager = cm.ALPHAEXA_EAGER
+    ds = cm.dataclasses.replace(eager, name="ds-pipe", deepspeed_pipe=True)
+    for tp, pp in ((2, 4), (1, 4), (2, 2)):
+        lay = Layout(tp=tp, pp=pp, mbs=1, schedule="1f1b", sharding="none", dp_replicate=16 // (tp * pp))
+        plain = cm.structure_of(cm.Request(model, system, 2, 64, 2048, eager), lay)
+        pipe = cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds), lay)
+        m = plain.microbatches
+        lc = cm.layer_cost(model, system, 16, tp, 1, 1, 1, 2048, 16 // pp, ds)
+        assert lc.p2p > 0
+        assert plain.pp_comm == pytest.approx(2 * (pp - 1 + m) * lc.p2p)
+        if tp == 1:  # no partitioning: only the transfers double
+            assert lc.pipe_meta == lc.pipe_gather == 0.0
+        else:
+            assert lc.pipe_meta == pytest.approx(cm.collective_seconds("p2p", cm.PIPE_META_BYTES,
+                                                                       cm.comm_path(system, 2, 16 // pp)))
+            assert lc.pipe_gather == pytest.approx(cm.collective_seconds("all_gather", 2.0 * 2048 * model.d_model,
+                                                                         cm.comm_path(system, tp, 1)))
+        xfer = lc.p2p + lc.pipe_meta
+        assert pipe.pp_comm == pytest.approx(2 * (pp - 1) * xfer)  # the fill and the drain
+        for st in pipe.stages:  # each rank's own exchanges: four transfers and three gathers with two neighbours
+            first, last = st.rank == 0, st.rank == pp - 1
+            assert st.pipe_xchg == pytest.approx((4 - 2 * first - 2 * last) * xfer
+                                                 + (3 - first - 2 * last) * lc.pipe_gather)
+        assert all(s.pipe_xchg == 0.0 for s in plain.stages)
+        assert [s.t_f + s.t_b for s in pipe.stages] == pytest.approx([s.t_f + s.t_b for s in plain.stages])
+        # the stage that sets the pace pays its own exchanges every micro-batch; the breakdown shows them as pp_comm
+        req = cm.Request(model, system, 2, 64, 2048, ds)
+        est = cm.estimate(req, lay)
+        pace = max(pipe.stages, key=lambda s: s.t_f + s.t_b + s.pipe_xchg)
+        assert est.breakdown["pp_comm_s"] == pytest.approx(pipe.pp_comm + m * pace.pipe_xchg)
+        assert pace.pipe_xchg >= 2 * xfer
+
+
+def test_a_score_bias_added_through_baddbmm_costs_its_copy_and_read_in_the_forward_only():
+    # BigScience's ALiBi through torch.baddbmm(alibi, q, k^T, beta=1) (session 7): the expanded bias copied into
+    # the scores and read back by the GEMM, score_bias_bytes a score, forward (and so a full recompute's redo) only.
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    dev = system.node.device
+    unfused = cm.Implementation(name="unfused", attention="unfused")
+    biased = cm.dataclasses.replace(unfused, name="biased", score_bias_bytes=4.0)
+    for tp, mbs in ((1, 1), (2, 2)):
+        a = cm.layer_cost(model, system, 8, tp, 1, 1, mbs, 2048, 8, unfused)
+        b = cm.layer_cost(model, system, 8, tp, 1, 1, mbs, 2048, 8, biased)
+        extra = cm.elementwise_seconds(dev, 4.0 * mbs * model.n_heads / tp * 2048 * 2048, 1)
+        assert b.fwd_dense - a.fwd_dense == pytest.approx(extra)
+        assert b.attn_fwd - a.attn_fwd == pytest.approx(extra)
+        assert b.bwd_dense == pytest.approx(a.bwd_dense)
+    # fused attention keeps its bias inside the kernel: no extra traffic
+    fused = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, cm.Implementation(name="f", score_bias_bytes=4.0))
+    assert fused.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8).fwd_dense)
+    with pytest.raises(ConfigError, match="score_bias"):
+        cm.Implementation(score_bias_bytes=-1.0)
+
+
+def test_a_tied_lm_head_on_its_own_stage_holds_a_copy_whose_gradient_deepspeed_all_reduces_each_step():
+    # Session 7: with tied embeddings and the head on another stage than the embedding, the last stage keeps its own
+    # copy of the shared weight (DeepSpeed's TiedLayerSpec), so its gradient accumulation, its data-parallel reduction
+    # and its memory count it; DeepSpeed's ReduceTiedGrads all-reduces the copies' gradient (fp32 with the
+    # BF16_Optimizer) between the first and the last stage once a step.  The trainer refuses pp > 1 with tied
+    # embeddings (topology.support), so no plan moves.
+    tied = get_preset("1b").replace(tie_embeddings=True)
+    system = load_system("dgx-a100-80gb")
+    lp, lp_untied = cm.layer_params(tied, 2, 1), cm.layer_params(get_preset("1b"), 2, 1)
+    assert lp.tied_copy == pytest.approx(tied.vocab_size * tied.d_model / 2) and lp_untied.tied_copy == 0.0
+    profs = cm.rank_profiles(tied, 4, 1, "1f1b")
+    assert cm.stage_dense_params(lp, profs[-1]) - cm.stage_dense_params(lp, profs[-2]) == pytest.approx(
+        lp.tied_copy + lp.head + (profs[-1].n_dense - profs[-2].n_dense) * lp.dense_layer)
+    one_stage = cm.rank_profiles(tied, 1, 1, "1f1b")[0]  # embedding and head on one rank: one weight
+    assert cm.stage_dense_params(lp, one_stage) == pytest.approx(
+        one_stage.n_dense * lp.dense_layer + lp.embed + lp.head)
+    lay = Layout(tp=2, pp=4, mbs=1, schedule="1f1b", sharding="none", dp_replicate=2)
+    ds = cm.dataclasses.replace(cm.ALPHAEXA_EAGER, name="ds", deepspeed_pipe=True, hp_grad_accum_bytes=18.0)
+    with_copy = cm.structure_of(cm.Request(tied, system, 2, 64, 2048, ds), lay)
+    plain_ds = cm.structure_of(cm.Request(tied.replace(tie_embeddings=False), system, 2, 64, 2048, ds), lay)
+    reduce = cm.collective_seconds("all_reduce", 4.0 * lp.tied_copy, cm.comm_path(system, 2, 3 * 4))
+    assert reduce > 0 and with_copy.pp_comm - plain_ds.pp_comm == pytest.approx(reduce)
+
+
+def test_norms_that_all_reduce_their_weights_each_forward_pay_two_small_collectives_a_norm():
+    # BigScience's layer-norm auto-sync (session 7): MixedFusedLayerNorm.forward all-reduces its weight and bias
+    # over the TP group; two norms a layer, forward (and a full recompute's redo) only.
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    plain = cm.Implementation(name="p", attention="unfused")
+    synced = cm.dataclasses.replace(plain, name="s", norm_tp_sync=True)
+    a = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, plain)
+    b = cm.layer_cost(model, system, 8, 4, 1, 1, 1, 2048, 8, synced)
+    one = cm.collective_seconds("all_reduce", 2.0 * model.d_model, cm.comm_path(system, 4, 1))
+    assert one > 0 and b.fwd_dense - a.fwd_dense == pytest.approx(4 * one)
+    assert b.bwd_dense == pytest.approx(a.bwd_dense) and b.tp_fwd == pytest.approx(a.tp_fwd)
+    no_tp = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, synced)
+    assert no_tp.fwd_dense == pytest.approx(cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8, plain).fwd_dense)

@@ -316,8 +316,13 @@ class LayerCost:
     tp_fwd_moe: float | None = None  # tensor-parallel collectives of one MoE layer's forward (None: tp_fwd)
     moe_act_fwd: float = 0.0  # the routed experts' activation (elementwise) of one MoE layer's forward
     head_bwd_extra: float = 0.0  # the loss's backward beyond BWD_FACTOR x its forward (``logit_bwd_bytes``)
+    pipe_meta: float = 0.0  # DeepSpeed's pipeline: one PartitionedTensor metadata send (s) before each transfer
+    pipe_gather: float = 0.0  # DeepSpeed's pipeline: one PartitionedTensor rebuild, an all-gather in the TP group (s)
 
 
+# DeepSpeed's PartitionedTensor.to_meta(): an int64 tensor of the shape, the partition count and offsets (a few
+# dozen elements); its send costs a call and a latency, not bandwidth
+PIPE_META_BYTES = 8 * 16
 BWD_FACTOR = 2.0  # backward GEMMs (data + weight gradients, each the forward's FLOPs) and elementwise work
 ATTN_BWD_FACTOR = 2.5  # fused attention backward: 5 matmuls (it recomputes the scores) to the forward's 2
 ATTN_TILE = 128  # query/key tile of fused attention kernels: causal diagonal tiles are computed whole
@@ -435,6 +440,27 @@ class Implementation:
     # written, bf16) before the rotary embedding and the attention kernel, so the rotary runs on q-width keys.
     # False: K and V enter the rotary and the kernel at their own width (the trainer, SDPA's enable_gqa).
     gqa_repeat_kv: bool = False
+    # DeepSpeed's PipelineEngine (deepspeed/runtime/pipe/engine.py and p2p.py, read at 56c52238, 2022, and at master
+    # 38327e07, unchanged): the TrainSchedule's forward step runs ``RecvActivation`` then ``SendGrad`` and its
+    # backward step ``SendActivation`` then ``RecvGrad``, each a blocking ``dist.send`` / ``dist.recv`` of its own
+    # (p2p.send asserts ``async_op == False``), so a middle stage pays four transfers a micro-batch on its path
+    # where Megatron's batched isend/irecv pays two.  With TP > 1 the activation and its gradient go as a 1/tp
+    # ``PartitionedTensor``: each transfer is preceded by its small metadata tensor (one more send, its call and
+    # latency), and the tensor is rebuilt with an all-gather in the TP group three times a micro-batch
+    # (``part_input.full()`` before the forward, the output and the received gradient before the backward).
+    deepspeed_pipe: bool = False
+    # Per attention score, the forward bytes of an additive bias the unfused attention adds through
+    # ``torch.baddbmm(bias, q, k^T, beta=1)`` (BigScience's ALiBi, megatron/model/transformer.py at 640c8180):
+    # PyTorch's out-of-place baddbmm expands the broadcast bias and copies it into the result (2 bytes written)
+    # before the batched GEMM reads it back as C (2 read; ATen native/cuda/Blas.cpp ``baddbmm_out_cuda_impl``:
+    # ``result.copy_(self)`` when beta != 0).  The bias needs no gradient: the backward is unchanged.
+    score_bias_bytes: float = 0.0
+    # Every norm's forward all-reduces its weight and bias over the TP group before it runs (BigScience's
+    # "layer-norm auto-sync" band-aid against TP-desynchronised LayerNorm weights: MixedFusedLayerNorm.forward
+    # calls ``all_reduce(self.weight, AVG)`` and ``all_reduce(self.bias, AVG)``, Megatron-DeepSpeed branch
+    # ds_ckpt_reshape-with-layer-norm-auto-sync at c44c85b9; chronicles.md, 2022-03-30): two small collectives a
+    # norm, latency-bound, in the forward and so in a full recompute's redone forward, none in the backward.
+    norm_tp_sync: bool = False
 
     def __post_init__(self):
         if self.attention_kernel not in ("", "cudnn"):
@@ -448,6 +474,8 @@ class Implementation:
             raise ConfigError("hp_grad_* byte counts must be >= 0")
         if self.optimizer_bytes <= 0:
             raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
+        if self.score_bias_bytes < 0:
+            raise ConfigError("score_bias_bytes must be >= 0")
 
 
 ALPHAEXA = Implementation()
@@ -581,6 +609,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         attn_core = unfused_attention_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff, model.head_dim)
     else:
         attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t)
+    bias_fwd = 0.0  # an additive score bias through baddbmm (Implementation.score_bias_bytes): forward only
+    if impl.attention == "unfused" and impl.score_bias_bytes:
+        # the expanded copy is a kernel of its own; the batched GEMM that reads it back as C is bandwidth-bound
+        # at these head dims (k = head_dim), so its read adds to its time as streamed bytes
+        bias_fwd = elementwise_seconds(dev, impl.score_bias_bytes * mbs * model.n_heads / t * (seq / cp) * s_eff, 1)
     up = 2 if model.ffn_type == "swiglu" else 1
     act_bytes, act_kernels = ACT_BYTES[model.ffn_type]
     act_bytes *= impl.act_scale
@@ -601,7 +634,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     dense_gemms = attn_gemm + ffn(model.d_ff, tokens)
     dense_ew = elementwise_seconds(dev, common_bytes + tokens * act_bytes * model.d_ff / t,
                                    common_kernels + act_kernels)
-    fwd_dense = dense_gemms + dense_ew + attn_core
+    norm_sync = 0.0  # Implementation.norm_tp_sync: two all-reduces of a norm's weight and bias, two norms a layer
+    if impl.norm_tp_sync and tp > 1:
+        norm_sync = 2 * 2 * collective_seconds("all_reduce", WEIGHT_BYTES * h, comm_path(system, tp, 1))
+    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + norm_sync
     bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
@@ -647,7 +683,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + loop_sync + (
+        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
         copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
@@ -730,10 +766,14 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     p2p = 0.0
     if pp_stride < world:
         p2p = collective_seconds("p2p", 2.0 * tokens * h / t, comm_path(system, 2, pp_stride))
+    pipe_meta = pipe_gather = 0.0
+    if impl.deepspeed_pipe and p2p and tp > 1:  # the 1/tp PartitionedTensor: its metadata and its all-gather
+        pipe_meta = collective_seconds("p2p", PIPE_META_BYTES, comm_path(system, 2, pp_stride))
+        pipe_gather = collective_seconds("all_gather", 2.0 * tokens * h, comm_path(system, tp, 1))
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
-    return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core, tp_fwd, ep_fwd, cp_fwd_exposed,
+    return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core + bias_fwd, tp_fwd, ep_fwd, cp_fwd_exposed,
                      cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
-                     tp_fwd_moe, moe_act_fwd, head_bwd_extra)
+                     tp_fwd_moe, moe_act_fwd, head_bwd_extra, pipe_meta, pipe_gather)
 
 
 # ------------------------------------------------------------ parameters
@@ -746,6 +786,16 @@ class LayerParams:
     moe_layer_experts: float  # this rank's share of the routed experts
     embed: float
     head: float
+    tied_copy: float = 0.0  # a tied LM head on a stage without the embedding holds its own copy of the weight
+
+
+def stage_dense_params(lp: LayerParams, prof: StageProfile) -> float:
+    """Parameters outside routed experts on a pipeline rank: its layers, the embedding and the head, and with tied
+    embeddings the head's own copy of the shared weight where the embedding is on another rank (every pipeline
+    keeps the weight the logits need on the last stage: DeepSpeed's TiedLayerSpec builds the tied module on each
+    stage that uses it and all-reduces its gradient between them)."""
+    return prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense + (lp.embed if prof.embed else 0.0) \
+        + (lp.head if prof.head else 0.0) + (lp.tied_copy if prof.head and not prof.embed else 0.0)
 
 
 def layer_params(model: ModelConfig, tp: int, ep: int, etp: int = 0) -> LayerParams:
@@ -760,6 +810,7 @@ def layer_params(model: ModelConfig, tp: int, ep: int, etp: int = 0) -> LayerPar
         moe_layer_experts=model.n_experts * expert / (ep * (etp or tp)) if model.is_moe else 0.0,
         embed=vocab / tp + (model.max_seq_len * d if model.pos_encoding == "learned" else 0),
         head=(0 if model.tie_embeddings else vocab / tp) + norm_params(model),
+        tied_copy=vocab / tp if model.tie_embeddings else 0.0,
     )
 
 
@@ -994,6 +1045,9 @@ class StageTerms:
     # nodes): the NICs are busy, so ZeRO-3 traffic on them does not hide there (``sharded_cost``)
     nic_f: float = 0.0
     nic_b: float = 0.0
+    # DeepSpeed's PipelineEngine (``Implementation.deepspeed_pipe``): this rank's blocking exchanges with its
+    # neighbours and its PartitionedTensor all-gathers, per micro-batch (in the steady state, on its own path)
+    pipe_xchg: float = 0.0
 
 
 @dataclass(slots=True)
@@ -1033,8 +1087,7 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     ep_on_nics = ep > 1 and req.path(ep, req.expert_tp or tp).nodes > 1  # ep ranks etp apart (layer_cost)
     per_mode: dict[str, list[StageTerms]] = {mode: [] for mode in modes}
     for prof in req.profiles(pp, vpp, schedule):
-        p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
-            + (lp.embed if prof.embed else 0.0) + (lp.head if prof.head else 0.0)
+        p_dense = stage_dense_params(lp, prof)
         p_exp = prof.n_moe * lp.moe_layer_experts
         unit = lp.moe_layer_dense + lp.moe_layer_experts if prof.n_moe else lp.dense_layer
         held = inflight(schedule, pp, vpp, m, prof.rank)
@@ -1055,6 +1108,13 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         host_wait = prof.n_moe * max(0.0, impl.moe_host_floor_s - moe_gpu_fwd)
         t_f = fwd + tp_comm + ep_comm + host_wait
         nic_f = (tp_comm if tp_on_nics else 0.0) + (ep_comm if ep_on_nics else 0.0)
+        pipe_xchg = 0.0
+        if impl.deepspeed_pipe and pp > 1:
+            # DeepSpeed's PipelineEngine: with the previous stage, RecvActivation then SendGrad (and the input's
+            # all-gather); with the next, SendActivation then RecvGrad (and the output's and the gradient's), each a
+            # blocking transfer after its metadata send; the first and last stages have one neighbour (vpp is 1)
+            prev, nxt = not prof.embed, not prof.head
+            pipe_xchg = 2 * (prev + nxt) * (lc.p2p + lc.pipe_meta) + (prev + 2 * nxt) * lc.pipe_gather
         for mode in modes:
             act_dense, act_moe = lc.act[mode]
             acts = (prof.n_dense * act_dense + prof.n_moe * act_moe) * held + buffers
@@ -1076,20 +1136,32 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
                 prof.n_moe * lc.ep_fwd if ep_on_nics and req.recompute_moe and mode != "full" else 0.0)
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers), redo_compute,
-                                             host_wait, nic_f, nic_b))
+                                             host_wait, nic_f, nic_b, pipe_xchg))
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
     # pipelining schedules alike).
     pp_comm = 2 * (pp * vpp - 1 + m * vpp) * lc.p2p if pp > 1 else 0.0
+    if impl.deepspeed_pipe and pp > 1:
+        # DeepSpeed's PipelineEngine (Implementation.deepspeed_pipe): the fill and the drain as above, each transfer
+        # after its metadata send; the steady state's exchanges are each stage's own (StageTerms.pipe_xchg: four
+        # transfers and three all-gathers a micro-batch on a middle stage, two and one or two on the end stages), on
+        # the path of the stage that sets the pace
+        pp_comm = 2 * (pp - 1) * (lc.p2p + lc.pipe_meta)
+        if req.model.tie_embeddings:
+            # ``ReduceTiedGrads`` after the last backward: the tied weight's gradient all-reduced between the first
+            # and the last stage (pipe/engine.py ``_exec_reduce_tied_grads``: the BF16_Optimizer's fp32 ``_hp_grad``,
+            # else the weight's own gradient), blocking, on the first stage, which the 1F1B drain ends the step on
+            tied_bytes = (4.0 if impl.hp_grad_accum_bytes else GRAD_BYTES) * lp.tied_copy
+            pp_comm += collective_seconds("all_reduce", tied_bytes, req.path(2, (pp - 1) * dp * cp * tp))
     out = {}
     for mode, stages in per_mode.items():
         slow = stages[0]
         for st in stages:
-            if st.t_f + st.t_b + st.cp_comm > slow.t_f + slow.t_b + slow.cp_comm:
+            if st.t_f + st.t_b + st.cp_comm + st.pipe_xchg > slow.t_f + slow.t_b + slow.cp_comm + slow.pipe_xchg:
                 slow = st
         bubble = bubble_seconds(schedule, pp, vpp, slow.t_f, slow.t_b + slow.cp_comm)
-        lower = m * (slow.t_f + slow.t_b + slow.cp_comm) + bubble + pp_comm
+        lower = m * (slow.t_f + slow.t_b + slow.cp_comm + slow.pipe_xchg) + bubble + pp_comm
         out[mode] = Structure(m, tuple(stages), bubble, pp_comm, lower,
                               tuple((st.p_dense, st.p_exp, st.unit, st.acts) for st in stages))
     return out
@@ -1413,7 +1485,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
             + max(step_total - step_exposed, 0.0) * (step_d / step_total if step_total > 0 else 1.0)
         contention = DP_OVERLAP_CONTENTION * max(hidden, 0.0)
         per_mb += contention / m
-        busy = m * (s.t_f + s.t_b + s.cp_comm + per_mb + transfers) + step_exposed + optimizer
+        busy = m * (s.t_f + s.t_b + s.cp_comm + s.pipe_xchg + per_mb + transfers) + step_exposed + optimizer
         if busy > longest:
             longest = busy
             chosen = (s, per_mb, step_exposed, optimizer, rs, ag, ar, transfers)
@@ -1430,7 +1502,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         "cp_comm_exposed_s": m * s.cp_comm,
         "host_wait_s": m * s.host_wait,
         "dp_comm_exposed_s": m * per_mb + step_exposed,
-        "pp_comm_s": st.pp_comm,
+        "pp_comm_s": st.pp_comm + m * s.pipe_xchg,
         "bubble_s": st.bubble,
         "optimizer_s": optimizer,
         "offload_s": m * transfers,
@@ -1451,8 +1523,7 @@ def resident_state_bytes(req: Request, lay: Layout, pp_rank: int) -> dict[str, f
     holds between steps (what ``alphaexa plan --verify`` measures on the real sharded model)."""
     prof = rank_profiles(req.model, lay.pp, lay.vpp, lay.schedule, req.embed_stage_unit)[pp_rank]
     lp = req.params(lay.tp, lay.ep)
-    p_dense = prof.n_dense * lp.dense_layer + prof.n_moe * lp.moe_layer_dense \
-        + (lp.embed if prof.embed else 0.0) + (lp.head if prof.head else 0.0)
+    p_dense = stage_dense_params(lp, prof)
     p_exp = prof.n_moe * lp.moe_layer_experts
     g = dp_groups(req, lay.tp, lay.cp, lay.ep, lay.sharding, lay.dp_replicate, lay.dp_shard)
     per_rank = p_dense / g.dense_shards + p_exp / g.expert_shards

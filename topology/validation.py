@@ -74,6 +74,17 @@ DEEPSPEED_BF16 = {"hp_grad_accum_bytes": 18.0, "hp_grad_step_bytes": 32.0, "dp_r
 # the output's ``b h s d -> s b (h d)`` rearrange is a copy (4).  So 8 bytes a query element of copies in
 # and out (attn_out_bytes), against the default 4 for the output copy alone.
 ALCF_ATTENTION = {"rope_bytes": 20.0, "rope_kernels": 5, "attn_out_bytes": 8.0, "gqa_repeat_kv": True}
+# DeepSpeed's PipelineEngine (costmodel.Implementation.deepspeed_pipe): blocking, unbatched sends and receives (four
+# transfers a micro-batch on a middle stage's path, each after its PartitionedTensor metadata with TP > 1) and three
+# TP all-gathers a micro-batch rebuilding the partitioned activation and gradient.  Both Megatron-DeepSpeed stacks
+# below run it wherever PP > 1 (BLOOM's GPTModelPipe, the ALCF 70B rows' 'DeepSpeed pipeline engine').  Read in
+# deepspeed/runtime/pipe/{engine,p2p,schedule}.py at 56c52238 and master 38327e07; counted, not fitted.
+DEEPSPEED_PIPE = {"deepspeed_pipe": True}
+# BigScience's ALiBi (``--position-embedding-type alibi``) enters the unfused attention as the C operand of
+# ``torch.baddbmm(alibi, q, k^T, beta=1)`` (megatron/model/transformer.py at 640c8180): PyTorch copies the expanded
+# bias into the scores (2 bytes written a score) and the batched GEMM reads it back (2): 4 bytes a score, forward only
+# (row option ``alibi``).
+ALIBI_BADDBMM_BYTES = 4.0
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
@@ -98,13 +109,14 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # SwiGLU, rotary, residual adds), IPEX's fused RMSNorm, flash attention from DeepSpeed's XPU builder, and no
     # Megatron sequence parallelism.  Read from the launch scripts, not fitted.
     "megatron-deepspeed-xpu": cm.Implementation(
-        name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False, **DEEPSPEED_BF16, **ALCF_ATTENTION),
+        name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False, **DEEPSPEED_BF16, **ALCF_ATTENTION,
+        **DEEPSPEED_PIPE),
     # BigScience's Megatron-DeepSpeed of 2022 (BLOOM-176B): Megatron-LM's 2021 kernels (fused LayerNorm,
     # bias-GeLU, bias-dropout-add, scale-mask-softmax; no sequence parallelism) under DeepSpeed's pipeline
     # engine with its BF16_Optimizer (ZeRO stage 0: 'it implements its own zero stage 1 equivalent')
     "megatron-deepspeed-2022": cm.Implementation(
         name="megatron-deepspeed-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused",
-        sequence_parallel=False, **DEEPSPEED_BF16),
+        sequence_parallel=False, **DEEPSPEED_BF16, **DEEPSPEED_PIPE),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
@@ -200,7 +212,7 @@ def system_of(run: Run, path: Path = DATA) -> System:
 
 def row_options(run: Run, path: Path = DATA) -> dict:
     """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
-    recompute_norm_act)."""
+    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
@@ -256,6 +268,10 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
     impl = implementation_of(run)
     if row_options(run, path).get("glu_clamp") and impl.name.startswith("megatron-core"):
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
+    if row_options(run, path).get("alibi") and impl.attention == "unfused":  # the bias through baddbmm's C
+        impl = replace(impl, name=impl.name + "+alibi", score_bias_bytes=ALIBI_BADDBMM_BYTES)
+    if row_options(run, path).get("norm_tp_sync"):  # the source's code all-reduces each norm's weights a forward
+        impl = replace(impl, name=impl.name + "+norm-sync", norm_tp_sync=True)
     req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, impl,
                      expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
                      recompute_norm_act=row_options(run, path).get("recompute_norm_act", False),
