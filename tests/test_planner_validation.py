@@ -418,3 +418,31 @@ def test_megatron_sequential_mlp_runs_one_mlp_per_local_expert():
     assert one[0].fwd_moe == pytest.approx(one[1].fwd_moe) and one[0].bwd_moe == pytest.approx(one[1].bwd_moe)
     with pytest.raises(ConfigError, match="unknown implementation flag"):
         v.implementation_of(dataclasses.replace(run, implementation="megatron-core-a2a+expert-loops"))
+
+
+def test_automodel_gpt_oss_20b_row_recomputes_as_its_config_did_when_the_figure_was_published():
+    # Session 7 data fix: NeMo Automodel's performance summary printed the GPT-OSS 20B row (10.04 s) in 89e3a9fdd
+    # (2025-10-06) and never changed it; the config it links, examples/benchmark/configs/gptoss_20b_te_deepep.yaml,
+    # had `activation_checkpointing: true` then (79d0ccfdb to 5aa79650c; false only from 8df18da35, 2025-11-10,
+    # a commit that did not touch the figure), and Automodel's MoE parallelizer of that time wraps every decoder
+    # block in a plain checkpoint_wrapper: the whole layer is recomputed.  The 120B config had it false.
+    runs = {r.id: r for r in v.load_runs()}
+    row, big = runs["automodel-gpt-oss-20b-8"], runs["automodel-gpt-oss-120b-64"]
+    assert row.recompute == "full" and big.recompute == "none"
+    assert "89e3a9fdd" in row.note and "activation_checkpointing: true" in row.note
+    assert row.measured == 10.04
+    est = v.predict(row)
+    assert est.breakdown["recompute_s"] > 0.0
+    assert v.predict(dataclasses.replace(row, recompute="none")).step_time_s < est.step_time_s
+
+
+def test_qwen3_recipe_rows_record_the_maintainers_unmerged_re_measurement():
+    # Megatron-LM PR #5728 (open, not merged; NVIDIA-NeMo/Megatron-Bridge's matching recipes, "the same GPU count,
+    # parallelism, batch sizes, sequence length, precision, and CUDA graph mode") re-measures the two H100 BF16
+    # recipe rows at 302.0 and 240.5 TFLOP/s/GPU.  The rows keep the merged index's figures (the source) and say so.
+    runs = {r.id: r for r in v.load_runs()}
+    big, small = runs["mcore-recipes-qwen3-235b-h100-256"], runs["mcore-recipes-qwen3-30b-a3b-32"]
+    assert (big.measured, small.measured) == (214.3, 234.1)
+    assert "#5728" in big.note and "302.0" in big.note and "#5728" in small.note and "240.5" in small.note
+    remeasured = dataclasses.replace(big, measured=302.0)
+    assert remeasured.measured_step_s == pytest.approx(big.measured_step_s * 214.3 / 302.0)
