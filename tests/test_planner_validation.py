@@ -446,3 +446,19 @@ def test_qwen3_recipe_rows_record_the_maintainers_unmerged_re_measurement():
     assert "#5728" in big.note and "302.0" in big.note and "#5728" in small.note and "240.5" in small.note
     remeasured = dataclasses.replace(big, measured=302.0)
     assert remeasured.measured_step_s == pytest.approx(big.measured_step_s * 214.3 / 302.0)
+
+
+def test_bridge_gpt_oss_25_11_row_runs_the_micro_batch_its_h100_config_set():
+    # Session 7 data fix: Megatron-Bridge's 25.11 table (added in 97ad8cc6f) prints the H100 GPT-OSS-120B row as
+    # GBS 512, MBS 4, PP 4, EP 8, GA 2 on 64 GPUs; GA 2 cannot hold with PP 4 (DP 16: 512 / (4 x 16) = 8), and it is
+    # the B200 row's MBS / GA pair, while the H100 config the same commit ships
+    # (scripts/performance/configs/gpt_oss/gpt_oss_workload_base_configs.py: the base, micro_batch_size 1, with
+    # pipeline_model_parallel_size 4) runs micro-batch 1: GA 32.  Every other H100 row of the table satisfies
+    # GA = GBS / (MBS x DP).
+    runs = {r.id: r for r in v.load_runs()}
+    row, later = runs["bridge-gpt-oss-120b-64"], runs["bridge2604-gpt-oss-120b-64"]
+    assert (row.mbs, row.pp, row.global_batch) == (1, 4, 512) and later.mbs == 1
+    dp = row.gpus // (row.tp * row.pp)
+    assert row.global_batch // (row.mbs * dp) == 32 and row.global_batch // (4 * dp) != 2
+    assert "97ad8cc6f" in row.note and "micro_batch_size 1" in row.note
+    assert row.measured == 5630
