@@ -341,6 +341,12 @@ ACT_BYTES = {"gelu": (4, 1), "swiglu": (10, 2)}  # per hidden unit: gelu 2+2; si
 # MoE layer, per routed row of width h: gather the token 2+2, weight the expert output 2+2, read it
 # in index_add 2; per token: zeros 2, index_add read-modify-write 4.
 MOE_ROW_BYTES, MOE_TOKEN_BYTES = 10, 6
+# Transformer Engine's fused MoE permutation (``moe_permute`` / ``moe_unpermute`` with a mask map:
+# transformer_engine/pytorch/triton/permutation.py, ``_permute_kernel`` and ``_unpermute_kernel``, TE 2.x): the
+# permute loads each input row once and stores it to each of its routed rows; the unpermute loads each routed row
+# once, merges in registers (with the routing weight where it is applied there) and stores each input row once.
+# Per element: a routed row 2 written + 2 read, an input row 2 read + 2 written.  Counted, not fitted.
+FUSED_PERMUTE_ROW_BYTES, FUSED_PERMUTE_INPUT_BYTES = 4, 4
 MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers, index_add, aux/z losses
 
 
@@ -410,6 +416,12 @@ class Implementation:
     # splits the rows into views and concatenates the experts' outputs (``torch.cat``: one copy), and the
     # backward concatenates the split's gradients (one copy).  False: one grouped GEMM per projection.
     expert_loop: bool = False
+    # The MoE permutation runs as Transformer Engine's fused kernels (Megatron ``--moe-permute-fusion``; NeMo
+    # Automodel's DeepEP dispatcher sets it; HybridEP permutes inside its dispatch and un-permutes inside its
+    # combine): FUSED_PERMUTE_*_BYTES per routed row and per input row (the rank's tokens for a dispatcher that
+    # permutes before the all-to-all, the token copies DeepEP delivers for one that permutes after it) instead of
+    # the eager gather / weighting / index_add of MOE_ROW_BYTES and MOE_TOKEN_BYTES.
+    moe_permute_fused: bool = False
     # DeepSpeed's BF16_Optimizer (bf16 weights, fp32 gradient accumulation: DeepSpeed's choice for bf16
     # without ZeRO, for bf16 + ZeRO-1 with ``grad_accum_dtype`` fp32, and BigScience's BLOOM run), read in
     # deepspeed/runtime/bf16_optimizer.py at 56c52238 (2022, the upstreamed olruwase/bf16-updates branch) and
@@ -658,9 +670,18 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         shared_width = model.n_shared_experts * model.moe_d_ff
         shared = ffn(shared_width, tokens) if shared_width else 0.0
         router = g(dev, tokens, model.n_experts, h)
-        moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + MOE_ROW_BYTES * h)
-                     + tokens * MOE_TOKEN_BYTES * h + (tokens * (act_bytes * shared_width / t + RESIDUAL_BYTES * h)
-                                                        if shared_width else 0.0))
+        copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
+            else model.top_k * cf
+        shared_bytes = tokens * (act_bytes * shared_width / t + RESIDUAL_BYTES * h) if shared_width else 0.0
+        if impl.moe_permute_fused:
+            # input rows: the rank's tokens (permuted before the all-to-all), or with DeepEP the token copies it
+            # delivers (one a destination rank; permuted after the dispatch)
+            inputs = routed / (model.top_k * cf) * (copies if impl.ep_dedup and ep > 1 else 1.0)
+            moe_bytes = (common_bytes + routed * act_bytes * model.moe_d_ff / etp + shared_bytes
+                         + (FUSED_PERMUTE_ROW_BYTES * routed + FUSED_PERMUTE_INPUT_BYTES * inputs) * h)
+        else:  # the eager gather, weighting and index_add
+            moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + MOE_ROW_BYTES * h)
+                         + tokens * MOE_TOKEN_BYTES * h + shared_bytes)
         expert_act_kernels = act_kernels * (math.ceil(local_experts) if impl.expert_loop else 1)
         moe_kernels = common_kernels + expert_act_kernels + impl.moe_routing_kernels + (
             act_kernels + 1 if shared_width else 0)
@@ -686,8 +707,6 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
-        copies = expected_destinations(model.n_experts, model.top_k, ep) if impl.ep_dedup and ep > 1 \
-            else model.top_k * cf
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
         if ep > 1:

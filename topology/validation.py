@@ -43,9 +43,11 @@ FUSED_NORM = {"norm_bytes": 4.0, "norm_kernels": 1}  # bf16 in, bf16 out, one ke
 # graphs removed: the floor that makes the ungraphed row's forward that much longer, its GPU forward being
 # 3.60 ms a MoE layer, is 5.11 ms, and the graphs took at least 1.61 ms off it (the graphed row's GPU
 # forward, 3.50 ms, is then the longer; that row is +3.7% as GPU-bound).  Both rows are "looked at" for
-# it.  tests/test_planner_validation.py re-derives both figures from the two rows.
-MEGATRON_MOE_HOST_S = 5.1e-3
-MOE_GRAPHS_HOST_SAVING_S = 1.6e-3  # what CUDA-graphing the router and MoE preprocessing takes off it
+# it.  tests/test_planner_validation.py re-derives both figures from the two rows.  Session 7 re-derived them
+# (the same two rows, the same rule) after the fused MoE permutation's byte count (costmodel.FUSED_PERMUTE_*)
+# shortened both rows' GPU forward: 5.00 ms, and at least 1.61 ms off it (the graphed row's GPU forward 3.395 ms).
+MEGATRON_MOE_HOST_S = 5.0e-3
+MOE_GRAPHS_HOST_SAVING_S = 1.61e-3  # what CUDA-graphing the router and MoE preprocessing takes off it
 # DeepSpeed's engine with its BF16_Optimizer (costmodel.Implementation's hp_grad_* and dp_reduce_after_backward,
 # read in deepspeed/runtime/{engine,bf16_optimizer,pipe/engine}.py): fp32 gradient accumulation after every
 # micro-batch, the gradient all-reduce after the backward in the bf16 communication type (DeepSpeed's default
@@ -119,7 +121,10 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         sequence_parallel=False, **DEEPSPEED_BF16, **DEEPSPEED_PIPE),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
-        logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True),  # TE linear/norm/attention, fused rotary, bf16 loss
+        logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True,  # TE linear/norm/attention, fused rotary, bf16 loss
+        # its DeepEP dispatcher is Megatron's, built with moe_permute_fusion=True (components/moe/layers.py at
+        # 89e3a9fdd / 8d9bfb90e, the commits that printed its rows): TE's fused permutation
+        moe_permute_fused=True),
 }
 # Megatron's plain all-to-all dispatcher: a token goes once to each of its routed experts (no DeepEP dedup)
 IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
@@ -128,7 +133,9 @@ EP_OVERLAP_SUFFIX = "+ep-overlap"
 # A row's implementation may name what its source overlaps: "+ep-overlap" (the expert all-to-all behind
 # another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs);
 # and what it runs: "+moe-graphs" (router and MoE preprocessing as CUDA graphs), "+fp32-reduce" (gradients
-# reduced in fp32), "+expert-loop" (moe_grouped_gemm false: Megatron-Core's SequentialMLP, session 6 second round)
+# reduced in fp32), "+expert-loop" (moe_grouped_gemm false: Megatron-Core's SequentialMLP, session 6 second round),
+# "+permute-fusion" (Megatron --moe-permute-fusion, or HybridEP's permute inside its dispatch: TE's fused MoE
+# permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7)
 OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
 
 
@@ -237,7 +244,7 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool
 def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop"])
+    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -246,6 +253,8 @@ def implementation_of(run: Run) -> cm.Implementation:
         impl = replace(impl, grad_reduce_bytes=4.0)
     if "expert-loop" in flags:  # moe_grouped_gemm false: Megatron-Core's SequentialMLP, one MLP per local expert
         impl = replace(impl, expert_loop=True)
+    if "permute-fusion" in flags:  # the MoE permutation as Transformer Engine's fused kernels
+        impl = replace(impl, moe_permute_fused=True)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
         impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S))
     return impl
