@@ -583,6 +583,17 @@ def test_repeated_kv_heads_are_copied_and_rotated_at_the_query_width():
     assert not any(i.gqa_repeat_kv for i in (cm.ALPHAEXA, cm.ALPHAEXA_EAGER, cm.ALPHAEXA_COMPILED))
 
 
+def test_one_kv_head_a_rank_is_repeated_by_a_view_not_a_copy():
+    # repeat_kv (argonne-lcf transformer.py at 3848f6fb) returns ``expand`` alone when a TP rank holds one KV head:
+    # a view, so no copies; the rotary still runs on the q-width key it then reads.  (review7)
+    gqa, system = get_preset("1b").replace(n_kv_heads=4), load_system("dgx-h100")
+    dev, tokens, q, kv = system.node.device, 2 * 4096, gqa.q_dim, gqa.kv_dim
+    plain = cm.layer_cost(gqa, system, 8, 4, 1, 1, 2, 4096, 8, cm.Implementation())
+    rep = cm.layer_cost(gqa, system, 8, 4, 1, 1, 2, 4096, 8, cm.Implementation(gqa_repeat_kv=True))
+    rope_only = cm.elementwise_seconds(dev, tokens * cm.ROPE_BYTES * (q - kv) / 4, 0)
+    assert rep.fwd_dense - plain.fwd_dense == pytest.approx(rope_only, rel=1e-9)
+
+
 def test_a_partition_that_counts_the_embedding_as_a_layer_gives_the_end_stages_one_fewer():
     # DeepSpeed's --pp-partition-method 'type:transformer|embedding' (BLOOM): 70 layers + embedding + head
     # are 72 units, 3 a stage on 24 stages; the trainer's even cut of the layers is the default.

@@ -631,14 +631,16 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     act_bytes *= impl.act_scale
     rope = model.pos_encoding == "rope"
     # grouped-query attention whose K and V the framework repeats to the query's heads (gqa_repeat_kv): the two
-    # copies (kv read, q written, bf16), and the rotary then runs on q-width keys
+    # copies (kv read, q written, bf16), and the rotary then runs on q-width keys.  With one KV head a TP rank
+    # repeat_kv returns the ``expand`` alone, a view: no copies, the rotary still reads it at q width.
     repeat = impl.gqa_repeat_kv and kv < q
     key_width = q if repeat else kv
+    copies = repeat and model.n_kv_heads > t
     # norms, residual adds, rotary, attention-output copy: the same in dense and MoE layers
     common_bytes = tokens * ((2 * impl.norm_bytes + 2 * impl.residual_bytes) * h / rep + impl.attn_out_bytes * q / t
                              + (impl.rope_bytes * (q + key_width) / t if rope else 0.0)
-                             + (2 * (2.0 * kv + 2.0 * q) / t if repeat else 0.0))
-    common_kernels = 2 * impl.norm_kernels + 2 + 1 + (2 * impl.rope_kernels if rope else 0) + (2 if repeat else 0)
+                             + (2 * (2.0 * kv + 2.0 * q) / t if copies else 0.0))
+    common_kernels = 2 * impl.norm_kernels + 2 + 1 + (2 * impl.rope_kernels if rope else 0) + (2 if copies else 0)
 
     def ffn(width: float, rows: float) -> float:
         return g(dev, rows, up * width / t, h) + g(dev, rows, h, width / t)

@@ -65,6 +65,13 @@ MOE_GRAPHS_HOST_SAVING_S = 1.61e-3  # what CUDA-graphing the router and MoE prep
 # (4 read + 2 written) before the all-gather: 34 bytes a local parameter.
 DEEPSPEED_BF16 = {"hp_grad_accum_bytes": 18.0, "hp_grad_step_bytes": 32.0, "dp_reduce_after_backward": True,
                   "logit_bytes": 38.0, "logit_bwd_bytes": 14.0, "optimizer_bytes": 34.0}
+# The scaling runs only when the global norm exceeds ``gradient_clipping`` (``clip_tensors_by_global_norm``:
+# ``clip_coef = max_norm / (norm + eps)``, then ``if clip_coef < 1`` the in-place ``mul_``; runtime/utils.py at
+# 56c52238, v0.17.5 and master alike).  BLOOM's rows print their norm: 'grad norm: 0.174' at iteration 12695
+# (chronicles.md) and 0.128-0.154 at the reshape rows' iterations (reshaping-log.md), under the slurm script's
+# gradient_clipping 1.0, so they pay the norm's read and the averaging (24), not the scaling (review7).  The ALCF
+# rows print no norm (runs from initialisation, where it is often above 1): they keep the scaling, an upper bound.
+DEEPSPEED_BF16_UNCLIPPED = {**DEEPSPEED_BF16, "hp_grad_step_bytes": 24.0}
 # argonne-lcf/Megatron-DeepSpeed's attention block (megatron/model/transformer.py at 3848f6fb,
 # ``ParallelAttention.forward``): one fused QKV projection whose output is viewed as [s, b, nkv, g + 2, hn];
 # ``split_tensor`` reshapes the query out of it (a copy: 2 read + 2 written a query element), ``repeat_kv``
@@ -118,7 +125,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # engine with its BF16_Optimizer (ZeRO stage 0: 'it implements its own zero stage 1 equivalent')
     "megatron-deepspeed-2022": cm.Implementation(
         name="megatron-deepspeed-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused",
-        sequence_parallel=False, **DEEPSPEED_BF16, **DEEPSPEED_PIPE),
+        sequence_parallel=False, **DEEPSPEED_BF16_UNCLIPPED, **DEEPSPEED_PIPE),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True,  # TE linear/norm/attention, fused rotary, bf16 loss
