@@ -5,7 +5,8 @@ GPUs, layout, batch, recompute, the framework that ran them and the throughput
 the source reports, with the source of every row.  Each row is in the fit set or
 held out, by a rule fixed in the file before anything was fitted.  ``predict``
 costs a row's layout with ``costmodel.estimate`` on the row's system and
-framework; ``summary`` gives the mean and max |step-time error| of each split.
+framework; ``summary`` gives the mean and max |step-time error| of each split; ``plan_record``
+gives one device's rows' errors as ``alphaexa plan`` shows them under its table.
 
     python -m topology.validation            # every row, then the summary
     python -m topology.validation --markdown # the table docs/planner.md shows
