@@ -107,7 +107,7 @@ def run_plan(args: argparse.Namespace, check=None) -> int:
     if args.json:
         print(text)
     else:
-        print(result.table())
+        print(result.table(validation=not (args.explain and result.plans)))  # --explain ends with it
         if args.explain and result.plans:
             print()
             print(result.explain())

@@ -119,6 +119,13 @@ class PlanResult:
     def best(self) -> Plan | None:
         return self.plans[0] if self.plans else None
 
+    def validation(self) -> dict[str, Any]:
+        """How far the cost model has been from published runs on this system's device
+        (``topology.validation.plan_record``: computed on first use for that device only, then cached)."""
+        from .validation import plan_record
+
+        return plan_record(self.request.system)
+
     def to_dict(self) -> dict[str, Any]:
         req = self.request
         out = {
@@ -132,6 +139,8 @@ class PlanResult:
         }
         if self.offload_reason:
             out["offload_reason"] = self.offload_reason
+        if self.plans:
+            out["validation"] = self.validation()
         if not self.plans:
             out["infeasible"] = {
                 "advice": self.advice,
@@ -156,7 +165,8 @@ class PlanResult:
         return text
 
     # -------------------------------------------------------- text output
-    def table(self) -> str:
+    def table(self, validation: bool = True) -> str:
+        """The plans, best first; ``validation``: with the device's validation record under them."""
         req = self.request
         pc = param_counts(req.model)
         head = (f"{req.model.name}: {human(pc.total)} parameters ({human(pc.active)} active) on "
@@ -182,6 +192,8 @@ class PlanResult:
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
         lines = [head, search, "  ".join(c.rjust(w) for c, w in zip(cols, widths))]
         lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in rows]
+        if validation:
+            lines += self.validation()["text"]
         return "\n".join(lines)
 
     def explain(self) -> str:
@@ -234,6 +246,7 @@ class PlanResult:
                          f"({100 * gap:+.1f}%)")
         if self.pins:
             lines.append("Pinned: " + ", ".join(f"{k}={v}" for k, v in self.pins.items()))
+        lines += self.validation()["text"]
         return "\n".join(lines)
 
 

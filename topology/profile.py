@@ -33,6 +33,7 @@ DEVICE_FIELDS = ("gemm_efficiency", "attention_efficiency", "collective_call_us"
 LINK_FIELDS = ("efficiency",)
 BULK_BYTES = 256 << 20  # collectives at least this large measure bandwidth
 SMALL_BYTES = 1 << 20  # collectives at most this large measure the per-call cost
+CALIBRATED_MARK = " (profile applied)"  # apply_profile's suffix of the system's description
 
 
 def _implied_gemm_efficiency(system: System, g: dict) -> float | None:
@@ -143,7 +144,12 @@ def apply_profile(system: System, profile: dict[str, Any]) -> System:
     levels = tuple(dataclasses.replace(lv, link=relink(lv.link)) for lv in node.link_levels)
     network = system.network and dataclasses.replace(system.network, nic=relink(system.network.nic))
     return dataclasses.replace(system, node=dataclasses.replace(node, device=device, link_levels=levels),
-                               network=network, description=f"{system.description} (profile applied)")
+                               network=network, description=system.description + CALIBRATED_MARK)
 
 
-__all__ = ["apply_profile", "fit_profile", "load_profile"]
+def is_calibrated(system: System) -> bool:
+    """Whether ``system`` carries a profile's constants (``apply_profile`` marks its description)."""
+    return system.description.endswith(CALIBRATED_MARK)
+
+
+__all__ = ["apply_profile", "fit_profile", "is_calibrated", "load_profile"]

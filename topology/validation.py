@@ -5,7 +5,8 @@ GPUs, layout, batch, recompute, the framework that ran them and the throughput
 the source reports, with the source of every row.  Each row is in the fit set or
 held out, by a rule fixed in the file before anything was fitted.  ``predict``
 costs a row's layout with ``costmodel.estimate`` on the row's system and
-framework; ``summary`` gives the mean and max |step-time error| of each split.
+framework; ``summary`` gives the mean and max |step-time error| of each split; ``plan_record``
+gives one device's rows' errors as ``alphaexa plan`` shows them under its table.
 
     python -m topology.validation            # every row, then the summary
     python -m topology.validation --markdown # the table docs/planner.md shows
@@ -428,6 +429,140 @@ def breakdown(rows: list[Row]) -> str:
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
                    f"{statistics.fmean(abs(r.error_pct) for r in sel):5.1f}%   " + " / ".join(parts))
     return "\n".join(out)
+
+
+# ------------------------------------------------------------ what a plan shows
+# ``alphaexa plan`` prints, under its table, how far this validation has found the cost model from published
+# runs on the plan's device: the rows whose device has the plan's device name, predicted by ``predict`` as the
+# table above is (nothing copied from the docs: it follows the model and the data).  Computed on first use
+# for that device only, and cached.
+DOCS_POINTER = "docs/planner.md section 10"
+TIME_FIELDS_IGNORED = ("name", "source", "memory_gib")  # what a device may differ in without changing a step time
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """One split's (predicted - measured) / measured, in percent, over the rows of one device."""
+
+    split: str  # heldout | fit
+    n: int
+    mean_pct: float
+    min_pct: float
+    max_pct: float
+    mean_ratio: float  # measured / predicted, averaged over the rows
+
+    @property
+    def ratio_range(self) -> tuple[float, float]:
+        """(least, most) measured / predicted: the shortest and the longest a run took against the prediction."""
+        return 100.0 / (100.0 + self.max_pct), 100.0 / (100.0 + self.min_pct)
+
+    def to_dict(self) -> dict:
+        lo, hi = self.ratio_range
+        return {"n": self.n, "mean_error_pct": round(self.mean_pct, 2), "min_error_pct": round(self.min_pct, 2),
+                "max_error_pct": round(self.max_pct, 2),
+                "measured_over_predicted": {"min": round(lo, 3), "max": round(hi, 3),
+                                            "mean": round(self.mean_ratio, 3)}}
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    device: str
+    systems: tuple[str, ...]  # the data file's systems those rows ran on
+    splits: tuple[SplitRecord, ...]  # held out first, then fit; only splits with rows
+    constants: tuple[tuple, ...]  # the device figures the rows were predicted with (see time_constants)
+
+    @property
+    def n(self) -> int:
+        return sum(s.n for s in self.splits)
+
+    def split(self, name: str) -> SplitRecord | None:
+        return next((s for s in self.splits if s.split == name), None)
+
+
+def time_constants(device) -> tuple:
+    """A device's figures that enter a step time (its name, source and capacity left out)."""
+    return tuple((f, getattr(device, f)) for f in device.__dataclass_fields__ if f not in TIME_FIELDS_IGNORED)
+
+
+def device_record(device: str, path: Path | None = None) -> DeviceRecord:
+    """Every row of the data file whose system's device is named ``device``, predicted and summed up by split."""
+    return _device_record(device, str(DATA if path is None else path))
+
+
+@cache
+def _device_record(device: str, path: str) -> DeviceRecord:
+    p = Path(path)
+    systems: dict[str, System] = {}
+    matched: list[Run] = []
+    for run in load_runs(p):
+        if run.system not in systems:
+            systems[run.system] = system_of(run, p)
+        if systems[run.system].node.device.name == device:
+            matched.append(run)
+    errors = {split: [] for split in SPLITS}
+    for run in matched:
+        errors[run.split].append(error_pct(run, predict(run, systems[run.system], p)))
+    splits = tuple(SplitRecord(split, len(e), statistics.fmean(e), min(e), max(e),
+                               statistics.fmean(100.0 / (100.0 + x) for x in e))
+                   for split, e in ((s, errors[s]) for s in ("heldout", "fit")) if e)
+    used = sorted({r.system for r in matched})
+    return DeviceRecord(device, tuple(used), splits,
+                        tuple(sorted({time_constants(systems[s].node.device) for s in used}, key=repr)))
+
+
+def _pct(x: float) -> str:
+    return f"{x:+.1f}%"
+
+
+def plan_record(system: System, path: Path | None = None, calibrated: bool | None = None) -> dict:
+    """The validation record of ``system``'s device as the plan shows it: the numbers and ``text``, its lines.
+
+    ``calibrated``: the system carries a ``--profile``'s constants (default: read off the system, which
+    ``profile.apply_profile`` marks)."""
+    from .profile import is_calibrated
+
+    device = system.node.device
+    rec = device_record(device.name, path)
+    calibrated = is_calibrated(system) if calibrated is None else calibrated
+    out: dict = {"device": device.name, "runs": rec.n, "systems": list(rec.systems), "docs": DOCS_POINTER}
+    if not rec.n:
+        text = [(f"Validation: no published run on this device ({device.name}) in the validation set: the prediction "
+                 f"is unvalidated ({DOCS_POINTER}).")]
+        if device.name.startswith("H200"):
+            text.append("The only H200 comparison is the trainer's own single-node runs of small models "
+                        "(docs/planner.md section 9), no published or multi-node run.")
+        return {**out, "calibrated": calibrated, "text": text}
+    for s in rec.splits:
+        out[s.split] = s.to_dict()
+    parts = []
+    for s in rec.splits:
+        what = "held out" if s.split == "heldout" else "fit (in-sample)"
+        parts.append(f"{s.n} {what}, mean {_pct(s.mean_pct)}, range {_pct(s.min_pct)}..{_pct(s.max_pct)}")
+    runs = "run" if rec.n == 1 else "runs"
+    text = [(f"Validation on {device.name}, (predicted - measured)/measured step of {rec.n} published {runs} "
+             f"on {', '.join(rec.systems)}: " + "; ".join(parts) + ".")]
+    ref = rec.split("heldout") or rec.splits[0]
+    lo, hi = ref.ratio_range
+    who = "Held-out runs" if ref.split == "heldout" and len(rec.splits) > 1 else "Published runs"
+    if ref.split == "fit":
+        who = "Published runs (all in the fit)"
+    if ref.max_pct < 0:
+        expect = ": expect longer steps"
+    elif ref.min_pct > 0:
+        expect = ": expect shorter steps"
+    else:
+        expect = ", some shorter, some longer"
+    took = f"{lo:.2f}x the predicted step" if ref.n == 1 else \
+        f"{lo:.2f}-{hi:.2f}x the predicted step ({ref.mean_ratio:.2f}x on average)"
+    text.append(f"{who} on {device.name} took {took}{expect}. See {DOCS_POINTER}.")
+    same = time_constants(device) in rec.constants
+    if calibrated:
+        text.append("Calibrated with --profile: this record is for the uncalibrated catalogue figures; the "
+                    "calibrated prediction has no published-run record.")
+    elif not same:
+        text.append(f"This system's {device.name} figures differ from the catalogue's that the validation used: "
+                    "the record is for the catalogue figures.")
+    return {**out, "calibrated": calibrated, "catalogue_constants": same, "text": text}
 
 
 def main(argv: list[str] | None = None) -> int:
