@@ -682,6 +682,20 @@ def test_pipeline_boundaries_between_nodes_are_priced_on_the_network_where_the_f
         assert one.p2p_node == one.p2p
 
 
+def test_deepspeeds_pipeline_exchange_is_refused_with_a_schedule_deepspeed_does_not_run():
+    # Review of session 7: StageTerms.pipe_xchg counts DeepSpeed's TrainSchedule (1F1B, one chunk a rank: the end
+    # stages have one neighbour); under interleaving or zbv the same rank holds middle chunks (zbv's first rank
+    # holds the embedding and the head, so it got no exchanges at all), so those layouts are refused, not costed.
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    ds = cm.dataclasses.replace(cm.ALPHAEXA_EAGER, name="ds-pipe", deepspeed_pipe=True)
+    for schedule, vpp in (("interleaved1f1b", 2), ("zbv", 2), ("gpipe", 1)):
+        with pytest.raises(ConfigError, match="deepspeed_pipe"):
+            cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds),
+                            Layout(tp=2, pp=4, vpp=vpp, mbs=1, schedule=schedule, sharding="none", dp_replicate=2))
+    assert cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds),
+                           Layout(tp=2, pp=1, mbs=1, sharding="none", dp_replicate=8)).pp_comm == 0.0
+
+
 def test_a_score_bias_added_through_baddbmm_costs_its_copy_and_read_in_the_forward_only():
     # BigScience's ALiBi through torch.baddbmm(alibi, q, k^T, beta=1) (session 7): the expanded bias copied into
     # the scores and read back by the GEMM, score_bias_bytes a score, forward (and so a full recompute's redo) only.

@@ -1125,6 +1125,10 @@ def structures(req: Request, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: 
 
 def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: int,
                 schedule: str, modes: tuple[str, ...]) -> dict[str, Structure]:
+    if impl.deepspeed_pipe and pp > 1 and (vpp > 1 or schedule != "1f1b"):
+        # its exchanges (StageTerms.pipe_xchg) are counted for DeepSpeed's TrainSchedule: 1F1B, one chunk a rank
+        raise ConfigError(f"deepspeed_pipe runs DeepSpeed's 1f1b TrainSchedule with vpp 1, not schedule={schedule} "
+                          f"vpp={vpp}")
     dp = req.world // (pp * cp * tp)
     m = req.global_batch // (mbs * dp)
     lc = req.layer_cost(tp, cp, ep, mbs, dp * cp * tp, impl)
