@@ -615,19 +615,20 @@ def test_deepspeeds_pipeline_engine_pays_four_blocking_transfers_and_three_tp_ga
     model, system = get_preset("1b"), load_system("dgx-a100-80gb")
     eager = cm.ALPHAEXA_EAGER
     ds = cm.dataclasses.replace(eager, name="ds-pipe", deepspeed_pipe=True)
+    # one node, so every stage boundary is on the same link (boundaries between nodes: the test after this one)
     for tp, pp in ((2, 4), (1, 4), (2, 2)):
-        lay = Layout(tp=tp, pp=pp, mbs=1, schedule="1f1b", sharding="none", dp_replicate=16 // (tp * pp))
-        plain = cm.structure_of(cm.Request(model, system, 2, 64, 2048, eager), lay)
-        pipe = cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds), lay)
+        lay = Layout(tp=tp, pp=pp, mbs=1, schedule="1f1b", sharding="none", dp_replicate=8 // (tp * pp))
+        plain = cm.structure_of(cm.Request(model, system, 1, 64, 2048, eager), lay)
+        pipe = cm.structure_of(cm.Request(model, system, 1, 64, 2048, ds), lay)
         m = plain.microbatches
-        lc = cm.layer_cost(model, system, 16, tp, 1, 1, 1, 2048, 16 // pp, ds)
-        assert lc.p2p > 0
+        lc = cm.layer_cost(model, system, 8, tp, 1, 1, 1, 2048, 8 // pp, ds)
+        assert lc.p2p > 0 and lc.p2p_node == lc.p2p
         assert plain.pp_comm == pytest.approx(2 * (pp - 1 + m) * lc.p2p)
         if tp == 1:  # no partitioning: only the transfers double
             assert lc.pipe_meta == lc.pipe_gather == 0.0
         else:
             assert lc.pipe_meta == pytest.approx(cm.collective_seconds("p2p", cm.PIPE_META_BYTES,
-                                                                       cm.comm_path(system, 2, 16 // pp)))
+                                                                       cm.comm_path(system, 2, 8 // pp)))
             assert lc.pipe_gather == pytest.approx(cm.collective_seconds("all_gather", 2.0 * 2048 * model.d_model,
                                                                          cm.comm_path(system, tp, 1)))
         xfer = lc.p2p + lc.pipe_meta
@@ -639,11 +640,71 @@ def test_deepspeeds_pipeline_engine_pays_four_blocking_transfers_and_three_tp_ga
         assert all(s.pipe_xchg == 0.0 for s in plain.stages)
         assert [s.t_f + s.t_b for s in pipe.stages] == pytest.approx([s.t_f + s.t_b for s in plain.stages])
         # the stage that sets the pace pays its own exchanges every micro-batch; the breakdown shows them as pp_comm
-        req = cm.Request(model, system, 2, 64, 2048, ds)
+        req = cm.Request(model, system, 1, 64, 2048, ds)
         est = cm.estimate(req, lay)
         pace = max(pipe.stages, key=lambda s: s.t_f + s.t_b + s.pipe_xchg)
         assert est.breakdown["pp_comm_s"] == pytest.approx(pipe.pp_comm + m * pace.pipe_xchg)
         assert pace.pipe_xchg >= 2 * xfer
+
+
+def test_pipeline_boundaries_between_nodes_are_priced_on_the_network_where_the_first_two_stages_share_a_node():
+    # Review of session 7 (helper 23's finding): the p2p term priced every stage boundary on the link between the
+    # first two stages, so a pipeline with several stages a node that spans nodes had its node-edge boundaries
+    # charged at NVLink speed.  Now each hop is priced on its own link (rank order: pp outermost, stage s holds
+    # ranks s*stride .. s*stride+stride-1).
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    r = system.node.ranks  # 8
+    assert cm.pipeline_node_hops(4, 1, "1f1b", 4, r) == (3, 1)  # stages 0,1 | 2,3: one boundary crosses
+    assert cm.pipeline_node_hops(8, 1, "1f1b", 2, r) == (7, 1)  # 0-3 | 4-7
+    assert cm.pipeline_node_hops(8, 2, "interleaved1f1b", 2, r) == (15, 3)  # twice 3|4, and the wrap 7 -> 0
+    assert cm.pipeline_node_hops(8, 2, "zbv", 2, r) == (15, 2)  # down and back; the turn stays on rank 7
+    assert cm.pipeline_node_hops(8, 1, "1f1b", 1, r) == (7, 0)  # one node
+    assert cm.pipeline_node_hops(4, 1, "1f1b", 8, r) == (3, 3)  # a stage a node: every boundary crosses
+    eager = cm.ALPHAEXA_EAGER
+    ds = cm.dataclasses.replace(eager, name="ds-pipe", deepspeed_pipe=True)
+    lc = cm.layer_cost(model, system, 16, 2, 1, 1, 1, 2048, 4, ds)  # tp 2, dp 2, pp 4 on two nodes
+    inter = cm.comm_path(system, 2, r)
+    assert cm.comm_path(system, 2, 4).nodes == 1 and inter.nodes == 2
+    assert lc.p2p == pytest.approx(cm.collective_seconds("p2p", 2.0 * 2048 * model.d_model / 2, cm.comm_path(system, 2, 4)))
+    assert lc.p2p_node == pytest.approx(cm.collective_seconds("p2p", 2.0 * 2048 * model.d_model / 2, inter))
+    assert lc.p2p_node > 2 * lc.p2p
+    assert lc.pipe_meta_node == pytest.approx(cm.collective_seconds("p2p", cm.PIPE_META_BYTES, inter))
+    for schedule, vpp, crossing in (("1f1b", 1, 1), ("interleaved1f1b", 2, 3), ("zbv", 2, 2)):
+        lay = Layout(tp=2, pp=4, vpp=vpp, mbs=1, schedule=schedule, sharding="none", dp_replicate=2)
+        st = cm.structure_of(cm.Request(model, system, 2, 64, 2048, eager), lay)
+        hops, m = 4 * vpp - 1, st.microbatches
+        # the fill and the drain over each hop's own link; in the steady state the stage at a node's edge receives
+        # one way over the network and the other inside its node, once a chunk pass
+        assert st.pp_comm == pytest.approx(2 * ((hops - crossing) * lc.p2p + crossing * lc.p2p_node)
+                                           + m * vpp * (lc.p2p + lc.p2p_node))
+        assert st.pp_comm > 2 * (hops + m * vpp) * lc.p2p  # what the first link alone gave
+    # DeepSpeed's exchanges: the middle stages' worst (one neighbour across), the end stages inside their node
+    pipe = cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds),
+                           Layout(tp=2, pp=4, mbs=1, schedule="1f1b", sharding="none", dp_replicate=2))
+    link, link_node = lc.p2p + lc.pipe_meta, lc.p2p_node + lc.pipe_meta_node
+    assert pipe.pp_comm == pytest.approx(2 * (2 * link + link_node))
+    for s in pipe.stages:
+        first, last = s.rank == 0, s.rank == 3
+        sends = 2 * link if first or last else 2 * (link + link_node)
+        assert s.pipe_xchg == pytest.approx(sends + (3 - first - 2 * last) * lc.pipe_gather)
+    # one node, or a stage a node: every boundary on one link, as before
+    for nodes, dp in ((1, 1), (4, 4)):
+        one = cm.layer_cost(model, system, 8 * nodes, 2, 1, 1, 1, 2048, 2 * dp, eager)
+        assert one.p2p_node == one.p2p
+
+
+def test_deepspeeds_pipeline_exchange_is_refused_with_a_schedule_deepspeed_does_not_run():
+    # Review of session 7: StageTerms.pipe_xchg counts DeepSpeed's TrainSchedule (1F1B, one chunk a rank: the end
+    # stages have one neighbour); under interleaving or zbv the same rank holds middle chunks (zbv's first rank
+    # holds the embedding and the head, so it got no exchanges at all), so those layouts are refused, not costed.
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    ds = cm.dataclasses.replace(cm.ALPHAEXA_EAGER, name="ds-pipe", deepspeed_pipe=True)
+    for schedule, vpp in (("interleaved1f1b", 2), ("zbv", 2), ("gpipe", 1)):
+        with pytest.raises(ConfigError, match="deepspeed_pipe"):
+            cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds),
+                            Layout(tp=2, pp=4, vpp=vpp, mbs=1, schedule=schedule, sharding="none", dp_replicate=2))
+    assert cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds),
+                           Layout(tp=2, pp=1, mbs=1, sharding="none", dp_replicate=8)).pp_comm == 0.0
 
 
 def test_a_score_bias_added_through_baddbmm_costs_its_copy_and_read_in_the_forward_only():

@@ -310,7 +310,7 @@ class LayerCost:
     act: dict[str, tuple[float, float]]  # recompute -> (dense layer bytes, moe layer bytes)
     moe_buffer: float  # all-to-all send+receive buffers of one MoE layer (transient)
     logits: float  # bytes of the last stage's logits for one micro-batch
-    p2p: float  # one stage-boundary send (s) on the pipeline path
+    p2p: float  # one stage-boundary send (s) on the pipeline path: between the first two stages
     moe_block_fwd: float = 0.0  # router, routed and shared experts and their elementwise work (no attention)
     norm_fwd: float = 0.0  # the two norms of a layer
     tp_fwd_moe: float | None = None  # tensor-parallel collectives of one MoE layer's forward (None: tp_fwd)
@@ -318,6 +318,11 @@ class LayerCost:
     head_bwd_extra: float = 0.0  # the loss's backward beyond BWD_FACTOR x its forward (``logit_bwd_bytes``)
     pipe_meta: float = 0.0  # DeepSpeed's pipeline: one PartitionedTensor metadata send (s) before each transfer
     pipe_gather: float = 0.0  # DeepSpeed's pipeline: one PartitionedTensor rebuild, an all-gather in the TP group (s)
+    # the same send (``p2p``) and metadata send (``pipe_meta``) on a boundary between two nodes: where the first two
+    # stages share a node and the pipeline spans nodes, the boundaries at the node edges cross the network
+    # (``pipeline_node_hops``); elsewhere equal to ``p2p`` and ``pipe_meta``
+    p2p_node: float = 0.0
+    pipe_meta_node: float = 0.0
 
 
 # DeepSpeed's PartitionedTensor.to_meta(): an int64 tensor of the shape, the partition count and offsets (a few
@@ -784,17 +789,24 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         act[mode] = (layer_activation_bytes(model, False, **kw),
                      layer_activation_bytes(model, True, **kw) if is_moe else 0.0)
     logits = 10.0 * tokens * v / t  # bf16 logits + fp32 log-softmax + fp32 gradient
-    p2p = 0.0
+    p2p = p2p_node = 0.0
+    pp_path = node_path = comm_path(system, 2, pp_stride)
     if pp_stride < world:
-        p2p = collective_seconds("p2p", 2.0 * tokens * h / t, comm_path(system, 2, pp_stride))
-    pipe_meta = pipe_gather = 0.0
+        if pp_path.nodes == 1 and world > system.node.ranks:
+            # the first two stages share a node but the pipeline (pp_stride x pp = the world: pp is outermost) spans
+            # nodes: the boundaries at the node edges go over the network, one rank a node on either side
+            node_path = comm_path(system, 2, system.node.ranks)
+        p2p = collective_seconds("p2p", 2.0 * tokens * h / t, pp_path)
+        p2p_node = collective_seconds("p2p", 2.0 * tokens * h / t, node_path)
+    pipe_meta = pipe_meta_node = pipe_gather = 0.0
     if impl.deepspeed_pipe and p2p and tp > 1:  # the 1/tp PartitionedTensor: its metadata and its all-gather
-        pipe_meta = collective_seconds("p2p", PIPE_META_BYTES, comm_path(system, 2, pp_stride))
+        pipe_meta = collective_seconds("p2p", PIPE_META_BYTES, pp_path)
+        pipe_meta_node = collective_seconds("p2p", PIPE_META_BYTES, node_path)
         pipe_gather = collective_seconds("all_gather", 2.0 * tokens * h, comm_path(system, tp, 1))
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
     return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core + bias_fwd, tp_fwd, ep_fwd, cp_fwd_exposed,
                      cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
-                     tp_fwd_moe, moe_act_fwd, head_bwd_extra, pipe_meta, pipe_gather)
+                     tp_fwd_moe, moe_act_fwd, head_bwd_extra, pipe_meta, pipe_gather, p2p_node, pipe_meta_node)
 
 
 # ------------------------------------------------------------ parameters
@@ -845,6 +857,22 @@ class StageProfile:
     n_moe: int
     embed: bool
     head: bool
+
+
+def pipeline_node_hops(pp: int, vpp: int, schedule: str, stride: int, ranks_per_node: int) -> tuple[int, int]:
+    """A micro-batch's stage-to-stage hops through the pipeline (``pp vpp - 1``: each chunk to the next) and how
+    many of them cross a node boundary.  Stage ``s`` is the block of ``stride`` ranks from ``s stride`` (rank
+    order of topology.layout); interleaved chunks wrap from the last rank back to rank 0, zbv's V turns on the
+    last rank (no transfer, counted as a hop inside the node as before)."""
+    def node(stage: int) -> int:
+        return stage * stride // ranks_per_node
+
+    inner = sum(node(s) != node(s + 1) for s in range(pp - 1))
+    if schedule == "zbv":  # down the V and back up it
+        crossing = 2 * inner
+    else:
+        crossing = vpp * inner + (vpp - 1) * (node(pp - 1) != node(0))
+    return pp * vpp - 1, crossing
 
 
 def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str,
@@ -1099,6 +1127,10 @@ def structures(req: Request, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: 
 
 def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: int,
                 schedule: str, modes: tuple[str, ...]) -> dict[str, Structure]:
+    if impl.deepspeed_pipe and pp > 1 and (vpp > 1 or schedule != "1f1b"):
+        # its exchanges (StageTerms.pipe_xchg) are counted for DeepSpeed's TrainSchedule: 1F1B, one chunk a rank
+        raise ConfigError(f"deepspeed_pipe runs DeepSpeed's 1f1b TrainSchedule with vpp 1, not schedule={schedule} "
+                          f"vpp={vpp}")
     dp = req.world // (pp * cp * tp)
     m = req.global_batch // (mbs * dp)
     lc = req.layer_cost(tp, cp, ep, mbs, dp * cp * tp, impl)
@@ -1134,8 +1166,14 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             # DeepSpeed's PipelineEngine: with the previous stage, RecvActivation then SendGrad (and the input's
             # all-gather); with the next, SendActivation then RecvGrad (and the output's and the gradient's), each a
             # blocking transfer after its metadata send; the first and last stages have one neighbour (vpp is 1)
+            # (vpp is 1).  Where the pipeline spans nodes with several stages a node, a middle stage at a node's
+            # edge has one neighbour across the network (the costliest middle stage, which this profile stands
+            # for); the end stages' neighbours share their node (the first two stages do, so every node holds at
+            # least two consecutive stages and an even count of them)
             prev, nxt = not prof.embed, not prof.head
-            pipe_xchg = 2 * (prev + nxt) * (lc.p2p + lc.pipe_meta) + (prev + 2 * nxt) * lc.pipe_gather
+            link, link_node = lc.p2p + lc.pipe_meta, lc.p2p_node + lc.pipe_meta_node
+            pipe_xchg = 2 * (link + link_node if prev and nxt else (prev + nxt) * link) \
+                + (prev + 2 * nxt) * lc.pipe_gather
         for mode in modes:
             act_dense, act_moe = lc.act[mode]
             acts = (prof.n_dense * act_dense + prof.n_moe * act_moe) * held + buffers
@@ -1161,14 +1199,18 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
-    # pipelining schedules alike).
-    pp_comm = 2 * (pp * vpp - 1 + m * vpp) * lc.p2p if pp > 1 else 0.0
+    # pipelining schedules alike).  Each hop is priced on its own link: where the first two stages share a node
+    # and the pipeline spans nodes, the hops at the node edges cross the network (pipeline_node_hops), and in the
+    # steady state the stage at a node's edge receives one way over the network and the other way inside its node.
+    hops, crossing = pipeline_node_hops(pp, vpp, schedule, dp * cp * tp, req.system.node.ranks)
+    pp_comm = (2 * ((hops - crossing) * lc.p2p + crossing * lc.p2p_node) + m * vpp * (lc.p2p + lc.p2p_node)
+               if pp > 1 else 0.0)
     if impl.deepspeed_pipe and pp > 1:
         # DeepSpeed's PipelineEngine (Implementation.deepspeed_pipe): the fill and the drain as above, each transfer
         # after its metadata send; the steady state's exchanges are each stage's own (StageTerms.pipe_xchg: four
         # transfers and three all-gathers a micro-batch on a middle stage, two and one or two on the end stages), on
         # the path of the stage that sets the pace
-        pp_comm = 2 * (pp - 1) * (lc.p2p + lc.pipe_meta)
+        pp_comm = 2 * ((hops - crossing) * (lc.p2p + lc.pipe_meta) + crossing * (lc.p2p_node + lc.pipe_meta_node))
         if req.model.tie_embeddings:
             # ``ReduceTiedGrads`` after the last backward: the tied weight's gradient all-reduced between the first
             # and the last stage (pipe/engine.py ``_exec_reduce_tied_grads``: the BF16_Optimizer's fp32 ``_hp_grad``,
