@@ -591,12 +591,16 @@ WINDOW_KERNEL_SEQ = 2048  # the causal kernel's sequence in that ratio: a window
 
 
 # cuDNN's fused attention per head dimension, relative to head dim 128 (the head dim the devices'
-# attention_efficiency was measured at): H100 SXM5, BF16 forward, sequence 4k, from the FlashAttention-3
-# paper (Shah et al. 2024, figure 5, cuDNN bars: 408 TFLOP/s at head dim 64, 609 at 128, 483 at 256).  At
-# head dim 64 each tile holds half the matrix-multiply work per softmax element, so the exponentials
-# (the special-function units, far slower than the tensor cores) weigh twice as much.  A kernel
+# attention_efficiency was measured at): H100 SXM5, forward, causal, sequence 4k, from the FlashAttention-3
+# paper (Shah et al. 2024, figure 5, panels b, d, f, cuDNN bars: 363 TFLOP/s at head dim 64, 518 at 128,
+# 483 at 256; flash-attention assets/flash3_fp16_fwd.png).  Until session 7 the table mixed panels: 408 and
+# 609 are the non-causal bars of head dims 64 and 128 (panels a, c) and 483 the causal bar of 256 (the
+# non-causal one reads 581); the rows are causal.  The ratio hardly moves with the sequence (head dim 64
+# over 128: 0.70 at 1k, 0.70 at 4k, 0.72 at 16k), so it composes with attention_rate_scale.  At head dim 64
+# each tile holds half the matrix-multiply work per softmax element, so the exponentials (the
+# special-function units, far slower than the tensor cores) weigh twice as much.  A kernel
 # microbenchmark, like WINDOW_KERNEL_SCALE.
-CUDNN_HEAD_DIM_SCALE = {64: 408 / 609, 128: 1.0, 256: 483 / 609}
+CUDNN_HEAD_DIM_SCALE = {64: 363 / 518, 128: 1.0, 256: 483 / 518}
 
 
 def head_dim_scale(kernel: str, head_dim: int) -> float:
