@@ -307,6 +307,16 @@ def test_fused_attention_rate_grows_with_the_sequence_as_the_published_benchmark
                                 / (dev.bf16_tflops * 1e12 * dev.attention_efficiency))
 
 
+def test_context_parallel_attention_runs_at_the_rate_of_one_ring_block():
+    # ring attention calls the kernel once a step on one rank's block of s / cp keys: the rate is that
+    # block's, while the FLOPs stay those of the whole causal square's share
+    model, system = get_preset("1b"), load_system("dgx-h100")
+    dev = system.node.device
+    lc = cm.layer_cost(model, system, 8, 1, 2, 1, 1, 8192, 8)
+    assert lc.attn_fwd == pytest.approx(cm.attention_seconds(dev, 1, 4096, 8192, model.q_dim, rate_keys=4096))
+    assert lc.attn_fwd > 1.02 * cm.attention_seconds(dev, 1, 4096, 8192, model.q_dim)
+
+
 def test_a_device_without_a_sequence_curve_keeps_one_rate():
     dev = load_system("aurora").node.device
     assert dev.attention_seq_half == cm.ATTN_TILE

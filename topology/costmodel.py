@@ -644,9 +644,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     if impl.attention == "unfused":
         attn_core = unfused_attention_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff, model.head_dim)
     else:
+        # the kernel's row length for its rate: with context parallelism each call (a ring step) sees one
+        # rank's block of s / cp keys, so its per-row overheads are paid once a block
         windowed = bool(model.sliding_window and model.sliding_window < seq)
         attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t,
-                                      rate_keys=WINDOW_KERNEL_SEQ if windowed else None)
+                                      rate_keys=WINDOW_KERNEL_SEQ if windowed else s_eff / cp)
     bias_fwd = 0.0  # an additive score bias through baddbmm (Implementation.score_bias_bytes): forward only
     if impl.attention == "unfused" and impl.score_bias_bytes:
         # the expanded copy is a kernel of its own; the batched GEMM that reads it back as C is bandwidth-bound
