@@ -3,15 +3,16 @@
     python3 bench/attention_headdim_vs_model.py OUT_DIR [--system h200-x1] [--iters 10]
 
 Why: session 6 scales Transformer Engine's (cuDNN's) fused attention at head dim 64 by 408/609 of its
-head-dim-128 rate (``costmodel.CUDNN_HEAD_DIM_SCALE``), a ratio read from the FlashAttention-3 paper's
-H100 forward benchmark, because the devices' ``attention_efficiency`` was measured at head dim 128 only.
+head-dim-128 rate (``costmodel.CUDNN_HEAD_DIM_SCALE``; 363/518, the causal bars, since session 7), a ratio read
+from the FlashAttention-3 paper's H100 forward benchmark, because the devices' ``attention_efficiency`` was measured at head dim 128 only.
 This measures the ratio on our own GPU, forward and backward, for SDPA's cuDNN and flash backends: GPT-OSS's
 heads (64 query heads, 8 key/value heads, head dim 64) and a head-dim-128 control with the same query
 width (32 heads, 8 key/value heads), sequence 4096, batch 4.  For each it prints the measured time, the
 TFLOP/s (causal: half the square, forward 4 b s^2 h d / 2, backward 2.5x) and ``costmodel.attention_seconds``
 x 3.5 (forward + backward) with and without the head-dim scale; then cuDNN causal attention at head dim 128
-over sequence lengths (``--long-seqs``, default 4k / 16k / 32k, 16k tokens a call) against the model, for the
-long-context rows.  Writes OUT_DIR/attention_headdim.json.  About a minute on an H200.
+(``--long-head-dims``, default 128) over sequence lengths (``--long-seqs``, default 4k / 16k / 32k, 16k tokens a
+call) against the model (its sequence curve, ``costmodel.attention_rate_scale``), for the long-context rows.
+Writes OUT_DIR/attention_headdim.json.  About a minute on an H200 with the defaults.
 """
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=4096)
     ap.add_argument("--long-seqs", type=int, nargs="*", default=[4096, 16384, 32768],
-                    help="sequence lengths of the head-dim-128 causal sweep (16k tokens a call)")
+                    help="sequence lengths of the causal sweep (16k tokens a call)")
+    ap.add_argument("--long-head-dims", type=int, nargs="*", default=[128],
+                    help="head dims of the causal sweep (query width 4096: 32 heads of 128, 64 of 64)")
     args = ap.parse_args()
     device = modelled_device(args, "attention_headdim_vs_model")
     b, s = args.batch, args.seq
@@ -74,8 +77,8 @@ def main() -> int:
                   f" (x{t / model:.2f}), with the head-dim scale {scaled * 1e3:8.3f} ms (x{t / scaled:.2f})", flush=True)
     # the sequence-length dependence at head dim 128 (the long-context rows: 16k-128k tokens, their fused
     # attention the larger part of a layer): the same 16k tokens a call, causal
-    for seq in args.long_seqs:
-        heads, hd, bb = 32, 128, max(1, 16384 // seq)
+    for seq, hd in [(seq, hd) for hd in args.long_head_dims for seq in args.long_seqs]:
+        heads, bb = 4096 // hd, max(1, 16384 // seq)
         q = torch.randn(bb, heads, seq, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         k = torch.randn(bb, heads, seq, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         v = torch.randn(bb, heads, seq, hd, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -92,9 +95,9 @@ def main() -> int:
         except RuntimeError as exc:
             print(f"seq {seq}: failed: {exc}".splitlines()[0])
             continue
-        results.append({"case": f"long {seq}", "heads": heads, "kv_heads": heads, "head_dim": hd, "backend": "cudnn",
+        results.append({"case": f"long {seq} d{hd}", "heads": heads, "kv_heads": heads, "head_dim": hd, "backend": "cudnn",
                         "batch": bb, "seq": seq, "measured_s": t, "tflops": flops / t / 1e12, "modelled_s": model})
-        print(f"cudnn causal d128 seq {seq:6d} x{bb}: {t * 1e3:8.3f} ms {flops / t / 1e12:7.1f} TFLOP/s | "
+        print(f"cudnn causal d{hd} seq {seq:6d} x{bb}: {t * 1e3:8.3f} ms {flops / t / 1e12:7.1f} TFLOP/s | "
               f"model {model * 1e3:8.3f} ms (x{t / model:.2f})", flush=True)
     by = {(r["backend"], r["head_dim"]): r["tflops"] for r in results if not r["case"].startswith("long")}
     for backend in BACKENDS:

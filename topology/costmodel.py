@@ -529,11 +529,30 @@ def elementwise_seconds(device: Device, nbytes: float, kernels: int) -> float:
     return nbytes / (device.memory_gbps * 1e9 * device.elementwise_efficiency) + kernels * device.launch_us * 1e-6
 
 
-def attention_seconds(device: Device, mbs: int, queries: float, keys: float, q_width: float) -> float:
+def attention_rate_scale(device: Device, keys: float) -> float:
+    """The fused causal kernel's rate (per FLOP ``attention_seconds`` counts) at ``keys`` keys a query row,
+    over its rate at the device's ``attention_ref_seq``, where ``attention_efficiency`` holds.  Published
+    kernel benchmarks (FlashAttention-2 and -3 papers) put the visible-half TFLOP/s of causal kernels on
+    s / (s + s_half) with s_half 270-540 (per-row prologue and epilogue, the masked diagonal and the
+    shorter rows of the causal triangle, amortised over longer rows); the diagonal tiles that
+    ``attention_seconds`` adds back are s_half = ATTN_TILE of it, so this is the rest.  1 where the
+    device has no curve (``attention_seq_half`` == ATTN_TILE)."""
+    half = device.attention_seq_half
+    if half == ATTN_TILE:
+        return 1.0
+    ref = device.attention_ref_seq
+    return (keys + ATTN_TILE) / (keys + half) * (ref + half) / (ref + ATTN_TILE)
+
+
+def attention_seconds(device: Device, mbs: int, queries: float, keys: float, q_width: float,
+                      rate_keys: float | None = None) -> float:
     """Forward of fused causal attention: QK^T and AV over the visible half, diagonal tiles whole
-    (at most the full square, for sequences of one tile or less)."""
+    (at most the full square, for sequences of one tile or less), at the device's rate for rows of
+    ``rate_keys`` keys (default ``keys``; attention_rate_scale)."""
     flops = 4.0 * mbs * queries * keys * q_width * 0.5 * min(2.0, 1 + ATTN_TILE / keys)
-    return flops / (device.bf16_tflops * 1e12 * device.attention_efficiency) + device.launch_us * 1e-6
+    rate = device.bf16_tflops * 1e12 * device.attention_efficiency * attention_rate_scale(
+        device, keys if rate_keys is None else rate_keys)
+    return flops / rate + device.launch_us * 1e-6
 
 
 UNFUSED_SCORE_BYTES = 9  # per attention score, forward: scale-mask-softmax 2+2, dropout 2+2 and its mask 1
@@ -573,15 +592,20 @@ def deepep_internode_seconds(token_bytes: float, rank_copies: float, node_copies
 # attention section, 1b's heads, 8 x 2048 tokens, fwd + bwd) 131.2 TFLOP/s with a 512-token window
 # against 272.9 for SDPA's causal kernel.  A kernel microbenchmark, like the device's own efficiencies.
 WINDOW_KERNEL_SCALE = 131.2 / 272.9
+WINDOW_KERNEL_SEQ = 2048  # the causal kernel's sequence in that ratio: a window runs at the causal rate there
 
 
 # cuDNN's fused attention per head dimension, relative to head dim 128 (the head dim the devices'
-# attention_efficiency was measured at): H100 SXM5, BF16 forward, sequence 4k, from the FlashAttention-3
-# paper (Shah et al. 2024, figure 5, cuDNN bars: 408 TFLOP/s at head dim 64, 609 at 128, 483 at 256).  At
-# head dim 64 each tile holds half the matrix-multiply work per softmax element, so the exponentials
-# (the special-function units, far slower than the tensor cores) weigh twice as much.  A kernel
+# attention_efficiency was measured at): H100 SXM5, forward, causal, sequence 4k, from the FlashAttention-3
+# paper (Shah et al. 2024, figure 5, panels b, d, f, cuDNN bars: 363 TFLOP/s at head dim 64, 518 at 128,
+# 483 at 256; flash-attention assets/flash3_fp16_fwd.png).  Until session 7 the table mixed panels: 408 and
+# 609 are the non-causal bars of head dims 64 and 128 (panels a, c) and 483 the causal bar of 256 (the
+# non-causal one reads 581); the rows are causal.  The ratio hardly moves with the sequence (head dim 64
+# over 128: 0.70 at 1k, 0.70 at 4k, 0.72 at 16k), so it composes with attention_rate_scale.  At head dim 64
+# each tile holds half the matrix-multiply work per softmax element, so the exponentials (the
+# special-function units, far slower than the tensor cores) weigh twice as much.  A kernel
 # microbenchmark, like WINDOW_KERNEL_SCALE.
-CUDNN_HEAD_DIM_SCALE = {64: 408 / 609, 128: 1.0, 256: 483 / 609}
+CUDNN_HEAD_DIM_SCALE = {64: 363 / 518, 128: 1.0, 256: 483 / 518}
 
 
 def head_dim_scale(kernel: str, head_dim: int) -> float:
@@ -625,7 +649,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     if impl.attention == "unfused":
         attn_core = unfused_attention_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff, model.head_dim)
     else:
-        attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t)
+        # the kernel's row length for its rate: with context parallelism each call (a ring step) sees one
+        # rank's block of s / cp keys, so its per-row overheads are paid once a block
+        windowed = bool(model.sliding_window and model.sliding_window < seq)
+        attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t,
+                                      rate_keys=WINDOW_KERNEL_SEQ if windowed else s_eff / cp)
     bias_fwd = 0.0  # an additive score bias through baddbmm (Implementation.score_bias_bytes): forward only
     if impl.attention == "unfused" and impl.score_bias_bytes:
         # the expanded copy is a kernel of its own; the batched GEMM that reads it back as C is bandwidth-bound

@@ -61,6 +61,13 @@ class Device:
     collective_call_us: float = 0.0  # fixed cost of one collective call (kernel launch, rank handshake)
     host_sync_us: float = 0.0  # host->device->host round trip of one synchronised call (a timed kernel,
     #                            a .item()): what an isolated measurement adds to the device time
+    # How the fused causal kernel's rate grows with the keys a query row sees: its TFLOP/s (visible half)
+    # follow s / (s + attention_seq_half), and attention_efficiency holds at attention_ref_seq (the length
+    # it was measured or fitted at).  128 (costmodel.ATTN_TILE, the default) is the diagonal tile alone:
+    # no curve beyond it.  The devices' figures and their sources: docs/planner.md section 10, "Session 7:
+    # attention rate by sequence length".
+    attention_seq_half: float = 128.0
+    attention_ref_seq: float = 4096.0
     source: str = ""
 
 
@@ -208,6 +215,12 @@ HOPPER_ATTENTION_EFFICIENCY = 0.457  # SDPA's default kernel on H200 (cuDNN atte
 #   b=2 hq=32 hkv=8 s=4096 d=128 forward+backward: 438 TF/s counting the visible half at 3.5x the
 #   forward (bench/gpu_backends.py, same machine), i.e. 0.443 of peak; / (1 + 128/4096) for the
 #   diagonal tiles the cost model adds back.
+HOPPER_ATTENTION_SEQ_HALF = 384.0  # cuDNN's fused attention on H100 SXM5, causal, head dim 128, forward: 315,
+#   410, 484, 518, 529, 539 TFLOP/s at 512, 1k, 2k, 4k, 8k, 16k (FlashAttention-3 paper, Shah et al. 2024,
+#   figure 5d; Dao-AILab/flash-attention assets/flash3_fp16_fwd.png); least squares of s / (s + s_half) on
+#   all six, rms 1.6%.  Head dims 64 and 256 of the same figure give 392 and 352: the curve does not depend
+#   on the head dim.  The kernel (SDPA's default) the efficiency above was measured with, at 4096.
+HOPPER_ATTENTION_REF_SEQ = 4096.0
 HOPPER_LAUNCH_US = 2.0  # kernel-to-kernel gap in a busy stream; not separable from the elementwise
 #   efficiency with these data (any 1-5 us fits the model steps within 5% with a matching efficiency);
 #   2 us is the usual figure for back-to-back launches on Hopper.
@@ -224,13 +237,21 @@ NCCL_CALL_US = 26.0  # fixed cost of one NCCL call beyond the host round trip (k
 # estimates.  The attention figure is what the runs' FlashAttention-class kernels sustained there.
 A100_GEMM_EFFICIENCY = 0.86
 A100_ATTENTION_EFFICIENCY = 0.40
+A100_ATTENTION_SEQ_HALF = 320.0  # FlashAttention-class kernels of 2022-23 on A100 80GB SXM4, causal, head dim
+#   128, forward + backward (FlashAttention-2 paper, Dao 2023, figure 4d; flash-attention
+#   assets/flash2_a100_fwd_bwd_benchmark.png, panel d): "FlashAttention Triton" 50, 61, 68, 74, 78, 80 TFLOP/s at
+#   512 .. 16k (s_half 320, rms 1.3%), FlashAttention (v1, CUDA) 55 .. 83 (272), xformers 58 .. 92 (320);
+#   FlashAttention-2 itself 99 .. 189 rises later (488).  The fit rows' fused kernel is llm-foundry's Triton
+#   FlashAttention (FlashAttention v1's algorithm), so the v1-class figure.
+A100_ATTENTION_REF_SEQ = 2048.0  # the fit rows' sequence (llm-foundry's A100 fit rows: 1k-2k, most at 2k)
 
 A100_40 = Device(
     name="A100-SXM4-40GB", vendor="nvidia", bf16_tflops=312.0, fp8_tflops=0.0, fp32_tflops=19.5,
     memory_gib=40.0, memory_gbps=1555.0, compute_units=108, gemm_efficiency=A100_GEMM_EFFICIENCY,
     attention_efficiency=A100_ATTENTION_EFFICIENCY, reserved_gib=1.5, launch_us=HOPPER_LAUNCH_US,
     elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
-    host_sync_us=HOPPER_HOST_SYNC_US,
+    host_sync_us=HOPPER_HOST_SYNC_US, attention_seq_half=A100_ATTENTION_SEQ_HALF,
+    attention_ref_seq=A100_ATTENTION_REF_SEQ,
     source="NVIDIA A100 datasheet (312 TF dense bf16, 40GB HBM2 1555 GB/s); ALCF Polaris machine "
            "overview; GEMM and attention efficiencies fitted to the published A100 runs of "
            "topology/data/published_runs.json (fit rows, bench/fit_published_runs.py); launch, "
@@ -243,7 +264,8 @@ H100_SXM = Device(
     memory_gib=80.0, memory_gbps=3350.0, compute_units=132, gemm_efficiency=HOPPER_GEMM_EFFICIENCY,
     attention_efficiency=HOPPER_ATTENTION_EFFICIENCY, reserved_gib=2.0, launch_us=HOPPER_LAUNCH_US,
     elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
-    host_sync_us=HOPPER_HOST_SYNC_US,
+    host_sync_us=HOPPER_HOST_SYNC_US, attention_seq_half=HOPPER_ATTENTION_SEQ_HALF,
+    attention_ref_seq=HOPPER_ATTENTION_REF_SEQ,
     source="NVIDIA H100 datasheet (SXM5: 989 TF dense bf16, 1979 TF fp8, 80GB HBM3 3.35 TB/s); "
            "efficiencies fitted on H200 (same GH100 compute and power), bench/gpu_calibrate.py 2026-11-22")
 H200_SXM = dataclasses.replace(
@@ -559,7 +581,7 @@ def validate_system(system: System) -> None:
         raise ConfigError(f"{where}: max_nodes must be >= 1")
     d = node.device
     for f in ("bf16_tflops", "memory_gib", "memory_gbps", "gemm_efficiency", "attention_efficiency",
-              "elementwise_efficiency"):
+              "elementwise_efficiency", "attention_seq_half", "attention_ref_seq"):
         if getattr(d, f) <= 0:
             raise ConfigError(f"{where}: device.{f} must be > 0")
 
