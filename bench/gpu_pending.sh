@@ -3,9 +3,10 @@
 # (about 9 minutes; carry .whl for torchtitan):
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-#   PYTHONPATH=/tmp/site:$PWD OUT=$OUT bash bench/gpu_pending.sh            # everything (~10 min: may pass 600 s)
+#   PYTHONPATH=/tmp/site:$PWD OUT=$OUT bash bench/gpu_pending.sh            # everything (~15 min: pass PART, one call each)
 #   PYTHONPATH=/tmp/site:$PWD OUT=$OUT PART=a bash bench/gpu_pending.sh     # items 1, 2 and 4 (~6 min)
 #   PYTHONPATH=/tmp/site:$PWD OUT=$OUT PART=b bash bench/gpu_pending.sh     # item 3 (~5 min)
+#   PYTHONPATH=$PWD OUT=$OUT PART=c bash bench/gpu_pending.sh               # item 5 (~5 min, nothing to carry)
 #
 # 1. the CUDA training tests: the overlapped-steps test failed its per-step memory check in session 6
 #    (-x -l keeps the values this time), its CUDA-graph case now runs one micro-batch a step, and the
@@ -15,17 +16,24 @@
 # 3. dense `1b` against the loop and torchtitan again, with the activation memory budget, for a
 #    second same-run figure of session 6's table;
 # 4. (session 7, issue 15) Composer's unfused AdamW loop on the llm-foundry MPT-7B/13B shards against
-#    fused AdamW and the cost model's 92 bytes a parameter (bench/composer_adamw_host.py, < 1 min).
+#    fused AdamW and the cost model's 92 bytes a parameter (bench/composer_adamw_host.py, < 1 min);
+# 5. (session 7, issue 15) cuDNN causal attention on the H200 from 1k to 64k tokens at head dim 64 and 128,
+#    against the cost model's new sequence curve (about 3 min), and the flex + sink attention of the GPT-OSS
+#    rows against cuDNN and the model (bench/flex_sink_attention_vs_model.py, --mode default: 1-2 min).
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
-PART=${PART:-ab}
+PART=${PART:-abc}
 step() { echo "===== $*"; "$@"; echo "===== rc=$? ($1 ...)"; }
 if [[ $PART == *a* ]]; then
 step timeout 240 python3 -m pytest -x -l -q -rs -m gpu tests/test_train.py -k on_cuda 2>&1 | tail -60
 step timeout 120 python3 bench/attention_headdim_vs_model.py "$OUT/attention"
 step timeout 90 python3 bench/wgrad_accumulate_vs_model.py "$OUT/wgrad"
 step timeout 90 python3 bench/composer_adamw_host.py "$OUT/composer"
+fi
+if [[ $PART == *c* ]]; then
+step timeout 240 python3 bench/attention_headdim_vs_model.py "$OUT/attention-seq" --long-seqs 1024 2048 4096 8192 16384 32768 65536 --long-head-dims 64 128
+step timeout 240 python3 bench/flex_sink_attention_vs_model.py "$OUT/flex" --iters 10 --mode default
 fi
 if [[ $PART == *b* ]]; then
 step timeout 300 python3 bench/vs_peers.py "$OUT/peers" --sections dense --ablations act-budget-0.9 \
