@@ -328,6 +328,7 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     groups["heldout_unseen8"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen8"]
     groups["heldout_unseen9"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen9"]
     groups["heldout_unseen10"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen10"]
+    groups["heldout_unseen11"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen11"]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -385,11 +386,14 @@ def group_of(run: Run) -> str:
     """fit, seen (held out, looked at before a structural change), unseen (added held out in session 3),
     unseen4 (added held out in session 4), unseen5 (session 5), unseen6 (session 5, second batch), unseen7
     (session 6: NVIDIA's DGX Cloud benchmarking recipes), unseen8 (session 6, second batch: ALCF's Aurora runs), unseen9
-    (session 6, third batch: BigScience's BLOOM-176B runs on Jean Zay) or unseen10 (session 7: Nemotron-4 recipes,
-    Automodel's Llama 3.1 70B, a token-drop Mixtral 8x22B)."""
+    (session 6, third batch: BigScience's BLOOM-176B runs on Jean Zay), unseen10 (session 7: Nemotron-4 recipes,
+    Automodel's Llama 3.1 70B, a token-drop Mixtral 8x22B) or unseen11 (session 7, second batch: the Megatron-LM
+    README's H100 weak scaling, MT-NLG 530B, GPT-NeoX-20B)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
+    if run.id in set(data.get("unseen_rows_session11", ())):
+        return "unseen11"
     if run.id in set(data.get("unseen_rows_session10", ())):
         return "unseen10"
     if run.id in set(data.get("unseen_rows_session9", ())):
@@ -416,14 +420,14 @@ def breakdown(rows: list[Row]) -> str:
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
     out += ["", (f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 / unseen6 "
-                 "/ unseen7 / unseen8 / unseen9 / unseen10 mean |err| (n)")]
+                 "/ unseen7 / unseen8 / unseen9 / unseen10 / unseen11 mean |err| (n)")]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
         for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6", "unseen7", "unseen8", "unseen9",
-                  "unseen10"):
+                  "unseen10", "unseen11"):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
