@@ -493,3 +493,22 @@ def test_alcf_attention_block_is_counted_from_its_source():
     impl = v.IMPLEMENTATIONS["megatron-deepspeed-xpu"]
     assert (impl.rope_bytes, impl.rope_kernels, impl.attn_out_bytes, impl.gqa_repeat_kv) == (20.0, 5, 8.0, True)
     assert not v.IMPLEMENTATIONS["megatron-deepspeed-2022"].gqa_repeat_kv
+
+
+def test_megatron_core_r08_rows_reduce_in_fp32_and_run_the_vocab_parallel_loss():
+    # Megatron-LM at f2e5db402c (the README's H100 weak-scaling table, Megatron-Core r0.8.0): BF16 runs reduce
+    # their gradients in fp32 (arguments.py forces accumulate_allreduce_grads_in_fp32), and the loss is the unfused
+    # fp32 vocab-parallel cross-entropy unless --cross-entropy-loss-fusion is given, which the README does not name
+    rows = {r.id: r for r in v.load_runs()}
+    ids = ["mlm-readme-h100-1.7b-48", "mlm-readme-h100-7.1b-96", "mlm-readme-h100-16b-192", "mlm-readme-h100-32b-384"]
+    for rid in ids:
+        impl = v.implementation_of(rows[rid])
+        assert impl.grad_reduce_bytes == 4.0, rid
+        assert (impl.logit_bytes, impl.logit_bwd_bytes) == (38.0, 14.0), rid
+    # the flag is the Megatron-DeepSpeed forks' count of the same code (session 7 change N), and only the loss moves
+    plain = dataclasses.replace(rows[ids[0]], implementation="megatron-core")
+    ce = dataclasses.replace(plain, implementation="megatron-core+vocab-ce")
+    assert v.implementation_of(plain).logit_bytes == 4.0
+    assert v.MEGATRON_VOCAB_CE == {k: v.DEEPSPEED_BF16[k] for k in ("logit_bytes", "logit_bwd_bytes")}
+    a, b = v.predict(plain).breakdown, v.predict(ce).breakdown
+    assert b["compute_s"] > a["compute_s"] and b["dp_comm_total_s"] == a["dp_comm_total_s"]
