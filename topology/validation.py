@@ -64,8 +64,9 @@ MOE_GRAPHS_HOST_SAVING_S = 1.61e-3  # what CUDA-graphing the router and MoE prep
 # 16 bytes a parameter of the rank beyond the casts and the zeroing (16), so 32.  The AdamW step then runs on the
 # rank's fp32 shard only (28 bytes, as the trainer's), and ``update_lp_params`` writes the shard's bf16 copy
 # (4 read + 2 written) before the all-gather: 34 bytes a local parameter.
+MEGATRON_VOCAB_CE = {"logit_bytes": 38.0, "logit_bwd_bytes": 14.0}
 DEEPSPEED_BF16 = {"hp_grad_accum_bytes": 18.0, "hp_grad_step_bytes": 32.0, "dp_reduce_after_backward": True,
-                  "logit_bytes": 38.0, "logit_bwd_bytes": 14.0, "optimizer_bytes": 34.0}
+                  **MEGATRON_VOCAB_CE, "optimizer_bytes": 34.0}
 # The scaling runs only when the global norm exceeds ``gradient_clipping`` (``clip_tensors_by_global_norm``:
 # ``clip_coef = max_norm / (norm + eps)``, then ``if clip_coef < 1`` the in-place ``mul_``; runtime/utils.py at
 # 56c52238, v0.17.5 and master alike).  BLOOM's rows print their norm: 'grad norm: 0.174' at iteration 12695
@@ -137,6 +138,12 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
 # Megatron's plain all-to-all dispatcher: a token goes once to each of its routed experts (no DeepEP dedup)
 IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
                                                ep_dedup=False, moe_dispatch_tp_gather=True)
+# "+vocab-ce": the loss as Megatron-Core's unfused vocab-parallel cross-entropy (MEGATRON_VOCAB_CE, the same
+# passes as the Megatron-DeepSpeed forks': cross_entropy.py at f2e5db402c upcasts the logits with .float() in
+# calculate_logits_max, then max, subtract, in-place exp, sum, in-place divide; backward the in-place multiply
+# and the upcast's backward).  Megatron-Core r0.8 runs it unless --cross-entropy-loss-fusion is given (off by
+# default, arguments.py at f2e5db402c); Transformer Engine's fused loss, which the megatron-core entry counts
+# (logit_bytes 4), is an option of later releases.
 EP_OVERLAP_SUFFIX = "+ep-overlap"
 # A row's implementation may name what its source overlaps: "+ep-overlap" (the expert all-to-all behind
 # another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs);
@@ -252,7 +259,7 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool
 def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion"])
+    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -261,6 +268,8 @@ def implementation_of(run: Run) -> cm.Implementation:
         impl = replace(impl, grad_reduce_bytes=4.0)
     if "expert-loop" in flags:  # moe_grouped_gemm false: Megatron-Core's SequentialMLP, one MLP per local expert
         impl = replace(impl, expert_loop=True)
+    if "vocab-ce" in flags:  # Megatron's unfused fp32 vocab-parallel cross-entropy, not TE's fused loss
+        impl = replace(impl, **MEGATRON_VOCAB_CE)
     if "permute-fusion" in flags:  # the MoE permutation as Transformer Engine's fused kernels
         impl = replace(impl, moe_permute_fused=True)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
