@@ -512,3 +512,23 @@ def test_megatron_core_r08_rows_reduce_in_fp32_and_run_the_vocab_parallel_loss()
     assert v.MEGATRON_VOCAB_CE == {k: v.DEEPSPEED_BF16[k] for k in ("logit_bytes", "logit_bwd_bytes")}
     a, b = v.predict(plain).breakdown, v.predict(ce).breakdown
     assert b["compute_s"] > a["compute_s"] and b["dp_comm_total_s"] == a["dp_comm_total_s"]
+
+
+def test_the_graph_smoke_row_is_annotated_as_holding_the_capture_step():
+    # Megatron-Bridge's five-step smoke run averages iterations 2-5, and the recipe's cuda_graph_warmup_steps = 3
+    # puts the TE graph capture inside iteration 4's timed interval (train.py at 29ec9101b): not a steady step.
+    # The figure stays as published; the row says what it holds (session 7, mtnlg9).
+    run = next(r for r in v.load_runs() if r.id == "bridge-qwen3-30b-a3b-16-a2a-graphs-smoke")
+    assert run.measured == 45.65 and run.measured_kind == "step_time_s"
+    assert "NOT A STEADY-STATE STEP" in run.note and "cuda_graph_warmup_steps = 3" in run.note
+    steady = next(r for r in v.load_runs() if r.id == "bridge-qwen3-30b-a3b-16-a2a-graphs-attn")
+    assert "replay iterations 5-8" in steady.note and "NOT A STEADY-STATE STEP" not in steady.note
+
+
+def test_deepspeed_pipeline_rows_use_no_zero_stage_the_pipeline_engine_refuses():
+    # DeepSpeed's PipelineEngine asserts zero stage < 2 ('ZeRO-2 and ZeRO-3 are incompatible with pipeline
+    # parallelism', runtime/pipe/engine.py): a deepspeed_pipe row with pp > 1 can only be unsharded or ZeRO-1
+    # (llm-analysis's MT-NLG script passes --ds_zero 3, which that engine would refuse)
+    rows = [r for r in v.load_runs() if v.implementation_of(r).deepspeed_pipe and r.pp > 1]
+    assert {"mtnlg-530b-2240", "mtnlg-530b-2800", "mtnlg-530b-3360"} <= {r.id for r in rows}
+    assert all(r.sharding in ("none", "zero1") for r in rows), [(r.id, r.sharding) for r in rows]
