@@ -117,6 +117,9 @@ def measure(name: str, layers: int, d: int, ranks: int) -> dict:
 
 def main() -> int:
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".")
+    if not torch.cuda.is_available():
+        print("composer_adamw_host: needs a CUDA GPU (it times the optimizer loop on the device)", file=sys.stderr)
+        return 2
     results = []
     for name, (layers, d) in MODELS.items():
         for ranks in (8, 64):
