@@ -738,6 +738,22 @@ def test_pipeline_boundaries_between_nodes_are_priced_on_the_network_where_the_f
         assert one.p2p_node == one.p2p
 
 
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(cm.Implementation) if f.type == "float"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_implementation_refuses_a_float_field_that_is_not_finite(field, value):
+    with pytest.raises(ConfigError, match=f"^{field}="):
+        cm.Implementation(**{field: value})
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(cm.Implementation)
+                                   if f.name.endswith("_bytes") and f.name != "logit_bwd_bytes"]
+                         + ["moe_host_floor_s", "gemm_scale", "attention_scale", "act_scale"])
+def test_implementation_refuses_a_negative_byte_count_or_scale(field):
+    with pytest.raises(ConfigError, match=f"^{field}="):
+        cm.Implementation(**{field: -1.0})
+    assert cm.Implementation(logit_bwd_bytes=-1.0).logit_bwd_bytes == -1.0  # negative: the default's sentinel
+
+
 def test_deepspeeds_pipeline_exchange_is_refused_with_a_schedule_deepspeed_does_not_run():
     # Review of session 7: StageTerms.pipe_xchg counts DeepSpeed's TrainSchedule (1F1B, one chunk a rank: the end
     # stages have one neighbour); under interleaving or zbv the same rank holds middle chunks (zbv's first rank

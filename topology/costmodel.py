@@ -480,19 +480,27 @@ class Implementation:
     norm_tp_sync: bool = False
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            if f.type != "float":
+                continue
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ConfigError(f"{f.name}={v!r}: must be a finite number")
+            # byte counts, time floors and rate scales are >= 0; logit_bwd_bytes < 0 means BWD_FACTOR x logit_bytes
+            if v < 0 and f.name != "logit_bwd_bytes":
+                raise ConfigError(f"{f.name}={v!r}: must be >= 0")
+        for name in ("gemm_scale", "attention_scale", "act_scale"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be > 0")
         if self.attention_kernel not in ("", "cudnn"):
             raise ConfigError(f"attention_kernel={self.attention_kernel!r}: must be '' or 'cudnn' (the kernels with "
                               "a head-dim table)")
         if self.grad_reduce_bytes not in (2, 4):
             raise ConfigError(f"grad_reduce_bytes={self.grad_reduce_bytes!r}: must be 2 (bf16) or 4 (fp32)")
-        if min(self.glu_clamp_fwd_bytes, self.glu_clamp_bwd_bytes, *self.glu_clamp_kernels) < 0:
-            raise ConfigError("glu_clamp_* counts must be >= 0")
-        if min(self.hp_grad_accum_bytes, self.hp_grad_step_bytes) < 0:
-            raise ConfigError("hp_grad_* byte counts must be >= 0")
+        if min(self.glu_clamp_kernels) < 0:
+            raise ConfigError(f"glu_clamp_kernels={self.glu_clamp_kernels!r}: must be >= 0")
         if self.optimizer_bytes <= 0:
             raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
-        if self.score_bias_bytes < 0:
-            raise ConfigError("score_bias_bytes must be >= 0")
 
 
 ALPHAEXA = Implementation()
