@@ -738,6 +738,76 @@ def test_pipeline_boundaries_between_nodes_are_priced_on_the_network_where_the_f
         assert one.p2p_node == one.p2p
 
 
+def test_pipeline_hops_inside_a_node_are_priced_on_its_link_where_twice_the_stride_does_not_divide_the_node():
+    # Session 7 (review7b's open item): a pair of stages whose block of 2 x stride ranks does not divide the node
+    # (stride 4 on Aurora's 12 ranks: stages 0-2 on node 0, 3-5 on node 1) was charged on the network for every
+    # hop, comm_path's misaligned rule, even on one node.  Now a hop whose two stages share a node goes over the
+    # node's link (XeLink: ranks 4 apart sit on different GPUs) and only the hops between nodes over Slingshot.
+    model, system = get_preset("7b"), load_system("aurora")
+    r = system.node.ranks  # 12
+    assert cm.comm_path(system, 2, 4).misaligned  # what the p2p was priced on
+    lc = cm.layer_cost(model, system, 24, 4, 1, 1, 1, 4096, 4)  # tp 4, pp 6 on two nodes
+    per_hop = 2.0 * 4096 * model.d_model / 4
+    xelink, slingshot = cm.comm_path(system, 2, 6), cm.comm_path(system, 2, r)  # ranks 0 and 6; one rank a node
+    assert xelink.nodes == 1 and xelink.intra.name == "XeLink" and slingshot.nodes == 2
+    assert lc.p2p == pytest.approx(cm.collective_seconds("p2p", per_hop, xelink))
+    assert lc.p2p_node == pytest.approx(cm.collective_seconds("p2p", per_hop, slingshot))
+    assert lc.p2p_node > 1.5 * lc.p2p  # 8 MiB a hop: 8.8 GB/s on a rank's NIC share, 17 on XeLink
+    assert cm.pipeline_node_hops(6, 1, "1f1b", 4, r) == (5, 1)  # 0,1,2 | 3,4,5
+    for schedule, vpp, crossing in (("1f1b", 1, 1), ("interleaved1f1b", 2, 3), ("zbv", 2, 2)):
+        lay = Layout(tp=4, pp=6, vpp=vpp, mbs=1, schedule=schedule, sharding="none", dp_replicate=1)
+        st = cm.structure_of(cm.Request(model, system, 2, 48, 4096), lay)
+        hops, m = 6 * vpp - 1, st.microbatches
+        assert st.pp_comm == pytest.approx(2 * ((hops - crossing) * lc.p2p + crossing * lc.p2p_node)
+                                           + m * vpp * (lc.p2p + lc.p2p_node))
+        assert st.pp_comm < 2 * (hops + m * vpp) * lc.p2p_node  # every hop on the network, as before
+    # one node: no hop leaves it
+    one = cm.layer_cost(model, system, 12, 4, 1, 1, 1, 4096, 4)
+    assert one.p2p == pytest.approx(lc.p2p) and one.p2p_node == one.p2p
+
+
+def test_a_stage_that_straddles_two_nodes_sends_over_the_network():
+    # Stride 8 on 12 ranks a node: stage 1 (ranks 8-15) has ranks on nodes 0 and 1.  Its ranks send to their
+    # counterparts stride apart at once (the pipeline group of rank i is i, i + stride, ...); ranks 8-11 send to
+    # 16-19 on node 1, so the hop ends when the network's transfers land: a hop crosses where any pair of its ranks
+    # does, i.e. where the two stages' block of ranks spans a node boundary.
+    r = 12
+    assert cm.pipeline_node_hops(3, 1, "1f1b", 8, r) == (2, 2)  # [0, 16) and [8, 24) both span 12
+    assert cm.pipeline_node_hops(6, 1, "1f1b", 8, r) == (5, 5)
+    assert cm.pipeline_node_hops(12, 1, "1f1b", 2, r) == (11, 1)  # aligned: 0-5 | 6-11
+    assert cm.pipeline_node_hops(6, 2, "interleaved1f1b", 4, r) == (11, 3)  # 2|3 twice and the wrap
+    assert cm.pipeline_edge_crossings(6, 1, "1f1b", 4, r) == 1  # the stage at a node's edge: one way across
+    assert cm.pipeline_edge_crossings(3, 1, "1f1b", 8, r) == 2  # stage 1: both neighbours across
+    assert cm.pipeline_edge_crossings(2, 1, "1f1b", 12, r) == 2 and cm.pipeline_edge_crossings(4, 1, "1f1b", 1, r) == 0
+    model, system = get_preset("7b"), load_system("aurora")
+    lc = cm.layer_cost(model, system, 24, 8, 1, 1, 1, 4096, 8)  # tp 8, pp 3 on two nodes
+    st = cm.structure_of(cm.Request(model, system, 2, 48, 4096),
+                         Layout(tp=8, pp=3, mbs=1, schedule="1f1b", sharding="none", dp_replicate=1))
+    assert st.pp_comm == pytest.approx(2 * 2 * lc.p2p_node + st.microbatches * 2 * lc.p2p_node)
+
+
+def test_deepspeeds_tied_gradient_all_reduce_stays_on_the_node_when_the_pipeline_does():
+    # The end stages' ReduceTiedGrads pair (ranks (pp-1) x stride apart) used comm_path's size-2 rule, which prices
+    # a misaligned pair on the network: on one Aurora node (tp 4, pp 3: ranks i and i + 8) it is XeLink.
+    tied = get_preset("1b").replace(tie_embeddings=True)
+    system = load_system("aurora")
+    assert cm.comm_path(system, 2, 8).misaligned
+    ds = cm.dataclasses.replace(cm.ALPHAEXA_EAGER, name="ds", deepspeed_pipe=True, hp_grad_accum_bytes=18.0)
+    lay = Layout(tp=4, pp=3, mbs=1, schedule="1f1b", sharding="none", dp_replicate=1)
+    with_copy = cm.structure_of(cm.Request(tied, system, 1, 48, 2048, ds), lay)
+    plain = cm.structure_of(cm.Request(tied.replace(tie_embeddings=False), system, 1, 48, 2048, ds), lay)
+    tied_bytes = 4.0 * cm.layer_params(tied, 4, 1).tied_copy
+    reduce = cm.collective_seconds("all_reduce", tied_bytes, cm.comm_path(system, 2, 6))  # two ranks on XeLink
+    assert with_copy.pp_comm - plain.pp_comm == pytest.approx(reduce)
+    # on two nodes every end-stage pair crosses (the pipeline is the world, pp outermost): one rank a node
+    two = cm.structure_of(cm.Request(tied, system, 2, 48, 2048, ds), Layout(tp=4, pp=6, mbs=1, schedule="1f1b",
+                                                                                sharding="none", dp_replicate=1))
+    two_plain = cm.structure_of(cm.Request(tied.replace(tie_embeddings=False), system, 2, 48, 2048, ds),
+                                Layout(tp=4, pp=6, mbs=1, schedule="1f1b", sharding="none", dp_replicate=1))
+    net = cm.collective_seconds("all_reduce", tied_bytes, cm.comm_path(system, 2, 12))
+    assert two.pp_comm - two_plain.pp_comm == pytest.approx(net)
+
+
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(cm.Implementation) if f.type == "float"])
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_implementation_refuses_a_float_field_that_is_not_finite(field, value):

@@ -209,6 +209,33 @@ def comm_path(system: System, size: int, stride: int) -> CommPath:
     return CommPath(size, 1, size, None, inter_gbps, inter_lat, f"{inter_name} (misaligned)", call, misaligned=True)
 
 
+def pair_paths(system: System, distance: int, span: int) -> tuple[CommPath, CommPath]:
+    """The links of a pipeline's two-rank transfers: rank i to rank i + ``distance`` for every i of a stage, the
+    ranks ``0 .. span - 1`` holding the pipeline (rank order of topology.layout).  Returns the path of such a pair
+    inside a node and the path of one between nodes (one rank a node on either side).
+
+    comm_path's size-2 rule prices the pair ``(0, distance)``: aligned (2 x distance divides the node) it is the
+    link level holding both, else "misaligned" and the network, though a pair of stages 4 ranks apart on
+    Aurora's 12 ranks a node (ranks 4-11, say) shares a node.  A pair inside a node that no aligned level holds
+    goes over the node's own link (its last level: XeLink on Aurora, where any pair 2 or more ranks apart is on
+    two GPUs); one that leaves the node, over the network."""
+    r = system.node.ranks
+    first = comm_path(system, 2, distance)
+    if span <= r:  # the pipeline is one node
+        inside = first if first.nodes == 1 else _node_pair(system)
+        return inside, inside
+    if distance >= r:  # ranks a node or more apart never share one
+        return first, first
+    return (first if first.nodes == 1 else _node_pair(system)), comm_path(system, 2, r)
+
+
+def _node_pair(system: System) -> CommPath:
+    node, net = system.node, system.network
+    link = node.link_levels[-1].link
+    return CommPath(2, 2, 1, link, net.node_gbps / node.ranks if net else 0.0, net.nic.latency_us if net else 0.0,
+                    link.name, node.device.collective_call_us)
+
+
 def _move(volume: float, link: Link | None, gbps: float) -> float:
     """Seconds to move ``volume`` bytes per rank: over ``link`` with its protocols, else at ``gbps``."""
     if link is None:
@@ -826,12 +853,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                      layer_activation_bytes(model, True, **kw) if is_moe else 0.0)
     logits = 10.0 * tokens * v / t  # bf16 logits + fp32 log-softmax + fp32 gradient
     p2p = p2p_node = 0.0
-    pp_path = node_path = comm_path(system, 2, pp_stride)
+    # a hop between two stages inside a node (pp_path) and one between nodes (node_path: one rank a node on either
+    # side); the pipeline is the world (pp_stride x pp, pp outermost); pipeline_node_hops says which hop is which
+    pp_path, node_path = pair_paths(system, pp_stride, world)
     if pp_stride < world:
-        if pp_path.nodes == 1 and world > system.node.ranks:
-            # the first two stages share a node but the pipeline (pp_stride x pp = the world: pp is outermost) spans
-            # nodes: the boundaries at the node edges go over the network, one rank a node on either side
-            node_path = comm_path(system, 2, system.node.ranks)
         p2p = collective_seconds("p2p", 2.0 * tokens * h / t, pp_path)
         p2p_node = collective_seconds("p2p", 2.0 * tokens * h / t, node_path)
     pipe_meta = pipe_meta_node = pipe_gather = 0.0
@@ -895,20 +920,46 @@ class StageProfile:
     head: bool
 
 
+def hop_crossings(pp: int, stride: int, ranks_per_node: int) -> tuple[list[bool], bool]:
+    """Which boundaries of a pipeline cross a node: stage ``s`` -> ``s + 1`` for ``s < pp - 1``, and the wrap from
+    the last stage back to stage 0.  Stage ``s`` is the block of ``stride`` ranks from ``s stride`` (rank order of
+    topology.layout: pp outermost), and each of its ranks ``i`` sends to ``i + stride`` (its pipeline group), all at
+    once.  Where ``stride`` does not divide the node a stage can straddle two nodes (stride 8 on 12 ranks: ranks
+    8-15); its ranks on one node send inside it, the others over the network, and the hop is over when the last
+    transfer lands (the stage's ranks go on together: their TP/CP collectives every layer, their sharded data-
+    parallel ones), so a hop crosses where any of its pairs does: where the two stages' block of ``2 stride``
+    ranks spans a node boundary."""
+    r = ranks_per_node
+    inner = [s * stride // r != ((s + 2) * stride - 1) // r for s in range(pp - 1)]
+    return inner, (pp * stride - 1) // r != 0
+
+
 def pipeline_node_hops(pp: int, vpp: int, schedule: str, stride: int, ranks_per_node: int) -> tuple[int, int]:
     """A micro-batch's stage-to-stage hops through the pipeline (``pp vpp - 1``: each chunk to the next) and how
-    many of them cross a node boundary.  Stage ``s`` is the block of ``stride`` ranks from ``s stride`` (rank
-    order of topology.layout); interleaved chunks wrap from the last rank back to rank 0, zbv's V turns on the
-    last rank (no transfer, counted as a hop inside the node as before)."""
-    def node(stage: int) -> int:
-        return stage * stride // ranks_per_node
-
-    inner = sum(node(s) != node(s + 1) for s in range(pp - 1))
+    many of them cross a node boundary (hop_crossings).  Interleaved chunks wrap from the last rank back to rank 0,
+    zbv's V turns on the last rank (no transfer, counted as a hop inside the node as before)."""
+    inner, wrap = hop_crossings(pp, stride, ranks_per_node)
     if schedule == "zbv":  # down the V and back up it
-        crossing = 2 * inner
+        crossing = 2 * sum(inner)
     else:
-        crossing = vpp * inner + (vpp - 1) * (node(pp - 1) != node(0))
+        crossing = vpp * sum(inner) + (vpp - 1) * wrap
     return pp * vpp - 1, crossing
+
+
+def pipeline_edge_crossings(pp: int, vpp: int, schedule: str, stride: int, ranks_per_node: int) -> int:
+    """How many of its two steady-state receives (the input from the stage before, the output's gradient from the
+    stage after) cross a node on the stage where most do: 0, 1 or 2.  Interleaved chunks make the pipeline a ring
+    (rank 0's input comes from the last rank); otherwise the end stages, with one neighbour, count as their
+    neighbour's stage does, and with two stages both receives use the one boundary."""
+    if pp < 2:
+        return 0
+    inner, wrap = hop_crossings(pp, stride, ranks_per_node)
+    if pp == 2:
+        return 2 * inner[0]
+    if schedule == "interleaved1f1b":
+        ring = inner + [wrap]
+        return max(ring[s - 1] + ring[s] for s in range(pp))
+    return max(inner[s - 1] + inner[s] for s in range(1, pp - 1))
 
 
 def stage_profiles(model: ModelConfig, pp: int, vpp: int, schedule: str,
@@ -1175,6 +1226,9 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     tp_on_nics = tp > 1 and req.path(tp, 1).nodes > 1
     ep_on_nics = ep > 1 and req.path(ep, req.expert_tp or tp).nodes > 1  # ep ranks etp apart (layer_cost)
     per_mode: dict[str, list[StageTerms]] = {mode: [] for mode in modes}
+    rpn = req.system.node.ranks
+    inner = hop_crossings(pp, dp * cp * tp, rpn)[0]
+    edge = pipeline_edge_crossings(pp, vpp, schedule, dp * cp * tp, rpn)
     for prof in req.profiles(pp, vpp, schedule):
         p_dense = stage_dense_params(lp, prof)
         p_exp = prof.n_moe * lp.moe_layer_experts
@@ -1202,14 +1256,16 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             # DeepSpeed's PipelineEngine: with the previous stage, RecvActivation then SendGrad (and the input's
             # all-gather); with the next, SendActivation then RecvGrad (and the output's and the gradient's), each a
             # blocking transfer after its metadata send; the first and last stages have one neighbour (vpp is 1)
-            # (vpp is 1).  Where the pipeline spans nodes with several stages a node, a middle stage at a node's
-            # edge has one neighbour across the network (the costliest middle stage, which this profile stands
-            # for); the end stages' neighbours share their node (the first two stages do, so every node holds at
-            # least two consecutive stages and an even count of them)
+            # (vpp is 1).  Each neighbour on its own link (hop_crossings): a middle stage is charged as the one with
+            # the most neighbours across a node (pipeline_edge_crossings; the costliest middle stage, which this
+            # profile stands for), an end stage on its one boundary
             prev, nxt = not prof.embed, not prof.head
             link, link_node = lc.p2p + lc.pipe_meta, lc.p2p_node + lc.pipe_meta_node
-            pipe_xchg = 2 * (link + link_node if prev and nxt else (prev + nxt) * link) \
-                + (prev + 2 * nxt) * lc.pipe_gather
+            if prev and nxt:  # two transfers with each neighbour, ``edge`` of the two neighbours across
+                sends = 2 * ((2 - edge) * link + edge * link_node)
+            else:  # an end stage: two transfers with its one neighbour
+                sends = 2 * (link_node if (inner[0] if nxt else inner[-1]) else link)
+            pipe_xchg = sends + (prev + 2 * nxt) * lc.pipe_gather
         for mode in modes:
             act_dense, act_moe = lc.act[mode]
             acts = (prof.n_dense * act_dense + prof.n_moe * act_moe) * held + buffers
@@ -1235,12 +1291,14 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
-    # pipelining schedules alike).  Each hop is priced on its own link: where the first two stages share a node
-    # and the pipeline spans nodes, the hops at the node edges cross the network (pipeline_node_hops), and in the
-    # steady state the stage at a node's edge receives one way over the network and the other way inside its node.
-    hops, crossing = pipeline_node_hops(pp, vpp, schedule, dp * cp * tp, req.system.node.ranks)
-    pp_comm = (2 * ((hops - crossing) * lc.p2p + crossing * lc.p2p_node) + m * vpp * (lc.p2p + lc.p2p_node)
-               if pp > 1 else 0.0)
+    # pipelining schedules alike).  Each hop is priced on its own link: a hop whose two stages share a node on the
+    # node's link (lc.p2p), one that crosses a node boundary, or whose stages straddle one, on the network
+    # (lc.p2p_node; hop_crossings, pipeline_node_hops), and in the steady state the stage with the most neighbours
+    # across nodes receives that many of its two transfers over the network (pipeline_edge_crossings: 1 at a
+    # node's edge, 2 where a stage of a misaligned stride has both neighbours on other nodes).
+    hops, crossing = pipeline_node_hops(pp, vpp, schedule, dp * cp * tp, rpn)
+    pp_comm = (2 * ((hops - crossing) * lc.p2p + crossing * lc.p2p_node)
+               + m * vpp * ((2 - edge) * lc.p2p + edge * lc.p2p_node) if pp > 1 else 0.0)
     if impl.deepspeed_pipe and pp > 1:
         # DeepSpeed's PipelineEngine (Implementation.deepspeed_pipe): the fill and the drain as above, each transfer
         # after its metadata send; the steady state's exchanges are each stage's own (StageTerms.pipe_xchg: four
@@ -1252,7 +1310,10 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             # and the last stage (pipe/engine.py ``_exec_reduce_tied_grads``: the BF16_Optimizer's fp32 ``_hp_grad``,
             # else the weight's own gradient), blocking, on the first stage, which the 1F1B drain ends the step on
             tied_bytes = (4.0 if impl.hp_grad_accum_bytes else GRAD_BYTES) * lp.tied_copy
-            pp_comm += collective_seconds("all_reduce", tied_bytes, req.path(2, (pp - 1) * dp * cp * tp))
+            # the pair i, i + (pp - 1) stride: inside a node where the pipeline is one node, else across (pp is
+            # outermost, so with two or more nodes the end stages are a node or more apart)
+            pp_comm += collective_seconds("all_reduce", tied_bytes,
+                                          pair_paths(req.system, (pp - 1) * dp * cp * tp, req.world)[1])
     out = {}
     for mode, stages in per_mode.items():
         slow = stages[0]
