@@ -317,6 +317,57 @@ def test_context_parallel_attention_runs_at_the_rate_of_one_ring_block():
     assert lc.attn_fwd > 1.02 * cm.attention_seconds(dev, 1, 4096, 8192, model.q_dim)
 
 
+def _layer_attention_tflops(system, seq: int, kernel: str) -> float:
+    """The fused attention's rate in layer_cost for a framework running ``kernel`` (visible half, forward)."""
+    model = get_preset("1b").replace(head_dim=128, n_heads=16)  # the charts' head dim (cuDNN's table is 1 there)
+    lc = cm.layer_cost(model, system, 8, 1, 1, 1, 1, seq, 8, cm.Implementation(attention_kernel=kernel))
+    fwd = lc.attn_fwd - system.node.device.launch_us * 1e-6
+    return 4 * seq * seq * model.q_dim / 2 / fwd / 1e12
+
+
+@pytest.mark.parametrize(("system", "kernel", "chart"), [
+    # FlashAttention-2 (PyTorch SDPA's flash backend), A100 80GB, causal, d 128, fwd + bwd (FA2 paper, figure 4d)
+    ("dgx-a100-80gb", "flash2", {1024: 133, 2048: 155, 4096: 173, 8192: 182, 16384: 189}),
+    # FlashAttention-2, H100 SXM5, causal, d 128, fwd + bwd (flash-attention README, H100)
+    ("h100-x8", "flash2", {1024: 221, 2048: 265, 4096: 294, 8192: 308, 16384: 328}),
+    # FlashAttention's Triton kernel (llm-foundry's attn_impl triton): its only chart, A100 (figure 4d), on
+    # Hopper as well; on Hopper the device's own curve is cuDNN's (384), which this must not follow
+    ("h100-x8", "flash-triton", {1024: 61, 2048: 68, 4096: 74, 8192: 78, 16384: 80}),
+    ("dgx-a100-80gb", "flash-triton", {1024: 61, 2048: 68, 4096: 74, 8192: 78, 16384: 80}),
+    # cuDNN on Hopper: the device's own curve (FA3 paper, figure 5d)
+    ("h100-x8", "cudnn", {1024: 410, 2048: 484, 4096: 518, 8192: 529, 16384: 539}),
+])
+def test_a_framework_runs_on_its_own_kernels_sequence_curve(system, kernel, chart):
+    system = load_system(system)
+    dev = system.node.device
+    ref = int(dev.attention_ref_seq)
+    for seq, tflops in chart.items():  # the kernel's curve relative to the device's reference length
+        rel = _layer_attention_tflops(system, seq, kernel) / _layer_attention_tflops(system, ref, kernel)
+        assert rel == pytest.approx(tflops / chart[ref], rel=0.04)
+    # the reference point is the device's, whatever the kernel: the same rate there
+    assert _layer_attention_tflops(system, ref, kernel) == pytest.approx(_layer_attention_tflops(system, ref, ""))
+    assert cm.kernel_seq_half(kernel, dev) == cm.KERNEL_SEQ_HALF[kernel][dev.arch]
+
+
+def test_a_kernel_without_a_chart_runs_on_the_device_curve():
+    a100, aurora = load_system("dgx-a100-80gb"), load_system("aurora")
+    # no cuDNN chart on A100: the device's curve (the Triton bars its efficiency was set with)
+    assert cm.kernel_seq_half("cudnn", a100.node.device) == a100.node.device.attention_seq_half
+    for seq in (1024, 8192):
+        assert _layer_attention_tflops(a100, seq, "cudnn") == pytest.approx(_layer_attention_tflops(a100, seq, ""))
+    # a device without a sequence curve keeps one rate whatever the kernel
+    assert cm.kernel_seq_half("flash2", aurora.node.device) == cm.ATTN_TILE
+    assert _layer_attention_tflops(aurora, 1024, "flash2") == pytest.approx(_layer_attention_tflops(aurora, 1024, ""))
+
+
+def test_validation_frameworks_name_the_kernel_they_run():
+    from topology.validation import IMPLEMENTATIONS
+
+    assert IMPLEMENTATIONS["llm-foundry"].attention_kernel == "flash-triton"  # attn_impl triton
+    assert IMPLEMENTATIONS["torchtitan-2024"].attention_kernel == "flash2"  # SDPA's flash backend
+    assert IMPLEMENTATIONS["megatron-core"].attention_kernel == "cudnn"  # Transformer Engine's fused attention
+
+
 def test_a_device_without_a_sequence_curve_keeps_one_rate():
     dev = load_system("aurora").node.device
     assert dev.attention_seq_half == cm.ATTN_TILE

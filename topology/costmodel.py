@@ -382,6 +382,22 @@ FUSED_PERMUTE_ROW_BYTES, FUSED_PERMUTE_INPUT_BYTES = 4, 4
 MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers, index_add, aux/z losses
 
 
+# The s_half of each fused causal kernel's sequence curve (attention_rate_scale) by GPU generation
+# (Device.arch), from the published charts (FlashAttention-2 paper figure 4d, A100 80GB fwd + bwd causal d 128;
+# the flash-attention README's H100 fwd + bwd causal d 128; FlashAttention-3 paper figure 5d, H100 fwd causal
+# d 128; least squares of s / (s + s_half) on the bars at 512 .. 16k, docs/planner.md section 10 "Session 7:
+# attention rate by sequence length"; nothing fitted to rows).  A kernel without a chart on a generation runs
+# on the device's own curve (Device.attention_seq_half), except FlashAttention's Triton kernel on Hopper, whose
+# only chart is the A100's: its s_half is taken there as well (the curve is the kernel's per-row prologue and
+# epilogue against its row's work; FlashAttention-2's own s_half moves 488 -> 528 from A100 to H100).
+KERNEL_SEQ_HALF: dict[str, dict[str, float]] = {
+    "flash2": {"ampere": 488.0, "hopper": 528.0},  # FlashAttention-2: 99 .. 189 (A100), 163 .. 328 (H100) TFLOP/s
+    "flash-triton": {"ampere": 320.0, "hopper": 320.0},  # "FlashAttention Triton" 50 .. 80 TFLOP/s (A100 only)
+    "cudnn": {"hopper": 384.0},  # cuDNN 315 .. 539 TFLOP/s (H100 forward); no A100 chart
+}
+ATTENTION_KERNELS = ("", *KERNEL_SEQ_HALF)
+
+
 @dataclass(frozen=True)
 class Implementation:
     """What the framework running the step does, as far as time is concerned.
@@ -419,9 +435,12 @@ class Implementation:
     # adds between the TP regions run on 1/tp of the tokens.  Without it (Megatron-LM before 2022) every TP
     # rank runs them on all the tokens.
     sequence_parallel: bool = True
-    # The fused-attention kernel, where its rate depends on the head dimension in a way the device's
-    # attention_efficiency (measured at head dim 128) does not carry: "cudnn" (Transformer Engine's fused
-    # attention) scales it by CUDNN_HEAD_DIM_SCALE; "" leaves it as measured.
+    # The fused-attention kernel family the framework runs.  Its rate by head dimension, where the device's
+    # attention_efficiency (measured at head dim 128) does not carry it: "cudnn" (Transformer Engine's fused
+    # attention) scales it by CUDNN_HEAD_DIM_SCALE.  Its rate by sequence length: the kernel's own published
+    # curve on the device's generation (KERNEL_SEQ_HALF: "flash2", FlashAttention-2; "flash-triton",
+    # FlashAttention's Triton kernel; "cudnn") where it has one, else the device's curve.  "": the device's
+    # curve, no head-dim table.
     attention_kernel: str = ""
     # A clamped GLU activation (GPT-OSS: gate clamped to <= 7, linear half to [-7, 7]) that the framework
     # clamps outside its fused activation kernel: extra bytes per expert hidden unit (and kernels), forward
@@ -519,9 +538,9 @@ class Implementation:
         for name in ("gemm_scale", "attention_scale", "act_scale"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be > 0")
-        if self.attention_kernel not in ("", "cudnn"):
-            raise ConfigError(f"attention_kernel={self.attention_kernel!r}: must be '' or 'cudnn' (the kernels with "
-                              "a head-dim table)")
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            raise ConfigError(f"attention_kernel={self.attention_kernel!r}: must be one of "
+                              f"{', '.join(repr(k) for k in ATTENTION_KERNELS)}")
         if self.grad_reduce_bytes not in (2, 4):
             raise ConfigError(f"grad_reduce_bytes={self.grad_reduce_bytes!r}: must be 2 (bf16) or 4 (fp32)")
         if min(self.glu_clamp_kernels) < 0:
@@ -562,6 +581,15 @@ def grouped_gemm_seconds(device: Device, groups: float, m: float, n: float, k: f
 def elementwise_seconds(device: Device, nbytes: float, kernels: int) -> float:
     """Memory-bound kernels streaming ``nbytes`` through HBM, plus their launches."""
     return nbytes / (device.memory_gbps * 1e9 * device.elementwise_efficiency) + kernels * device.launch_us * 1e-6
+
+
+def kernel_seq_half(kernel: str, device: Device) -> float:
+    """The s_half of ``kernel``'s sequence curve on ``device``: its chart on the device's generation
+    (KERNEL_SEQ_HALF), else the device's own (``attention_seq_half``; also for a device without a curve,
+    attention_seq_half == ATTN_TILE, which keeps one rate)."""
+    if device.attention_seq_half == ATTN_TILE:
+        return ATTN_TILE
+    return KERNEL_SEQ_HALF.get(kernel, {}).get(device.arch, device.attention_seq_half)
 
 
 def attention_rate_scale(device: Device, keys: float) -> float:
@@ -672,6 +700,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     if impl.gemm_scale != 1.0 or attention_scale != 1.0:
         dev = dataclasses.replace(dev, gemm_efficiency=dev.gemm_efficiency * impl.gemm_scale,
                                   attention_efficiency=dev.attention_efficiency * attention_scale)
+    # the framework's kernel's sequence curve, through the device's reference point (its rate there unchanged)
+    seq_half = kernel_seq_half(impl.attention_kernel, dev)
+    if seq_half != dev.attention_seq_half:
+        dev = dataclasses.replace(dev, attention_seq_half=seq_half)
     h, q, kv, v = model.d_model, model.q_dim, model.kv_dim, model.vocab_size
     t = tp
     # with sequence parallelism (the trainer's whenever t > 1) norms and residuals see 1/t of the tokens

@@ -68,6 +68,10 @@ class Device:
     # attention rate by sequence length".
     attention_seq_half: float = 128.0
     attention_ref_seq: float = 4096.0
+    # The GPU generation ("ampere", "hopper"; "" for others), for the per-kernel sequence curves of kernels other
+    # than the one attention_seq_half was read for (costmodel.KERNEL_SEQ_HALF: each kernel's published chart on
+    # that generation).  "" (or a kernel without a chart there): the device's own curve.
+    arch: str = ""
     source: str = ""
 
 
@@ -251,7 +255,7 @@ A100_40 = Device(
     attention_efficiency=A100_ATTENTION_EFFICIENCY, reserved_gib=1.5, launch_us=HOPPER_LAUNCH_US,
     elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
     host_sync_us=HOPPER_HOST_SYNC_US, attention_seq_half=A100_ATTENTION_SEQ_HALF,
-    attention_ref_seq=A100_ATTENTION_REF_SEQ,
+    attention_ref_seq=A100_ATTENTION_REF_SEQ, arch="ampere",
     source="NVIDIA A100 datasheet (312 TF dense bf16, 40GB HBM2 1555 GB/s); ALCF Polaris machine "
            "overview; GEMM and attention efficiencies fitted to the published A100 runs of "
            "topology/data/published_runs.json (fit rows, bench/fit_published_runs.py); launch, "
@@ -265,7 +269,7 @@ H100_SXM = Device(
     attention_efficiency=HOPPER_ATTENTION_EFFICIENCY, reserved_gib=2.0, launch_us=HOPPER_LAUNCH_US,
     elementwise_efficiency=HOPPER_ELEMENTWISE_EFFICIENCY, collective_call_us=NCCL_CALL_US,
     host_sync_us=HOPPER_HOST_SYNC_US, attention_seq_half=HOPPER_ATTENTION_SEQ_HALF,
-    attention_ref_seq=HOPPER_ATTENTION_REF_SEQ,
+    attention_ref_seq=HOPPER_ATTENTION_REF_SEQ, arch="hopper",
     source="NVIDIA H100 datasheet (SXM5: 989 TF dense bf16, 1979 TF fp8, 80GB HBM3 3.35 TB/s); "
            "efficiencies fitted on H200 (same GH100 compute and power), bench/gpu_calibrate.py 2026-11-22")
 H200_SXM = dataclasses.replace(

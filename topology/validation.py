@@ -105,12 +105,15 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         name="megatron-2021", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False),
     # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts);
     # torchtitan's default training.mixed_precision_reduce is float32: gradients reduce-scattered in fp32
-    "torchtitan-2024": cm.Implementation(name="torchtitan-2024", grad_reduce_bytes=4.0),
+    # SDPA's flash backend (FlashAttention-2 inside PyTorch) on A100: its sequence curve (s_half 488)
+    "torchtitan-2024": cm.Implementation(name="torchtitan-2024", grad_reduce_bytes=4.0, attention_kernel="flash2"),
     # low-precision LayerNorm; triton FlashAttention and the cuBLAS of 2023: kernel scales fitted to the
     # fit rows (bench/fit_published_runs.py).  Composer's unfused DecoupledAdamW (80 bytes an element) and
     # FSDP's clip_grad_norm_ (12: the norm reads each gradient, then every gradient is scaled in place)
+    # (attn_impl triton: FlashAttention's Triton kernel, flash_attn_triton.py, on A100 and on H100 alike)
     "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.95, attention_scale=0.5,
-                                     optimizer_bytes=cm.COMPOSER_DECOUPLED_ADAMW_BYTES + 12),
+                                     optimizer_bytes=cm.COMPOSER_DECOUPLED_ADAMW_BYTES + 12,
+                                     attention_kernel="flash-triton"),
     "megatron-core": cm.Implementation(
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
