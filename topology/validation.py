@@ -326,21 +326,20 @@ def evaluate(runs: list[Run] | None = None) -> list[Row]:
     return [Row(r, predict(r)) for r in (load_runs() if runs is None else runs)]
 
 
+# The clean held-out batches: unseen_rows_session{N} in the data file, group "unseen{N}" (session 3's own list is
+# unseen_rows, group "unseen"); a held-out row in none of them is "seen".
+UNSEEN_SESSIONS = tuple(range(4, 12))
+GROUPS = ("seen", "unseen", *(f"unseen{n}" for n in UNSEEN_SESSIONS))
+
+
 def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     """Per split (and MoE held out): n, mean and max |error| in percent, mean signed error."""
     out = {}
     groups = {split: [r for r in rows if r.run.split == split] for split in SPLITS}
     groups["heldout_moe"] = [r for r in groups["heldout"] if model_is_moe(r.run)]
     groups["heldout_seen"] = [r for r in groups["heldout"] if group_of(r.run) == "seen"]
-    groups["heldout_unseen"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen"]
-    groups["heldout_unseen4"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen4"]
-    groups["heldout_unseen5"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen5"]
-    groups["heldout_unseen6"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen6"]
-    groups["heldout_unseen7"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen7"]
-    groups["heldout_unseen8"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen8"]
-    groups["heldout_unseen9"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen9"]
-    groups["heldout_unseen10"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen10"]
-    groups["heldout_unseen11"] = [r for r in groups["heldout"] if group_of(r.run) == "unseen11"]
+    for g in GROUPS[1:]:  # unseen, unseen4, ... in the order the batches were added
+        groups[f"heldout_{g}"] = [r for r in groups["heldout"] if group_of(r.run) == g]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -404,22 +403,9 @@ def group_of(run: Run) -> str:
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
-    if run.id in set(data.get("unseen_rows_session11", ())):
-        return "unseen11"
-    if run.id in set(data.get("unseen_rows_session10", ())):
-        return "unseen10"
-    if run.id in set(data.get("unseen_rows_session9", ())):
-        return "unseen9"
-    if run.id in set(data.get("unseen_rows_session8", ())):
-        return "unseen8"
-    if run.id in set(data.get("unseen_rows_session7", ())):
-        return "unseen7"
-    if run.id in set(data.get("unseen_rows_session6", ())):
-        return "unseen6"
-    if run.id in set(data.get("unseen_rows_session5", ())):
-        return "unseen5"
-    if run.id in set(data.get("unseen_rows_session4", ())):
-        return "unseen4"
+    for session in reversed(UNSEEN_SESSIONS):
+        if run.id in set(data.get(f"unseen_rows_session{session}", ())):
+            return f"unseen{session}"
     return "unseen" if run.id in set(data.get("unseen_rows", ())) else "seen"
 
 
@@ -431,15 +417,14 @@ def breakdown(rows: list[Row]) -> str:
         b, step = r.estimate.breakdown, r.estimate.step_time_s
         out.append(f"{r.run.id:32s} {group_of(r.run):6s} {r.error_pct:+6.1f}%  "
                    + " ".join(f"{100 * b[k] / step:7.1f}%" for k in SHARES) + f"  {r.estimate.microbatches}")
-    out += ["", (f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   fit / seen / unseen / unseen4 / unseen5 / unseen6 "
-                 "/ unseen7 / unseen8 / unseen9 / unseen10 / unseen11 mean |err| (n)")]
+    out += ["", (f"{'category':54s} {'n':>3s} {'signed':>7s} {'|err|':>6s}   "
+                 + " / ".join(("fit", *GROUPS)) + " mean |err| (n)")]
     for name, rule in CATEGORIES.items():
         sel = [r for r in rows if rule(r.run, r.estimate)]
         if not sel:
             continue
         parts = []
-        for g in ("fit", "seen", "unseen", "unseen4", "unseen5", "unseen6", "unseen7", "unseen8", "unseen9",
-                  "unseen10", "unseen11"):
+        for g in ("fit", *GROUPS):
             e = [abs(r.error_pct) for r in sel if group_of(r.run) == g]
             parts.append(f"{statistics.fmean(e):5.1f}% ({len(e)})" if e else "   -  (0)")
         out.append(f"{name:54s} {len(sel):3d} {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
