@@ -267,9 +267,6 @@ def test_overlapped_steps_on_cuda_change_nothing_a_rerun_does_not(tmp_path, comp
         for key in ("loss", "grad_norm", "lr", "skipped", "skipped_total", "consumed_samples", "aux_loss", "z_loss",
                     "dropped_fraction"):
             same(ahead[step][key], one_by_one[step][key], again[step][key], (step, key))
-        # the peak is the allocator's host-side bookkeeping of the same queued work (block choice aside)
-        # (failed on the H200 in session 6, cause not known yet: docs/performance.md, "Session 6")
-        assert ahead[step]["mem_gib"] == pytest.approx(one_by_one[step]["mem_gib"], rel=0.1), step
     evals = [[(e["step"], e["loss"]) for e in read_metrics(run)[1]] for run in runs.values()]
     assert [s for s, _ in evals[0]] == [s for s, _ in evals[1]] == [4, 8]
     for (_, a), (_, b), (_, c) in zip(*evals):
@@ -282,6 +279,13 @@ def test_overlapped_steps_on_cuda_change_nothing_a_rerun_does_not(tmp_path, comp
                 assert torch.equal(a[key], b[key]), (step, key)
             else:
                 torch.testing.assert_close(a[key], b[key], rtol=1e-2, atol=1e-4)
+    # the peak is the allocator's host-side bookkeeping of the same queued work (block choice aside).
+    # Checked last, after the evaluations and checkpoints: it failed on the H200 in session 6, cause not
+    # known yet (docs/performance.md, "Session 6"); every step's three peaks go into the message
+    peaks = {step: tuple(round(run[step]["mem_gib"] * 2**10, 3) for run in (ahead, one_by_one, again))
+             for step in sorted(ahead)}
+    off = [step for step, (a, b, _) in peaks.items() if a != pytest.approx(b, rel=0.1)]
+    assert not off, f"peak MiB (overlapped, one at a time, again) by step: {peaks}; beyond 10% at steps {off}"
 
 
 def test_pipelined_moe_figures_count_only_the_steps_micro_batches(tmp_path):
