@@ -6,7 +6,7 @@
 #   PYTHONPATH=/tmp/site:$PWD OUT=$OUT bash bench/gpu_pending.sh            # everything (~15 min: pass PART, one call each)
 #   PYTHONPATH=/tmp/site:$PWD OUT=$OUT PART=a bash bench/gpu_pending.sh     # items 1, 2 and 4 (~6 min)
 #   PYTHONPATH=/tmp/site:$PWD OUT=$OUT PART=b bash bench/gpu_pending.sh     # item 3 (~5 min)
-#   PYTHONPATH=$PWD OUT=$OUT PART=c bash bench/gpu_pending.sh               # item 5 (~5 min, nothing to carry)
+#   PYTHONPATH=$PWD OUT=$OUT PART=c bash bench/gpu_pending.sh               # items 5 and 6 (~7 min, nothing to carry)
 #
 # 1. the CUDA training tests: the overlapped-steps test failed its per-step memory check in session 6
 #    (-x -l keeps the values this time), its CUDA-graph case now runs one micro-batch a step, and the
@@ -20,6 +20,9 @@
 # 5. (session 7, issue 15) cuDNN causal attention on the H200 from 1k to 64k tokens at head dim 64 and 128,
 #    against the cost model's new sequence curve (about 3 min), and the flex + sink attention of the GPT-OSS
 #    rows against cuDNN and the model (bench/flex_sink_attention_vs_model.py, --mode default: 1-2 min).
+# 6. (session 8, issue 15) what dropout costs on the H200: Megatron's bias-dropout-add (eager and compiled) at
+#    p = 0.1 against p = 0, and SDPA's flash / efficient / cuDNN / math backends with dropout_p 0, 0.1 and
+#    0.125 at the Megatron-LM 1.7B and GPT-3 175B rows' attention shapes (bench/dropout_cost.py, under 2 min).
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
@@ -34,6 +37,7 @@ fi
 if [[ $PART == *c* ]]; then
 step timeout 240 python3 bench/attention_headdim_vs_model.py "$OUT/attention-seq" --long-seqs 1024 2048 4096 8192 16384 32768 65536 --long-head-dims 64 128
 step timeout 240 python3 bench/flex_sink_attention_vs_model.py "$OUT/flex" --iters 10 --mode default
+step timeout 150 python3 bench/dropout_cost.py "$OUT/dropout" --budget-s 110
 fi
 if [[ $PART == *b* ]]; then
 step timeout 300 python3 bench/vs_peers.py "$OUT/peers" --sections dense --ablations act-budget-0.9 \

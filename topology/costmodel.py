@@ -418,6 +418,10 @@ class Implementation:
     act_scale: float = 1.0  # of ACT_BYTES (1: unfused activation and product; fused SwiGLU/GELU: 0.6)
     logit_bytes: float = 12.0  # per logit after the LM head GEMM (fp32 upcast + cross-entropy)
     attention: str = "fused"  # fused (FlashAttention-style) | unfused (scores in HBM, softmax, dropout)
+    # Dropout (p > 0) on the materialised attention probabilities of unfused attention (SCORE_DROPOUT_*_BYTES);
+    # False: p = 0 (the module returns its input) or fused attention, where no transferable figure for the kernel's
+    # dropout cost is documented (docs/planner.md section 10, "Session 8: dropout").
+    score_dropout: bool = False
     moe_routing_kernels: int = MOE_ROUTING_KERNELS
     moe_host_sync: bool = True  # dropless routing sizes its output on the host (torch.bincount)
     ep_overlap: bool = False  # expert all-to-all hidden behind another micro-batch's compute
@@ -618,15 +622,34 @@ def attention_seconds(device: Device, mbs: int, queries: float, keys: float, q_w
     return flops / rate + device.launch_us * 1e-6
 
 
-UNFUSED_SCORE_BYTES = 9  # per attention score, forward: scale-mask-softmax 2+2, dropout 2+2 and its mask 1
+UNFUSED_SCORE_BYTES = 4  # per attention score, forward: Megatron's fused scale-mask-softmax, 2 read + 2 written
+# Dropout on the materialised probabilities (``Implementation.score_dropout``; Megatron's ``attention_dropout``
+# module, torch.nn.Dropout with p > 0): forward, ATen's ``native_dropout`` reads the probabilities (2), writes the
+# result (2) and its bool mask (1); backward, ``native_dropout_backward`` reads the gradient (2) and the mask (1)
+# and writes the gradient (2).  Counted per score, one kernel each way.  Its backward is its own, not
+# ATTN_BWD_FACTOR times its forward: the FlashAttention paper's A100 tables (Dao et al. 2022, arXiv 2205.14135,
+# appendix E.5, tables 15/18 and 16/19, the Megatron row at sequence 2048, batch 16, 8 heads, head dim 64) put
+# dropout at +2.28 ms forward and +1.94 ms backward on 537M scores: 5 bytes a score each way at 76% and 89%
+# of the A100 40GB's 1555 GB/s.  With p = 0 the module returns its input (ATen ``dropout``: no fused kernel for
+# p = 0, and ``_dropout`` returns the input when p == 0), so a source that sets 0 pays nothing.
+SCORE_DROPOUT_FWD_BYTES = 5
+SCORE_DROPOUT_BWD_BYTES = 5
 
 
 def unfused_attention_seconds(device: Device, mbs: int, heads: float, queries: float, keys: float,
                               head_dim: float) -> float:
     """Forward of attention that materialises the scores (Megatron before FlashAttention): two
-    batched GEMMs over the full square, then softmax and dropout streaming the scores through HBM."""
+    batched GEMMs over the full square, then the softmax streaming the scores through HBM (dropout on the
+    probabilities, where the source has it, is ``score_dropout_seconds``)."""
     gemms = 2 * grouped_gemm_seconds(device, mbs * heads, queries, keys, head_dim)
-    return gemms + elementwise_seconds(device, UNFUSED_SCORE_BYTES * mbs * heads * queries * keys, 2)
+    return gemms + elementwise_seconds(device, UNFUSED_SCORE_BYTES * mbs * heads * queries * keys, 1)
+
+
+def score_dropout_seconds(device: Device, mbs: int, heads: float, queries: float, keys: float) -> tuple[float, float]:
+    """Forward and backward of dropout on materialised attention probabilities (SCORE_DROPOUT_*_BYTES a score)."""
+    scores = mbs * heads * queries * keys
+    return (elementwise_seconds(device, SCORE_DROPOUT_FWD_BYTES * scores, 1),
+            elementwise_seconds(device, SCORE_DROPOUT_BWD_BYTES * scores, 1))
 
 
 def expected_destinations(n_experts: int, top_k: int, ep: int) -> float:
@@ -713,8 +736,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     # wq, wk and wv are separate projections in alphaexa.model
     attn_gemm = g(dev, tokens, q / t, h) + 2 * g(dev, tokens, kv / t, h) + g(dev, tokens, h, q / t)
     s_eff = min(seq, model.sliding_window) if model.sliding_window else seq
+    drop_fwd = drop_bwd = 0.0  # dropout on the materialised probabilities (Implementation.score_dropout)
     if impl.attention == "unfused":
         attn_core = unfused_attention_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff, model.head_dim)
+        if impl.score_dropout:
+            drop_fwd, drop_bwd = score_dropout_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff)
     else:
         # the kernel's row length for its rate: with context parallelism each call (a ring step) sees one
         # rank's block of s / cp keys, so its per-row overheads are paid once a block
@@ -751,8 +777,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     norm_sync = 0.0  # Implementation.norm_tp_sync: two all-reduces of a norm's weight and bias, two norms a layer
     if impl.norm_tp_sync and tp > 1:
         norm_sync = 2 * 2 * collective_seconds("all_reduce", WEIGHT_BYTES * h, comm_path(system, tp, 1))
-    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + norm_sync
-    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
+    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + drop_fwd + norm_sync
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core + drop_bwd
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
@@ -806,9 +832,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + (
+        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + drop_fwd + norm_sync + loop_sync + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
-        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
+        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core \
+            + drop_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
         if ep > 1:
@@ -897,7 +924,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         pipe_meta_node = collective_seconds("p2p", PIPE_META_BYTES, node_path)
         pipe_gather = collective_seconds("all_gather", 2.0 * tokens * h, comm_path(system, tp, 1))
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
-    return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core + bias_fwd, tp_fwd, ep_fwd, cp_fwd_exposed,
+    return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core + bias_fwd + drop_fwd, tp_fwd, ep_fwd, cp_fwd_exposed,
                      cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
                      tp_fwd_moe, moe_act_fwd, head_bwd_extra, pipe_meta, pipe_gather, p2p_node, pipe_meta_node)
 

@@ -96,13 +96,19 @@ DEEPSPEED_PIPE = {"deepspeed_pipe": True}
 # bias into the scores (2 bytes written a score) and the batched GEMM reads it back (2): 4 bytes a score, forward only
 # (row option ``alibi``).
 ALIBI_BADDBMM_BYTES = 4.0
+# Megatron-LM's --attention-dropout and --hidden-dropout default to 0.1 (megatron/arguments.py of 2021-2022, and
+# megatron/training/arguments.py at f2e5db402c; BigScience's fork alike); the Megatron-LM 2021/2022 and
+# Megatron-DeepSpeed rows keep it unless their source sets 0 (row option ``dropout``: 0; docs/planner.md section 10,
+# "Session 8: dropout"), so their unfused attention pays dropout on its probabilities (score_dropout).
+MEGATRON_DEFAULT_DROPOUT = {"score_dropout": True}
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
-        attention="unfused"),
+        attention="unfused", **MEGATRON_DEFAULT_DROPOUT),
     # Megatron-LM of 2021 (Narayanan et al.): the same kernels, before sequence parallelism
     "megatron-2021": cm.Implementation(
-        name="megatron-2021", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False),
+        name="megatron-2021", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False,
+        **MEGATRON_DEFAULT_DROPOUT),
     # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts);
     # torchtitan's default training.mixed_precision_reduce is float32: gradients reduce-scattered in fp32
     # SDPA's flash backend (FlashAttention-2 inside PyTorch) on A100: its sequence curve (s_half 488)
@@ -130,7 +136,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # engine with its BF16_Optimizer (ZeRO stage 0: 'it implements its own zero stage 1 equivalent')
     "megatron-deepspeed-2022": cm.Implementation(
         name="megatron-deepspeed-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused",
-        sequence_parallel=False, **DEEPSPEED_BF16_UNCLIPPED, **DEEPSPEED_PIPE),
+        sequence_parallel=False, **DEEPSPEED_BF16_UNCLIPPED, **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True,  # TE linear/norm/attention, fused rotary, bf16 loss
@@ -237,7 +243,7 @@ def system_of(run: Run, path: Path = DATA) -> System:
 
 def row_options(run: Run, path: Path = DATA) -> dict:
     """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
-    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync)."""
+    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync, dropout)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
@@ -290,17 +296,29 @@ def implementation_of(run: Run) -> cm.Implementation:
 MEGATRON_GLU_CLAMP = {"glu_clamp_fwd_bytes": 16.0, "glu_clamp_bwd_bytes": 12.0, "glu_clamp_kernels": (3, 2)}
 
 
+def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
+    """The framework of ``run`` with what its row options say the source ran beyond its implementation's name."""
+    impl = implementation_of(run)
+    opts = row_options(run, path)
+    if opts.get("glu_clamp") and impl.name.startswith("megatron-core"):
+        impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
+    if opts.get("alibi") and impl.attention == "unfused":  # the bias through baddbmm's C
+        impl = replace(impl, name=impl.name + "+alibi", score_bias_bytes=ALIBI_BADDBMM_BYTES)
+    if opts.get("norm_tp_sync"):  # the source's code all-reduces each norm's weights a forward
+        impl = replace(impl, name=impl.name + "+norm-sync", norm_tp_sync=True)
+    if "dropout" in opts:  # the source sets dropout off where its framework's default has it on
+        if opts["dropout"] != 0:
+            raise ConfigError(f"run {run.id}: row option dropout must be 0 (the source turns dropout off), "
+                              f"got {opts['dropout']!r}")
+        impl = replace(impl, name=impl.name + "+no-dropout", score_dropout=False)
+    return impl
+
+
 def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Estimate:
     """The cost model's estimate of ``run`` (``system`` replaces the row's, e.g. with trial constants)."""
     system = system or system_of(run, path)
     nodes = run.gpus // system.ranks_per_node
-    impl = implementation_of(run)
-    if row_options(run, path).get("glu_clamp") and impl.name.startswith("megatron-core"):
-        impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
-    if row_options(run, path).get("alibi") and impl.attention == "unfused":  # the bias through baddbmm's C
-        impl = replace(impl, name=impl.name + "+alibi", score_bias_bytes=ALIBI_BADDBMM_BYTES)
-    if row_options(run, path).get("norm_tp_sync"):  # the source's code all-reduces each norm's weights a forward
-        impl = replace(impl, name=impl.name + "+norm-sync", norm_tp_sync=True)
+    impl = row_implementation(run, path)
     req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, impl,
                      expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
                      recompute_norm_act=row_options(run, path).get("recompute_norm_act", False),
