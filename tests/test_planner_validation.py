@@ -39,13 +39,14 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
     unseen = set(data["unseen_rows"])
     unseen4 = (set(data["unseen_rows_session4"]) | set(data["unseen_rows_session5"]) | set(data["unseen_rows_session6"])
                | set(data["unseen_rows_session7"]) | set(data["unseen_rows_session8"]) | set(data["unseen_rows_session9"])
-               | set(data["unseen_rows_session10"]) | set(data["unseen_rows_session11"]))
+               | set(data["unseen_rows_session10"]) | set(data["unseen_rows_session11"])
+               | set(data["unseen_rows_session12"]))
     assert unseen and unseen4 and unseen | unseen4 <= {r.id for r in runs}
     assert set(data["row_options"]["rows"]) <= {r.id for r in runs}
     position: dict[str, int] = defaultdict(int)
     first_moe = next(r.id for r in runs if v.model_is_moe(r))
     for r in runs:
-        if r.id in unseen | unseen4:  # added in sessions 3-7 (unseen to unseen11): all held out, recorded before any prediction
+        if r.id in unseen | unseen4:  # added in sessions 3-8 (unseen to unseen12): all held out, recorded before any prediction
             assert r.split == "heldout", r.id
             continue
         if v.model_is_moe(r):
@@ -58,13 +59,14 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
     assert len(held) >= 15 and sum(v.model_is_moe(r) for r in held) >= 5
 
 
-# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-11: mean / max
+# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-12: mean / max
 # |step-time error| in percent).  A change to the model or the data that makes any of them worse fails here;
 # one that improves them must update these figures and the docs together.
-REPORTED = {"fit": (5.4, 13.4), "heldout": (8.3, 39.5), "heldout_moe": (6.0, 30.7), "heldout_seen": (5.8, 29.3),
+REPORTED = {"fit": (5.4, 13.4), "heldout": (8.3, 39.5), "heldout_moe": (6.5, 30.7), "heldout_seen": (5.8, 29.3),
             "heldout_unseen": (6.3, 11.5), "heldout_unseen4": (5.3, 20.6), "heldout_unseen5": (1.4, 1.6),
             "heldout_unseen6": (9.9, 30.7), "heldout_unseen7": (3.7, 12.6), "heldout_unseen8": (30.3, 34.2),
-            "heldout_unseen9": (11.6, 18.6), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.3, 39.5)}
+            "heldout_unseen9": (11.6, 18.6), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.3, 39.5),
+            "heldout_unseen12": (9.9, 16.8)}
 
 
 def test_the_errors_are_no_worse_than_reported():
