@@ -191,6 +191,36 @@ def test_an_overlapped_expert_all_to_all_costs_the_contention_share_of_its_time(
     assert plain.ep_fwd > 0 and hidden.ep_fwd == pytest.approx(cm.DP_OVERLAP_CONTENTION * plain.ep_fwd)
 
 
+def test_the_all_to_all_dispatcher_sends_the_probabilities_and_gathers_the_counts():
+    """Megatron's MoEAlltoAllTokenDispatcher: the permuted rows' routing probabilities in an all-to-all of their own
+    (forward, and the gradient's in the backward: ep_fwd, which the step charges both ways) and the token counts per
+    expert all-gathered over the EP group before a dropless dispatch (forward only); the rows say which they ran."""
+    model, system = get_preset("1b-moe").replace(n_experts=128, top_k=8), load_system("dgx-h100")
+    a2a = v.IMPLEMENTATIONS["megatron-core-a2a"]
+    args = (model, system, 16, 1, 1, 16, 1, 4096, 16)  # EP 16 over two nodes
+    plain = cm.layer_cost(*args, a2a)
+    probs = cm.layer_cost(*args, dataclasses.replace(a2a, a2a_probs=True))
+    counts = cm.layer_cost(*args, dataclasses.replace(a2a, a2a_count_gather=True))
+    path = cm.comm_path(system, 16, 1)
+    assert path.nodes == 2
+    assert probs.ep_fwd - plain.ep_fwd == pytest.approx(
+        cm.collective_seconds("all_to_all", 4096 * model.top_k * cm.PROBS_BYTES, path))
+    assert (probs.fwd_moe, probs.bwd_moe) == (plain.fwd_moe, plain.bwd_moe)
+    gather = cm.collective_seconds("all_gather", cm.COUNT_BYTES * 128 * 16, path)
+    assert gather > 0 and counts.fwd_moe - plain.fwd_moe == pytest.approx(gather)
+    assert counts.moe_block_fwd - plain.moe_block_fwd == pytest.approx(gather)
+    assert (counts.bwd_moe, counts.ep_fwd) == (plain.bwd_moe, plain.ep_fwd)
+    runs = {r.id: r for r in v.load_runs()}
+    for rid in ("bridge-qwen3-30b-a3b-16-a2a", "bridge-gpt-oss-120b-64", "bridge2604-gpt-oss-120b-64"):
+        impl = v.implementation_of(runs[rid])
+        assert impl.a2a_probs and impl.a2a_count_gather, rid
+    for rid in ("dgxc-grok1-64l-512-etp1", "dgxc-llama4-maverick-512"):  # drop-and-pad: no count gather
+        impl = v.implementation_of(runs[rid])
+        assert impl.a2a_probs and not impl.a2a_count_gather, rid
+    for rid in ("mcore-readme-mixtral-8x7b-64-v09", "dgxc-grok1-64l-512"):  # Megatron-LM before April 2025
+        assert not v.implementation_of(runs[rid]).a2a_probs, rid
+
+
 def test_fused_kernels_and_unfused_attention_change_what_they_should():
     model, system = get_preset("7b"), load_system("dgx-a100-80gb")
     eager = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8)

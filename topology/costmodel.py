@@ -379,6 +379,10 @@ MOE_ROW_BYTES, MOE_TOKEN_BYTES = 10, 6
 # once, merges in registers (with the routing weight where it is applied there) and stores each input row once.
 # Per element: a routed row 2 written + 2 read, an input row 2 read + 2 written.  Counted, not fitted.
 FUSED_PERMUTE_ROW_BYTES, FUSED_PERMUTE_INPUT_BYTES = 4, 4
+# Megatron's all-to-all dispatcher's small collectives (Implementation.a2a_probs / a2a_count_gather): a routing
+# probability per dispatched row (fp32 at most: the router's dtype; the call is latency-bound either way) and an int64
+# token count per expert and rank.
+PROBS_BYTES, COUNT_BYTES = 4, 8
 MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers, index_add, aux/z losses
 
 
@@ -473,6 +477,20 @@ class Implementation:
     # permutes before the all-to-all, the token copies DeepEP delivers for one that permutes after it) instead of
     # the eager gather / weighting / index_add of MOE_ROW_BYTES and MOE_TOKEN_BYTES.
     moe_permute_fused: bool = False
+    # Megatron-Core's all-to-all token dispatcher (``MoEAlltoAllTokenDispatcher``, token_dispatcher.py) runs two small
+    # collectives beside the token all-to-alls of every MoE layer and micro-batch.  ``a2a_probs``: the routing
+    # probabilities of the permuted rows go in an all-to-all of their own after the tokens' (``token_dispatch``:
+    # ``global_probs = all_to_all(ep_group, permuted_probs, ...)``; Megatron-LM from 2659630721, 2025-04-09, which
+    # moved the probability product into the experts' activation; not at core v0.8 - v0.11), and their gradient comes
+    # back in one more in the backward.  ``a2a_count_gather``: the dropless dispatcher all-gathers each rank's token
+    # counts per expert over the expert-TP x EP group before the dispatch (``preprocess``:
+    # ``gather_from_sequence_parallel_region(num_local_tokens_per_expert, group=tp_ep_group)``, int64), forward
+    # only (integer counts carry no gradient); with drop-and-pad (``moe_pad_expert_input_to_capacity``)
+    # ``preprocess`` returns before it.  Both are latency-bound NCCL calls on the layer's critical path, priced by
+    # ``collective_seconds`` with the device's call cost and the links' latencies.  False: not run (DeepEP /
+    # HybridEP carry the probabilities in their dispatch kernel and size it in their own layout kernel).
+    a2a_probs: bool = False
+    a2a_count_gather: bool = False
     # DeepSpeed's BF16_Optimizer (bf16 weights, fp32 gradient accumulation: DeepSpeed's choice for bf16
     # without ZeRO, for bf16 + ZeRO-1 with ``grad_accum_dtype`` fp32, and BigScience's BLOOM run), read in
     # deepspeed/runtime/bf16_optimizer.py at 56c52238 (2022, the upstreamed olruwase/bf16-updates branch) and
@@ -804,9 +822,14 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         moe_block_fwd = experts + shared + router + elementwise_seconds(
             dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + sort_fwd + loop_sync + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
+        # Megatron's all-to-all dispatcher: the token counts all-gathered over the expert-TP x EP group (int64 a
+        # count; Implementation.a2a_count_gather), forward only
+        count_gather = collective_seconds("all_gather", COUNT_BYTES * model.n_experts * ep * etp,
+                                          comm_path(system, ep * etp, 1)) if impl.a2a_count_gather and ep > 1 else 0.0
+        moe_block_fwd += count_gather
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + (
+        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + count_gather + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
@@ -820,6 +843,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                 ep_fwd = 2 * deepep_internode_seconds(tokens / t * h * 2, copies, node_copies, ep_path)
             else:
                 ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
+            if impl.a2a_probs:  # the probabilities' own all-to-all (forward; its gradient's in the backward)
+                ep_fwd += collective_seconds("all_to_all", tokens / t * copies * PROBS_BYTES, ep_path)
             if impl.ep_overlap:
                 # hidden behind another micro-batch's compute, whose kernels it still slows (SMs, HBM
                 # bandwidth): the share that overlapped data-parallel traffic costs

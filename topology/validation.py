@@ -153,7 +153,10 @@ EP_OVERLAP_SUFFIX = "+ep-overlap"
 # and what it runs: "+moe-graphs" (router and MoE preprocessing as CUDA graphs), "+fp32-reduce" (gradients
 # reduced in fp32), "+expert-loop" (moe_grouped_gemm false: Megatron-Core's SequentialMLP, session 6 second round),
 # "+permute-fusion" (Megatron --moe-permute-fusion, or HybridEP's permute inside its dispatch: TE's fused MoE
-# permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7)
+# permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7), "+probs-a2a" (the all-to-all dispatcher's all-to-all of the
+# routing probabilities, forward and backward: Megatron-LM from 2659630721, April 2025) and "+count-gather" (its
+# all-gather of the token counts per expert before a dropless dispatch; session 8: costmodel.Implementation.a2a_probs,
+# a2a_count_gather)
 OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
 
 
@@ -262,7 +265,8 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool
 def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce"])
+    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
+                    "probs-a2a", "count-gather"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -275,6 +279,10 @@ def implementation_of(run: Run) -> cm.Implementation:
         impl = replace(impl, **MEGATRON_VOCAB_CE)
     if "permute-fusion" in flags:  # the MoE permutation as Transformer Engine's fused kernels
         impl = replace(impl, moe_permute_fused=True)
+    if "probs-a2a" in flags:  # Megatron's all-to-all dispatcher sends the routing probabilities in their own all-to-all
+        impl = replace(impl, a2a_probs=True)
+    if "count-gather" in flags:  # ... and, dropless, all-gathers the token counts per expert before the dispatch
+        impl = replace(impl, a2a_count_gather=True)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
         impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S))
     return impl
