@@ -221,6 +221,30 @@ def test_the_all_to_all_dispatcher_sends_the_probabilities_and_gathers_the_count
         assert not v.implementation_of(runs[rid]).a2a_probs, rid
 
 
+def test_megatron_runs_a_yarn_rotary_unfused_forward_and_backward_at_its_own_counts():
+    """GPT-OSS's YaRN concentration factor (1.35) sends Megatron-Core's apply_rotary_pos_emb to its unfused path: 24 bytes
+    and 12 kernels an element of q and k forward, 20 bytes and 5 kernels backward, against the fused 4 / 1 and BWD_FACTOR
+    times that; the Bridge GPT-OSS rows carry it."""
+    model, system = get_preset("1b-moe").replace(n_experts=64, top_k=4), load_system("dgx-h100")
+    core = dataclasses.replace(v.IMPLEMENTATIONS["megatron-core-a2a"], moe_host_floor_s=0.0)
+    yarn = dataclasses.replace(core, **v.MEGATRON_YARN_ROPE)
+    args = (model, system, 8, 1, 1, 8, 1, 4096, 8)
+    a, b = cm.layer_cost(*args, core), cm.layer_cost(*args, yarn)
+    dev = system.node.device
+    elems = 4096 * (model.n_heads + model.n_kv_heads) * model.head_dim
+    rate = dev.memory_gbps * 1e9 * dev.elementwise_efficiency
+    launch = dev.launch_us * 1e-6
+    fwd = (24 - 4) * elems / rate + 2 * (12 - 1) * launch
+    bwd = (20 - cm.BWD_FACTOR * 4) * elems / rate + 2 * (5 - cm.BWD_FACTOR * 1) * launch
+    for before, after in ((a.fwd_dense, b.fwd_dense), (a.fwd_moe, b.fwd_moe)):
+        assert after - before == pytest.approx(fwd)
+    for before, after in ((a.bwd_dense, b.bwd_dense), (a.bwd_moe, b.bwd_moe)):
+        assert after - before == pytest.approx(bwd)
+    runs = {r.id: r for r in v.load_runs()}
+    for rid in ("bridge-gpt-oss-120b-64", "bridge2604-gpt-oss-120b-64"):
+        assert v.row_options(runs[rid]).get("yarn_rope"), rid
+
+
 def test_fused_kernels_and_unfused_attention_change_what_they_should():
     model, system = get_preset("7b"), load_system("dgx-a100-80gb")
     eager = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8)

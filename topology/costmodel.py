@@ -512,6 +512,10 @@ class Implementation:
     # Bytes per logit of the loss's backward, where the framework's count is not BWD_FACTOR times the
     # forward's ``logit_bytes`` (negative: BWD_FACTOR x logit_bytes).
     logit_bwd_bytes: float = -1.0
+    # The rotary embedding's backward, per element of q and k, where the framework's count is not BWD_FACTOR times
+    # the forward's (negative: BWD_FACTOR x rope_bytes and rope_kernels).
+    rope_bwd_bytes: float = -1.0
+    rope_bwd_kernels: int = -1
     # The optimizer step's bytes per parameter of the rank's optimizer shard (``local``): by default the
     # trainer's fused AdamW and the clipping of that shard's gradients (DEVICE_OPTIMIZER_BYTES).  A framework
     # that clips the full gradients outside the sharded step counts the clipping in ``hp_grad_step_bytes``.
@@ -551,7 +555,7 @@ class Implementation:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"{f.name}={v!r}: must be a finite number")
             # byte counts, time floors and rate scales are >= 0; logit_bwd_bytes < 0 means BWD_FACTOR x logit_bytes
-            if v < 0 and f.name != "logit_bwd_bytes":
+            if v < 0 and f.name not in ("logit_bwd_bytes", "rope_bwd_bytes"):
                 raise ConfigError(f"{f.name}={v!r}: must be >= 0")
         for name in ("gemm_scale", "attention_scale", "act_scale"):
             if getattr(self, name) <= 0:
@@ -770,7 +774,15 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     if impl.norm_tp_sync and tp > 1:
         norm_sync = 2 * 2 * collective_seconds("all_reduce", WEIGHT_BYTES * h, comm_path(system, tp, 1))
     fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + norm_sync
-    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core
+    # the rotary's backward where the framework's count is its own (Implementation.rope_bwd_bytes): the difference
+    # from BWD_FACTOR x its forward, which the layers' backward below already counts
+    rope_bwd = 0.0
+    if rope and impl.rope_bwd_bytes >= 0:
+        bwd_kernels = impl.rope_bwd_kernels if impl.rope_bwd_kernels >= 0 else BWD_FACTOR * impl.rope_kernels
+        rope_bwd = ((impl.rope_bwd_bytes - BWD_FACTOR * impl.rope_bytes) * tokens * (q + key_width) / t
+                    / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency)
+                    + 2 * (bwd_kernels - BWD_FACTOR * impl.rope_kernels) * dev.launch_us * 1e-6)
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core + rope_bwd
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
@@ -831,7 +843,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + count_gather + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
-        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core
+        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core \
+            + rope_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
         if ep > 1:

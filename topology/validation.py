@@ -296,6 +296,18 @@ def implementation_of(run: Run) -> cm.Implementation:
 # kernels; backward, autograd's clamp backward reads the gradient and the input and writes the gradient for
 # each half (6, twice; the cat's backward is a view): 12 bytes in 2 kernels.  Counted, not fitted.
 MEGATRON_GLU_CLAMP = {"glu_clamp_fwd_bytes": 16.0, "glu_clamp_bwd_bytes": 12.0, "glu_clamp_kernels": (3, 2)}
+# Megatron-Core's rotary embedding with a YaRN concentration factor other than 1 (GPT-OSS: ``yarn_rotary_scaling_factor``
+# 32 and no ``yarn_mscale``, so 0.1 ln 32 + 1 = 1.35; ``_yarn_get_concentration_factor``): ``apply_rotary_pos_emb`` passes
+# it as ``mscale``, and with ``apply_rope_fusion`` it warns "mscale=... is not supported by TE's fused RoPE. Using unfused
+# implementation" and runs ``_apply_rotary_pos_emb_bshd`` (megatron/core/models/common/embeddings/rope_utils.py at
+# 92c8482e6, e41b37002 and d98e8a64d alike), on q and on k apart.  Per element of q or k (bf16): forward ``t * cos_``
+# (2 + 2), ``_rotate_half``'s negation of one half (1 + 1) and ``cat`` (2 + 2), ``* sin_`` (2 + 2), the sum (4 + 2) and
+# the closing ``cat((t, t_pass))`` with an empty ``t_pass`` (2 + 2): 24 bytes in 6 kernels, plus 6 small ones
+# building ``cos_`` and ``sin_`` from the fp32 frequencies (cos, sin, the mscale products, the casts; s x d elements, no
+# bytes counted); backward, the products' gradients (4 each), the negation's (2), the chunk's gradient put back
+# together (4) and the two paths' sum into t's gradient (6): 20 bytes in 5 kernels (the slices' backward, which may add
+# a zero fill and a copy, not counted).  Counted, not fitted; the fused count it replaces is 4 bytes, 1 kernel.
+MEGATRON_YARN_ROPE = {"rope_bytes": 24.0, "rope_kernels": 12, "rope_bwd_bytes": 20.0, "rope_bwd_kernels": 5}
 
 
 def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Estimate:
@@ -305,6 +317,8 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
     impl = implementation_of(run)
     if row_options(run, path).get("glu_clamp") and impl.name.startswith("megatron-core"):
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
+    if row_options(run, path).get("yarn_rope") and impl.name.startswith("megatron-core"):  # unfused YaRN rotary
+        impl = replace(impl, name=impl.name + "+yarn-rope", **MEGATRON_YARN_ROPE)
     if row_options(run, path).get("alibi") and impl.attention == "unfused":  # the bias through baddbmm's C
         impl = replace(impl, name=impl.name + "+alibi", score_bias_bytes=ALIBI_BADDBMM_BYTES)
     if row_options(run, path).get("norm_tp_sync"):  # the source's code all-reduces each norm's weights a forward
