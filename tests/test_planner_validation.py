@@ -205,7 +205,13 @@ def test_the_all_to_all_dispatcher_sends_the_probabilities_and_gathers_the_count
     assert path.nodes == 2
     assert probs.ep_fwd - plain.ep_fwd == pytest.approx(
         cm.collective_seconds("all_to_all", 4096 * model.top_k * cm.PROBS_BYTES, path))
-    assert (probs.fwd_moe, probs.bwd_moe) == (plain.fwd_moe, plain.bwd_moe)
+    # the probability multiplies inside the experts' activation: the unfused unpermutation has no weighting pass
+    dev = system.node.device
+    weighting = 4096 * model.top_k * cm.MOE_WEIGHT_BYTES * model.d_model / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency)
+    assert plain.fwd_moe - probs.fwd_moe == pytest.approx(weighting)
+    assert plain.bwd_moe - probs.bwd_moe == pytest.approx(cm.BWD_FACTOR * weighting)
+    fused = dataclasses.replace(a2a, moe_permute_fused=True)  # TE's fused permutation never had it
+    assert cm.layer_cost(*args, fused).fwd_moe == cm.layer_cost(*args, dataclasses.replace(fused, a2a_probs=True)).fwd_moe
     gather = cm.collective_seconds("all_gather", cm.COUNT_BYTES * 128 * 16, path)
     assert gather > 0 and counts.fwd_moe - plain.fwd_moe == pytest.approx(gather)
     assert counts.moe_block_fwd - plain.moe_block_fwd == pytest.approx(gather)

@@ -373,6 +373,11 @@ ACT_BYTES = {"gelu": (4, 1), "swiglu": (10, 2)}  # per hidden unit: gelu 2+2; si
 # MoE layer, per routed row of width h: gather the token 2+2, weight the expert output 2+2, read it
 # in index_add 2; per token: zeros 2, index_add read-modify-write 4.
 MOE_ROW_BYTES, MOE_TOKEN_BYTES = 10, 6
+# Of MOE_ROW_BYTES, the weighting of each routed row by its routing probability (2 + 2): a framework that multiplies
+# the probability inside the experts' activation kernel instead (Megatron-Core from 2659630721, 2025-04-09, which sends
+# the probabilities to the experts: Implementation.a2a_probs) runs its unfused unpermutation as zeros + scatter_add_
+# alone (moe_utils.py ``unpermute`` with ``probs=None``, as the all-to-all dispatcher's ``combine_postprocess`` calls it).
+MOE_WEIGHT_BYTES = 4
 # Transformer Engine's fused MoE permutation (``moe_permute`` / ``moe_unpermute`` with a mask map:
 # transformer_engine/pytorch/triton/permutation.py, ``_permute_kernel`` and ``_unpermute_kernel``, TE 2.x): the
 # permute loads each input row once and stores it to each of its routed rows; the unpermute loads each routed row
@@ -488,7 +493,9 @@ class Implementation:
     # only (integer counts carry no gradient); with drop-and-pad (``moe_pad_expert_input_to_capacity``)
     # ``preprocess`` returns before it.  Both are latency-bound NCCL calls on the layer's critical path, priced by
     # ``collective_seconds`` with the device's call cost and the links' latencies.  False: not run (DeepEP /
-    # HybridEP carry the probabilities in their dispatch kernel and size it in their own layout kernel).
+    # HybridEP carry the probabilities in their dispatch kernel and size it in their own layout kernel).  With
+    # ``a2a_probs`` the probability multiplies inside the experts' activation, so an unfused permutation has no
+    # weighting pass (MOE_WEIGHT_BYTES).
     a2a_probs: bool = False
     a2a_count_gather: bool = False
     # DeepSpeed's BF16_Optimizer (bf16 weights, fp32 gradient accumulation: DeepSpeed's choice for bf16
@@ -812,7 +819,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             moe_bytes = (common_bytes + routed * act_bytes * model.moe_d_ff / etp + shared_bytes
                          + (FUSED_PERMUTE_ROW_BYTES * routed + FUSED_PERMUTE_INPUT_BYTES * inputs) * h)
         else:  # the eager gather, weighting and index_add
-            moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + MOE_ROW_BYTES * h)
+            row_bytes = MOE_ROW_BYTES - (MOE_WEIGHT_BYTES if impl.a2a_probs else 0)
+            moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + row_bytes * h)
                          + tokens * MOE_TOKEN_BYTES * h + shared_bytes)
         expert_act_kernels = act_kernels * (math.ceil(local_experts) if impl.expert_loop else 1)
         moe_kernels = common_kernels + expert_act_kernels + impl.moe_routing_kernels + (
