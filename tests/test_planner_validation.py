@@ -251,6 +251,32 @@ def test_megatron_runs_a_yarn_rotary_unfused_forward_and_backward_at_its_own_cou
         assert v.row_options(runs[rid]).get("yarn_rope"), rid
 
 
+def test_megatron_adds_the_experts_second_bias_per_local_expert_outside_the_grouped_gemm():
+    """TEGroupedMLP._apply_bias: each local expert's fc2 bias times its rows' probabilities, added in a Python loop and
+    concatenated: 12 bytes an element of the routed rows' output forward (2 kernels a local expert + the cat), 16
+    backward (4 a local expert + 2); the Bridge GPT-OSS rows carry it, the expert count sets the launches."""
+    model, system = get_preset("1b-moe").replace(n_experts=64, top_k=4), load_system("dgx-h100")
+    core = dataclasses.replace(v.IMPLEMENTATIONS["megatron-core-a2a"], moe_host_floor_s=0.0)
+    biased = dataclasses.replace(core, **v.MEGATRON_EXPERT_BIAS)
+    dev = system.node.device
+    rate, launch = dev.memory_gbps * 1e9 * dev.elementwise_efficiency, dev.launch_us * 1e-6
+    for ep in (8, 16):
+        args = (model, system, ep, 1, 1, ep, 1, 4096, ep)
+        a, b = cm.layer_cost(*args, core), cm.layer_cost(*args, biased)
+        elems = 4096 * model.top_k * model.d_model  # the rank's routed rows, balanced, at d_model
+        local = 64 // ep
+        assert b.fwd_moe - a.fwd_moe == pytest.approx(12 * elems / rate + (2 * local + 1) * launch)
+        assert b.bwd_moe - a.bwd_moe == pytest.approx(16 * elems / rate + (4 * local + 2) * launch)
+        assert b.moe_block_fwd - a.moe_block_fwd == pytest.approx(b.fwd_moe - a.fwd_moe)
+        assert (b.fwd_dense, b.bwd_dense) == (a.fwd_dense, a.bwd_dense)
+    runs = {r.id: r for r in v.load_runs()}
+    for rid in ("bridge-gpt-oss-120b-64", "bridge2604-gpt-oss-120b-64"):
+        assert v.implementation_of(runs[rid]).moe_bias_fwd_bytes == 0  # a row option, applied in predict
+        assert v.row_options(runs[rid]).get("expert_bias"), rid
+    with pytest.raises(ConfigError, match="moe_bias_kernels_fixed"):
+        cm.Implementation(moe_bias_kernels_fixed=(-1, 0))
+
+
 def test_fused_kernels_and_unfused_attention_change_what_they_should():
     model, system = get_preset("7b"), load_system("dgx-a100-80gb")
     eager = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 2048, 8)

@@ -457,6 +457,14 @@ class Implementation:
     glu_clamp_fwd_bytes: float = 0.0
     glu_clamp_bwd_bytes: float = 0.0
     glu_clamp_kernels: tuple[int, int] = (0, 0)
+    # The routed experts' second-projection bias added outside the grouped GEMM, one local expert at a time, each row's
+    # bias scaled by its routing probability (the probability multiplies inside the activation, before that
+    # projection): bytes per element of the rows it touches (routed rows x d_model), forward and backward, and
+    # kernels per local expert and once a layer, forward and backward.  0: none (no bias, or added in the GEMM).
+    moe_bias_fwd_bytes: float = 0.0
+    moe_bias_bwd_bytes: float = 0.0
+    moe_bias_kernels_per_expert: tuple[int, int] = (0, 0)
+    moe_bias_kernels_fixed: tuple[int, int] = (0, 0)
     # Bytes a gradient element has in the data-parallel reduction (reduce-scatter / all-reduce): 2 for a bf16
     # reduction, 4 where the framework reduces in fp32 (FSDP's MixedPrecision reduce_dtype=float32).
     grad_reduce_bytes: float = GRAD_BYTES
@@ -574,6 +582,9 @@ class Implementation:
             raise ConfigError(f"grad_reduce_bytes={self.grad_reduce_bytes!r}: must be 2 (bf16) or 4 (fp32)")
         if min(self.glu_clamp_kernels) < 0:
             raise ConfigError(f"glu_clamp_kernels={self.glu_clamp_kernels!r}: must be >= 0")
+        for name in ("moe_bias_kernels_per_expert", "moe_bias_kernels_fixed"):
+            if min(getattr(self, name)) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= 0")
         if self.optimizer_bytes <= 0:
             raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
 
@@ -832,6 +843,14 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         clamp_bwd = elementwise_seconds(dev, routed * impl.glu_clamp_bwd_bytes * model.moe_d_ff / etp,
                                         impl.glu_clamp_kernels[1]) if impl.glu_clamp_bwd_bytes else 0.0
         moe_ew += clamp_fwd
+        # the second projection's bias added per local expert, scaled by the probability (Implementation.moe_bias_*)
+        ebias_fwd = ebias_bwd = 0.0
+        if impl.moe_bias_fwd_bytes or impl.moe_bias_bwd_bytes:
+            n_local = math.ceil(local_experts)
+            ebias_fwd = elementwise_seconds(dev, routed * h * impl.moe_bias_fwd_bytes, n_local * impl.moe_bias_kernels_per_expert[0]
+                                            + impl.moe_bias_kernels_fixed[0])
+            ebias_bwd = elementwise_seconds(dev, routed * h * impl.moe_bias_bwd_bytes, n_local * impl.moe_bias_kernels_per_expert[1]
+                                            + impl.moe_bias_kernels_fixed[1])
         # the dispatcher's sort of the gathered rows by local expert and its restore (read + write, bf16)
         sort_fwd = elementwise_seconds(dev, routed * 2 * 4.0 * h, 2) \
             if impl.moe_dispatch_tp_gather and local_experts > 1 else 0.0
@@ -840,7 +859,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         loop_sync = dev.host_sync_us * 1e-6 if impl.expert_loop and local_experts > 1 else 0.0
         moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels) + clamp_fwd
         moe_block_fwd = experts + shared + router + elementwise_seconds(
-            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + sort_fwd + loop_sync + (
+            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + sort_fwd + loop_sync + ebias_fwd + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         # Megatron's all-to-all dispatcher: the token counts all-gathered over the expert-TP x EP group (int64 a
         # count; Implementation.a2a_count_gather), forward only
@@ -849,10 +868,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         moe_block_fwd += count_gather
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
-        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + count_gather + (
+        fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + norm_sync + loop_sync + count_gather + ebias_fwd + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core \
-            + rope_bwd
+            + rope_bwd + ebias_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
         if ep > 1:

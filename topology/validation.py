@@ -307,6 +307,18 @@ MEGATRON_GLU_CLAMP = {"glu_clamp_fwd_bytes": 16.0, "glu_clamp_bwd_bytes": 12.0, 
 # bytes counted); backward, the products' gradients (4 each), the negation's (2), the chunk's gradient put back
 # together (4) and the two paths' sum into t's gradient (6): 20 bytes in 5 kernels (the slices' backward, which may add
 # a zero fill and a copy, not counted).  Counted, not fitted; the fused count it replaces is 4 bytes, 1 kernel.
+# Megatron-Core's TEGroupedMLP with linear biases (GPT-OSS: add_bias_linear): the second projection is built with
+# ``skip_bias_add=True`` and ``_apply_bias`` adds each local expert's bias scaled by its rows' probabilities in a Python
+# loop, ``torch.cat([t + b * p for t, b, p in zip(split(out), biases, split(probs))]).to(out.dtype)`` (megatron/core/
+# transformer/moe/experts.py at 92c8482e6 for Bridge 25.11, d7288711b for Bridge v0.4.0 / 26.04, e41b37002; the TE op
+# fuser path that avoids it is off in Megatron-Bridge's performance scripts).  With bf16 probabilities (the router in
+# the input's dtype: moe_router_dtype unset) and per element of the routed rows' d_model-wide output: forward ``b * p``
+# written (2), the sum (2 + 2 read, 2 written) and the ``cat`` (2 + 2); ``.to`` is a no-op: 12 bytes, 2 kernels a local
+# expert and the cat; backward, the product's two gradients each a product (2 + 2) and a reduction (2), and the
+# split's gradient put back together by a ``cat`` (2 + 2): 16 bytes, 4 kernels a local expert and 2 (the two splits'
+# cats).  Counted, not fitted.
+MEGATRON_EXPERT_BIAS = {"moe_bias_fwd_bytes": 12.0, "moe_bias_bwd_bytes": 16.0, "moe_bias_kernels_per_expert": (2, 4),
+                        "moe_bias_kernels_fixed": (1, 2)}
 MEGATRON_YARN_ROPE = {"rope_bytes": 24.0, "rope_kernels": 12, "rope_bwd_bytes": 20.0, "rope_bwd_kernels": 5}
 
 
@@ -317,6 +329,8 @@ def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Est
     impl = implementation_of(run)
     if row_options(run, path).get("glu_clamp") and impl.name.startswith("megatron-core"):
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
+    if row_options(run, path).get("expert_bias") and impl.name.startswith("megatron-core"):  # per-expert bias loop
+        impl = replace(impl, name=impl.name + "+expert-bias", **MEGATRON_EXPERT_BIAS)
     if row_options(run, path).get("yarn_rope") and impl.name.startswith("megatron-core"):  # unfused YaRN rotary
         impl = replace(impl, name=impl.name + "+yarn-rope", **MEGATRON_YARN_ROPE)
     if row_options(run, path).get("alibi") and impl.attention == "unfused":  # the bias through baddbmm's C
