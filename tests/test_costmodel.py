@@ -867,12 +867,13 @@ def test_implementation_refuses_a_float_field_that_is_not_finite(field, value):
 
 
 @pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(cm.Implementation)
-                                   if f.name.endswith("_bytes") and f.name != "logit_bwd_bytes"]
+                                   if f.name.endswith("_bytes") and f.name not in ("logit_bwd_bytes", "rope_bwd_bytes")]
                          + ["moe_host_floor_s", "gemm_scale", "attention_scale", "act_scale"])
 def test_implementation_refuses_a_negative_byte_count_or_scale(field):
     with pytest.raises(ConfigError, match=f"^{field}="):
         cm.Implementation(**{field: -1.0})
     assert cm.Implementation(logit_bwd_bytes=-1.0).logit_bwd_bytes == -1.0  # negative: the default's sentinel
+    assert cm.Implementation(rope_bwd_bytes=-1.0).rope_bwd_bytes == -1.0  # likewise: BWD_FACTOR x rope_bytes
 
 
 def test_deepspeeds_pipeline_exchange_is_refused_with_a_schedule_deepspeed_does_not_run():

@@ -373,12 +373,21 @@ ACT_BYTES = {"gelu": (4, 1), "swiglu": (10, 2)}  # per hidden unit: gelu 2+2; si
 # MoE layer, per routed row of width h: gather the token 2+2, weight the expert output 2+2, read it
 # in index_add 2; per token: zeros 2, index_add read-modify-write 4.
 MOE_ROW_BYTES, MOE_TOKEN_BYTES = 10, 6
+# Of MOE_ROW_BYTES, the weighting of each routed row by its routing probability (2 + 2): a framework that multiplies
+# the probability inside the experts' activation kernel instead (Megatron-Core from 2659630721, 2025-04-09, which sends
+# the probabilities to the experts: Implementation.a2a_probs) runs its unfused unpermutation as zeros + scatter_add_
+# alone (moe_utils.py ``unpermute`` with ``probs=None``, as the all-to-all dispatcher's ``combine_postprocess`` calls it).
+MOE_WEIGHT_BYTES = 4
 # Transformer Engine's fused MoE permutation (``moe_permute`` / ``moe_unpermute`` with a mask map:
 # transformer_engine/pytorch/triton/permutation.py, ``_permute_kernel`` and ``_unpermute_kernel``, TE 2.x): the
 # permute loads each input row once and stores it to each of its routed rows; the unpermute loads each routed row
 # once, merges in registers (with the routing weight where it is applied there) and stores each input row once.
 # Per element: a routed row 2 written + 2 read, an input row 2 read + 2 written.  Counted, not fitted.
 FUSED_PERMUTE_ROW_BYTES, FUSED_PERMUTE_INPUT_BYTES = 4, 4
+# Megatron's all-to-all dispatcher's small collectives (Implementation.a2a_probs / a2a_count_gather): a routing
+# probability per dispatched row (fp32 at most: the router's dtype; the call is latency-bound either way) and an int64
+# token count per expert and rank.
+PROBS_BYTES, COUNT_BYTES = 4, 8
 MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers, index_add, aux/z losses
 
 
@@ -452,6 +461,14 @@ class Implementation:
     glu_clamp_fwd_bytes: float = 0.0
     glu_clamp_bwd_bytes: float = 0.0
     glu_clamp_kernels: tuple[int, int] = (0, 0)
+    # The routed experts' second-projection bias added outside the grouped GEMM, one local expert at a time, each row's
+    # bias scaled by its routing probability (the probability multiplies inside the activation, before that
+    # projection): bytes per element of the rows it touches (routed rows x d_model), forward and backward, and
+    # kernels per local expert and once a layer, forward and backward.  0: none (no bias, or added in the GEMM).
+    moe_bias_fwd_bytes: float = 0.0
+    moe_bias_bwd_bytes: float = 0.0
+    moe_bias_kernels_per_expert: tuple[int, int] = (0, 0)
+    moe_bias_kernels_fixed: tuple[int, int] = (0, 0)
     # Bytes a gradient element has in the data-parallel reduction (reduce-scatter / all-reduce): 2 for a bf16
     # reduction, 4 where the framework reduces in fp32 (FSDP's MixedPrecision reduce_dtype=float32).
     grad_reduce_bytes: float = GRAD_BYTES
@@ -477,6 +494,22 @@ class Implementation:
     # permutes before the all-to-all, the token copies DeepEP delivers for one that permutes after it) instead of
     # the eager gather / weighting / index_add of MOE_ROW_BYTES and MOE_TOKEN_BYTES.
     moe_permute_fused: bool = False
+    # Megatron-Core's all-to-all token dispatcher (``MoEAlltoAllTokenDispatcher``, token_dispatcher.py) runs two small
+    # collectives beside the token all-to-alls of every MoE layer and micro-batch.  ``a2a_probs``: the routing
+    # probabilities of the permuted rows go in an all-to-all of their own after the tokens' (``token_dispatch``:
+    # ``global_probs = all_to_all(ep_group, permuted_probs, ...)``; Megatron-LM from 2659630721, 2025-04-09, which
+    # moved the probability product into the experts' activation; not at core v0.8 - v0.11), and their gradient comes
+    # back in one more in the backward.  ``a2a_count_gather``: the dropless dispatcher all-gathers each rank's token
+    # counts per expert over the expert-TP x EP group before the dispatch (``preprocess``:
+    # ``gather_from_sequence_parallel_region(num_local_tokens_per_expert, group=tp_ep_group)``, int64), forward
+    # only (integer counts carry no gradient); with drop-and-pad (``moe_pad_expert_input_to_capacity``)
+    # ``preprocess`` returns before it.  Both are latency-bound NCCL calls on the layer's critical path, priced by
+    # ``collective_seconds`` with the device's call cost and the links' latencies.  False: not run (DeepEP /
+    # HybridEP carry the probabilities in their dispatch kernel and size it in their own layout kernel).  With
+    # ``a2a_probs`` the probability multiplies inside the experts' activation, so an unfused permutation has no
+    # weighting pass (MOE_WEIGHT_BYTES).
+    a2a_probs: bool = False
+    a2a_count_gather: bool = False
     # DeepSpeed's BF16_Optimizer (bf16 weights, fp32 gradient accumulation: DeepSpeed's choice for bf16
     # without ZeRO, for bf16 + ZeRO-1 with ``grad_accum_dtype`` fp32, and BigScience's BLOOM run), read in
     # deepspeed/runtime/bf16_optimizer.py at 56c52238 (2022, the upstreamed olruwase/bf16-updates branch) and
@@ -498,6 +531,10 @@ class Implementation:
     # Bytes per logit of the loss's backward, where the framework's count is not BWD_FACTOR times the
     # forward's ``logit_bytes`` (negative: BWD_FACTOR x logit_bytes).
     logit_bwd_bytes: float = -1.0
+    # The rotary embedding's backward, per element of q and k, where the framework's count is not BWD_FACTOR times
+    # the forward's (negative: BWD_FACTOR x rope_bytes and rope_kernels).
+    rope_bwd_bytes: float = -1.0
+    rope_bwd_kernels: int = -1
     # The optimizer step's bytes per parameter of the rank's optimizer shard (``local``): by default the
     # trainer's fused AdamW and the clipping of that shard's gradients (DEVICE_OPTIMIZER_BYTES).  A framework
     # that clips the full gradients outside the sharded step counts the clipping in ``hp_grad_step_bytes``.
@@ -537,7 +574,7 @@ class Implementation:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"{f.name}={v!r}: must be a finite number")
             # byte counts, time floors and rate scales are >= 0; logit_bwd_bytes < 0 means BWD_FACTOR x logit_bytes
-            if v < 0 and f.name != "logit_bwd_bytes":
+            if v < 0 and f.name not in ("logit_bwd_bytes", "rope_bwd_bytes"):
                 raise ConfigError(f"{f.name}={v!r}: must be >= 0")
         for name in ("gemm_scale", "attention_scale", "act_scale"):
             if getattr(self, name) <= 0:
@@ -549,6 +586,9 @@ class Implementation:
             raise ConfigError(f"grad_reduce_bytes={self.grad_reduce_bytes!r}: must be 2 (bf16) or 4 (fp32)")
         if min(self.glu_clamp_kernels) < 0:
             raise ConfigError(f"glu_clamp_kernels={self.glu_clamp_kernels!r}: must be >= 0")
+        for name in ("moe_bias_kernels_per_expert", "moe_bias_kernels_fixed"):
+            if min(getattr(self, name)) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= 0")
         if self.optimizer_bytes <= 0:
             raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
 
@@ -778,7 +818,15 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     if impl.norm_tp_sync and tp > 1:
         norm_sync = 2 * 2 * collective_seconds("all_reduce", WEIGHT_BYTES * h, comm_path(system, tp, 1))
     fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + drop_fwd + norm_sync
-    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core + drop_bwd
+    # the rotary's backward where the framework's count is its own (Implementation.rope_bwd_bytes): the difference
+    # from BWD_FACTOR x its forward, which the layers' backward below already counts
+    rope_bwd = 0.0
+    if rope and impl.rope_bwd_bytes >= 0:
+        bwd_kernels = impl.rope_bwd_kernels if impl.rope_bwd_kernels >= 0 else BWD_FACTOR * impl.rope_kernels
+        rope_bwd = ((impl.rope_bwd_bytes - BWD_FACTOR * impl.rope_bytes) * tokens * (q + key_width) / t
+                    / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency)
+                    + 2 * (bwd_kernels - BWD_FACTOR * impl.rope_kernels) * dev.launch_us * 1e-6)
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core + drop_bwd + rope_bwd
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
@@ -808,7 +856,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             moe_bytes = (common_bytes + routed * act_bytes * model.moe_d_ff / etp + shared_bytes
                          + (FUSED_PERMUTE_ROW_BYTES * routed + FUSED_PERMUTE_INPUT_BYTES * inputs) * h)
         else:  # the eager gather, weighting and index_add
-            moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + MOE_ROW_BYTES * h)
+            row_bytes = MOE_ROW_BYTES - (MOE_WEIGHT_BYTES if impl.a2a_probs else 0)
+            moe_bytes = (common_bytes + routed * (act_bytes * model.moe_d_ff / etp + row_bytes * h)
                          + tokens * MOE_TOKEN_BYTES * h + shared_bytes)
         expert_act_kernels = act_kernels * (math.ceil(local_experts) if impl.expert_loop else 1)
         moe_kernels = common_kernels + expert_act_kernels + impl.moe_routing_kernels + (
@@ -820,6 +869,14 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         clamp_bwd = elementwise_seconds(dev, routed * impl.glu_clamp_bwd_bytes * model.moe_d_ff / etp,
                                         impl.glu_clamp_kernels[1]) if impl.glu_clamp_bwd_bytes else 0.0
         moe_ew += clamp_fwd
+        # the second projection's bias added per local expert, scaled by the probability (Implementation.moe_bias_*)
+        ebias_fwd = ebias_bwd = 0.0
+        if impl.moe_bias_fwd_bytes or impl.moe_bias_bwd_bytes:
+            n_local = math.ceil(local_experts)
+            ebias_fwd = elementwise_seconds(dev, routed * h * impl.moe_bias_fwd_bytes, n_local * impl.moe_bias_kernels_per_expert[0]
+                                            + impl.moe_bias_kernels_fixed[0])
+            ebias_bwd = elementwise_seconds(dev, routed * h * impl.moe_bias_bwd_bytes, n_local * impl.moe_bias_kernels_per_expert[1]
+                                            + impl.moe_bias_kernels_fixed[1])
         # the dispatcher's sort of the gathered rows by local expert and its restore (read + write, bf16)
         sort_fwd = elementwise_seconds(dev, routed * 2 * 4.0 * h, 2) \
             if impl.moe_dispatch_tp_gather and local_experts > 1 else 0.0
@@ -828,14 +885,20 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         loop_sync = dev.host_sync_us * 1e-6 if impl.expert_loop and local_experts > 1 else 0.0
         moe_act_fwd = elementwise_seconds(dev, routed * act_bytes * model.moe_d_ff / etp, act_kernels) + clamp_fwd
         moe_block_fwd = experts + shared + router + elementwise_seconds(
-            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + sort_fwd + loop_sync + (
+            dev, moe_bytes - common_bytes, moe_kernels - common_kernels) + sort_fwd + loop_sync + ebias_fwd + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
+        # Megatron's all-to-all dispatcher: the token counts all-gathered over the expert-TP x EP group (int64 a
+        # count; Implementation.a2a_count_gather), forward only
+        count_gather = collective_seconds("all_gather", COUNT_BYTES * model.n_experts * ep * etp,
+                                          comm_path(system, ep * etp, 1)) if impl.a2a_count_gather and ep > 1 else 0.0
+        moe_block_fwd += count_gather
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + drop_fwd + norm_sync + loop_sync + (
+            count_gather + ebias_fwd) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core \
-            + drop_bwd
+            + drop_bwd + rope_bwd + ebias_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
         if ep > 1:
@@ -847,6 +910,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                 ep_fwd = 2 * deepep_internode_seconds(tokens / t * h * 2, copies, node_copies, ep_path)
             else:
                 ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
+            if impl.a2a_probs:  # the probabilities' own all-to-all (forward; its gradient's in the backward)
+                ep_fwd += collective_seconds("all_to_all", tokens / t * copies * PROBS_BYTES, ep_path)
             if impl.ep_overlap:
                 # hidden behind another micro-batch's compute, whose kernels it still slows (SMs, HBM
                 # bandwidth): the share that overlapped data-parallel traffic costs

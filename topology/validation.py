@@ -159,7 +159,10 @@ EP_OVERLAP_SUFFIX = "+ep-overlap"
 # and what it runs: "+moe-graphs" (router and MoE preprocessing as CUDA graphs), "+fp32-reduce" (gradients
 # reduced in fp32), "+expert-loop" (moe_grouped_gemm false: Megatron-Core's SequentialMLP, session 6 second round),
 # "+permute-fusion" (Megatron --moe-permute-fusion, or HybridEP's permute inside its dispatch: TE's fused MoE
-# permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7)
+# permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7), "+probs-a2a" (the all-to-all dispatcher's all-to-all of the
+# routing probabilities, forward and backward: Megatron-LM from 2659630721, April 2025) and "+count-gather" (its
+# all-gather of the token counts per expert before a dropless dispatch; session 8: costmodel.Implementation.a2a_probs,
+# a2a_count_gather)
 OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
 
 
@@ -268,7 +271,8 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool
 def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce"])
+    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
+                    "probs-a2a", "count-gather"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -281,6 +285,10 @@ def implementation_of(run: Run) -> cm.Implementation:
         impl = replace(impl, **MEGATRON_VOCAB_CE)
     if "permute-fusion" in flags:  # the MoE permutation as Transformer Engine's fused kernels
         impl = replace(impl, moe_permute_fused=True)
+    if "probs-a2a" in flags:  # Megatron's all-to-all dispatcher sends the routing probabilities in their own all-to-all
+        impl = replace(impl, a2a_probs=True)
+    if "count-gather" in flags:  # ... and, dropless, all-gathers the token counts per expert before the dispatch
+        impl = replace(impl, a2a_count_gather=True)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
         impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S))
     return impl
@@ -294,6 +302,30 @@ def implementation_of(run: Run) -> cm.Implementation:
 # kernels; backward, autograd's clamp backward reads the gradient and the input and writes the gradient for
 # each half (6, twice; the cat's backward is a view): 12 bytes in 2 kernels.  Counted, not fitted.
 MEGATRON_GLU_CLAMP = {"glu_clamp_fwd_bytes": 16.0, "glu_clamp_bwd_bytes": 12.0, "glu_clamp_kernels": (3, 2)}
+# Megatron-Core's rotary embedding with a YaRN concentration factor other than 1 (GPT-OSS: ``yarn_rotary_scaling_factor``
+# 32 and no ``yarn_mscale``, so 0.1 ln 32 + 1 = 1.35; ``_yarn_get_concentration_factor``): ``apply_rotary_pos_emb`` passes
+# it as ``mscale``, and with ``apply_rope_fusion`` it warns "mscale=... is not supported by TE's fused RoPE. Using unfused
+# implementation" and runs ``_apply_rotary_pos_emb_bshd`` (megatron/core/models/common/embeddings/rope_utils.py at
+# 92c8482e6, e41b37002 and d98e8a64d alike), on q and on k apart.  Per element of q or k (bf16): forward ``t * cos_``
+# (2 + 2), ``_rotate_half``'s negation of one half (1 + 1) and ``cat`` (2 + 2), ``* sin_`` (2 + 2), the sum (4 + 2) and
+# the closing ``cat((t, t_pass))`` with an empty ``t_pass`` (2 + 2): 24 bytes in 6 kernels, plus 6 small ones
+# building ``cos_`` and ``sin_`` from the fp32 frequencies (cos, sin, the mscale products, the casts; s x d elements, no
+# bytes counted); backward, the products' gradients (4 each), the negation's (2), the chunk's gradient put back
+# together (4) and the two paths' sum into t's gradient (6): 20 bytes in 5 kernels (the slices' backward, which may add
+# a zero fill and a copy, not counted).  Counted, not fitted; the fused count it replaces is 4 bytes, 1 kernel.
+# Megatron-Core's TEGroupedMLP with linear biases (GPT-OSS: add_bias_linear): the second projection is built with
+# ``skip_bias_add=True`` and ``_apply_bias`` adds each local expert's bias scaled by its rows' probabilities in a Python
+# loop, ``torch.cat([t + b * p for t, b, p in zip(split(out), biases, split(probs))]).to(out.dtype)`` (megatron/core/
+# transformer/moe/experts.py at 92c8482e6 for Bridge 25.11, d7288711b for Bridge v0.4.0 / 26.04, e41b37002; the TE op
+# fuser path that avoids it is off in Megatron-Bridge's performance scripts).  With bf16 probabilities (the router in
+# the input's dtype: moe_router_dtype unset) and per element of the routed rows' d_model-wide output: forward ``b * p``
+# written (2), the sum (2 + 2 read, 2 written) and the ``cat`` (2 + 2); ``.to`` is a no-op: 12 bytes, 2 kernels a local
+# expert and the cat; backward, the product's two gradients each a product (2 + 2) and a reduction (2), and the
+# split's gradient put back together by a ``cat`` (2 + 2): 16 bytes, 4 kernels a local expert and 2 (the two splits'
+# cats).  Counted, not fitted.
+MEGATRON_EXPERT_BIAS = {"moe_bias_fwd_bytes": 12.0, "moe_bias_bwd_bytes": 16.0, "moe_bias_kernels_per_expert": (2, 4),
+                        "moe_bias_kernels_fixed": (1, 2)}
+MEGATRON_YARN_ROPE = {"rope_bytes": 24.0, "rope_kernels": 12, "rope_bwd_bytes": 20.0, "rope_bwd_kernels": 5}
 
 
 def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
@@ -302,6 +334,10 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
     opts = row_options(run, path)
     if opts.get("glu_clamp") and impl.name.startswith("megatron-core"):
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
+    if opts.get("expert_bias") and impl.name.startswith("megatron-core"):  # per-expert bias loop
+        impl = replace(impl, name=impl.name + "+expert-bias", **MEGATRON_EXPERT_BIAS)
+    if opts.get("yarn_rope") and impl.name.startswith("megatron-core"):  # unfused YaRN rotary
+        impl = replace(impl, name=impl.name + "+yarn-rope", **MEGATRON_YARN_ROPE)
     if opts.get("alibi") and impl.attention == "unfused":  # the bias through baddbmm's C
         impl = replace(impl, name=impl.name + "+alibi", score_bias_bytes=ALIBI_BADDBMM_BYTES)
     if opts.get("norm_tp_sync"):  # the source's code all-reduces each norm's weights a forward
