@@ -648,7 +648,7 @@ SCORE_DROPOUT_BWD_BYTES = 5
 #  * Its backward is 2.07 times its forward (table 19 / table 18 at 2048; 1.95 at 1024; PyTorch's standard
 #    attention row 2.04 at 2048 and 2.06 at 4096), not the fused kernel's ATTN_BWD_FACTOR (2.5: FlashAttention
 #    recomputes the scores).  Counting its kernels (four batched GEMMs and the softmax's 6-byte backward) at the
-#    rates above gives 7.60 ms, 14% short of the measurement: the ratio is what is measured, so the ratio is used.
+#    rates above gives 7.62 ms, 14% short of the measurement: the ratio is what is measured, so the ratio is used.
 #    Dropout's own backward stays SCORE_DROPOUT_BWD_BYTES (not scaled).
 UNFUSED_BMM_BANDWIDTH_EFFICIENCY = 0.62
 UNFUSED_ATTN_BWD_FACTOR = 8.86 / 4.28
