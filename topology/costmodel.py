@@ -609,16 +609,18 @@ ALPHAEXA_COMPILED = Implementation(name="alphaexa-compiled", norm_bytes=4.0, nor
 DEVICE_TYPES = {"nvidia": "cuda", "intel": "xpu", "cpu": "cpu"}  # hardware vendor -> torch device type
 
 
-def grouped_gemm_seconds(device: Device, groups: float, m: float, n: float, k: float) -> float:
+def grouped_gemm_seconds(device: Device, groups: float, m: float, n: float, k: float,
+                         bandwidth_efficiency: float = 1.0) -> float:
     """``groups`` GEMMs (m x k) @ (k x n) in one kernel (torch._grouped_mm): the tiles of all
-    groups share the waves, one launch."""
+    groups share the waves, one launch.  Its bytes stream at ``bandwidth_efficiency`` of the device's
+    HBM bandwidth (1: the roofline; the unfused attention's batched GEMMs: UNFUSED_BMM_BANDWIDTH_EFFICIENCY)."""
     if groups <= 0 or m <= 0 or n <= 0 or k <= 0:
         return 0.0
     tiles = groups * math.ceil(m / TILE) * math.ceil(n / TILE)
     waves = math.ceil(tiles / device.compute_units)
     utilisation = tiles / (waves * device.compute_units)
     t_flops = groups * 2.0 * m * n * k / (device.bf16_tflops * 1e12 * device.gemm_efficiency * utilisation)
-    t_bytes = 2.0 * groups * (m * k + k * n + m * n) / (device.memory_gbps * 1e9)
+    t_bytes = 2.0 * groups * (m * k + k * n + m * n) / (device.memory_gbps * 1e9 * bandwidth_efficiency)
     return max(t_flops, t_bytes) + device.launch_us * 1e-6
 
 
@@ -674,14 +676,32 @@ UNFUSED_SCORE_BYTES = 4  # per attention score, forward: Megatron's fused scale-
 # p = 0, and ``_dropout`` returns the input when p == 0), so a source that sets 0 pays nothing.
 SCORE_DROPOUT_FWD_BYTES = 5
 SCORE_DROPOUT_BWD_BYTES = 5
+# Megatron's unfused attention, measured as a kernel path: the FlashAttention paper's A100 40GB tables (Dao et al.
+# 2022, arXiv 2205.14135 v2, appendix E.6 "Full benchmarking results", tables 18-20: fp16, batch 16, 8 heads, head
+# dim 64, no dropout, no masking; tables 15-17 with dropout 0.1), Megatron row at sequence 2048: forward 4.28 ms,
+# backward 8.86 ms, forward + backward 13.21 ms on 537M scores (docs/planner.md section 10, "Session 8: unfused
+# attention against the FlashAttention paper's Megatron tables").
+#  * The two batched GEMMs (k or n = head dim) stream the score matrix they write or read well below the HBM
+#    roofline: the forward less the softmax at the device's elementwise rate (4 bytes a score at 72%: 1.92 ms)
+#    leaves 2.36 ms for two GEMMs of 1.14 GB each, 62% of 1555 GB/s (the dropout kernel on the same tensor, tables
+#    15 - 18, streams at 76%: the slow part is the GEMMs, not the elementwise passes).
+#  * Its backward is 2.07 times its forward (table 19 / table 18 at 2048; 1.95 at 1024; PyTorch's standard
+#    attention row 2.04 at 2048 and 2.06 at 4096), not the fused kernel's ATTN_BWD_FACTOR (2.5: FlashAttention
+#    recomputes the scores).  Counting its kernels (four batched GEMMs and the softmax's 6-byte backward) at the
+#    rates above gives 7.62 ms, 14% short of the measurement: the ratio is what is measured, so the ratio is used.
+#    Dropout's own backward stays SCORE_DROPOUT_BWD_BYTES (not scaled).
+UNFUSED_BMM_BANDWIDTH_EFFICIENCY = 0.62
+UNFUSED_ATTN_BWD_FACTOR = 8.86 / 4.28
 
 
 def unfused_attention_seconds(device: Device, mbs: int, heads: float, queries: float, keys: float,
                               head_dim: float) -> float:
     """Forward of attention that materialises the scores (Megatron before FlashAttention): two
-    batched GEMMs over the full square, then the softmax streaming the scores through HBM (dropout on the
-    probabilities, where the source has it, is ``score_dropout_seconds``)."""
-    gemms = 2 * grouped_gemm_seconds(device, mbs * heads, queries, keys, head_dim)
+    batched GEMMs over the full square, their bytes at UNFUSED_BMM_BANDWIDTH_EFFICIENCY of the HBM bandwidth,
+    then the softmax streaming the scores through HBM (dropout on the probabilities, where the source has it,
+    is ``score_dropout_seconds``).  Its backward is UNFUSED_ATTN_BWD_FACTOR times this."""
+    gemms = 2 * grouped_gemm_seconds(device, mbs * heads, queries, keys, head_dim,
+                                     bandwidth_efficiency=UNFUSED_BMM_BANDWIDTH_EFFICIENCY)
     return gemms + elementwise_seconds(device, UNFUSED_SCORE_BYTES * mbs * heads * queries * keys, 1)
 
 
@@ -777,7 +797,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     attn_gemm = g(dev, tokens, q / t, h) + 2 * g(dev, tokens, kv / t, h) + g(dev, tokens, h, q / t)
     s_eff = min(seq, model.sliding_window) if model.sliding_window else seq
     drop_fwd = drop_bwd = 0.0  # dropout on the materialised probabilities (Implementation.score_dropout)
+    # the attention core's backward over its forward: FlashAttention-style kernels recompute the scores (2.5),
+    # the unfused path reads them back (UNFUSED_ATTN_BWD_FACTOR, measured)
+    attn_bwd_factor = ATTN_BWD_FACTOR
     if impl.attention == "unfused":
+        attn_bwd_factor = UNFUSED_ATTN_BWD_FACTOR
         attn_core = unfused_attention_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff, model.head_dim)
         if impl.score_dropout:
             drop_fwd, drop_bwd = score_dropout_seconds(dev, mbs, model.n_heads / t, seq / cp, s_eff)
@@ -826,7 +850,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         rope_bwd = ((impl.rope_bwd_bytes - BWD_FACTOR * impl.rope_bytes) * tokens * (q + key_width) / t
                     / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency)
                     + 2 * (bwd_kernels - BWD_FACTOR * impl.rope_kernels) * dev.launch_us * 1e-6)
-    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + ATTN_BWD_FACTOR * attn_core + drop_bwd + rope_bwd
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd_factor * attn_core + drop_bwd + rope_bwd
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
@@ -897,7 +921,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + drop_fwd + norm_sync + loop_sync + (
             count_gather + ebias_fwd) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
-        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + ATTN_BWD_FACTOR * attn_core \
+        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + attn_bwd_factor * attn_core \
             + drop_bwd + rope_bwd + ebias_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched
@@ -961,7 +985,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         kv_chunk = 2 * 2 * mbs * (seq / cp) * kv / t  # K and V, bf16
         ring = (cp - 1) * collective_seconds("p2p", kv_chunk, cp_path)
         cp_fwd_exposed = max(0.0, ring - attn_core)
-        cp_bwd_exposed = max(0.0, 2 * ring - ATTN_BWD_FACTOR * attn_core)
+        cp_bwd_exposed = max(0.0, 2 * ring - attn_bwd_factor * attn_core)
     # LM head GEMM, then logits.float() and the fp32 cross-entropy: 12 bytes per logit, 3 kernels
     head_fwd = g(dev, tokens, v / t, h) + elementwise_seconds(dev, impl.logit_bytes * tokens * v / t, 3)
     head_bwd_extra = 0.0
