@@ -654,6 +654,11 @@ def test_score_dropout_costs_five_bytes_a_score_each_way_as_the_flashattention_t
     a100 = v.system_of(next(r for r in v.load_runs() if r.system == "dgx-a100-40gb")).node.device
     fwd, bwd = cm.score_dropout_seconds(a100, 16, 8, 2048, 2048)
     assert fwd == pytest.approx(2.28e-3, rel=0.25) and bwd == pytest.approx(1.94e-3, rel=0.25)
+    # the softmax no longer carries the dropout's bytes (9 before, dropout included): 4 bytes a score, one kernel, beyond
+    # the two batched GEMMs, so dropout is counted once (session 8 review)
+    core = cm.unfused_attention_seconds(a100, 16, 8, 2048, 2048, 64)
+    assert core - 2 * cm.grouped_gemm_seconds(a100, 16 * 8, 2048, 2048, 64) == pytest.approx(
+        cm.elementwise_seconds(a100, 4 * 16 * 8 * 2048 * 2048, 1))
     # in a layer: the forward gains its forward, the backward its own backward (not ATTN_BWD_FACTOR x forward)
     model, system = get_preset("1b"), load_system("dgx-a100-80gb")
     off = cm.Implementation(attention="unfused")
