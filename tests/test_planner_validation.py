@@ -298,6 +298,7 @@ def test_megatron_adds_the_experts_second_bias_per_local_expert_outside_the_grou
     for rid in ("bridge-gpt-oss-120b-64", "bridge2604-gpt-oss-120b-64"):
         assert v.implementation_of(runs[rid]).moe_bias_fwd_bytes == 0  # a row option, applied in predict
         assert v.row_options(runs[rid]).get("expert_bias"), rid
+        assert v.row_implementation(runs[rid]).moe_bias_fwd_bytes == 12.0, rid  # and the option takes effect
     with pytest.raises(ConfigError, match="moe_bias_kernels_fixed"):
         cm.Implementation(moe_bias_kernels_fixed=(-1, 0))
 
@@ -668,6 +669,12 @@ def test_score_dropout_costs_five_bytes_a_score_each_way_as_the_flashattention_t
     f, w = cm.score_dropout_seconds(dev, 2, model.n_heads, 2048, 2048)
     assert b.fwd_dense - a.fwd_dense == pytest.approx(f) and b.bwd_dense - a.bwd_dense == pytest.approx(w)
     assert b.attn_fwd - a.attn_fwd == pytest.approx(f)  # selective recomputation repeats it
+    # a MoE layer's attention is the same: both terms in its forward and backward too (the merge of dropout10 with
+    # moea2a10 rewrote these sums; session 8 review)
+    moe = get_preset("1b-moe")
+    a, b = (cm.layer_cost(moe, system, 8, 1, 1, 8, 1, 2048, 8, impl) for impl in (off, on))
+    f, w = cm.score_dropout_seconds(dev, 1, moe.n_heads, 2048, 2048)
+    assert b.fwd_moe - a.fwd_moe == pytest.approx(f) and b.bwd_moe - a.bwd_moe == pytest.approx(w)
     # fused attention: no dropout term (no transferable figure for the kernel's dropout; docs section 10, session 8)
     fused = cm.Implementation()
     assert cm.layer_cost(model, system, 8, 1, 1, 1, 2, 2048, 8, dataclasses.replace(fused, score_dropout=True)) \
