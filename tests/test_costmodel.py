@@ -874,6 +874,11 @@ def test_implementation_refuses_a_negative_byte_count_or_scale(field):
         cm.Implementation(**{field: -1.0})
     assert cm.Implementation(logit_bwd_bytes=-1.0).logit_bwd_bytes == -1.0  # negative: the default's sentinel
     assert cm.Implementation(rope_bwd_bytes=-1.0).rope_bwd_bytes == -1.0  # likewise: BWD_FACTOR x rope_bytes
+    with pytest.raises(ConfigError, match="^rope_bwd_kernels="):  # a kernel count the layer would never read
+        cm.Implementation(rope_bwd_kernels=5)
+    with pytest.raises(ConfigError, match="^rope_bwd_kernels="):
+        cm.Implementation(rope_bwd_bytes=20.0, rope_bwd_kernels=-2)
+    assert cm.Implementation(rope_bwd_bytes=20.0, rope_bwd_kernels=5).rope_bwd_kernels == 5
 
 
 def test_deepspeeds_pipeline_exchange_is_refused_with_a_schedule_deepspeed_does_not_run():

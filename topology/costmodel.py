@@ -591,6 +591,11 @@ class Implementation:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= 0")
         if self.optimizer_bytes <= 0:
             raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
+        # rope_bwd_kernels counts only beside rope_bwd_bytes (layer_cost reads it only then): refuse a count that
+        # would be ignored, or a negative other than the -1 sentinel
+        if self.rope_bwd_kernels < -1 or (self.rope_bwd_kernels >= 0 and self.rope_bwd_bytes < 0):
+            raise ConfigError(f"rope_bwd_kernels={self.rope_bwd_kernels!r}: must be -1 (BWD_FACTOR x rope_kernels) "
+                              f"or >= 0 together with rope_bwd_bytes >= 0 (got rope_bwd_bytes={self.rope_bwd_bytes!r})")
 
 
 ALPHAEXA = Implementation()

@@ -336,8 +336,12 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
     if opts.get("expert_bias") and impl.name.startswith("megatron-core"):  # per-expert bias loop
         impl = replace(impl, name=impl.name + "+expert-bias", **MEGATRON_EXPERT_BIAS)
-    if opts.get("yarn_rope") and impl.name.startswith("megatron-core"):  # unfused YaRN rotary
-        impl = replace(impl, name=impl.name + "+yarn-rope", **MEGATRON_YARN_ROPE)
+    # Megatron-Core's unfused rotary (_apply_rotary_pos_emb_bshd): YaRN's mscale sends it there whatever
+    # apply_rope_fusion says (yarn_rope); --no-rope-fusion sends a plain rotary there with mscale 1, the same kernels
+    # (unfused_rope, session 8 review)
+    if (opts.get("yarn_rope") or opts.get("unfused_rope")) and impl.name.startswith("megatron-core"):
+        impl = replace(impl, name=impl.name + ("+yarn-rope" if opts.get("yarn_rope") else "+unfused-rope"),
+                       **MEGATRON_YARN_ROPE)
     if opts.get("alibi") and impl.attention == "unfused":  # the bias through baddbmm's C
         impl = replace(impl, name=impl.name + "+alibi", score_bias_bytes=ALIBI_BADDBMM_BYTES)
     if opts.get("norm_tp_sync"):  # the source's code all-reduces each norm's weights a forward
