@@ -214,6 +214,8 @@ class Run:
             flops = 96 * self.global_batch * self.seq_len * l * h * h * (
                 1 + self.seq_len / (6 * h) + v / (16 * l * h))
             return flops / (self.measured * 1e12 * self.gpus)
+        if self.measured_kind == "samples_per_s_per_gpu":  # sequences a second per GPU
+            return self.global_batch / (self.measured * self.gpus)
         if self.measured_kind == "flashattn2_tflops_per_gpu":  # Dao 2023 (FlashAttention-2), section 4.3
             model = model_of(self)
             per_token = 6 * param_counts(model).total + 12 * model.n_layers * model.d_model * self.seq_len
@@ -466,7 +468,7 @@ def group_of(run: Run) -> str:
     Automodel's Llama 3.1 70B, a token-drop Mixtral 8x22B) or unseen11 (session 7, second batch: the Megatron-LM
     README's H100 weak scaling, MT-NLG 530B, GPT-NeoX-20B), unseen12 (session 8: Megatron-LM's release tests of
     Mixtral 8x7B and 8x22B on DGX H100) or unseen13 (session 8, second batch: the FlashAttention-2 paper's GPT3-1.3B
-    and 2.7B training runs on 8 A100s)."""
+    and 2.7B training runs on 8 A100s; second part: the Zero Bubble paper's Megatron-LM 1F1B baseline)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
