@@ -25,7 +25,7 @@ from pathlib import Path
 from . import costmodel as cm
 from .hardware import System, system_from_dict
 from .layout import Layout
-from .modelcfg import ConfigError, ModelConfig
+from .modelcfg import ConfigError, ModelConfig, param_counts
 
 DATA = Path(__file__).with_name("data") / "published_runs.json"
 SPLITS = ("fit", "heldout")
@@ -137,6 +137,13 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-deepspeed-2022": cm.Implementation(
         name="megatron-deepspeed-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused",
         sequence_parallel=False, **DEEPSPEED_BF16_UNCLIPPED, **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT),
+    # FlashAttention's own GPT training code (Dao-AILab/flash-attention training/, the FlashAttention-2 paper's
+    # end-to-end rows; session 8, group unseen13): FlashAttention-2's kernel, fused dropout + residual + LayerNorm,
+    # fused dense + bias + GeLU, Apex's fused cross-entropy.  Existing figures only: megatron-2022's fused norm and
+    # dropout-add, the default activation count (as megatron-2022's fused bias-GeLU), megatron-core's fused loss
+    # (logit_bytes 4), the flash2 curve of torchtitan-2024.  Its fp32 gradient all-reduce is the row's +fp32-reduce.
+    "flash-attn-gpt": cm.Implementation(
+        name="flash-attn-gpt", **FUSED_NORM, residual_bytes=7.0, logit_bytes=4.0, attention_kernel="flash2"),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True,  # TE linear/norm/attention, fused rotary, bf16 loss
@@ -207,6 +214,12 @@ class Run:
             flops = 96 * self.global_batch * self.seq_len * l * h * h * (
                 1 + self.seq_len / (6 * h) + v / (16 * l * h))
             return flops / (self.measured * 1e12 * self.gpus)
+        if self.measured_kind == "samples_per_s_per_gpu":  # sequences a second per GPU
+            return self.global_batch / (self.measured * self.gpus)
+        if self.measured_kind == "flashattn2_tflops_per_gpu":  # Dao 2023 (FlashAttention-2), section 4.3
+            model = model_of(self)
+            per_token = 6 * param_counts(model).total + 12 * model.n_layers * model.d_model * self.seq_len
+            return per_token * tokens / (self.measured * 1e12 * self.gpus)
         raise ConfigError(f"run {self.id}: unknown measured_kind {self.measured_kind!r}")
 
     def layout(self) -> Layout:
@@ -386,7 +399,7 @@ def evaluate(runs: list[Run] | None = None) -> list[Row]:
 
 # The clean held-out batches: unseen_rows_session{N} in the data file, group "unseen{N}" (session 3's own list is
 # unseen_rows, group "unseen"); a held-out row in none of them is "seen".
-UNSEEN_SESSIONS = tuple(range(4, 13))
+UNSEEN_SESSIONS = tuple(range(4, 14))
 GROUPS = ("seen", "unseen", *(f"unseen{n}" for n in UNSEEN_SESSIONS))
 
 
@@ -457,8 +470,9 @@ def group_of(run: Run) -> str:
     (session 6: NVIDIA's DGX Cloud benchmarking recipes), unseen8 (session 6, second batch: ALCF's Aurora runs), unseen9
     (session 6, third batch: BigScience's BLOOM-176B runs on Jean Zay), unseen10 (session 7: Nemotron-4 recipes,
     Automodel's Llama 3.1 70B, a token-drop Mixtral 8x22B) or unseen11 (session 7, second batch: the Megatron-LM
-    README's H100 weak scaling, MT-NLG 530B, GPT-NeoX-20B) or unseen12 (session 8: Megatron-LM's release tests of
-    Mixtral 8x7B and 8x22B on DGX H100)."""
+    README's H100 weak scaling, MT-NLG 530B, GPT-NeoX-20B), unseen12 (session 8: Megatron-LM's release tests of
+    Mixtral 8x7B and 8x22B on DGX H100) or unseen13 (session 8, second batch: the FlashAttention-2 paper's GPT3-1.3B
+    and 2.7B training runs on 8 A100s; second part: the Zero Bubble paper's Megatron-LM 1F1B baseline)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
