@@ -671,8 +671,9 @@ def test_rows_pay_attention_dropout_as_their_sources_set_it():
 def test_gptneox_rate_converts_with_the_count_gpt_neox_logged_at_the_run():
     # gpt-neox's megatron/logging.py get_flops at c560814b (the 20B release; the same from da0a017b, 2021-05, to
     # 5f364017, 2023-09): 6 x model.total_params + 60 s h l a token, with total_params from get_total_params (every
-    # model-parallel rank's parameters at data-parallel rank 0, summed): at TP 2 that is the model card's
-    # "Num. parameters" 20,556,201,984 (biases included, LayerNorms and row-parallel biases counted twice).
+    # model-parallel rank's parameters at data-parallel rank 0, summed): at TP 2 that is the release model card's
+    # "Num. parameters" 20,556,201,984 (biases included, LayerNorms and row-parallel biases counted twice); the
+    # Hugging Face card's 20,554,567,680 is one copy of each tensor.
     rows = {r.id: r for r in v.load_runs()}
     neox = rows["neox-20b-96"]
     model = v.model_of(neox)
