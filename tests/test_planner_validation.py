@@ -65,7 +65,7 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
 REPORTED = {"fit": (5.5, 13.4), "heldout": (8.6, 39.5), "heldout_moe": (6.4, 30.7), "heldout_seen": (5.8, 29.3),
             "heldout_unseen": (6.3, 11.2), "heldout_unseen4": (4.8, 17.5), "heldout_unseen5": (1.5, 1.6),
             "heldout_unseen6": (9.8, 30.7), "heldout_unseen7": (3.8, 12.7), "heldout_unseen8": (30.3, 34.2),
-            "heldout_unseen9": (11.0, 18.0), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.3, 39.5),
+            "heldout_unseen9": (11.0, 18.0), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.5, 39.5),
             "heldout_unseen12": (9.9, 16.3), "heldout_unseen13": (11.4, 18.8)}
 
 
@@ -763,3 +763,76 @@ def test_flashattention2_tflops_convert_by_the_papers_count():
     assert (fa.norm_bytes, fa.norm_kernels, fa.residual_bytes) == (mg.norm_bytes, mg.norm_kernels, mg.residual_bytes)
     assert fa.attention == "fused" and fa.attention_kernel == "flash2"
     assert fa.logit_bytes == v.IMPLEMENTATIONS["megatron-core"].logit_bytes
+
+
+def test_gptneox_rate_converts_with_the_count_gpt_neox_logged_at_the_run():
+    # gpt-neox's megatron/logging.py get_flops at c560814b (the 20B release; the same from da0a017b, 2021-05, to
+    # 5f364017, 2023-09): 6 x model.total_params + 60 s h l a token, with total_params from get_total_params (every
+    # model-parallel rank's parameters at data-parallel rank 0, summed): at TP 2 that is the release model card's
+    # "Num. parameters" 20,556,201,984 (biases included, LayerNorms and row-parallel biases counted twice); the
+    # Hugging Face card's 20,554,567,680 is one copy of each tensor.
+    rows = {r.id: r for r in v.load_runs()}
+    neox = rows["neox-20b-96"]
+    model = v.model_of(neox)
+    assert v.gptneox_logged_params(model, 2) == 20_556_201_984
+    assert v.gptneox_logged_params(model, 1) == 20_554_567_680  # one copy of each tensor
+    assert neox.measured_kind == "gptneox2021_flops_per_gpu"
+    step = neox.measured_step_s
+    per_token = 6 * 20_556_201_984 + 60 * 2048 * 6144 * 44
+    assert step == pytest.approx(1536 * 2048 * per_token / (117e12 * 96))
+    assert step == pytest.approx(43.846, abs=1e-3)
+    # the paper's 1,830 hours for the 150,000 steps bound the mean step from above; Eq. 3's 47.66 s does not fit
+    assert step <= 1830 * 3600 / 150_000 < dataclasses.replace(neox, measured_kind="megatron2021_tflops_per_gpu") \
+        .measured_step_s
+
+
+def test_parallel_block_runs_one_tp_all_reduce_forward_and_two_backward():
+    # gpt-neox gpt_j_residual (megatron/model/transformer.py at c560814b): attention and MLP keep their partial sums
+    # and the layer all-reduces their sum once; the backward all-reduces each column-parallel input's gradient.
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    seq = cm.Implementation(attention="unfused", sequence_parallel=False)
+    par = dataclasses.replace(seq, parallel_block=True)
+    a, b = (cm.layer_cost(model, system, 8, 2, 1, 1, 2, 2048, 8, impl) for impl in (seq, par))
+    assert b.tp_fwd == pytest.approx(a.tp_fwd / 2) and b.tp_bwd_extra == pytest.approx(a.tp_fwd / 2)
+    assert a.tp_bwd_extra == 0 and (b.fwd_dense, b.bwd_dense) == (a.fwd_dense, a.bwd_dense)
+    lay = Layout(tp=2, pp=1, dp_replicate=4, mbs=2, recompute="full")
+    ea, eb = (cm.estimate(cm.Request(model, system, 1, 64, 2048, impl), lay) for impl in (seq, par))
+    # forward and backward: 4 all-reduces a layer -> 3 (breakdown's tp_comm_s); the recompute redoes the forward's
+    assert eb.breakdown["tp_comm_s"] == pytest.approx(0.75 * ea.breakdown["tp_comm_s"])
+    assert eb.step_time_s < ea.step_time_s
+    with pytest.raises(ConfigError, match="parallel_block"):
+        cm.layer_cost(model, system, 8, 2, 1, 1, 2, 2048, 8, dataclasses.replace(par, sequence_parallel=True))
+
+
+def test_gptneox_row_runs_gpt_neox_fp16_zero1_and_its_partial_rotary():
+    # DeepSpeed's fp16 ZeRO stage 1 of DeeperSpeed eb7f5cff (stage1.py): fp16 gradients accumulated in place by
+    # autograd (6 bytes a parameter a micro-batch, not the BF16_Optimizer's fp32 18), a reduce-scatter after the
+    # backward; gpt-neox's fp16 rotary on rotary_pct of the head dim (20 bytes a rotated element) and the cat that
+    # puts q and k back together (4 bytes an element).
+    rows = {r.id: r for r in v.load_runs()}
+    impl = v.row_implementation(rows["neox-20b-96"])
+    assert impl.name.startswith("gpt-neox-2022") and impl.parallel_block and not impl.score_dropout
+    assert (impl.rope_bytes, impl.rope_kernels) == (0.25 * 20 + 4, 6)
+    assert (impl.grad_accum_bytes, impl.hp_grad_accum_bytes, impl.dp_reduce_scatter) == (6.0, 0.0, True)
+    # only this row runs gpt-neox; the other DeepSpeed-pipeline rows keep their BF16_Optimizer counts
+    others = [r.id for r in rows.values() if r.implementation.startswith("gpt-neox")]
+    assert others == ["neox-20b-96"]
+    assert v.row_implementation(rows["bloom-176b-384"]).hp_grad_accum_bytes == 18.0
+    # the accumulation costs its bytes over the rank's parameters, a micro-batch
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    base = cm.Implementation(attention="unfused", sequence_parallel=False)
+    lay = Layout(tp=2, pp=1, dp_replicate=4, mbs=2, recompute="full")
+    ea, eb = (cm.estimate(cm.Request(model, system, 1, 64, 2048, impl), lay)
+              for impl in (base, dataclasses.replace(base, grad_accum_bytes=6.0)))
+    st = cm.structure_of(cm.Request(model, system, 1, 64, 2048, base), lay).stages[0]
+    per_mb = cm.elementwise_seconds(system.node.device, 6.0 * (st.p_dense + st.p_exp), 0)
+    assert eb.breakdown["compute_s"] - ea.breakdown["compute_s"] == pytest.approx(8 * per_mb)
+    # a rotary fraction outside (0, 1], or on a row that is not gpt-neox, is refused
+    data = v._data(str(v.DATA))
+    opts = data["row_options"]["rows"]["neox-20b-96"]
+    try:
+        opts["rotary_pct"] = 1.5
+        with pytest.raises(ConfigError, match="rotary_pct"):
+            v.row_implementation(rows["neox-20b-96"])
+    finally:
+        opts["rotary_pct"] = 0.25

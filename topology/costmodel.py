@@ -350,6 +350,9 @@ class LayerCost:
     # (``pipeline_node_hops``); elsewhere equal to ``p2p`` and ``pipe_meta``
     p2p_node: float = 0.0
     pipe_meta_node: float = 0.0
+    # tensor-parallel collectives of one dense layer's backward beyond ``tp_fwd`` (``Implementation.parallel_block``:
+    # one all-reduce forward, two backward)
+    tp_bwd_extra: float = 0.0
 
 
 # DeepSpeed's PartitionedTensor.to_meta(): an int64 tensor of the shape, the partition count and offsets (a few
@@ -565,6 +568,22 @@ class Implementation:
     # ds_ckpt_reshape-with-layer-norm-auto-sync at c44c85b9; chronicles.md, 2022-03-30): two small collectives a
     # norm, latency-bound, in the forward and so in a full recompute's redone forward, none in the backward.
     norm_tp_sync: bool = False
+    # Attention and MLP in parallel on one input (GPT-J's residual; gpt-neox ``gpt_j_residual``, megatron/model/
+    # transformer.py ``ParallelTransformerLayer.forward`` at c560814b, the GPT-NeoX-20B release): both output
+    # projections keep their partial sums (``parallel_output``), the layer adds them and all-reduces the sum once
+    # (``reduce_from_model_parallel_region``), so the forward runs one TP all-reduce a layer, not two; the backward
+    # still runs two, one for each column-parallel input (``copy_to_model_parallel_region`` under the QKV and the
+    # first MLP projection, which read two different norms' outputs).  Counted for TP without sequence parallelism.
+    parallel_block: bool = False
+    # Low-precision gradients accumulated by autograd across micro-batches (no fp32 copy): each micro-batch's
+    # ``AccumulateGrad`` adds the new fp16 gradient into ``param.grad`` in place (2 + 2 read, 2 written), per
+    # parameter of the rank.  DeepSpeed's fp16 ZeRO stage 1 (``FP16_DeepSpeedZeroOptimizer_Stage1``) keeps the
+    # gradients in the parameters' ``.grad`` until the boundary.  0: not this accumulation.
+    grad_accum_bytes: float = 0.0
+    # With ``dp_reduce_after_backward`` and ZeRO-1: the reduction after the backward is a reduce-scatter of the
+    # gradients (DeepSpeed's fp16 ZeRO stage 1 ``reduce_scatter_gradients`` with ``reduce_scatter: true``), not the
+    # BF16_Optimizer's full all-reduce; then the step's all-gather of the parameters.
+    dp_reduce_scatter: bool = False
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -945,7 +964,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                 # hidden behind another micro-batch's compute, whose kernels it still slows (SMs, HBM
                 # bandwidth): the share that overlapped data-parallel traffic costs
                 ep_fwd *= DP_OVERLAP_CONTENTION
-    tp_fwd = tp_fwd_moe = 0.0
+    tp_fwd = tp_fwd_moe = tp_bwd_extra = 0.0
     routed_tp = 0.0  # the dispatcher's expert-TP gather / scatter of routed rows (not under TE's overlap)
     if tp > 1:
         tp_path = comm_path(system, tp, 1)
@@ -956,6 +975,11 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             block = collective_seconds("all_reduce", full, tp_path)
         tp_fwd = 2 * block  # attention and FFN
         tp_fwd_moe = tp_fwd
+        if impl.parallel_block:
+            if impl.sequence_parallel or is_moe:
+                raise ConfigError("parallel_block is counted for dense layers under TP without sequence parallelism")
+            tp_fwd = tp_fwd_moe = block  # one all-reduce of the summed outputs forward
+            tp_bwd_extra = block  # backward: one all-reduce for each of the two column-parallel inputs
         if is_moe and impl.moe_dispatch_tp_gather and etp > 1:
             # The MoE block routes the attention's sequence-parallel shard as it is; the routed rows (top_k x
             # capacity copies) are gathered and scattered in the expert-TP group by plain collectives (see
@@ -983,6 +1007,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         # take SMs and HBM bandwidth from them (the same share as hidden data-parallel traffic)
         tp_fwd *= DP_OVERLAP_CONTENTION
         tp_fwd_moe *= DP_OVERLAP_CONTENTION
+        tp_bwd_extra *= DP_OVERLAP_CONTENTION
     tp_fwd_moe += routed_tp
     cp_fwd_exposed = cp_bwd_exposed = 0.0
     if cp > 1:
@@ -1020,7 +1045,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     norm_fwd = elementwise_seconds(dev, tokens * 2 * impl.norm_bytes * h / rep, 2 * impl.norm_kernels)
     return LayerCost(fwd_dense, fwd_moe, bwd_dense, bwd_moe, attn_core + bias_fwd + drop_fwd, tp_fwd, ep_fwd, cp_fwd_exposed,
                      cp_bwd_exposed, head_fwd, embed_fwd, act, moe_buffer, logits, p2p, moe_block_fwd, norm_fwd,
-                     tp_fwd_moe, moe_act_fwd, head_bwd_extra, pipe_meta, pipe_gather, p2p_node, pipe_meta_node)
+                     tp_fwd_moe, moe_act_fwd, head_bwd_extra, pipe_meta, pipe_gather, p2p_node, pipe_meta_node,
+                     tp_bwd_extra)
 
 
 # ------------------------------------------------------------ parameters
@@ -1337,6 +1363,7 @@ class StageTerms:
     # DeepSpeed's PipelineEngine (``Implementation.deepspeed_pipe``): this rank's blocking exchanges with its
     # neighbours and its PartitionedTensor all-gathers, per micro-batch (in the steady state, on its own path)
     pipe_xchg: float = 0.0
+    tp_bwd_extra: float = 0.0  # the backward's TP collectives beyond ``tp_comm`` (Implementation.parallel_block)
 
 
 @dataclass(slots=True)
@@ -1395,8 +1422,11 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             + (lc.head_bwd_extra if prof.head else 0.0)
         if impl.hp_grad_accum_bytes:  # BF16_Optimizer: the fp32 gradient accumulation after each backward
             bwd += elementwise_seconds(req.system.node.device, impl.hp_grad_accum_bytes * (p_dense + p_exp), 0)
+        if impl.grad_accum_bytes:  # autograd's in-place accumulation of low-precision gradients, a micro-batch
+            bwd += elementwise_seconds(req.system.node.device, impl.grad_accum_bytes * (p_dense + p_exp), 0)
         n_layers = prof.n_dense + prof.n_moe
         tp_comm = prof.n_dense * lc.tp_fwd + prof.n_moe * (lc.tp_fwd if lc.tp_fwd_moe is None else lc.tp_fwd_moe)
+        tp_bwd_extra = prof.n_dense * lc.tp_bwd_extra  # the backward's TP collectives beyond the forward's
         ep_comm = prof.n_moe * lc.ep_fwd
         cp_comm = n_layers * (lc.cp_fwd_exposed + lc.cp_bwd_exposed)
         # A MoE layer's forward cannot finish before the host has issued it (host-bound small layers)
@@ -1433,14 +1463,14 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
                 redo += prof.n_moe * (lc.moe_block_fwd + lc.ep_fwd) + n_layers * lc.norm_fwd
             elif req.recompute_norm_act and mode != "full":
                 redo += prof.n_moe * lc.moe_act_fwd + n_layers * lc.norm_fwd
-            t_b = bwd + tp_comm + ep_comm + redo
+            t_b = bwd + tp_comm + tp_bwd_extra + ep_comm + redo
             redo_compute = redo - (tp_comm + ep_comm + host_wait if mode == "full" else 0.0) - (
                 prof.n_moe * lc.ep_fwd if req.recompute_moe and mode != "full" else 0.0)
-            nic_b = nic_f * (2 if mode == "full" else 1) + (
+            nic_b = nic_f * (2 if mode == "full" else 1) + (tp_bwd_extra if tp_on_nics else 0.0) + (
                 prof.n_moe * lc.ep_fwd if ep_on_nics and req.recompute_moe and mode != "full" else 0.0)
             per_mode[mode].append(StageTerms(prof.rank, p_dense, p_exp, unit, acts, fwd, bwd, t_f, t_b, cp_comm,
                                              tp_comm, ep_comm, redo, max(1, n_layers), redo_compute,
-                                             host_wait, nic_f, nic_b, pipe_xchg))
+                                             host_wait, nic_f, nic_b, pipe_xchg, tp_bwd_extra))
     # Pipeline sends on the critical path: the fill and the drain (2 (pp vpp - 1) boundaries), and in the
     # steady state one exposed receive per chunk pass of every micro-batch, forward and backward (a stage
     # waits for its input / output gradient before it computes; Megatron's blocking exchanges and torch's
@@ -1760,7 +1790,8 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         if req.impl.dp_reduce_after_backward:
             # DeepSpeed's engine: the whole reduction after the backward (an all-reduce of the gradients,
             # also where the optimizer state is sharded), then the sharded step's parameter all-gather
-            step_exposed = (2 * rs + ar + ag if sharding == "zero1" else ar) + elementwise_seconds(
+            reduce = rs if req.impl.dp_reduce_scatter else 2 * rs  # a reduce-scatter, or a full all-reduce
+            step_exposed = (reduce + ar + ag if sharding == "zero1" else ar) + elementwise_seconds(
                 dev, req.impl.hp_grad_step_bytes * (s.p_dense + s.p_exp), 0)
         elif not sharded:
             step_exposed = max(ar - bwd, ar / s.units)
@@ -1810,7 +1841,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
     breakdown = {
         "compute_s": m * (s.fwd + s.bwd),
         "recompute_s": m * s.recompute,
-        "tp_comm_s": m * 2 * s.tp_comm,
+        "tp_comm_s": m * (2 * s.tp_comm + s.tp_bwd_extra),
         "ep_comm_s": m * 2 * s.ep_comm,
         "cp_comm_exposed_s": m * s.cp_comm,
         "host_wait_s": m * s.host_wait,

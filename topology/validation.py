@@ -25,7 +25,7 @@ from pathlib import Path
 from . import costmodel as cm
 from .hardware import System, system_from_dict
 from .layout import Layout
-from .modelcfg import ConfigError, ModelConfig, param_counts
+from .modelcfg import ConfigError, ModelConfig, norm_params, param_counts
 
 DATA = Path(__file__).with_name("data") / "published_runs.json"
 SPLITS = ("fit", "heldout")
@@ -101,6 +101,32 @@ ALIBI_BADDBMM_BYTES = 4.0
 # Megatron-DeepSpeed rows keep it unless their source sets 0 (row option ``dropout``: 0; docs/planner.md section 10,
 # "Session 8: dropout"), so their unfused attention pays dropout on its probabilities (score_dropout).
 MEGATRON_DEFAULT_DROPOUT = {"score_dropout": True}
+# gpt-neox's rotary (megatron/model/positional_embeddings.py at c560814b): ``apply_rotary_pos_emb`` (TorchScript, fp16:
+# the ``inv_freq`` buffer goes to half with the model, so cos and sin are fp16) on the rotated part of q and of k:
+# ``q * cos`` (2 + 2), ``rotate_half``'s negation of one half (1 + 1) and ``cat`` (2 + 2), ``* sin`` (2 + 2), the sum
+# (4 + 2): 20 bytes a rotated element in 5 kernels, counted eager (the legacy fuser that ``activations.py`` turns on
+# may fuse the products and the sum: 10 bytes in 2 kernels; not established).  With ``rotary_pct`` < 1 (row option;
+# 20B.yml: 0.25) only that share of the head dim is rotated, and ``ParallelSelfAttention.forward`` puts q and k back
+# together with ``torch.cat((query_layer, query_pass), dim=-1)``: 2 + 2 bytes an element of the whole head, 1 kernel.
+# Per element of q and k: pct x 20 (+ 4 for the cat), 5 (+ 1) kernels.  The model's default (48, 9) is the trainer's
+# fp32 rotary over the whole head.
+GPTNEOX_ROPE_ROTATED_BYTES, GPTNEOX_ROPE_ROTATED_KERNELS = 20.0, 5
+GPTNEOX_ROPE_CAT_BYTES = 4.0
+GPTNEOX_ROPE_BYTES, GPTNEOX_ROPE_KERNELS = GPTNEOX_ROPE_ROTATED_BYTES, GPTNEOX_ROPE_ROTATED_KERNELS  # rotary_pct 1
+# DeepSpeed's fp16 ZeRO stage 1 of 2021 (DeeperSpeed eb7f5cff, deepspeed/runtime/zero/stage1.py
+# ``FP16_DeepSpeedZeroOptimizer_Stage1``, which engine.py builds for stage 1; the pipeline engine's ``ReduceGrads``
+# calls ``allreduce_gradients`` -> ``reduce_scatter_gradients`` at the boundary).  Per micro-batch: autograd adds each
+# fp16 gradient into ``param.grad`` (6 bytes a parameter of the rank; no fp32 accumulation).  Once a step, per
+# parameter of the rank: the flatten of every rank's sub-partitions into the reduce-scatter's buffers (2 + 2), the
+# overflow check (``CheckOverflow._has_inf_or_nan``: ``float(x.float().sum())``, 2 read, 4 written, 4 read) and the
+# norm (``get_grad_norm``: ``p.grad.data.float().norm()``, the same 10): 24 bytes, plus a host synchronisation a
+# parameter tensor for each of the last two (``float(...)``, ``.item()``; about 300 a step, not counted).  Per
+# parameter of the rank's shard: the flat fp32 gradient (2 read, 4 written), ``unscale_and_clip_grads``'s ``mul_``
+# (4 + 4), apex's FusedAdam (gpt-neox ``get_optimizer`` for ``type: Adam``: 28), the fp16 copy of the fp32 shard
+# (4 + 2) and the reduce-scatter output's ``mul_(1 / dp)`` (2 + 2): 52 bytes.  The reduction is a reduce-scatter
+# (``reduce_scatter: true`` in 20B.yml), fp16, after the backward; the step's all-gather follows.
+GPTNEOX_FP16_ZERO1 = {"grad_accum_bytes": 6.0, "hp_grad_step_bytes": 24.0, "optimizer_bytes": 52.0,
+                      "dp_reduce_after_backward": True, "dp_reduce_scatter": True}
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
@@ -144,6 +170,16 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # (logit_bytes 4), the flash2 curve of torchtitan-2024.  Its fp32 gradient all-reduce is the row's +fp32-reduce.
     "flash-attn-gpt": cm.Implementation(
         name="flash-attn-gpt", **FUSED_NORM, residual_bytes=7.0, logit_bytes=4.0, attention_kernel="flash2"),
+    # EleutherAI's gpt-neox of the GPT-NeoX-20B run (c560814b, the 20B release, on DeeperSpeed eb7f5cff, DeepSpeed
+    # 0.3.15): Megatron's 2021 kernels where 20B.yml turns them on (TorchScript bias-GeLU, the fused upper-triangular
+    # scale-mask-softmax; torch.nn.LayerNorm), unfused attention, no sequence parallelism, Megatron's fp32
+    # vocab-parallel loss (``cross_entropy``: ``output.float()``), its fp16 rotary (GPTNEOX_ROPE) and DeepSpeed's
+    # fp16 ZeRO stage 1 (GPTNEOX_FP16_ZERO1) under DeepSpeed's pipeline engine.  gpt-neox's dropout defaults are 0.1
+    # (neox_args.py), so its unfused attention pays score dropout unless the row says 0.
+    "gpt-neox-2022": cm.Implementation(
+        name="gpt-neox-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False,
+        rope_bytes=GPTNEOX_ROPE_BYTES, rope_kernels=GPTNEOX_ROPE_KERNELS, **MEGATRON_VOCAB_CE, **GPTNEOX_FP16_ZERO1,
+        **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True,  # TE linear/norm/attention, fused rotary, bf16 loss
@@ -220,6 +256,11 @@ class Run:
             model = model_of(self)
             per_token = 6 * param_counts(model).total + 12 * model.n_layers * model.d_model * self.seq_len
             return per_token * tokens / (self.measured * 1e12 * self.gpus)
+        if self.measured_kind == "gptneox2021_flops_per_gpu":  # gpt-neox's own logged count (get_flops, 2021-2023)
+            m = model_of(self)
+            l, h = m.n_layers, m.d_model
+            per_token = 6 * gptneox_logged_params(m, self.tp) + 60 * self.seq_len * h * l
+            return per_token * tokens / (self.measured * 1e12 * self.gpus)
         raise ConfigError(f"run {self.id}: unknown measured_kind {self.measured_kind!r}")
 
     def layout(self) -> Layout:
@@ -259,7 +300,7 @@ def system_of(run: Run, path: Path = DATA) -> System:
 
 def row_options(run: Run, path: Path = DATA) -> dict:
     """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
-    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync, dropout)."""
+    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync, dropout, rotary_pct, parallel_block)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
@@ -267,6 +308,17 @@ def expert_tp_of(run: Run, path: Path = DATA) -> int:
     """The source's expert tensor-parallel size where it folds expert parallelism over tp x dp (0: the
     trainer's rule, experts split tp ways)."""
     return row_options(run, path).get("etp", 0)
+
+
+def gptneox_logged_params(model: ModelConfig, tp: int) -> int:
+    """The parameter count gpt-neox logs and puts in its FLOP count (``model.total_params``, megatron/utils.py
+    ``get_total_params`` at c560814b): each model-parallel rank's ``sum(p.nelement())`` at data-parallel rank 0,
+    all-reduced, so what every TP rank holds whole (the LayerNorms, the row-parallel biases, the final norm) counts
+    ``tp`` times.  gpt-neox's linear layers have biases (QKV, attention output, both MLP projections)."""
+    h = model.d_model
+    biases = model.n_layers * (model.q_dim + 2 * model.kv_dim + h + model.d_ff + h)
+    replicated = model.n_layers * (2 * norm_params(model) + 2 * h) + norm_params(model)
+    return param_counts(model).total + biases + (tp - 1) * replicated
 
 
 def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool = True) -> float:
@@ -359,6 +411,18 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
         impl = replace(impl, name=impl.name + "+alibi", score_bias_bytes=ALIBI_BADDBMM_BYTES)
     if opts.get("norm_tp_sync"):  # the source's code all-reduces each norm's weights a forward
         impl = replace(impl, name=impl.name + "+norm-sync", norm_tp_sync=True)
+    if "rotary_pct" in opts:  # gpt-neox's partial rotary (GPTNEOX_ROPE_*)
+        pct = opts["rotary_pct"]
+        if not impl.name.startswith("gpt-neox") or isinstance(pct, bool) or not isinstance(pct, (int, float)) \
+                or not 0 < pct <= 1:
+            raise ConfigError(f"run {run.id}: row option rotary_pct must be a number in (0, 1] on a gpt-neox row, "
+                              f"got {pct!r} on {impl.name}")
+        if pct < 1:
+            impl = replace(impl, name=impl.name + f"+rotary-{pct:g}",
+                           rope_bytes=pct * GPTNEOX_ROPE_ROTATED_BYTES + GPTNEOX_ROPE_CAT_BYTES,
+                           rope_kernels=GPTNEOX_ROPE_ROTATED_KERNELS + 1)
+    if opts.get("parallel_block"):  # attention and MLP on one input, one TP all-reduce forward (gpt_j_residual)
+        impl = replace(impl, name=impl.name + "+parallel-block", parallel_block=True)
     if "dropout" in opts:  # the source sets dropout off where its framework's default has it on
         if opts["dropout"] != 0:
             raise ConfigError(f"run {run.id}: row option dropout must be 0 (the source turns dropout off), "
