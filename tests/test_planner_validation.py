@@ -649,7 +649,7 @@ def test_deepspeed_pipeline_rows_use_no_zero_stage_the_pipeline_engine_refuses()
 def test_score_dropout_costs_five_bytes_a_score_each_way_as_the_flashattention_tables_measure():
     # Dropout on the materialised attention probabilities (Megatron's unfused attention, p > 0): native_dropout
     # reads 2 and writes 2 + a 1-byte mask forward; its backward reads the gradient and the mask and writes 2.  The
-    # FlashAttention paper's A100 40GB tables (arXiv 2205.14135, appendix E.5, Megatron row, sequence 2048, batch 16,
+    # FlashAttention paper's A100 40GB tables (arXiv 2205.14135, appendix E.6, Megatron row, sequence 2048, batch 16,
     # 8 heads, head dim 64, no masking) measure the dropout at +2.28 ms forward (table 15 - table 18) and +1.94 ms
     # backward (table 16 - table 19): the backward about equals the forward, not ATTN_BWD_FACTOR times it.
     a100 = v.system_of(next(r for r in v.load_runs() if r.system == "dgx-a100-40gb")).node.device
