@@ -649,7 +649,7 @@ def test_deepspeed_pipeline_rows_use_no_zero_stage_the_pipeline_engine_refuses()
 def test_score_dropout_costs_five_bytes_a_score_each_way_as_the_flashattention_tables_measure():
     # Dropout on the materialised attention probabilities (Megatron's unfused attention, p > 0): native_dropout
     # reads 2 and writes 2 + a 1-byte mask forward; its backward reads the gradient and the mask and writes 2.  The
-    # FlashAttention paper's A100 40GB tables (arXiv 2205.14135, appendix E.5, Megatron row, sequence 2048, batch 16,
+    # FlashAttention paper's A100 40GB tables (arXiv 2205.14135, appendix E.6, Megatron row, sequence 2048, batch 16,
     # 8 heads, head dim 64, no masking) measure the dropout at +2.28 ms forward (table 15 - table 18) and +1.94 ms
     # backward (table 16 - table 19): the backward about equals the forward, not ATTN_BWD_FACTOR times it.
     a100 = v.system_of(next(r for r in v.load_runs() if r.system == "dgx-a100-40gb")).node.device
@@ -836,3 +836,33 @@ def test_gptneox_row_runs_gpt_neox_fp16_zero1_and_its_partial_rotary():
             v.row_implementation(rows["neox-20b-96"])
     finally:
         opts["rotary_pct"] = 0.25
+
+
+def test_deepspeed_fp16_zero1_reduce_scatters_the_gradients_once():
+    # DeeperSpeed eb7f5cff's fp16 ZeRO stage 1 with reduce_scatter true (gpt-neox's 20B.yml): the gradients leave
+    # the rank in one reduce-scatter after the backward, not the BF16_Optimizer's all-reduce (twice the traffic).
+    # Only the docs' per-row table noticed when dp_reduce_scatter was ignored (session 8 review of neox10).
+    model, system = get_preset("1b"), load_system("dgx-a100-80gb")
+    rs_impl = v.IMPLEMENTATIONS["gpt-neox-2022"]
+    assert rs_impl.dp_reduce_after_backward and rs_impl.dp_reduce_scatter
+    ar_impl = dataclasses.replace(rs_impl, dp_reduce_scatter=False)
+    lay = Layout(tp=2, pp=1, dp_replicate=1, dp_shard=8, mbs=2, recompute="full", sharding="zero1")
+    ea, eb = (cm.estimate(cm.Request(model, system, 2, 128, 2048, impl), lay) for impl in (ar_impl, rs_impl))
+    saved = ea.breakdown["dp_comm_exposed_s"] - eb.breakdown["dp_comm_exposed_s"]
+    assert saved > 0 and eb.step_time_s == pytest.approx(ea.step_time_s - saved)
+    assert ea.breakdown["compute_s"] == eb.breakdown["compute_s"]
+
+
+def test_zero_bubble_rows_convert_samples_per_gpu_per_second_and_cut_the_end_stages():
+    # Qi et al. 2024 (arXiv 2401.10241) Table 4 gives samples per GPU per second; DP 1, so a step is micro-batch x
+    # micro-batches / (value x GPUs): the 1.5B 1F1B row at 24 micro-batches of 6 on 8 GPUs, 11.8 -> 144 / 94.4 s.
+    # The fork's --allow-padding-num-layers pads 22 layers to 24 over 8 stages and takes the padding off the first and
+    # last stage (get_offset, megatron/model/transformer.py at f68d3879): 2, 3 x 6, 2 (the row option embed_stage_unit).
+    rows = {r.id: r for r in v.load_runs()}
+    zb = rows["zb-1f1b-1.5b-m24"]
+    assert (zb.measured_kind, zb.measured, zb.mbs, zb.global_batch, zb.gpus) == (
+        "samples_per_s_per_gpu", 11.8, 6, 144, 8)
+    assert zb.measured_step_s == pytest.approx(144 / (11.8 * 8))
+    model = v.model_of(zb)
+    assert [p.n_dense for p in cm.rank_profiles(model, zb.pp, zb.vpp, "1f1b", True)] == [2, 3, 3, 3, 3, 3, 3, 2]
+    assert v.row_options(zb).get("embed_stage_unit") is True

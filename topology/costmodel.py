@@ -694,10 +694,11 @@ UNFUSED_SCORE_BYTES = 4  # per attention score, forward: Megatron's fused scale-
 # result (2) and its bool mask (1); backward, ``native_dropout_backward`` reads the gradient (2) and the mask (1)
 # and writes the gradient (2).  Counted per score, one kernel each way.  Its backward is its own, not
 # ATTN_BWD_FACTOR times its forward: the FlashAttention paper's A100 tables (Dao et al. 2022, arXiv 2205.14135,
-# appendix E.5, tables 15/18 and 16/19, the Megatron row at sequence 2048, batch 16, 8 heads, head dim 64) put
-# dropout at +2.28 ms forward and +1.94 ms backward on 537M scores: 5 bytes a score each way at 76% and 89%
-# of the A100 40GB's 1555 GB/s.  With p = 0 the module returns its input (ATen ``dropout``: no fused kernel for
-# p = 0, and ``_dropout`` returns the input when p == 0), so a source that sets 0 pays nothing.
+# appendix E.6 "Full Benchmarking Results", not E.5 as first cited; tables 15/18 and 16/19, the Megatron row at
+# sequence 2048, batch 16, 8 heads, head dim 64) put dropout at +2.28 ms forward and +1.94 ms backward on 537M
+# scores: 5 bytes a score each way at 76% and 89% of the A100 40GB's 1555 GB/s.  With p = 0 the module returns its
+# input (ATen ``dropout``: no fused kernel for p = 0, and ``_dropout`` returns the input when p == 0), so a source
+# that sets 0 pays nothing.
 SCORE_DROPOUT_FWD_BYTES = 5
 SCORE_DROPOUT_BWD_BYTES = 5
 # Megatron's unfused attention, measured as a kernel path: the FlashAttention paper's A100 40GB tables (Dao et al.
