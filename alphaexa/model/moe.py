@@ -195,12 +195,18 @@ class MoE(nn.Module):
             rank_in_expert = torch.arange(order.numel(), device=x.device) - group_start[flat_experts[order]]
             order = order[rank_in_expert < capacity]
             tokens_per_expert = routed_counts.clamp(max=capacity)
-        token_of = order % n_tokens
         weights = top_probs.t().reshape(-1)[order]
 
-        expert_out = self._run_experts(tokens[token_of], tokens_per_expert)
+        # Dispatch and combine without atomics, so that a run is bit-reproducible on a GPU whatever the
+        # timing of its kernels: a token routed to k experts has k rows, and gathering it straight from
+        # ``tokens`` (or adding the k results back with index_add) accumulates duplicates with atomic adds,
+        # whose order is the device's.  Each assignment has its own row instead (assignment a = choice *
+        # n_tokens + token, unique in ``order``): the gather's backward writes every row once, and the k
+        # results of a token are summed over the choice axis in a fixed order.
+        expert_out = self._run_experts(tokens.repeat(self.top_k, 1)[order], tokens_per_expert)
         weighted = (expert_out * weights.unsqueeze(1).to(expert_out.dtype)).to(tokens.dtype)  # bf16 under autocast
-        out = torch.zeros_like(tokens).index_add(0, token_of, weighted)
+        per_assignment = weighted.new_zeros(self.top_k * n_tokens, tokens.shape[-1]).index_put_((order,), weighted)
+        out = per_assignment.view(self.top_k, n_tokens, -1).sum(0)
         if self.shared_experts is not None:
             out = out + self.shared_experts(tokens)
 
