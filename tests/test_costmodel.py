@@ -616,15 +616,17 @@ def test_implementation_refuses_fields_the_model_would_silently_ignore(field, va
 
 def test_cudnn_attention_runs_slower_per_flop_at_head_dim_64():
     assert cm.head_dim_scale("cudnn", 128) == 1.0 and cm.head_dim_scale("", 64) == 1.0
-    # the causal bars of one figure (FlashAttention-3 paper, figure 5b, d, f at 4k), not the non-causal ones
-    assert cm.head_dim_scale("cudnn", 64) == pytest.approx(363 / 518)
+    # head dim 64: our H200's cuDNN causal forward + backward at 4k (session 8, gpu_pending PART=a), 384.0 against
+    # 480.2 TFLOP/s at head dim 128; the FA3 paper's forward-only causal bars (363 / 518 = 0.701) no longer
+    assert cm.head_dim_scale("cudnn", 64) == pytest.approx(0.800, abs=0.002)
+    # 256: the causal bars of the FA3 paper's figure 5 (d, f at 4k), not measured here
     assert cm.head_dim_scale("cudnn", 256) == pytest.approx(483 / 518)
     assert cm.head_dim_scale("cudnn", 32) == cm.head_dim_scale("cudnn", 64)
     assert cm.head_dim_scale("cudnn", 64) < cm.head_dim_scale("cudnn", 96) < 1.0
     model, system = get_preset("1b").replace(head_dim=64, n_heads=32), load_system("dgx-h100")
     plain = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 4096, 8)
     cudnn = cm.layer_cost(model, system, 8, 1, 1, 1, 1, 4096, 8, cm.Implementation(attention_kernel="cudnn"))
-    assert cudnn.attn_fwd > 1.4 * (plain.attn_fwd - 2e-6)
+    assert 1.2 * (plain.attn_fwd - 2e-6) < cudnn.attn_fwd < 1.3 * plain.attn_fwd
 
 
 def test_deepspeed_bf16_optimizer_costs_what_its_engine_does():

@@ -776,7 +776,15 @@ WINDOW_KERNEL_SEQ = 2048  # the causal kernel's sequence in that ratio: a window
 # each tile holds half the matrix-multiply work per softmax element, so the exponentials (the
 # special-function units, far slower than the tensor cores) weigh twice as much.  A kernel
 # microbenchmark, like WINDOW_KERNEL_SCALE.
-CUDNN_HEAD_DIM_SCALE = {64: 363 / 518, 128: 1.0, 256: 483 / 518}
+# Session 8 (gpu_pending PART=a, bench/results/h200-2026-12-05-s8-attention-headdim.json): our H200, SDPA's cuDNN
+# backend (torch 2.11+cu130), causal, s 4096, batch 4, forward + backward, 64 heads of 64 against 32 heads of 128
+# (the same query width, key/value heads repeated up front): 384.0 against 480.2 TFLOP/s, 0.800, where the
+# FA3 chart's forward-only bars give 0.701.  The rows pay forward and backward, and the backward (2.5x the
+# forward's FLOPs, its matrix work per softmax element twice the forward's) loses less at head dim 64, so the
+# measured forward + backward ratio replaces the forward-only one at 64; 256 (no row) keeps the chart's.  The
+# ratio is the kernel's on Hopper's SMs (tensor cores against special-function units), the same GH100 compute
+# on H100 and H200; the table is applied on every device as before (no A100 figure exists).
+CUDNN_HEAD_DIM_SCALE = {64: 384.0 / 480.2, 128: 1.0, 256: 483 / 518}
 
 
 def head_dim_scale(kernel: str, head_dim: int) -> float:
