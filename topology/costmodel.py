@@ -396,8 +396,8 @@ MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers,
 
 # The s_half of each fused causal kernel's sequence curve (attention_rate_scale) by GPU generation
 # (Device.arch), from the published charts (FlashAttention-2 paper figure 4d, A100 80GB fwd + bwd causal d 128;
-# the flash-attention README's H100 fwd + bwd causal d 128; FlashAttention-3 paper figure 5d, H100 fwd causal
-# d 128; least squares of s / (s + s_half) on the bars at 512 .. 16k, docs/planner.md section 10 "Session 7:
+# the flash-attention README's H100 fwd + bwd causal d 128; cuDNN: FlashAttention-3 paper figure 5d, H100 fwd
+# causal d 128 until session 8, now our H200's fwd + bwd sweep; least squares of s / (s + s_half) on the bars at 512 .. 16k, docs/planner.md section 10 "Session 7:
 # attention rate by sequence length"; nothing fitted to rows).  A kernel without a chart on a generation runs
 # on the device's own curve (Device.attention_seq_half), except FlashAttention's Triton kernel on Hopper, whose
 # only chart is the A100's: its s_half is taken there as well (the curve is the kernel's per-row prologue and
@@ -405,7 +405,8 @@ MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers,
 KERNEL_SEQ_HALF: dict[str, dict[str, float]] = {
     "flash2": {"ampere": 488.0, "hopper": 528.0},  # FlashAttention-2: 99 .. 189 (A100), 163 .. 328 (H100) TFLOP/s
     "flash-triton": {"ampere": 320.0, "hopper": 320.0},  # "FlashAttention Triton" 50 .. 80 TFLOP/s (A100 only)
-    "cudnn": {"hopper": 384.0},  # cuDNN 315 .. 539 TFLOP/s (H100 forward); no A100 chart
+    # cuDNN: our H200's forward + backward sweep (session 8; hardware.HOPPER_ATTENTION_SEQ_HALF); no A100 figure
+    "cudnn": {"hopper": 583.0},
 }
 ATTENTION_KERNELS = ("", *KERNEL_SEQ_HALF)
 
@@ -776,7 +777,15 @@ WINDOW_KERNEL_SEQ = 2048  # the causal kernel's sequence in that ratio: a window
 # each tile holds half the matrix-multiply work per softmax element, so the exponentials (the
 # special-function units, far slower than the tensor cores) weigh twice as much.  A kernel
 # microbenchmark, like WINDOW_KERNEL_SCALE.
-CUDNN_HEAD_DIM_SCALE = {64: 363 / 518, 128: 1.0, 256: 483 / 518}
+# Session 8 (gpu_pending PART=a, bench/results/h200-2026-12-05-s8-attention-headdim.json): our H200, SDPA's cuDNN
+# backend (torch 2.11+cu130), causal, s 4096, batch 4, forward + backward, 64 heads of 64 against 32 heads of 128
+# (the same query width, key/value heads repeated up front): 384.0 against 480.2 TFLOP/s, 0.800, where the
+# FA3 chart's forward-only bars give 0.701.  The rows pay forward and backward, and the backward (2.5x the
+# forward's FLOPs, its matrix work per softmax element twice the forward's) loses less at head dim 64, so the
+# measured forward + backward ratio replaces the forward-only one at 64; 256 (no row) keeps the chart's.  The
+# ratio is the kernel's on Hopper's SMs (tensor cores against special-function units), the same GH100 compute
+# on H100 and H200; the table is applied on every device as before (no A100 figure exists).
+CUDNN_HEAD_DIM_SCALE = {64: 384.0 / 480.2, 128: 1.0, 256: 483 / 518}
 
 
 def head_dim_scale(kernel: str, head_dim: int) -> float:

@@ -219,11 +219,13 @@ HOPPER_ATTENTION_EFFICIENCY = 0.457  # SDPA's default kernel on H200 (cuDNN atte
 #   b=2 hq=32 hkv=8 s=4096 d=128 forward+backward: 438 TF/s counting the visible half at 3.5x the
 #   forward (bench/gpu_backends.py, same machine), i.e. 0.443 of peak; / (1 + 128/4096) for the
 #   diagonal tiles the cost model adds back.
-HOPPER_ATTENTION_SEQ_HALF = 384.0  # cuDNN's fused attention on H100 SXM5, causal, head dim 128, forward: 315,
-#   410, 484, 518, 529, 539 TFLOP/s at 512, 1k, 2k, 4k, 8k, 16k (FlashAttention-3 paper, Shah et al. 2024,
-#   figure 5d; Dao-AILab/flash-attention assets/flash3_fp16_fwd.png); least squares of s / (s + s_half) on
-#   all six, rms 1.6%.  Head dims 64 and 256 of the same figure give 392 and 352: the curve does not depend
-#   on the head dim.  The kernel (SDPA's default) the efficiency above was measured with, at 4096.
+HOPPER_ATTENTION_SEQ_HALF = 583.0  # cuDNN's fused attention (SDPA's default) on our H200, causal, head dim 128,
+#   forward + backward, 16k tokens a call: 478.6, 523.9, 539.7 TFLOP/s at 4k, 16k, 32k (session 8, gpu_pending
+#   PART=a, bench/attention_headdim_vs_model.py, bench/results/h200-2026-12-05-s8-attention-headdim.json); least
+#   squares of s / (s + s_half) on the three, rms 0.6%.  Until session 8: 384, the FlashAttention-3 paper's H100
+#   forward-only bars (figure 5d: 315 .. 539 TFLOP/s at 512 .. 16k), which rise earlier than forward + backward
+#   (FlashAttention-2's H100 curve: 400 forward, 528 forward + backward).  The curve is the kernel's per-row work on
+#   the SMs, the same GH100 compute on H100 and H200.  The kernel the efficiency above was measured with, at 4096.
 HOPPER_ATTENTION_REF_SEQ = 4096.0
 HOPPER_LAUNCH_US = 2.0  # kernel-to-kernel gap in a busy stream; not separable from the elementwise
 #   efficiency with these data (any 1-5 us fits the model steps within 5% with a matching efficiency);
