@@ -73,6 +73,17 @@ DEVICE_OPTIMIZER_BYTES = 28 + 12
 # exp_avg_sq.sqrt() (4, 4) / sqrt(bias_correction2) (4, 4) .add_(eps) (4, 4), param.addcdiv_(exp_avg, denom)
 # (12, 4): 80 bytes where torch's fused AdamW moves 28 (weight decay 0 in the yamls: no decay pass).
 COMPOSER_DECOUPLED_ADAMW_BYTES = 8 + 12 + 8 + 12 + 8 + 8 + 8 + 16
+# Composer 0.16 (llm-foundry v0.3.0, the October 2023 rows) keeps each tensor's step counter on the device
+# (``state['step'] = torch.zeros((), device=p.device)``) and its DecoupledAdamW reads it with ``.item()`` in the
+# per-tensor loop (composer/optim/decoupled_weight_decay.py at v0.16.3: ``step = state_steps[i].item()``): one host
+# synchronisation per parameter tensor with a gradient on the rank, so the host enqueues the tensor's eight eager
+# ops only after the device has finished the previous tensor's.  A tensor costs max(host time, its device time).
+# Composer 0.13.3 (the April 2023 rows) keeps the step as a Python int and, on torch 1.13, FSDP hands the optimizer
+# one flat parameter a unit: no synchronisation, the host runs ahead.  The host time a tensor is the H200's
+# measurement (bench/composer_adamw_host.py, session 8: 95-97 us a tensor on the 64-way shards, where the device
+# time is small; a per-tensor max(90 us, the 92-byte device time) reproduces all four shards within 10%):
+# Python dispatch of the ops and one synchronisation, host time that the rows' hosts are assumed to match.
+COMPOSER_STEP_SYNC_HOST_S = 90e-6
 TILE = 128  # GEMM output tile edge used for wave quantisation
 
 
@@ -543,6 +554,12 @@ class Implementation:
     # trainer's fused AdamW and the clipping of that shard's gradients (DEVICE_OPTIMIZER_BYTES).  A framework
     # that clips the full gradients outside the sharded step counts the clipping in ``hp_grad_step_bytes``.
     optimizer_bytes: float = DEVICE_OPTIMIZER_BYTES
+    # Host seconds per parameter tensor of an optimizer that synchronises with the device once a tensor (Composer
+    # 0.16's DecoupledAdamW: COMPOSER_STEP_SYNC_HOST_S); 0: a fused or multi-tensor step whose launches run ahead.
+    # The tensors are those with elements on the busiest rank (``fsdp_rank_tensor_numels``) of a dense model whose
+    # linear layers and norms carry biases when ``param_biases`` (MPT with no_bias false).
+    optimizer_tensor_host_s: float = 0.0
+    param_biases: bool = False
     # Megatron-DeepSpeed's grouped-query attention (``ParallelAttention.repeat_kv``, argonne-lcf's fork): K and
     # V are expanded to the query's heads and materialised (``expand`` + ``reshape``: kv read, q width
     # written, bf16) before the rotary embedding and the attention kernel, so the rotary runs on q-width keys.
@@ -611,6 +628,8 @@ class Implementation:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= 0")
         if self.optimizer_bytes <= 0:
             raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
+        if self.optimizer_tensor_host_s < 0:
+            raise ConfigError(f"optimizer_tensor_host_s={self.optimizer_tensor_host_s!r}: must be >= 0")
         # rope_bwd_kernels counts only beside rope_bwd_bytes (layer_cost reads it only then): refuse a count that
         # would be ignored, or a negative other than the -1 sentinel
         if self.rope_bwd_kernels < -1 or (self.rope_bwd_kernels >= 0 and self.rope_bwd_bytes < 0):
@@ -1545,6 +1564,66 @@ def fullest_expert_shards(model: ModelConfig, ep: int, edp: int) -> float:
     return local / math.ceil(local / edp)
 
 
+def block_param_numels(model: ModelConfig, biases: bool) -> list[int]:
+    """Element counts of one dense block's parameter tensors in the order FSDP flattens them (MPTBlock's
+    registration order: norm_1, attn.Wqkv, attn.out_proj, norm_2, ffn.up_proj, ffn.down_proj; a SwiGLU's gate
+    beside up_proj), each linear's and LayerNorm's bias after its weight when ``biases``."""
+    d, q, kv = model.d_model, model.q_dim, model.kv_dim
+    ff = model.d_ff * (2 if model.ffn_type == "swiglu" else 1)
+    norm = [d, d] if (biases and model.norm == "layernorm") else [d]
+
+    def linear(n_in: int, n_out: int) -> list[int]:
+        return [n_in * n_out, n_out] if biases else [n_in * n_out]
+
+    return norm + linear(d, q + 2 * kv) + linear(q, d) + norm + linear(d, ff) + linear(model.d_ff, d)
+
+
+def fsdp_rank_tensor_numels(units: list[list[int]], ranks: int) -> list[int]:
+    """The local element count of every original parameter with elements on the rank holding the most such
+    tensors: FSDP (FULL_SHARD, use_orig_params) flattens each wrapped unit's parameters, in order, into one flat
+    parameter and gives rank r the contiguous r-th of ``ranks`` equal chunks (the last padded); a parameter
+    without elements on a rank has no gradient there and the optimizer skips it."""
+    if ranks < 1:
+        raise ConfigError(f"ranks={ranks!r}: must be >= 1")
+    best: list[int] = []
+    for rank in range(ranks):
+        out = []
+        for unit in units:
+            chunk = -(-sum(unit) // ranks)
+            lo, hi, start = rank * chunk, (rank + 1) * chunk, 0
+            for n in unit:
+                local = min(start + n, hi) - max(start, lo)
+                if local > 0:
+                    out.append(local)
+                start += n
+        if len(out) > len(best):
+            best = out
+    return best
+
+
+def step_sync_excess_s(req: Request, ranks: int, device_rate: float) -> float:
+    """What an optimizer that synchronises once a tensor adds to its device roofline on the busiest rank: the sum
+    over the rank's tensors of max(0, host time - the tensor's own device time)."""
+    h = req.impl.optimizer_tensor_host_s
+    if h <= 0:
+        return 0.0
+    model = req.model
+    if model.is_moe:
+        raise ConfigError(f"optimizer_tensor_host_s: the per-tensor count covers dense models only, not {model.name}")
+    key = ("stepsync", ranks)
+    memo = req._memo
+    if key not in memo:
+        root = [model.vocab_size * model.d_model]
+        if model.pos_encoding == "learned":
+            root.append(req.seq_len * model.d_model)
+        if not model.tie_embeddings:
+            root.append(model.vocab_size * model.d_model)
+        root += [model.d_model, model.d_model] if (req.impl.param_biases and model.norm == "layernorm") else [model.d_model]
+        units = [block_param_numels(model, req.impl.param_biases)] * model.n_layers + [root]
+        memo[key] = fsdp_rank_tensor_numels(units, ranks)
+    return sum(max(0.0, h - req.impl.optimizer_bytes * n / device_rate) for n in memo[key])
+
+
 def dp_groups(req: Request, tp: int, cp: int, ep: int, sharding: str, dp_replicate: int,
               dp_shard: int) -> DPGroups:
     """The groups the layout's data parallelism uses (rank order and ep rule of topology.layout)."""
@@ -1822,9 +1901,11 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
                 + max(ag + rs - ag_nic - rs_nic - bwd, ag + rs - bwd_wall, 0.0) + ag / s.units
             step_exposed = max(ar - bwd, ar / s.units)
         local = s.p_dense / g.dense_shards + s.p_exp / g.expert_shards
-        transfers = 0.0
+        transfers, step_sync = 0.0, 0.0
         if req.offload == "none":
             optimizer = req.impl.optimizer_bytes * local / (hbm * dev.elementwise_efficiency)
+            step_sync = step_sync_excess_s(req, g.dense_shards, hbm * dev.elementwise_efficiency)
+            optimizer += step_sync
         else:
             transfers, optimizer = offload_seconds(req, local, s)
         # Data-parallel traffic hidden behind compute still slows it: the collectives' kernels take SMs
@@ -1842,11 +1923,11 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         busy = m * (s.t_f + s.t_b + s.cp_comm + s.pipe_xchg + per_mb + transfers) + step_exposed + optimizer
         if busy > longest:
             longest = busy
-            chosen = (s, per_mb, step_exposed, optimizer, rs, ag, ar, transfers)
+            chosen = (s, per_mb, step_exposed, optimizer, rs, ag, ar, transfers, step_sync)
     step = longest + st.bubble + st.pp_comm
     if not want_breakdown:
         return step, None
-    s, per_mb, step_exposed, optimizer, rs, ag, ar, transfers = chosen
+    s, per_mb, step_exposed, optimizer, rs, ag, ar, transfers, step_sync = chosen
     dp_total = {"none": ar, "zero1": rs + ar + ag, "zero2": m * rs + ar + ag}.get(sharding, m * (2 * ag + rs) + ar)
     breakdown = {
         "compute_s": m * (s.fwd + s.bwd),
@@ -1859,6 +1940,7 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         "pp_comm_s": st.pp_comm + m * s.pipe_xchg,
         "bubble_s": st.bubble,
         "optimizer_s": optimizer,
+        "optimizer_host_s": step_sync,  # part of optimizer_s: the per-tensor synchronised loop's host excess
         "offload_s": m * transfers,
         "dp_comm_total_s": dp_total,
     }

@@ -145,7 +145,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # (attn_impl triton: FlashAttention's Triton kernel, flash_attn_triton.py, on A100 and on H100 alike)
     "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.95, attention_scale=0.5,
                                      optimizer_bytes=cm.COMPOSER_DECOUPLED_ADAMW_BYTES + 12,
-                                     attention_kernel="flash-triton"),
+                                     attention_kernel="flash-triton", param_biases=True),  # MPT's no_bias false
     "megatron-core": cm.Implementation(
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
@@ -205,7 +205,8 @@ EP_OVERLAP_SUFFIX = "+ep-overlap"
 # permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7), "+probs-a2a" (the all-to-all dispatcher's all-to-all of the
 # routing probabilities, forward and backward: Megatron-LM from 2659630721, April 2025) and "+count-gather" (its
 # all-gather of the token counts per expert before a dropless dispatch; session 8: costmodel.Implementation.a2a_probs,
-# a2a_count_gather)
+# a2a_count_gather) and "+step-sync" (an optimizer that reads a device step counter with .item() once a parameter
+# tensor: Composer 0.16, llm-foundry v0.3.0's October 2023 rows; session 8, costmodel.COMPOSER_STEP_SYNC_HOST_S)
 OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
 
 
@@ -337,7 +338,7 @@ def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
     known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
-                    "probs-a2a", "count-gather"])
+                    "probs-a2a", "count-gather", "step-sync"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -354,6 +355,8 @@ def implementation_of(run: Run) -> cm.Implementation:
         impl = replace(impl, a2a_probs=True)
     if "count-gather" in flags:  # ... and, dropless, all-gathers the token counts per expert before the dispatch
         impl = replace(impl, a2a_count_gather=True)
+    if "step-sync" in flags:  # Composer 0.16's DecoupledAdamW: one .item() (host synchronisation) a parameter tensor
+        impl = replace(impl, optimizer_tensor_host_s=cm.COMPOSER_STEP_SYNC_HOST_S)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
         impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S))
     return impl
