@@ -1567,7 +1567,7 @@ def fullest_expert_shards(model: ModelConfig, ep: int, edp: int) -> float:
 def block_param_numels(model: ModelConfig, biases: bool) -> list[int]:
     """Element counts of one dense block's parameter tensors in the order FSDP flattens them (MPTBlock's
     registration order: norm_1, attn.Wqkv, attn.out_proj, norm_2, ffn.up_proj, ffn.down_proj; a SwiGLU's gate
-    beside up_proj), each linear's and LayerNorm's bias after its weight when ``biases``."""
+    counted as fused into up_proj, one tensor), each linear's and LayerNorm's bias after its weight when ``biases``."""
     d, q, kv = model.d_model, model.q_dim, model.kv_dim
     ff = model.d_ff * (2 if model.ffn_type == "swiglu" else 1)
     norm = [d, d] if (biases and model.norm == "layernorm") else [d]
