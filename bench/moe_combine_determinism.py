@@ -1,8 +1,9 @@
-"""The MoE layer's dispatch and combine on a GPU: the atomic-free path alphaexa runs (each assignment its own row,
-the k results summed over the choice axis) against the index_add path it replaced (duplicates accumulated with
-atomic adds).  For each: forward + backward time at the ``1b-moe`` preset's MoE shape, and whether repeated runs
-from the same inputs give the same bits (output, input gradient, expert-weight gradients).  Prints a line per path
-and their time ratio; writes JSON.
+"""The MoE layer's dispatch and combine on a GPU, three ways: the default index_add path (duplicates accumulated
+with atomic adds), the atomic-free path alphaexa takes under ``train.deterministic`` (torch's deterministic mode:
+each assignment its own row, the k results summed over the choice axis), and the index_add path under torch's
+deterministic mode (torch's own deterministic index_add).  For each: forward + backward time at the ``1b-moe``
+preset's MoE shape, and whether repeated runs from the same inputs give the same bits (output, input gradient,
+expert-weight gradients).  Prints a line per path and the time ratios to the default; writes JSON.
 
     python3 bench/moe_combine_determinism.py OUT_DIR [--tokens 16384] [--repeats 5] [--iters 20]
 
@@ -77,7 +78,10 @@ def main() -> int:
     grad = torch.randn(args.tokens, cfg.d_model, device="cuda")
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "tokens": args.tokens,
                "d_model": cfg.d_model, "n_experts": cfg.n_experts, "top_k": cfg.top_k}
-    for name, layer in (("atomic-free (alphaexa)", new), ("index_add (before)", old)):
+    paths = (("index_add (default)", new, False), ("atomic-free (train.deterministic)", new, True),
+             ("index_add, torch deterministic mode", old, True))
+    for name, layer, deterministic in paths:
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
         first = run(layer, x, grad)
         same = True
         for _ in range(args.repeats - 1):
@@ -95,13 +99,16 @@ def main() -> int:
         run(layer, x, grad)
         peak = torch.cuda.max_memory_allocated() / 2**20
         results[name] = {"ms_fwd_bwd": ms, "bitwise_reproducible": bool(same), "peak_mib": peak}
-        print(f"{name:24s} fwd+bwd {ms:8.3f} ms  peak {peak:8.1f} MiB  same bits in {args.repeats} runs: {same}")
-    ratio = results["atomic-free (alphaexa)"]["ms_fwd_bwd"] / results["index_add (before)"]["ms_fwd_bwd"]
-    results["time_ratio_new_over_old"] = ratio
-    print(f"time atomic-free / index_add: {ratio:.3f}")
-    diff = (run(new, x, grad)[0].float() - run(old, x, grad)[0].float()).abs().max().item()
-    results["max_abs_output_difference"] = diff
-    print(f"max |output difference| between the paths: {diff:.3e}")
+        ratio = ms / results["index_add (default)"]["ms_fwd_bwd"]
+        print(f"{name:36s} fwd+bwd {ms:8.3f} ms ({ratio:.3f}x the default)  peak {peak:8.1f} MiB  "
+              f"same bits in {args.repeats} runs: {same}")
+    torch.use_deterministic_algorithms(False)
+    default = run(new, x, grad)[0].float()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    diff = (run(new, x, grad)[0].float() - default).abs().max().item()
+    torch.use_deterministic_algorithms(False)
+    results["max_abs_output_difference_deterministic_vs_default"] = diff
+    print(f"max |output difference| atomic-free vs default: {diff:.3e}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "moe_combine_determinism.json").write_text(json.dumps(results, indent=1))
     return 0

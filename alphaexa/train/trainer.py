@@ -112,6 +112,9 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _setup(self) -> None:
         cfg = self.cfg
+        if cfg.train.deterministic:  # before the first cuBLAS handle: the workspace setting is read then
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.dist: DistributedInfo = init_distributed(timeout_s=cfg.train.collective_timeout_s)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = self.dist.device
