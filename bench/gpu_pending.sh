@@ -20,6 +20,8 @@
 # 5. (session 7, issue 15) cuDNN causal attention on the H200 from 1k to 64k tokens at head dim 64 and 128,
 #    against the cost model's new sequence curve (about 3 min), and the flex + sink attention of the GPT-OSS
 #    rows against cuDNN and the model (bench/flex_sink_attention_vs_model.py, --mode default: 1-2 min).
+# 7. (session 8, issue 12) the MoE layer's default, atomic-free (train.deterministic) and torch-deterministic
+#    dispatch/combine: time and bit-reproducibility (bench/moe_combine_determinism.py, under 1 min; in PART=a).
 # 6. (session 8, issue 15) what dropout costs on the H200: Megatron's bias-dropout-add (eager and compiled) at
 #    p = 0.1 against p = 0, and SDPA's flash / efficient / cuDNN / math backends with dropout_p 0, 0.1 and
 #    0.125 at the Megatron-LM 1.7B and GPT-3 175B rows' attention shapes (bench/dropout_cost.py, under 2 min).
@@ -33,6 +35,7 @@ step timeout 240 python3 -m pytest -x -l -q -rs -m gpu tests/test_train.py -k on
 step timeout 120 python3 bench/attention_headdim_vs_model.py "$OUT/attention"
 step timeout 90 python3 bench/wgrad_accumulate_vs_model.py "$OUT/wgrad"
 step timeout 90 python3 bench/composer_adamw_host.py "$OUT/composer"
+step timeout 120 python3 bench/moe_combine_determinism.py "$OUT/moe"
 fi
 if [[ $PART == *c* ]]; then
 step timeout 240 python3 bench/attention_headdim_vs_model.py "$OUT/attention-seq" --long-seqs 1024 2048 4096 8192 16384 32768 65536 --long-head-dims 64 128
