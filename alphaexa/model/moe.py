@@ -195,14 +195,15 @@ class MoE(nn.Module):
             rank_in_expert = torch.arange(order.numel(), device=x.device) - group_start[flat_experts[order]]
             order = order[rank_in_expert < capacity]
             tokens_per_expert = routed_counts.clamp(max=capacity)
+        token_of = order % n_tokens
         weights = top_probs.t().reshape(-1)[order]
-        if torch.are_deterministic_algorithms_enabled():
-            out = self._dispatch_combine_deterministic(tokens, order, weights, tokens_per_expert)
-        else:
-            token_of = order % n_tokens
-            expert_out = self._run_experts(tokens[token_of], tokens_per_expert)
-            weighted = (expert_out * weights.unsqueeze(1).to(expert_out.dtype)).to(tokens.dtype)  # bf16 under autocast
-            out = torch.zeros_like(tokens).index_add(0, token_of, weighted)
+
+        # On a GPU the gather's backward and index_add add a token's k copies with atomic adds, in the device's
+        # timing order; under torch's deterministic mode (train.deterministic) both take torch's deterministic
+        # kernels, which the H200 measured faster than an atomic-free rewrite (bench/moe_combine_determinism.py)
+        expert_out = self._run_experts(tokens[token_of], tokens_per_expert)
+        weighted = (expert_out * weights.unsqueeze(1).to(expert_out.dtype)).to(tokens.dtype)  # bf16 under autocast
+        out = torch.zeros_like(tokens).index_add(0, token_of, weighted)
         if self.shared_experts is not None:
             out = out + self.shared_experts(tokens)
 
@@ -214,22 +215,6 @@ class MoE(nn.Module):
             penalty = self.aux_loss_coef * aux + self.z_loss_coef * z
             out = AuxLossInjector.apply(out, penalty, float(self.aux_loss_scale))
         return out.view(shape)
-
-    def _dispatch_combine_deterministic(self, tokens: Tensor, order: Tensor, weights: Tensor,
-                                        tokens_per_expert: Tensor) -> Tensor:
-        """Dispatch and combine without atomics, for runs that ask for deterministic algorithms
-        (``train.deterministic``): a token routed to k experts has k rows, and gathering it straight from
-        ``tokens`` (whose backward adds the k gradients with atomic adds on a GPU) or adding its k results
-        back with index_add gives sums whose order is the device's timing.  Here each assignment has its
-        own row (assignment a = choice * n_tokens + token, unique in ``order``), so every scatter writes a
-        row once, and a token's k results are summed over the choice axis in a fixed order.  It costs about
-        10% of a MoE layer's forward + backward on an H200 at the ``1b-moe`` shape
-        (``bench/moe_combine_determinism.py``), which is why it is not the default path."""
-        n_tokens = tokens.shape[0]
-        expert_out = self._run_experts(tokens.repeat(self.top_k, 1)[order], tokens_per_expert)
-        weighted = (expert_out * weights.unsqueeze(1).to(expert_out.dtype)).to(tokens.dtype)
-        per_assignment = weighted.new_zeros(self.top_k * n_tokens, tokens.shape[-1]).index_put_((order,), weighted)
-        return per_assignment.view(self.top_k, n_tokens, -1).sum(0)
 
     def _run_experts(self, sorted_tokens: Tensor, tokens_per_expert: Tensor) -> Tensor:
         """Expert outputs for tokens grouped by expert (the step expert parallelism replaces
