@@ -80,10 +80,9 @@ class TrainSection:
     # step queued on the device, no rollback, no evaluation or checkpoint after N): the host's one wait per
     # step then overlaps the device's work instead of idling it
     overlap_steps: bool = True
-    # bit-reproducible kernels (torch.use_deterministic_algorithms, cuBLAS's deterministic workspace, the MoE
-    # layer's dispatch and combine without atomics): two runs from the same seed give the same bits on a GPU
-    # whatever their kernels' timing; slower (the MoE layer about 10% on an H200).  Ops torch has no
-    # deterministic kernel for warn once instead of failing.
+    # bit-reproducible kernels (torch.use_deterministic_algorithms, cuBLAS's deterministic workspace; the MoE
+    # layer's index_add and gather backward then take torch's deterministic kernels instead of atomic adds):
+    # slower (the MoE layer 1.14x on an H200).  Ops torch has no deterministic kernel for warn instead of failing.
     deterministic: bool = False
     eval_every: int = 50  # steps between evaluations; 0 = only at the end
     eval_batches: int = 4  # global batches of held-out data per evaluation; 0 = no evaluation at all
