@@ -447,6 +447,14 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
     if opts.get("expert_bias") and impl.name.startswith("megatron-core"):  # per-expert bias loop
         impl = replace(impl, name=impl.name + "+expert-bias", **MEGATRON_EXPERT_BIAS)
+    if "aux_loss_routing" in opts:  # dropless routing not forced to balance: the fullest EP rank's excess load
+        family = opts["aux_loss_routing"]
+        if family not in AUX_LOSS_IMBALANCE:
+            raise ConfigError(f"run {run.id}: row option aux_loss_routing must name a measured family "
+                              f"{sorted(AUX_LOSS_IMBALANCE)}, got {family!r}")
+        model = model_of(run, path)
+        impl = replace(impl, name=impl.name + "+imbalance",
+                       moe_load_imbalance=aux_loss_imbalance(family, run.ep, model.n_experts))
     # Megatron-Core's unfused rotary (_apply_rotary_pos_emb_bshd): YaRN's mscale sends it there whatever
     # apply_rope_fusion says (yarn_rope); --no-rope-fusion sends a plain rotary there with mscale 1, the same kernels
     # (unfused_rope, session 8 review)
@@ -467,14 +475,6 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
             impl = replace(impl, name=impl.name + f"+rotary-{pct:g}",
                            rope_bytes=pct * GPTNEOX_ROPE_ROTATED_BYTES + GPTNEOX_ROPE_CAT_BYTES,
                            rope_kernels=GPTNEOX_ROPE_ROTATED_KERNELS + 1)
-    if "aux_loss_routing" in opts:  # dropless routing not forced to balance: the fullest EP rank's excess load
-        family = opts["aux_loss_routing"]
-        if family not in AUX_LOSS_IMBALANCE:
-            raise ConfigError(f"run {run.id}: row option aux_loss_routing must name a measured family "
-                              f"{sorted(AUX_LOSS_IMBALANCE)}, got {family!r}")
-        model = model_of(run, path)
-        impl = replace(impl, name=impl.name + "+imbalance",
-                       moe_load_imbalance=aux_loss_imbalance(family, run.ep, model.n_experts))
     if opts.get("parallel_block"):  # attention and MLP on one input, one TP all-reduce forward (gpt_j_residual)
         impl = replace(impl, name=impl.name + "+parallel-block", parallel_block=True)
     if "dropout" in opts:  # the source sets dropout off where its framework's default has it on
