@@ -302,7 +302,8 @@ def system_of(run: Run, path: Path = DATA) -> System:
 
 def row_options(run: Run, path: Path = DATA) -> dict:
     """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
-    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync, dropout, rotary_pct, parallel_block)."""
+    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync, dropout, rotary_pct, parallel_block,
+    aux_loss_routing)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
