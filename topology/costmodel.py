@@ -560,6 +560,13 @@ class Implementation:
     # linear layers and norms carry biases when ``param_biases`` (MPT with no_bias false).
     optimizer_tensor_host_s: float = 0.0
     param_biases: bool = False
+    # Dropless routing that is not forced to balance (Megatron's aux-loss router without
+    # ``--moe-router-force-load-balancing``): in each MoE layer the expert-parallel rank holding the most routed rows
+    # receives (1 + this) times the mean in the dispatch, runs its grouped GEMMs and routed-row elementwise work on
+    # them and sends them back in the combine, and the all-to-alls wait for it, so those terms of the layer are the
+    # fullest rank's.  0: balanced (forced balance, or capacity with padding).  Set per row from a documented
+    # measurement (topology/validation.py ``AUX_LOSS_IMBALANCE``); applied only with ep > 1 and no capacity factor.
+    moe_load_imbalance: float = 0.0
     # Megatron-DeepSpeed's grouped-query attention (``ParallelAttention.repeat_kv``, argonne-lcf's fork): K and
     # V are expanded to the query's heads and materialised (``expand`` + ``reshape``: kv read, q width
     # written, bf16) before the rotary embedding and the attention kernel, so the rotary runs on q-width keys.
@@ -628,6 +635,8 @@ class Implementation:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be >= 0")
         if self.optimizer_bytes <= 0:
             raise ConfigError(f"optimizer_bytes={self.optimizer_bytes!r}: must be > 0")
+        if self.moe_load_imbalance < 0:
+            raise ConfigError(f"moe_load_imbalance={self.moe_load_imbalance!r}: must be >= 0")
         if self.optimizer_tensor_host_s < 0:
             raise ConfigError(f"optimizer_tensor_host_s={self.optimizer_tensor_host_s!r}: must be >= 0")
         # rope_bwd_kernels counts only beside rope_bwd_bytes (layer_cost reads it only then): refuse a count that
@@ -907,11 +916,14 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
+    hot = 1.0  # the fullest expert-parallel rank's routed rows over the mean (set below for a MoE layer)
     is_moe = model.is_moe
     if is_moe:
         cf = model.capacity_factor or 1.0
         local_experts = model.n_experts / ep
-        rows_per_expert = tokens / t * etp * model.top_k * cf * ep / model.n_experts
+        # the fullest expert-parallel rank's share over the mean (Implementation.moe_load_imbalance): dropless only
+        hot = 1.0 + impl.moe_load_imbalance if ep > 1 and not model.capacity_factor else 1.0
+        rows_per_expert = tokens / t * etp * model.top_k * cf * ep / model.n_experts * hot
         routed = rows_per_expert * local_experts
         gg = grouped_gemm_seconds
         if impl.expert_loop:  # one MLP module per local expert (SequentialMLP)
@@ -929,7 +941,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         if impl.moe_permute_fused:
             # input rows: the rank's tokens (permuted before the all-to-all), or with DeepEP the token copies it
             # delivers (one a destination rank; permuted after the dispatch)
-            inputs = routed / (model.top_k * cf) * (copies if impl.ep_dedup and ep > 1 else 1.0)
+            inputs = routed / (model.top_k * cf) * (copies if impl.ep_dedup and ep > 1 else 1.0 / hot)
             moe_bytes = (common_bytes + routed * act_bytes * model.moe_d_ff / etp + shared_bytes
                          + (FUSED_PERMUTE_ROW_BYTES * routed + FUSED_PERMUTE_INPUT_BYTES * inputs) * h)
         else:  # the eager gather, weighting and index_add
@@ -977,7 +989,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + attn_bwd_factor * attn_core \
             + drop_bwd + rope_bwd + ebias_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
-        moe_buffer = 2 * dispatched
+        moe_buffer = 2 * dispatched * hot
         if ep > 1:
             ep_path = comm_path(system, ep, etp)  # ep ranks etp apart: tp apart for the trainer
             if impl.ep_dedup and ep_path.nodes > 1:
@@ -989,6 +1001,8 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
                 ep_fwd = 2 * collective_seconds("all_to_all", dispatched, ep_path)
             if impl.a2a_probs:  # the probabilities' own all-to-all (forward; its gradient's in the backward)
                 ep_fwd += collective_seconds("all_to_all", tokens / t * copies * PROBS_BYTES, ep_path)
+            # the fullest rank receives ``hot`` times the mean in the dispatch and sends it back in the combine
+            ep_fwd *= hot
             if impl.ep_overlap:
                 # hidden behind another micro-batch's compute, whose kernels it still slows (SMs, HBM
                 # bandwidth): the share that overlapped data-parallel traffic costs
@@ -1014,7 +1028,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
             # capacity copies) are gathered and scattered in the expert-TP group by plain collectives (see
             # Implementation.moe_dispatch_tp_gather); a shared expert is a TP-split MLP with its own pair
             etp_path = comm_path(system, etp, 1)
-            routed_full = 2.0 * tokens / t * etp * copies * h
+            routed_full = 2.0 * tokens / t * etp * copies * h * hot
             tp_fwd_moe = block * (2 if model.n_shared_experts else 1)
             routed_tp = collective_seconds("all_gather", routed_full, etp_path) + collective_seconds(
                 "reduce_scatter", routed_full, etp_path)

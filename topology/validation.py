@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -301,7 +302,8 @@ def system_of(run: Run, path: Path = DATA) -> System:
 
 def row_options(run: Run, path: Path = DATA) -> dict:
     """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
-    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync, dropout, rotary_pct, parallel_block)."""
+    recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync, dropout, rotary_pct, parallel_block,
+    aux_loss_routing)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
@@ -394,6 +396,48 @@ MEGATRON_GLU_CLAMP = {"glu_clamp_fwd_bytes": 16.0, "glu_clamp_bwd_bytes": 12.0, 
 MEGATRON_EXPERT_BIAS = {"moe_bias_fwd_bytes": 12.0, "moe_bias_bwd_bytes": 16.0, "moe_bias_kernels_per_expert": (2, 4),
                         "moe_bias_kernels_fixed": (1, 2)}
 MEGATRON_YARN_ROPE = {"rope_bytes": 24.0, "rope_kernels": 12, "rope_bwd_bytes": 20.0, "rope_bwd_kernels": 5}
+# Dropless routing without forced balance (session 9, branch moeimb11; docs/planner.md section 10, "Session 9: routing
+# imbalance"): the fullest expert-parallel rank's routed rows over the mean, minus 1 (costmodel.Implementation
+# .moe_load_imbalance), per model family, as measured by its source's pair of runs of one layout with Megatron's
+# aux-loss router and with ``--moe-router-force-load-balancing`` and nothing else changed; each v is the one that
+# turns the model's forced-balance step into the pair's dropless step (tests/test_planner_validation.py re-derives
+# them).  Each entry: (v, EP size, experts per EP rank) of the measurement.
+# * mixtral: yanring/Megatron-MoE-ModelZoo best_practice/Mixtral/run_mixtral_8x22B.sh at 31942f0 (the commit that
+#   put the pair in): Mixtral-8x22B from its checkpoint (--finetune, aux loss 1e-2), TP 2, PP 8 x VPP 7, EP 8,
+#   dropless "around 445TFLOPS", forced balance "around 455TFLOPS": v = 0.035.  (b09773a raised the forced figure
+#   to 465 with a configuration change and left the dropless 445 as it was: v = 0.076 if both were current.)
+# * qwen3: the same repository's best_practice/qwen3/readme.md at 020b813, "Long Context": Qwen3-235B-A22B from its
+#   checkpoint (aux loss 1e-3), TP 4, PP 8 x VPP 4, EP 8, CP 1-8, 16k-128k tokens, "295/335/368/389 (forced
+#   balance) / 237/277/320/357 (dropless)": v = 0.50, 0.55, 0.57, 0.56 at the four lengths, while the share of
+#   the step the imbalance scales falls from 0.49 to 0.16 (one imbalance of the MoE block, not of the step).
+AUX_LOSS_IMBALANCE = {"mixtral": (0.035, 8, 1), "qwen3": (0.55, 8, 16)}
+
+
+def expected_max_normal(n: int) -> float:
+    """E[max of ``n`` independent standard normals] (0 for n = 1), by quadrature."""
+    if n <= 1:
+        return 0.0
+    steps, lo, hi = 4000, -10.0, 10.0
+    dx = (hi - lo) / steps
+    total = 0.0
+    for i in range(steps + 1):
+        x = lo + i * dx
+        pdf = math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        cdf = 0.5 * (1 + math.erf(x / math.sqrt(2)))
+        total += x * n * pdf * cdf ** (n - 1) * (0.5 if i in (0, steps) else 1.0)
+    return total * dx
+
+
+def aux_loss_imbalance(family: str, ep: int, n_experts: int) -> float:
+    """The fullest EP rank's excess load for a layout of ``ep`` ranks holding ``n_experts / ep`` experts each, from
+    the family's measured (v, EP, experts a rank): the experts' loads taken as independent deviations around the
+    mean, a rank's load is the mean of its m experts' (its deviation 1/sqrt(m) of one expert's) and the fullest of
+    R ranks sits E[max of R normals] deviations above the mean, so v scales as E[max of R] / sqrt(m)."""
+    v_ref, ep_ref, m_ref = AUX_LOSS_IMBALANCE[family]
+    if ep <= 1:
+        return 0.0
+    m = n_experts / ep
+    return v_ref * (expected_max_normal(ep) / math.sqrt(m)) / (expected_max_normal(ep_ref) / math.sqrt(m_ref))
 
 
 def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
@@ -404,6 +448,14 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
         impl = replace(impl, name=impl.name + "+glu-clamp", **MEGATRON_GLU_CLAMP)
     if opts.get("expert_bias") and impl.name.startswith("megatron-core"):  # per-expert bias loop
         impl = replace(impl, name=impl.name + "+expert-bias", **MEGATRON_EXPERT_BIAS)
+    if "aux_loss_routing" in opts:  # dropless routing not forced to balance: the fullest EP rank's excess load
+        family = opts["aux_loss_routing"]
+        if family not in AUX_LOSS_IMBALANCE:
+            raise ConfigError(f"run {run.id}: row option aux_loss_routing must name a measured family "
+                              f"{sorted(AUX_LOSS_IMBALANCE)}, got {family!r}")
+        model = model_of(run, path)
+        impl = replace(impl, name=impl.name + "+imbalance",
+                       moe_load_imbalance=aux_loss_imbalance(family, run.ep, model.n_experts))
     # Megatron-Core's unfused rotary (_apply_rotary_pos_emb_bshd): YaRN's mscale sends it there whatever
     # apply_rope_fusion says (yarn_rope); --no-rope-fusion sends a plain rotary there with mscale 1, the same kernels
     # (unfused_rope, session 8 review)
