@@ -112,7 +112,7 @@ MEGATRON_DEFAULT_DROPOUT = {"score_dropout": True}
 # an ``nn.Linear`` whose weight autocast casts the same way.  Per parameter, a micro-batch: forward 4 read + 2 written;
 # backward the cast 2 + 4 and the accumulation 4 + 4 + 4.  The first micro-batch's AccumulateGrad takes the tensor
 # without a copy (the gradients are set to None each step) and the last one's DDP copies it into its bucket (4 + 4):
-# 12 a micro-batch on average within 4% at 4-16 micro-batches.  The tied embedding's own dense fp32 gradient (a zero
+# 24 - 4/m bytes a micro-batch on average over m, within 4% of 24 at 4-16 micro-batches.  The tied embedding's own dense fp32 gradient (a zero
 # fill and the sum with the head's, about 16 bytes per vocabulary parameter) is not counted.  Counted, not fitted.
 LIGHTNING_AUTOCAST = {"autocast_fwd_bytes": 6.0, "autocast_bwd_bytes": 18.0}
 # gpt-neox's rotary (megatron/model/positional_embeddings.py at c560814b): ``apply_rotary_pos_emb`` (TorchScript, fp16:
