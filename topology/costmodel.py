@@ -609,6 +609,15 @@ class Implementation:
     # gradients (DeepSpeed's fp16 ZeRO stage 1 ``reduce_scatter_gradients`` with ``reduce_scatter: true``), not the
     # BF16_Optimizer's full all-reduce; then the step's all-gather of the parameters.
     dp_reduce_scatter: bool = False
+    # Automatic mixed precision over fp32 parameters (torch.autocast: PyTorch Lightning's ``precision: bf16``, whose
+    # module "remains in FP32", Lightning-AI/lightning#12591), without a low-precision copy of the weights kept between
+    # micro-batches: every forward casts each fp32 weight to bf16 again (``weight.to(bf16)``: 4 read, 2 written), and
+    # every backward casts its bf16 weight gradient back to the fp32 parameter's dtype (2 read, 4 written) before
+    # AccumulateGrad adds it into the fp32 ``.grad`` in place (4 + 4 read, 4 written).  Bytes per parameter of the
+    # stage, a micro-batch: ``autocast_fwd_bytes`` in the forward (redone by a full recompute), ``autocast_bwd_bytes``
+    # in the backward.  0: the framework keeps bf16 weights (Megatron, DeepSpeed, FSDP's param_dtype).
+    autocast_fwd_bytes: float = 0.0
+    autocast_bwd_bytes: float = 0.0
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -1467,6 +1476,9 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             bwd += elementwise_seconds(req.system.node.device, impl.hp_grad_accum_bytes * (p_dense + p_exp), 0)
         if impl.grad_accum_bytes:  # autograd's in-place accumulation of low-precision gradients, a micro-batch
             bwd += elementwise_seconds(req.system.node.device, impl.grad_accum_bytes * (p_dense + p_exp), 0)
+        if impl.autocast_fwd_bytes or impl.autocast_bwd_bytes:  # autocast over fp32 weights: the casts, the fp32 .grad
+            fwd += elementwise_seconds(req.system.node.device, impl.autocast_fwd_bytes * (p_dense + p_exp), 0)
+            bwd += elementwise_seconds(req.system.node.device, impl.autocast_bwd_bytes * (p_dense + p_exp), 0)
         n_layers = prof.n_dense + prof.n_moe
         tp_comm = prof.n_dense * lc.tp_fwd + prof.n_moe * (lc.tp_fwd if lc.tp_fwd_moe is None else lc.tp_fwd_moe)
         tp_bwd_extra = prof.n_dense * lc.tp_bwd_extra  # the backward's TP collectives beyond the forward's

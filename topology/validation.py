@@ -102,6 +102,20 @@ ALIBI_BADDBMM_BYTES = 4.0
 # Megatron-DeepSpeed rows keep it unless their source sets 0 (row option ``dropout``: 0; docs/planner.md section 10,
 # "Session 8: dropout"), so their unfused attention pays dropout on its probabilities (score_dropout).
 MEGATRON_DEFAULT_DROPOUT = {"score_dropout": True}
+# PyTorch Lightning's ``precision: bf16`` (1.8.6, the flash-attention training code's pin, training/Dockerfile at
+# b8020d73): native AMP, ``torch.autocast`` around the training step, the module's parameters left in fp32
+# (Lightning-AI/lightning#12591: "using AMP, the model remains in FP32 ... the same with BF16").  flash-attention's
+# own layers cast their weights themselves, once a call: ``FusedDenseFunc.forward`` and ``FusedMLPFunc.forward``
+# (flash_attn/ops/fused_dense.py at b8020d73) run ``weight.to(dtype=torch.get_autocast_gpu_dtype())`` when autocast is
+# on, save the bf16 copy for the backward and return a bf16 weight gradient, which autograd casts to the fp32
+# parameter's dtype (the engine's ``validate_outputs``), and AccumulateGrad adds it into the fp32 ``.grad`` (gradient
+# accumulation: trainer.accumulate_grad_batches, under DDP's no_sync until the last micro-batch); the tied LM head is
+# an ``nn.Linear`` whose weight autocast casts the same way.  Per parameter, a micro-batch: forward 4 read + 2 written;
+# backward the cast 2 + 4 and the accumulation 4 + 4 + 4.  The first micro-batch's AccumulateGrad takes the tensor
+# without a copy (the gradients are set to None each step) and the last one's DDP copies it into its bucket (4 + 4):
+# 24 - 4/m bytes a micro-batch on average over m, within 4% of 24 at 4-16 micro-batches.  The tied embedding's own dense fp32 gradient (a zero
+# fill and the sum with the head's, about 16 bytes per vocabulary parameter) is not counted.  Counted, not fitted.
+LIGHTNING_AUTOCAST = {"autocast_fwd_bytes": 6.0, "autocast_bwd_bytes": 18.0}
 # gpt-neox's rotary (megatron/model/positional_embeddings.py at c560814b): ``apply_rotary_pos_emb`` (TorchScript, fp16:
 # the ``inv_freq`` buffer goes to half with the model, so cos and sin are fp16) on the rotated part of q and of k:
 # ``q * cos`` (2 + 2), ``rotate_half``'s negation of one half (1 + 1) and ``cat`` (2 + 2), ``* sin`` (2 + 2), the sum
@@ -169,8 +183,11 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # fused dense + bias + GeLU, Apex's fused cross-entropy.  Existing figures only: megatron-2022's fused norm and
     # dropout-add, the default activation count (as megatron-2022's fused bias-GeLU), megatron-core's fused loss
     # (logit_bytes 4), the flash2 curve of torchtitan-2024.  Its fp32 gradient all-reduce is the row's +fp32-reduce.
+    # Lightning's ``precision: bf16`` is autocast over the fp32 parameters (LIGHTNING_AUTOCAST): the weights are cast
+    # to bf16 in every micro-batch's forward and their gradients cast back and accumulated in fp32 in its backward.
     "flash-attn-gpt": cm.Implementation(
-        name="flash-attn-gpt", **FUSED_NORM, residual_bytes=7.0, logit_bytes=4.0, attention_kernel="flash2"),
+        name="flash-attn-gpt", **FUSED_NORM, residual_bytes=7.0, logit_bytes=4.0, attention_kernel="flash2",
+        **LIGHTNING_AUTOCAST),
     # EleutherAI's gpt-neox of the GPT-NeoX-20B run (c560814b, the 20B release, on DeeperSpeed eb7f5cff, DeepSpeed
     # 0.3.15): Megatron's 2021 kernels where 20B.yml turns them on (TorchScript bias-GeLU, the fused upper-triangular
     # scale-mask-softmax; torch.nn.LayerNorm), unfused attention, no sequence parallelism, Megatron's fp32
