@@ -125,6 +125,29 @@ def fixed_per_microbatch() -> list[tuple[str, float, float]]:
     return out
 
 
+# Table 12 ("Comparison between 1F1B and ZB-2p on small number of microbatches"), its 1F1B rows with m = p (the
+# model refuses m < p): (row id of the same model and layout, m, samples per GPU per second).  Mostly fill and drain,
+# at 29-39 GB (Table 12's memory column): the passes without the steady state or ZB-2p's memory.
+TABLE12 = (("zb-1f1b-1.5b-m24", 8, 8.26), ("zb-1f1b-6.2b-m24", 8, 2.45), ("zb-1f1b-14.6b-m48", 16, 0.95))
+
+
+def small_m() -> list[tuple[str, float, float, float]]:
+    """Per Table 12 row with m = p: measured step, the model's, and the step from the profiled passes
+    ((m + p - 1) profile slots, the slot as above: T_F + T_B + T_W + 2 T_comm), in s."""
+    runs = {r.id: r for r in v.load_runs()}
+    out = []
+    for row_id, m, thr in TABLE12:
+        run = runs[row_id]
+        system = v.system_of(run)
+        req = cm.Request(v.model_of(run), system, run.gpus // system.ranks_per_node, run.mbs * m, run.seq_len,
+                         v.row_implementation(run), embed_stage_unit=True)
+        t_f, t_b, t_w, t_comm = TABLE9[row_id]
+        profile = (m + run.pp - 1) * (t_f + t_b + t_w + 2 * t_comm) / 1e3
+        out.append((f"{row_id.split('-')[2]} p{run.pp} m{m}", run.mbs * m / (thr * run.gpus),
+                    cm.estimate(req, run.layout()).step_time_s, profile))
+    return out
+
+
 def rows() -> list[tuple[v.Run, dict[str, float]]]:
     runs = {r.id: r for r in v.load_runs()}
     return [(runs[rid], compare(runs[rid])) for rid in TABLE9]
@@ -154,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     out.append("Table 7 (1F1B, micro-batch size doubled): the slot's part that does not grow with it, 2 T(b) - T(2b), ms")
     for name, meas, model in fixed_per_microbatch():
         out.append(f"  {name}: measured {meas:.1f}, model {model:.1f}")
+    out.append("Table 12 (1F1B, m = p): measured step against the model and the profiled passes, s")
+    for name, meas, model, prof in small_m():
+        out.append(f"  {name}: measured {meas:.3f}, model {model:.3f} ({model / meas - 1:+.1%}), "
+                   f"profile {prof:.3f} ({prof / meas - 1:+.1%})")
     print("\n".join(out))
     return 0
 
