@@ -1,0 +1,71 @@
+"""The Zero Bubble paper's profiled Megatron-LM passes against the cost model's stage terms.
+
+docs/planner.md section 10, "Session 9: the Zero Bubble rows' 1F1B passes (branch zb11)": for the 12 ``zb-1f1b-*``
+rows (group unseen13) the paper's own per-pass profile (arXiv 2401.10241, Appendix D, Table 9) puts the rows' error in
+the forward pass of a middle stage (15-28% longer than modelled) and in the time between passes, while the
+modelled input-gradient (B) and weight-gradient (W) passes agree within about 10%; and the paper's Table 7 shows a
+per-micro-batch cost that does not grow with the micro-batch size, which the model lacks at micro-batch 1.
+These tests pin those statements (nothing in the model was changed for them), so the subsection goes stale
+loudly when a change to the forward, the backward or the pipeline terms moves them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("zero_bubble_passes_vs_model",
+                                                  ROOT / "bench" / "zero_bubble_passes_vs_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_the_profile_covers_the_twelve_zero_bubble_rows(bench):
+    from topology import validation as v
+    ids = {r.id for r in v.load_runs() if r.id.startswith("zb-1f1b-")}
+    assert ids == set(bench.TABLE9)
+
+
+def test_the_rows_gap_is_in_the_forward_pass_not_the_backward(bench):
+    for run, c in bench.rows():
+        assert c["F_meas"] / c["F_model"] > 1.12, run.id  # the forward: 15-28% longer than modelled
+        assert 0.9 < c["B_meas"] / c["B_model"] < 1.1, run.id  # input gradients and the non-GEMM backward
+        assert 0.9 < c["W_meas"] / c["W_model"] < 1.15, run.id  # weight-gradient GEMMs into main_grad
+        # one synchronised stage-to-stage hop as the fork timed it is 3-5 times the model's send
+        assert c["comm_meas"] > 2.5 * c["comm_model"], run.id
+
+
+def test_the_profile_accounts_for_most_of_each_measured_slot(bench):
+    for run, c in bench.rows():
+        # F + B + W + two exchanges is within 9% of the measured step per slot, and short of it (stage imbalance and
+        # whatever else the profile's median stage does not see); the model's slot is shorter than both
+        assert 0.91 < c["slot_profile"] / c["slot_meas"] < 1.0, run.id
+        assert c["slot_model"] < c["slot_profile"], run.id
+
+
+def test_doubling_the_micro_batch_shows_a_fixed_per_micro_batch_cost_the_model_lacks_at_mbs1(bench):
+    got = {name: (meas, model) for name, meas, model in bench.fixed_per_microbatch()}
+    for name, (meas, model) in got.items():
+        if "b1->2" in name:
+            assert meas > 3.0 and model < 1.5, (name, meas, model)
+
+
+def test_at_m_equal_p_the_profiled_passes_explain_most_of_the_step_and_the_model_does_not(bench):
+    # Table 12's 1F1B rows with m = p: little steady state and 29-39 GB, so neither the lock-step remainder nor
+    # ZB-2p's memory; the profile's passes stay within 8% of the step, the model is 4.5% or more short on each
+    for name, meas, model, prof in bench.small_m():
+        assert abs(prof / meas - 1) < 0.08, name
+        assert model / meas - 1 < -0.045, name
+        assert abs(prof / meas - 1) < abs(model / meas - 1), name
