@@ -94,6 +94,12 @@ COMPOSER_STEP_SYNC_HOST_S = 90e-6
 # ``--ddp-average-in-collective``, off by default: 1 read, 1 write) before the reduce-scatter.  4 element accesses;
 # the same passes at core_v0.9.0 to v0.14.0 (the NaN check through the rerun state machine from v0.10).
 MEGATRON_DDP_GRAD_BUFFER_PASSES = 4.0
+# Megatron-Core's word embedding (``VocabParallelEmbedding.forward``: ``F.embedding(masked_input, self.weight)``,
+# megatron/core/tensor_parallel/layers.py at core_v0.8.0 and at main d98e8a64) has PyTorch's dense embedding backward:
+# ``embedding_dense_backward`` allocates the rank's whole [V / tp, h] gradient with ``at::zeros`` before adding the
+# tokens' rows (2 bytes written an element), and DDP's param hook (``_make_param_hook``, distributed_data_parallel.py,
+# core_v0.8.0 to main) adds it into the main gradient, ``param.main_grad.add_(param.grad.data)`` (2 read, and the
+# main gradient read and written in the buffer's dtype), every micro-batch: Implementation.embed_dense_grad.
 TILE = 128  # GEMM output tile edge used for wave quantisation
 
 
@@ -501,6 +507,12 @@ class Implementation:
     # shard) once a step, on the compute stream, in element accesses of ``grad_reduce_bytes`` each: Megatron-Core's
     # DDP under Megatron-LM's training defaults (MEGATRON_DDP_GRAD_BUFFER_PASSES).  0: none counted.
     grad_buffer_passes: float = 0.0
+    # The embedding's backward as PyTorch's ``F.embedding`` gives it (``embedding_dense_backward``: a dense gradient of
+    # the rank's whole table, zero-filled, 2 bytes written an element, then the tokens' rows added) and a DDP hook
+    # that adds it into the parameter's main gradient (``param.main_grad.add_(param.grad.data)``: the bf16 gradient
+    # read, the main gradient read and written in ``grad_reduce_bytes``), every micro-batch on the embedding's stage:
+    # Megatron-Core's VocabParallelEmbedding (and its learned position embedding) under its DDP (MEGATRON_EMBED_GRAD).
+    embed_dense_grad: bool = False
     # Megatron-Core's all-to-all token dispatcher (``MoEAlltoAllTokenDispatcher``) with the routed experts split
     # over an expert-tensor-parallel group (etp > 1): each rank routes its own sequence-parallel tokens, the EP
     # all-to-all moves them, then a plain NCCL all-gather over the expert-TP group collects the *routed rows*
@@ -1486,6 +1498,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         bwd = prof.n_dense * lc.bwd_dense + prof.n_moe * lc.bwd_moe \
             + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)) \
             + (lc.head_bwd_extra if prof.head else 0.0)
+        if impl.embed_dense_grad and prof.embed:  # the embedding's dense gradient, zero-filled and added to main_grad
+            bwd += elementwise_seconds(req.system.node.device, (2 + 2 + 2 * req.grad_reduce_bytes) * lp.embed, 2)
         if impl.hp_grad_accum_bytes:  # BF16_Optimizer: the fp32 gradient accumulation after each backward
             bwd += elementwise_seconds(req.system.node.device, impl.hp_grad_accum_bytes * (p_dense + p_exp), 0)
         if impl.grad_accum_bytes:  # autograd's in-place accumulation of low-precision gradients, a micro-batch
