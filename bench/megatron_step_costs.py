@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from topology import costmodel as cm  # noqa: E402
-from topology import validation as v  # noqa: E402
+from topology import costmodel as cm
+from topology import validation as v
 
 ROWS = ["mlm-readme-h100-1.7b-48", "mlm-readme-h100-7.1b-96", "mlm-readme-h100-16b-192", "mlm-readme-h100-32b-384"]
 
@@ -44,7 +44,6 @@ def items(run: v.Run) -> list[tuple[str, float, str]]:
     world_path = req.path(run.gpus, 1)
     tp_path = req.path(tp, 1)
     mask = run.mbs * run.seq_len ** 2  # [mbs, 1, s, s] bool: create_attention_mask_in_dataloader defaults True
-    vh = model.vocab_size * model.d_model / tp  # the rank's embedding rows
     out = [
         ("grad buffer: zero_(), NaN-check norm, *= 1/dp (16 B a rank parameter)", 4 * 4 * p_rank / hbm,
          "yes, +grad-buffer (this branch)"),
@@ -57,8 +56,8 @@ def items(run: v.Run) -> list[tuple[str, float, str]]:
          m * mask / (system.node.pcie_gbps * 1e9) if system.node.pcie_gbps else float("nan"), "no"),
         ("attention mask broadcast over TP a micro-batch (as a ring all-gather of that size, an upper bound)",
          m * cm.collective_seconds("all_gather", mask, tp_path) if tp > 1 else 0.0, "no"),
-        ("embedding's dense gradient: zero-fill (2 B) and main_grad.add_ (10 B) a micro-batch, V h / tp rows",
-         m * 12 * vh / hbm, "no"),
+        ("embedding's dense gradient: zero-fill (2 B) and main_grad.add_ (10 B) a micro-batch, the rank's table (V / tp rows and the learned positions)",
+         m * 12 * lp.embed / hbm, "yes, embed_dense_grad (this branch)"),
     ]
     return out
 
