@@ -84,6 +84,22 @@ COMPOSER_DECOUPLED_ADAMW_BYTES = 8 + 12 + 8 + 12 + 8 + 8 + 8 + 16
 # time is small; a per-tensor max(90 us, the 92-byte device time) reproduces all four shards within 10%):
 # Python dispatch of the ops and one synchronisation, host time that the rows' hosts are assumed to match.
 COMPOSER_STEP_SYNC_HOST_S = 90e-6
+# Megatron-Core's DDP keeps every gradient of the rank in one contiguous buffer (fp32 under Megatron-LM's bf16:
+# ``accumulate_allreduce_grads_in_fp32``) and, besides the optimizer's shard, streams the whole of it once a step on
+# the compute stream (Megatron-LM core_v0.8.0, baf94af3c6): ``train_step`` starts with ``zero_grad_buffer`` ->
+# ``ParamAndGradBuffer.reset`` -> ``grad_data.zero_()`` (1 write); in the last micro-batch's backward each bucket's
+# ``start_grad_sync`` (param_and_grad_buffer.py) runs ``grad_data.norm(p=2)`` and asserts it is not NaN when
+# ``check_for_nan_in_grad`` (DistributedDataParallelConfig from ``--check-for-nan-in-loss-and-grad``, on unless
+# ``--no-check-for-nan-in-loss-and-grad``: 1 read) and then ``grad_data *= gradient_scaling_factor`` (1 / dp unless
+# ``--ddp-average-in-collective``, off by default: 1 read, 1 write) before the reduce-scatter.  4 element accesses;
+# the same passes at core_v0.9.0 to v0.14.0 (the NaN check through the rerun state machine from v0.10).
+MEGATRON_DDP_GRAD_BUFFER_PASSES = 4.0
+# Megatron-Core's word embedding (``VocabParallelEmbedding.forward``: ``F.embedding(masked_input, self.weight)``,
+# megatron/core/tensor_parallel/layers.py at core_v0.8.0 and at main d98e8a64) has PyTorch's dense embedding backward:
+# ``embedding_dense_backward`` allocates the rank's whole [V / tp, h] gradient with ``at::zeros`` before adding the
+# tokens' rows (2 bytes written an element), and DDP's param hook (``_make_param_hook``, distributed_data_parallel.py,
+# core_v0.8.0 to main) adds it into the main gradient, ``param.main_grad.add_(param.grad.data)`` (2 read, and the
+# main gradient read and written in the buffer's dtype), every micro-batch: Implementation.embed_dense_grad.
 TILE = 128  # GEMM output tile edge used for wave quantisation
 
 
@@ -487,6 +503,16 @@ class Implementation:
     # Bytes a gradient element has in the data-parallel reduction (reduce-scatter / all-reduce): 2 for a bf16
     # reduction, 4 where the framework reduces in fp32 (FSDP's MixedPrecision reduce_dtype=float32).
     grad_reduce_bytes: float = GRAD_BYTES
+    # Passes over the rank's whole contiguous gradient buffer (every parameter the rank holds, not the optimizer's
+    # shard) once a step, on the compute stream, in element accesses of ``grad_reduce_bytes`` each: Megatron-Core's
+    # DDP under Megatron-LM's training defaults (MEGATRON_DDP_GRAD_BUFFER_PASSES).  0: none counted.
+    grad_buffer_passes: float = 0.0
+    # The embedding's backward as PyTorch's ``F.embedding`` gives it (``embedding_dense_backward``: a dense gradient of
+    # the rank's whole table, zero-filled, 2 bytes written an element, then the tokens' rows added) and a DDP hook
+    # that adds it into the parameter's main gradient (``param.main_grad.add_(param.grad.data)``: the bf16 gradient
+    # read, the main gradient read and written in ``grad_reduce_bytes``), every micro-batch on the embedding's stage:
+    # Megatron-Core's VocabParallelEmbedding (and its learned position embedding) under its DDP (MEGATRON_EMBED_GRAD).
+    embed_dense_grad: bool = False
     # Megatron-Core's all-to-all token dispatcher (``MoEAlltoAllTokenDispatcher``) with the routed experts split
     # over an expert-tensor-parallel group (etp > 1): each rank routes its own sequence-parallel tokens, the EP
     # all-to-all moves them, then a plain NCCL all-gather over the expert-TP group collects the *routed rows*
@@ -1472,6 +1498,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         bwd = prof.n_dense * lc.bwd_dense + prof.n_moe * lc.bwd_moe \
             + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)) \
             + (lc.head_bwd_extra if prof.head else 0.0)
+        if impl.embed_dense_grad and prof.embed:  # the embedding's dense gradient, zero-filled and added to main_grad
+            bwd += elementwise_seconds(req.system.node.device, (2 + 2 + 2 * req.grad_reduce_bytes) * lp.embed, 2)
         if impl.hp_grad_accum_bytes:  # BF16_Optimizer: the fp32 gradient accumulation after each backward
             bwd += elementwise_seconds(req.system.node.device, impl.hp_grad_accum_bytes * (p_dense + p_exp), 0)
         if impl.grad_accum_bytes:  # autograd's in-place accumulation of low-precision gradients, a micro-batch
@@ -1930,6 +1958,9 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         transfers, step_sync = 0.0, 0.0
         if req.offload == "none":
             optimizer = req.impl.optimizer_bytes * local / (hbm * dev.elementwise_efficiency)
+            # the whole gradient buffer of the rank (every parameter it holds, not the optimizer's shard)
+            optimizer += req.impl.grad_buffer_passes * req.grad_reduce_bytes * (s.p_dense + s.p_exp) / (
+                hbm * dev.elementwise_efficiency)
             step_sync = step_sync_excess_s(req, g.dense_shards, hbm * dev.elementwise_efficiency)
             optimizer += step_sync
         else:

@@ -165,7 +165,8 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
         param_gather_overlap=True, ep_dedup=True,  # TE fused rotary, SwiGLU (6 of 10 bytes), cross-entropy; fused router/permute
-        moe_host_floor_s=MEGATRON_MOE_HOST_S, attention_kernel="cudnn"),  # TE's fused attention is cuDNN's
+        moe_host_floor_s=MEGATRON_MOE_HOST_S, attention_kernel="cudnn",  # TE's fused attention is cuDNN's
+        embed_dense_grad=True),  # VocabParallelEmbedding's F.embedding: a dense gradient added to main_grad (session 9)
     # argonne-lcf/Megatron-DeepSpeed on Intel Max 1550 (ALCF/helpers.sh): no Megatron fused kernel on XPU (eager
     # SwiGLU, rotary, residual adds), IPEX's fused RMSNorm, flash attention from DeepSpeed's XPU builder, and no
     # Megatron sequence parallelism.  Read from the launch scripts, not fitted.
@@ -223,7 +224,8 @@ EP_OVERLAP_SUFFIX = "+ep-overlap"
 # permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7), "+probs-a2a" (the all-to-all dispatcher's all-to-all of the
 # routing probabilities, forward and backward: Megatron-LM from 2659630721, April 2025) and "+count-gather" (its
 # all-gather of the token counts per expert before a dropless dispatch; session 8: costmodel.Implementation.a2a_probs,
-# a2a_count_gather) and "+step-sync" (an optimizer that reads a device step counter with .item() once a parameter
+# a2a_count_gather), "+grad-buffer" (Megatron-Core's DDP passes over the whole gradient buffer a step under Megatron-LM's
+# defaults: costmodel.MEGATRON_DDP_GRAD_BUFFER_PASSES; session 9, mlmstep11) and "+step-sync" (an optimizer that reads a device step counter with .item() once a parameter
 # tensor: Composer 0.16, llm-foundry v0.3.0's October 2023 rows; session 8, costmodel.COMPOSER_STEP_SYNC_HOST_S)
 OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
 
@@ -357,7 +359,7 @@ def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
     known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
-                    "probs-a2a", "count-gather", "step-sync"])
+                    "probs-a2a", "count-gather", "step-sync", "grad-buffer"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -374,6 +376,8 @@ def implementation_of(run: Run) -> cm.Implementation:
         impl = replace(impl, a2a_probs=True)
     if "count-gather" in flags:  # ... and, dropless, all-gathers the token counts per expert before the dispatch
         impl = replace(impl, a2a_count_gather=True)
+    if "grad-buffer" in flags:  # Megatron-Core's DDP: zero, NaN-check norm and 1/dp scaling of the whole gradient buffer
+        impl = replace(impl, grad_buffer_passes=cm.MEGATRON_DDP_GRAD_BUFFER_PASSES)
     if "step-sync" in flags:  # Composer 0.16's DecoupledAdamW: one .item() (host synchronisation) a parameter tensor
         impl = replace(impl, optimizer_tensor_host_s=cm.COMPOSER_STEP_SYNC_HOST_S)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
