@@ -193,6 +193,27 @@ def test_an_overlapped_expert_all_to_all_costs_the_contention_share_of_its_time(
     assert plain.ep_fwd > 0 and hidden.ep_fwd == pytest.approx(cm.DP_OVERLAP_CONTENTION * plain.ep_fwd)
 
 
+def test_an_internode_all_to_all_runs_at_the_bus_bandwidth_nccls_maintainers_give():
+    """Session 9 (a2aib11), a guard, not a new mechanism: NCCL's all-to-all over N nodes of 8 GPUs with one NIC
+    each reaches nccl-tests' busbw = N/(N-1) x one GPU's network share (NVIDIA/nccl-tests#130: "On 2 nodes ...
+    BusBW = 2x network bandwidth per GPU"; #267 / #321: its ceiling is one NIC's line rate, as an all-to-all cannot
+    aggregate a GPU's traffic over several NICs), the NVLink part never the bound.  At the Bridge Qwen3-30B rows'
+    transfer (4096 tokens x top-8 x 2048 x 2 bytes = 128 MiB a rank, 8 MiB a peer) the model is within 3% of that
+    ceiling, and never above it: a change that made it faster than the rule would show here."""
+    system = load_system("dgx-h100")
+    share = system.network.node_gbps / system.node.ranks  # one GPU's NIC share, GB/s
+    for nodes in (2, 4, 8):
+        n = 8 * nodes
+        path = cm.comm_path(system, n, 1)
+        assert (path.k, path.nodes) == (8, nodes)
+        for mib in (128, 4096):
+            size = mib * 2**20
+            busbw = size / cm.collective_seconds("all_to_all", size, path) / 1e9 * (n - 1) / n
+            rule = nodes / (nodes - 1) * share * (n - 1) / n
+            assert busbw <= rule
+            assert busbw == pytest.approx(rule, rel=0.03 if mib == 128 or nodes > 2 else 0.01)
+
+
 def test_the_all_to_all_dispatcher_sends_the_probabilities_and_gathers_the_counts():
     """Megatron's MoEAlltoAllTokenDispatcher: the permuted rows' routing probabilities in an all-to-all of their own
     (forward, and the gradient's in the backward: ep_fwd, which the step charges both ways) and the token counts per
