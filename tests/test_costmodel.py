@@ -724,7 +724,11 @@ def test_deepspeeds_pipeline_engine_pays_four_blocking_transfers_and_three_tp_ga
         m = plain.microbatches
         lc = cm.layer_cost(model, system, 8, tp, 1, 1, 1, 2048, 8 // pp, ds)
         assert lc.p2p > 0 and lc.p2p_node == lc.p2p
-        assert plain.pp_comm == pytest.approx(2 * (pp - 1 + m) * lc.p2p)
+        # the batched exchange runs on the pipeline group's NCCL communicator, DeepSpeed's send on a two-rank one
+        # (nccl_p2p_channels: no more channels in the larger communicator; branch p2p11)
+        lc_plain = cm.layer_cost(model, system, 8, tp, 1, 1, 1, 2048, 8 // pp, eager)
+        assert lc_plain.p2p >= lc.p2p
+        assert plain.pp_comm == pytest.approx(2 * (pp - 1 + m) * lc_plain.p2p)
         if tp == 1:  # no partitioning: only the transfers double
             assert lc.pipe_meta == lc.pipe_gather == 0.0
         else:
@@ -770,15 +774,17 @@ def test_pipeline_boundaries_between_nodes_are_priced_on_the_network_where_the_f
     assert lc.p2p_node == pytest.approx(cm.collective_seconds("p2p", 2.0 * 2048 * model.d_model / 2, inter))
     assert lc.p2p_node > 2 * lc.p2p
     assert lc.pipe_meta_node == pytest.approx(cm.collective_seconds("p2p", cm.PIPE_META_BYTES, inter))
+    # the batched exchange's own hops: its communicator is the pipeline group's (4 ranks over two nodes)
+    lcp = cm.layer_cost(model, system, 16, 2, 1, 1, 1, 2048, 4, eager)
     for schedule, vpp, crossing in (("1f1b", 1, 1), ("interleaved1f1b", 2, 3), ("zbv", 2, 2)):
         lay = Layout(tp=2, pp=4, vpp=vpp, mbs=1, schedule=schedule, sharding="none", dp_replicate=2)
         st = cm.structure_of(cm.Request(model, system, 2, 64, 2048, eager), lay)
         hops, m = 4 * vpp - 1, st.microbatches
         # the fill and the drain over each hop's own link; in the steady state the stage at a node's edge receives
         # one way over the network and the other inside its node, once a chunk pass
-        assert st.pp_comm == pytest.approx(2 * ((hops - crossing) * lc.p2p + crossing * lc.p2p_node)
-                                           + m * vpp * (lc.p2p + lc.p2p_node))
-        assert st.pp_comm > 2 * (hops + m * vpp) * lc.p2p  # what the first link alone gave
+        assert st.pp_comm == pytest.approx(2 * ((hops - crossing) * lcp.p2p + crossing * lcp.p2p_node)
+                                           + m * vpp * (lcp.p2p + lcp.p2p_node))
+        assert st.pp_comm > 2 * (hops + m * vpp) * lcp.p2p  # what the first link alone gave
     # DeepSpeed's exchanges: the middle stages' worst (one neighbour across), the end stages inside their node
     pipe = cm.structure_of(cm.Request(model, system, 2, 64, 2048, ds),
                            Layout(tp=2, pp=4, mbs=1, schedule="1f1b", sharding="none", dp_replicate=2))

@@ -43,8 +43,10 @@ def test_the_rows_gap_is_in_the_forward_pass_not_the_backward(bench):
         assert c["F_meas"] / c["F_model"] > 1.12, run.id  # the forward: 15-28% longer than modelled
         assert 0.9 < c["B_meas"] / c["B_model"] < 1.1, run.id  # input gradients and the non-GEMM backward
         assert 0.9 < c["W_meas"] / c["W_model"] < 1.15, run.id  # weight-gradient GEMMs into main_grad
-        # one synchronised stage-to-stage hop as the fork timed it is 3-5 times the model's send
-        assert c["comm_meas"] > 2.5 * c["comm_model"], run.id
+        # one synchronised stage-to-stage hop as the fork timed it (the mean of the pipeline's p - 1 hops) against
+        # the model's mean hop, priced on the channels NCCL gives a send (branch p2p11: 4 channels in an 8-rank
+        # communicator in one node, 2 once it spans nodes): -29% to +20% (it was 3-5 times the model's before)
+        assert 0.7 < c["comm_model"] / c["comm_meas"] < 1.25, run.id
 
 
 def test_the_profile_accounts_for_most_of_each_measured_slot(bench):
@@ -64,8 +66,8 @@ def test_doubling_the_micro_batch_shows_a_fixed_per_micro_batch_cost_the_model_l
 
 def test_at_m_equal_p_the_profiled_passes_explain_most_of_the_step_and_the_model_does_not(bench):
     # Table 12's 1F1B rows with m = p: little steady state and 29-39 GB, so neither the lock-step remainder nor
-    # ZB-2p's memory; the profile's passes stay within 8% of the step, the model is 4.5% or more short on each
+    # ZB-2p's memory; the profile's passes stay within 8% of the step, the model is 3.5% or more short on each
     for name, meas, model, prof in bench.small_m():
         assert abs(prof / meas - 1) < 0.08, name
-        assert model / meas - 1 < -0.045, name
+        assert model / meas - 1 < -0.035, name
         assert abs(prof / meas - 1) < abs(model / meas - 1), name

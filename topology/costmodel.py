@@ -286,12 +286,53 @@ def _ring(op: str, n: int, nbytes: float, latency_us: float, link: Link | None, 
     return _move(frac * nbytes, link, gbps) + steps * latency_us * 1e-6
 
 
-def collective_seconds(op: str, nbytes: float, path: CommPath) -> float:
+# NCCL's point-to-point split (src/enqueue.cc scheduleP2pTasksToPlan and calcP2pChunkSize, src/graph/paths.cc
+# ncclTopoComputeP2pChannels, src/init.cc; the same from v2.14.3 to v2.19.4, 2022-2024).  A send or receive of
+# more than NCCL_P2P_LL_THRESHOLD bytes runs the Simple protocol (no LL / LL128, whatever its size).
+NCCL_P2P_LL_THRESHOLD = 16384
+NCCL_P2P_CHANNELS = 32  # comm->p2pnChannels: the collectives' channel count rounded up to a power of 2, at most
+#                         MAXCHANNELS (32); NVSwitch nodes (24 channels or more) reach 32
+NCCL_NVL_PEER_CHANNELS = 32  # p2pnChannelsPerPeer in one NVSwitch node: 2 x (links of the pair), to a power of 2
+NCCL_NET_PEER_CHANNELS = 2  # NCCL_NCHANNELS_PER_NET_PEER (default 2): p2pnChannelsPerPeer of EVERY peer once the
+#                             communicator has a rank on another node (the minimum over all its peers)
+NCCL_P2P_NVL_CHUNK = 1 << 19  # NCCL_P2P_NVL_CHUNKSIZE, a communicator inside one NVLink node
+NCCL_P2P_NET_CHUNK = 1 << 17  # NCCL_P2P_NET_CHUNKSIZE, a communicator spanning nodes (for all its peers)
+
+
+def nccl_p2p_channels(nbytes: float, comm_ranks: int, multi_node: bool) -> int:
+    """Channels one NCCL send (or receive) of ``nbytes`` runs on, in a communicator of ``comm_ranks`` ranks
+    (spanning nodes or not): NCCL cuts the buffer into chunks of at most ``maxSize`` (32 chunk sizes in one node,
+    one chunk size across nodes), starting from ``nChannelsMin`` chunks and doubling up to ``nChannelsMax``, each
+    chunk on its own channel; both bounds fall as the communicator grows (``nChannelsMin x nRanks <=
+    p2pnChannels``, ``nChannelsMax x nRanks <= 4 p2pnChannels``).  PyTorch's ``batch_isend_irecv`` (Megatron's
+    pipeline exchange) runs on the whole process group's communicator, a lone ``send``/``recv`` on a two-rank
+    one (ProcessGroupNCCL::pointToPoint)."""
+    per_peer = NCCL_NET_PEER_CHANNELS if multi_node else NCCL_NVL_PEER_CHANNELS
+    chunk = NCCL_P2P_NET_CHUNK if multi_node else NCCL_P2P_NVL_CHUNK
+    ranks = max(2, comm_ranks)
+    n_min = n_max = per_peer
+    while n_min * ranks > NCCL_P2P_CHANNELS and n_min > 1:
+        n_min //= 2
+    while n_max * ranks > 4 * NCCL_P2P_CHANNELS and n_max > 1:
+        n_max //= 2
+    min_size, max_size = chunk // 8, (chunk if multi_node else 32 * chunk)
+    size, n = max(min_size, math.ceil(nbytes / n_min)), n_min
+    while size > max_size and n <= n_max // 2:
+        n *= 2
+        size = math.ceil(nbytes / n)
+    size = -(-size // min_size) * min_size  # alignUp(size, minSize)
+    return max(1, min(n, math.ceil(nbytes / size)))
+
+
+def collective_seconds(op: str, nbytes: float, path: CommPath, comm_ranks: int = 2,
+                       comm_multi_node: bool = False) -> float:
     """Time of one collective; ``nbytes`` is the full (unsharded) buffer per rank for
     all_reduce/reduce_scatter/all_gather, the bytes a rank sends for all_to_all and p2p.
 
     Every call pays the device's ``collective_call_us`` once (one library call, even
-    when it runs hierarchically), plus per-step latencies and the transfer."""
+    when it runs hierarchically), plus per-step latencies and the transfer.  A p2p inside a node, on a link
+    whose NCCL send/recv rate was measured (``Link.p2p_channel_gbps``), moves at the rate of the channels NCCL
+    gives it (``nccl_p2p_channels``: the communicator's ``comm_ranks`` and whether it spans nodes)."""
     n = path.size
     if n <= 1 or nbytes <= 0:
         return 0.0
@@ -300,6 +341,10 @@ def collective_seconds(op: str, nbytes: float, path: CommPath) -> float:
     call = path.call_us * 1e-6
     if op == "p2p":
         if path.nodes == 1:
+            if intra is not None and intra.p2p_channel_gbps > 0 and nbytes > NCCL_P2P_LL_THRESHOLD:
+                ch = nccl_p2p_channels(nbytes, comm_ranks, comm_multi_node)
+                gbps = min(intra.p2p_gbps or intra.effective_gbps, ch * intra.p2p_channel_gbps)
+                return call + nbytes / (gbps * 1e9) + intra_lat * 1e-6
             return call + _move(nbytes, intra, 0.0) + intra_lat * 1e-6
         return call + nbytes / (path.inter_gbps * 1e9) + path.inter_latency_us * 1e-6
     if op == "all_to_all":
@@ -1113,8 +1158,12 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     # side); the pipeline is the world (pp_stride x pp, pp outermost); pipeline_node_hops says which hop is which
     pp_path, node_path = pair_paths(system, pp_stride, world)
     if pp_stride < world:
-        p2p = collective_seconds("p2p", 2.0 * tokens * h / t, pp_path)
-        p2p_node = collective_seconds("p2p", 2.0 * tokens * h / t, node_path)
+        # NCCL's communicator for the exchange (nccl_p2p_channels): DeepSpeed's PipelineEngine sends on a two-rank
+        # one (p2p.py: dist.send / dist.recv, or a broadcast in a two-rank group); Megatron's batch_isend_irecv
+        # on the pipeline group's (pp ranks, on every node the pipeline crosses)
+        comm = (2, False) if impl.deepspeed_pipe else (world // pp_stride, world > system.node.ranks)
+        p2p = collective_seconds("p2p", 2.0 * tokens * h / t, pp_path, *comm)
+        p2p_node = collective_seconds("p2p", 2.0 * tokens * h / t, node_path, *comm)
     pipe_meta = pipe_meta_node = pipe_gather = 0.0
     if impl.deepspeed_pipe and p2p and tp > 1:  # the 1/tp PartitionedTensor: its metadata and its all-gather
         pipe_meta = collective_seconds("p2p", PIPE_META_BYTES, pp_path)

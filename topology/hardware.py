@@ -94,6 +94,14 @@ class Link:
     efficiency: float  # achievable fraction of gbps in collectives (bandwidth protocol)
     low_latency_efficiency: float = 0.0  # fraction of gbps of the low-latency protocol; 0: none
     bandwidth_setup_us: float = 0.0  # pipeline set-up of the bandwidth protocol (with a low-latency one)
+    # NCCL point-to-point (ncclSend/ncclRecv) over this link, where measured: the rate one p2p channel (one CTA's
+    # send or receive warps, Simple protocol) moves, and the ceiling of all channels together.  NCCL splits one
+    # send into as many chunks, each on its own channel, as its rule gives (costmodel.nccl_p2p_channels: few
+    # when the communicator has many ranks or spans nodes), so a send runs at min(p2p_gbps, channels x
+    # p2p_channel_gbps).  0: not measured; the send is priced as a collective's transfer (effective_gbps and
+    # the protocol switch).
+    p2p_channel_gbps: float = 0.0
+    p2p_gbps: float = 0.0
     source: str = ""
 
     @property
@@ -349,12 +357,25 @@ NVLINK4 = Link("NVLink4", gbps=450.0, latency_us=4.2, efficiency=0.74, low_laten
                source="H100/H200 SXM: 18 NVLink4 links x 25 GB/s per direction = 450 GB/s (900 bidir); "
                       "efficiencies, latency and protocols fitted to H200x4 measurements 2026-11-22, "
                       "bench/gpu_calibrate.py")
+# NCCL send/recv on 8 A100 SXM4 on NVSwitch (github.com/li-plus/playground, cuda/nccl.md at b85070fb:
+# nccl-tests ``sendrecv_perf -b 128M -e 1G -f 2 -g 8``, each GPU sending to the next and receiving from the
+# previous at once): 110.8 GB/s at 128 MiB, 188.6 / 192.8 / 195.1 GB/s at 256 MiB / 512 MiB / 1 GiB.  NCCL
+# 2.14-2.19's split (costmodel.nccl_p2p_channels; 8 ranks, 32 p2p channels, 32 a peer on NVSwitch) puts 128 MiB
+# on 8 channels and 256 MiB or more on 16: 110.8 / 8 = 13.85 GB/s a channel, and 16 channels (221.6) run into
+# the 195.1 GB/s ceiling (the 256 and 512 MiB points: 1376 and 2753 us from these two figures against 1423 and
+# 2785 measured).  NVIDIA (sjeaugey, NVIDIA/nccl-tests issue 149): SM copies reach ~20 of 25 GB/s a link
+# (128-byte payloads), 240 GB/s on 12 links, "~230 GB/s" after other limits.
+A100_P2P_CHANNEL_GBPS = 110.81 / 8
+A100_P2P_GBPS = 195.1
 NVLINK3 = Link("NVLink3", gbps=300.0, latency_us=3.0, efficiency=0.78,
                low_latency_efficiency=round(0.78 * NVLINK4.low_latency_efficiency / NVLINK4.efficiency, 3),
                bandwidth_setup_us=NVLINK4.bandwidth_setup_us,
+               p2p_channel_gbps=round(A100_P2P_CHANNEL_GBPS, 2), p2p_gbps=A100_P2P_GBPS,
                source="A100: 12 NVLink3 links x 25 GB/s per direction = 300 GB/s (600 GB/s bidirectional); "
                       "efficiency estimate (no A100 access); NCCL's protocol switch as fitted on H200 "
-                      "NVLink4 (same ratio of low-latency to bandwidth protocol, same set-up)")
+                      "NVLink4 (same ratio of low-latency to bandwidth protocol, same set-up); NCCL send/recv "
+                      "13.85 GB/s a channel, 195.1 GB/s in all, from nccl-tests sendrecv_perf on 8 A100 "
+                      "(li-plus/playground cuda/nccl.md)")
 MDFI = Link("MDFI", gbps=230.0, latency_us=3.0, efficiency=0.80,
             source="Max 1550 tile-to-tile on one package: ALCF node performance overview (Jan. 2026) MPI "
                    "Tile2Tile unidirectional 185 GB/s (= 0.80 x 230; write 158.5, read 173.6 GB/s with "
