@@ -145,6 +145,24 @@ def _offload(device: str, nvme_path: str | None, what: str) -> dict:
     return {"device": "nvme", "nvme_path": str(path), "pin_memory": torch.cuda.is_available()}
 
 
+def _partition_for_nvme(model: torch.nn.Module, config: dict) -> None:
+    """Partition ``model``'s parameters for ZeRO-3 with NVMe offload before ``deepspeed.initialize`` does.
+
+    Inside ``initialize`` DeepSpeed (0.19.8) converts the model with ``zero.Init(dtype=<the parameters'
+    dtype>, ...)``, whose ``_set_dtype`` reads ``dtype or float16 if accelerator.is_fp16_supported() else
+    bfloat16``: where the accelerator has no fp16 (a CPU without oneDNN fp16, e.g. an AMD EPYC) the given dtype is
+    dropped and the NVMe swapper is sized for 2-byte bfloat16 elements whatever the parameters are.  An fp32
+    parameter then swaps only from 2**19 elements up (DeepSpeed's 1 MiB minimum read at 2 bytes an element, not 4)
+    and swaps into a bfloat16 buffer.  Converted here from the config alone (no dtype given), ``Init`` takes the
+    config's precision (bf16/fp16 if enabled, else fp32), which is what the engine trains in; ``initialize`` then
+    finds the parameters converted and leaves them."""
+    from deepspeed import zero
+
+    offload = config["zero_optimization"]["offload_param"]
+    zero.Init(module=model, config_dict_or_path=config, remote_device=offload["device"],
+              pin_memory=offload.get("pin_memory", False))
+
+
 NVME_PARAM_BUFFER = 10**8  # DeepSpeed's default buffer_size, elements
 NVME_PARAM_BUFFERS_MIN = 5  # DeepSpeed's default buffer_count; room for its NVMe read-ahead
 SWAP_CANDIDATE_NUMEL = 10**5  # DeepSpeed's stage3_param_persistence_threshold: smaller ones never swap
@@ -210,6 +228,8 @@ class DeepSpeedTrainStep:
             set_stats_reduce_hook(model, stats_reduce_hook(dist.group.WORLD))
         for moe in moe_layers(model).values():
             moe.aux_loss_scale = self.dp / n_microbatches
+        if options.offload_params == "nvme":
+            _partition_for_nvme(model, self.config)
         optimizer = _client_optimizer(options, self.config)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameters if parameters is not None else model.parameters(),
