@@ -154,8 +154,8 @@ def _partition_for_nvme(model: torch.nn.Module, config: dict) -> None:
     dropped and the NVMe swapper is sized for 2-byte bfloat16 elements whatever the parameters are.  An fp32
     parameter then swaps only from 2**19 elements up (DeepSpeed's 1 MiB minimum read at 2 bytes an element, not 4)
     and swaps into a bfloat16 buffer.  Converted here from the config alone (no dtype given), ``Init`` takes the
-    config's precision (bf16/fp16 if enabled, else fp32), which is what the engine trains in; ``initialize`` then
-    finds the parameters converted and leaves them."""
+    config's precision (fp32 here: called only where neither bf16 nor fp16 is on), the parameters' own;
+    ``initialize`` then finds the parameters converted and leaves them."""
     from deepspeed import zero
 
     offload = config["zero_optimization"]["offload_param"]
@@ -228,8 +228,8 @@ class DeepSpeedTrainStep:
             set_stats_reduce_hook(model, stats_reduce_hook(dist.group.WORLD))
         for moe in moe_layers(model).values():
             moe.aux_loss_scale = self.dp / n_microbatches
-        if options.offload_params == "nvme":
-            _partition_for_nvme(model, self.config)
+        if options.offload_params == "nvme" and not ("bf16" in self.config or "fp16" in self.config):
+            _partition_for_nvme(model, self.config)  # fp32 parameters (bf16/fp16 runs keep DeepSpeed's own path)
         optimizer = _client_optimizer(options, self.config)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameters if parameters is not None else model.parameters(),
