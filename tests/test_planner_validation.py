@@ -40,13 +40,14 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
     unseen4 = (set(data["unseen_rows_session4"]) | set(data["unseen_rows_session5"]) | set(data["unseen_rows_session6"])
                | set(data["unseen_rows_session7"]) | set(data["unseen_rows_session8"]) | set(data["unseen_rows_session9"])
                | set(data["unseen_rows_session10"]) | set(data["unseen_rows_session11"])
-               | set(data["unseen_rows_session12"]) | set(data["unseen_rows_session13"]))
+               | set(data["unseen_rows_session12"]) | set(data["unseen_rows_session13"])
+               | set(data["unseen_rows_session14"]))
     assert unseen and unseen4 and unseen | unseen4 <= {r.id for r in runs}
     assert set(data["row_options"]["rows"]) <= {r.id for r in runs}
     position: dict[str, int] = defaultdict(int)
     first_moe = next(r.id for r in runs if v.model_is_moe(r))
     for r in runs:
-        if r.id in unseen | unseen4:  # added in sessions 3-8 (unseen to unseen13): all held out, recorded before any prediction
+        if r.id in unseen | unseen4:  # added in sessions 3-9 (unseen to unseen14): all held out, recorded before any prediction
             assert r.split == "heldout", r.id
             continue
         if v.model_is_moe(r):
@@ -59,14 +60,15 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
     assert len(held) >= 15 and sum(v.model_is_moe(r) for r in held) >= 5
 
 
-# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-13: mean / max
+# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-14: mean / max
 # |step-time error| in percent).  A change to the model or the data that makes any of them worse fails here;
 # one that improves them must update these figures and the docs together.
-REPORTED = {"fit": (5.3, 13.4), "heldout": (8.3, 42.7), "heldout_moe": (6.1, 30.7), "heldout_seen": (5.7, 29.3),
+REPORTED = {"fit": (5.3, 13.4), "heldout": (8.8, 64.4), "heldout_moe": (8.2, 64.4), "heldout_seen": (5.7, 29.3),
             "heldout_unseen": (6.3, 11.2), "heldout_unseen4": (4.3, 18.2), "heldout_unseen5": (1.5, 1.6),
             "heldout_unseen6": (9.9, 30.7), "heldout_unseen7": (3.6, 12.7), "heldout_unseen8": (30.3, 34.2),
             "heldout_unseen9": (11.0, 18.0), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.5, 42.7),
-            "heldout_unseen12": (9.1, 14.6), "heldout_unseen13": (9.9, 17.8)}
+            "heldout_unseen12": (9.1, 14.6), "heldout_unseen13": (9.9, 17.8),
+            "heldout_unseen14": (17.1, 64.4)}
 
 
 def test_the_errors_are_no_worse_than_reported():
@@ -1016,13 +1018,15 @@ def test_the_aux_loss_imbalance_comes_from_the_sources_dropless_and_forced_balan
 
 def test_only_rows_whose_source_routes_dropless_without_forced_balance_carry_the_imbalance():
     """The term is each row's routing as its source ran it: the Megatron-LM Mixtral rows (aux loss 1e-2, dropless, no
-    forced balance) carry it; rows whose sources force balance (the ModelZoo, recipes, Bridge and Automodel rows) or
-    pad to a capacity (Grok-1, Maverick, the token-drop row) do not."""
+    forced balance) and unseen14's Megatron-Bridge Qwen3-30B-A3B verification run (model.moe_router_force_load_balancing
+    false) carry it; rows whose sources force balance (the ModelZoo, recipes, Bridge performance and Automodel rows) or
+    pad to a capacity (Grok-1, Maverick, the token-drop row) do not, nor the natural-routing GPT-OSS verification runs
+    (no measured GPT-OSS family)."""
     runs = v.load_runs()
     carrying = {r.id for r in runs if v.row_implementation(r).moe_load_imbalance > 0}
     assert carrying == {"mcore-readme-mixtral-8x7b-64-v08", "mcore-readme-mixtral-8x7b-64-v09",
                         "mlmrel-mixtral-8x7b-64-v090", "mlmrel-mixtral-8x22b-128-v090", "mlmrel-mixtral-8x7b-64-2026",
-                        "mlmrel-mixtral-8x22b-128-2026", "mlmrel-mixtral-8x7b-a2a-128"}
+                        "mlmrel-mixtral-8x22b-128-2026", "mlmrel-mixtral-8x7b-a2a-128", "bridgecard-qwen3-30b-a3b-16"}
     for r in runs:
         if r.id in carrying:
             assert not v.model_of(r).capacity_factor and r.ep > 1, r.id
