@@ -100,6 +100,11 @@ MEGATRON_DDP_GRAD_BUFFER_PASSES = 4.0
 # tokens' rows (2 bytes written an element), and DDP's param hook (``_make_param_hook``, distributed_data_parallel.py,
 # core_v0.8.0 to main) adds it into the main gradient, ``param.main_grad.add_(param.grad.data)`` (2 read, and the
 # main gradient read and written in the buffer's dtype), every micro-batch: Implementation.embed_dense_grad.
+# The zero fill is ``embedding_dense_backward``'s (PyTorch's CUDA kernel, whatever the framework); the add is the DDP
+# hook's where the framework has one.  Where the implementation already counts a per-parameter accumulation of every
+# gradient a micro-batch (DeepSpeed's BF16_Optimizer ``hp_grad_accum_bytes``, autograd's ``grad_accum_bytes``: both
+# over the stage's parameters, the table included), only the fill is new (session 9, branch megfwd11).
+EMBED_GRAD_FILL_BYTES = 2.0  # at::zeros of the rank's [V / tp, h] table in the 16-bit parameter dtype
 TILE = 128  # GEMM output tile edge used for wave quantisation
 
 
@@ -676,6 +681,10 @@ class Implementation:
     # parameter of the rank.  DeepSpeed's fp16 ZeRO stage 1 (``FP16_DeepSpeedZeroOptimizer_Stage1``) keeps the
     # gradients in the parameters' ``.grad`` until the boundary.  0: not this accumulation.
     grad_accum_bytes: float = 0.0
+    # The gradients are set to None at each step (``zero_grad(set_to_none=True)``), so the first micro-batch's
+    # ``AccumulateGrad`` takes the new gradient without a copy: ``grad_accum_bytes`` is paid by m - 1 of the m
+    # micro-batches (charged as (m - 1) / m of it each).  False: every micro-batch (the count as it stood).
+    grad_accum_first_free: bool = False
     # With ``dp_reduce_after_backward`` and ZeRO-1: the reduction after the backward is a reduce-scatter of the
     # gradients (DeepSpeed's fp16 ZeRO stage 1 ``reduce_scatter_gradients`` with ``reduce_scatter: true``), not the
     # BF16_Optimizer's full all-reduce; then the step's all-gather of the parameters.
@@ -1548,11 +1557,15 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)) \
             + (lc.head_bwd_extra if prof.head else 0.0)
         if impl.embed_dense_grad and prof.embed:  # the embedding's dense gradient, zero-filled and added to main_grad
-            bwd += elementwise_seconds(req.system.node.device, (2 + 2 + 2 * req.grad_reduce_bytes) * lp.embed, 2)
+            emb_bytes, emb_kernels = EMBED_GRAD_FILL_BYTES, 1
+            if not (impl.hp_grad_accum_bytes or impl.grad_accum_bytes):  # the add, unless counted for every parameter
+                emb_bytes, emb_kernels = emb_bytes + 2 + 2 * req.grad_reduce_bytes, 2
+            bwd += elementwise_seconds(req.system.node.device, emb_bytes * lp.embed, emb_kernels)
         if impl.hp_grad_accum_bytes:  # BF16_Optimizer: the fp32 gradient accumulation after each backward
             bwd += elementwise_seconds(req.system.node.device, impl.hp_grad_accum_bytes * (p_dense + p_exp), 0)
         if impl.grad_accum_bytes:  # autograd's in-place accumulation of low-precision gradients, a micro-batch
-            bwd += elementwise_seconds(req.system.node.device, impl.grad_accum_bytes * (p_dense + p_exp), 0)
+            share = (m - 1) / m if impl.grad_accum_first_free else 1.0
+            bwd += elementwise_seconds(req.system.node.device, share * impl.grad_accum_bytes * (p_dense + p_exp), 0)
         if impl.autocast_fwd_bytes or impl.autocast_bwd_bytes:  # autocast over fp32 weights: the casts, the fp32 .grad
             fwd += elementwise_seconds(req.system.node.device, impl.autocast_fwd_bytes * (p_dense + p_exp), 0)
             bwd += elementwise_seconds(req.system.node.device, impl.autocast_bwd_bytes * (p_dense + p_exp), 0)
