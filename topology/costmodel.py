@@ -663,6 +663,16 @@ class Implementation:
     # before the batched GEMM reads it back as C (2 read; ATen native/cuda/Blas.cpp ``baddbmm_out_cuda_impl``:
     # ``result.copy_(self)`` when beta != 0).  The bias needs no gradient: the backward is unchanged.
     score_bias_bytes: float = 0.0
+    # The QKV projection's bias added outside its GEMM, bytes an element of the projection's output (q + 2 kv per
+    # token and TP rank), forward and backward: legacy Megatron's ``ColumnParallelLinear`` for ``query_key_value`` keeps
+    # its bias (``skip_bias_add`` False; the other projections hand theirs to the fused bias-GeLU / bias-dropout-add)
+    # and adds it after the GEMM: ``output = torch.matmul(total_input, weight.t())`` then ``output = output + bias``
+    # (megatron/mpu/layers.py at 35a3fa8b, megatron/core/tensor_parallel/layers.py in the Zero Bubble fork at
+    # f68d3879: 2 read, 2 written), or ``F.linear(input, weight, bias)`` on the 3-D activation (aed2f75e, BigScience's
+    # and gpt-neox's copies: PyTorch's matmul then ``add_``, the same bytes); the backward's ``grad_bias =
+    # grad_output.sum(dim=0)`` reads the output gradient once (2).  One kernel each way.  (0, 0): the bias in the GEMM's
+    # epilogue (Transformer Engine) or no bias (session 9, branch megfwd11).
+    qkv_bias_bytes: tuple[float, float] = (0.0, 0.0)
     # Every norm's forward all-reduces its weight and bias over the TP group before it runs (BigScience's
     # "layer-norm auto-sync" band-aid against TP-desynchronised LayerNorm weights: MixedFusedLayerNorm.forward
     # calls ``all_reduce(self.weight, AVG)`` and ``all_reduce(self.bias, AVG)``, Megatron-DeepSpeed branch
@@ -962,6 +972,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         windowed = bool(model.sliding_window and model.sliding_window < seq)
         attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t,
                                       rate_keys=WINDOW_KERNEL_SEQ if windowed else s_eff / cp)
+    # the QKV projection's bias added after its GEMM, and its gradient's reduction (Implementation.qkv_bias_bytes)
+    qkv_out = tokens * (q + 2 * kv) / t
+    qkv_bias_fwd = elementwise_seconds(dev, impl.qkv_bias_bytes[0] * qkv_out, 1) if impl.qkv_bias_bytes[0] else 0.0
+    qkv_bias_bwd = elementwise_seconds(dev, impl.qkv_bias_bytes[1] * qkv_out, 1) if impl.qkv_bias_bytes[1] else 0.0
     bias_fwd = 0.0  # an additive score bias through baddbmm (Implementation.score_bias_bytes): forward only
     if impl.attention == "unfused" and impl.score_bias_bytes:
         # the expanded copy is a kernel of its own; the batched GEMM that reads it back as C is bandwidth-bound
@@ -992,7 +1006,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     norm_sync = 0.0  # Implementation.norm_tp_sync: two all-reduces of a norm's weight and bias, two norms a layer
     if impl.norm_tp_sync and tp > 1:
         norm_sync = 2 * 2 * collective_seconds("all_reduce", WEIGHT_BYTES * h, comm_path(system, tp, 1))
-    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + drop_fwd + norm_sync
+    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + drop_fwd + norm_sync + qkv_bias_fwd
     # the rotary's backward where the framework's count is its own (Implementation.rope_bwd_bytes): the difference
     # from BWD_FACTOR x its forward, which the layers' backward below already counts
     rope_bwd = 0.0
@@ -1001,7 +1015,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         rope_bwd = ((impl.rope_bwd_bytes - BWD_FACTOR * impl.rope_bytes) * tokens * (q + key_width) / t
                     / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency)
                     + 2 * (bwd_kernels - BWD_FACTOR * impl.rope_kernels) * dev.launch_us * 1e-6)
-    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd_factor * attn_core + drop_bwd + rope_bwd
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd_factor * attn_core + drop_bwd + rope_bwd + qkv_bias_bwd
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
@@ -1073,10 +1087,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + drop_fwd + norm_sync + loop_sync + (
-            count_gather + ebias_fwd) + (
+            count_gather + ebias_fwd + qkv_bias_fwd) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + attn_bwd_factor * attn_core \
-            + drop_bwd + rope_bwd + ebias_bwd
+            + drop_bwd + rope_bwd + ebias_bwd + qkv_bias_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched * hot
         if ep > 1:

@@ -152,6 +152,12 @@ GPTNEOX_FP16_ZERO1 = {"grad_accum_bytes": 6.0, "hp_grad_step_bytes": 24.0, "opti
 # ``.grad``: the same bytes); DeepSpeed's and gpt-neox's per-parameter accumulation already counts the add
 # (costmodel.EMBED_GRAD_FILL_BYTES).
 LEGACY_EMBED_DENSE_GRAD = {"embed_dense_grad": True}
+# Legacy Megatron's QKV projection adds its bias after the GEMM (costmodel.Implementation.qkv_bias_bytes: 2 + 2 bytes an
+# output element forward, the bias gradient's reduction 2 backward): megatron/mpu/layers.py at aed2f75e (``F.linear``
+# with the bias on the 3-D activation) and 35a3fa8b (``output = output + bias``), the Zero Bubble fork's
+# megatron/core/tensor_parallel/layers.py at f68d3879 (the same), BigScience's and gpt-neox's ``F.linear`` copies
+# (session 9, branch megfwd11).
+LEGACY_QKV_BIAS = {"qkv_bias_bytes": (4.0, 2.0)}
 # Megatron-LM of April 2021 (aed2f75e, the Narayanan rows' code) has no gradient-accumulation fusion (no
 # ``gradient_accumulation_fusion`` anywhere in megatron/), and its local DDP's contiguous buffers are off unless
 # ``--use-contiguous-buffers-in-ddp`` or bf16 (arguments.py); the paper's runs are fp16 (examples/sc21/CONFIG.sh,
@@ -163,11 +169,12 @@ MEGATRON_2021_FP16_GRAD_ACCUM = {"grad_accum_bytes": 6.0, "grad_accum_first_free
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
-        attention="unfused", **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD),
+        attention="unfused", **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD, **LEGACY_QKV_BIAS),
     # Megatron-LM of 2021 (Narayanan et al.): the same kernels, before sequence parallelism
     "megatron-2021": cm.Implementation(
         name="megatron-2021", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False,
-        **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD, **MEGATRON_2021_FP16_GRAD_ACCUM),
+        **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD, **MEGATRON_2021_FP16_GRAD_ACCUM,
+        **LEGACY_QKV_BIAS),
     # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts);
     # torchtitan's default training.mixed_precision_reduce is float32: gradients reduce-scattered in fp32
     # SDPA's flash backend (FlashAttention-2 inside PyTorch) on A100: its sequence curve (s_half 488)
@@ -197,7 +204,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-deepspeed-2022": cm.Implementation(
         name="megatron-deepspeed-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused",
         sequence_parallel=False, **DEEPSPEED_BF16_UNCLIPPED, **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT,
-        **LEGACY_EMBED_DENSE_GRAD),
+        **LEGACY_EMBED_DENSE_GRAD, **LEGACY_QKV_BIAS),
     # FlashAttention's own GPT training code (Dao-AILab/flash-attention training/, the FlashAttention-2 paper's
     # end-to-end rows; session 8, group unseen13): FlashAttention-2's kernel, fused dropout + residual + LayerNorm,
     # fused dense + bias + GeLU, Apex's fused cross-entropy.  Existing figures only: megatron-2022's fused norm and
@@ -217,7 +224,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "gpt-neox-2022": cm.Implementation(
         name="gpt-neox-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False,
         rope_bytes=GPTNEOX_ROPE_BYTES, rope_kernels=GPTNEOX_ROPE_KERNELS, **MEGATRON_VOCAB_CE, **GPTNEOX_FP16_ZERO1,
-        **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD),
+        **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD, **LEGACY_QKV_BIAS),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True,  # TE linear/norm/attention, fused rotary, bf16 loss
