@@ -882,7 +882,7 @@ def test_implementation_refuses_a_float_field_that_is_not_finite(field, value):
                          + ["moe_host_floor_s", "gemm_scale", "attention_scale", "act_scale"])
 def test_implementation_refuses_a_negative_byte_count_or_scale(field):
     with pytest.raises(ConfigError, match=f"^{field}="):
-        cm.Implementation(**{field: -1.0})
+        cm.Implementation(**{field: -1.0 if field != "qkv_bias_bytes" else (0.0, -1.0)})
     assert cm.Implementation(logit_bwd_bytes=-1.0).logit_bwd_bytes == -1.0  # negative: the default's sentinel
     assert cm.Implementation(rope_bwd_bytes=-1.0).rope_bwd_bytes == -1.0  # likewise: BWD_FACTOR x rope_bytes
     with pytest.raises(ConfigError, match="^rope_bwd_kernels="):  # a kernel count the layer would never read

@@ -66,8 +66,9 @@ def test_doubling_the_micro_batch_shows_a_fixed_per_micro_batch_cost_the_model_l
 
 def test_at_m_equal_p_the_profiled_passes_explain_most_of_the_step_and_the_model_does_not(bench):
     # Table 12's 1F1B rows with m = p: little steady state and 29-39 GB, so neither the lock-step remainder nor
-    # ZB-2p's memory; the profile's passes stay within 8% of the step, the model is 3.5% or more short on each
+    # ZB-2p's memory; the profile's passes stay within 8% of the step, the model is 2.5% or more short on each (3.5% until
+    # megfwd11 counted the QKV bias add: 6.2B -3.9% -> -3.2%)
     for name, meas, model, prof in bench.small_m():
         assert abs(prof / meas - 1) < 0.08, name
-        assert model / meas - 1 < -0.035, name
+        assert model / meas - 1 < -0.025, name
         assert abs(prof / meas - 1) < abs(model / meas - 1), name

@@ -100,6 +100,11 @@ MEGATRON_DDP_GRAD_BUFFER_PASSES = 4.0
 # tokens' rows (2 bytes written an element), and DDP's param hook (``_make_param_hook``, distributed_data_parallel.py,
 # core_v0.8.0 to main) adds it into the main gradient, ``param.main_grad.add_(param.grad.data)`` (2 read, and the
 # main gradient read and written in the buffer's dtype), every micro-batch: Implementation.embed_dense_grad.
+# The zero fill is ``embedding_dense_backward``'s (PyTorch's CUDA kernel, whatever the framework); the add is the DDP
+# hook's where the framework has one.  Where the implementation already counts a per-parameter accumulation of every
+# gradient a micro-batch (DeepSpeed's BF16_Optimizer ``hp_grad_accum_bytes``, autograd's ``grad_accum_bytes``: both
+# over the stage's parameters, the table included), only the fill is new (session 9, branch megfwd11).
+EMBED_GRAD_FILL_BYTES = 2.0  # at::zeros of the rank's [V / tp, h] table in the 16-bit parameter dtype
 TILE = 128  # GEMM output tile edge used for wave quantisation
 
 
@@ -658,6 +663,16 @@ class Implementation:
     # before the batched GEMM reads it back as C (2 read; ATen native/cuda/Blas.cpp ``baddbmm_out_cuda_impl``:
     # ``result.copy_(self)`` when beta != 0).  The bias needs no gradient: the backward is unchanged.
     score_bias_bytes: float = 0.0
+    # The QKV projection's bias added outside its GEMM, bytes an element of the projection's output (q + 2 kv per
+    # token and TP rank), forward and backward: legacy Megatron's ``ColumnParallelLinear`` for ``query_key_value`` keeps
+    # its bias (``skip_bias_add`` False; the other projections hand theirs to the fused bias-GeLU / bias-dropout-add)
+    # and adds it after the GEMM: ``output = torch.matmul(total_input, weight.t())`` then ``output = output + bias``
+    # (megatron/mpu/layers.py at 35a3fa8b, megatron/core/tensor_parallel/layers.py in the Zero Bubble fork at
+    # f68d3879: 2 read, 2 written), or ``F.linear(input, weight, bias)`` on the 3-D activation (aed2f75e, BigScience's
+    # and gpt-neox's copies: PyTorch's matmul then ``add_``, the same bytes); the backward's ``grad_bias =
+    # grad_output.sum(dim=0)`` reads the output gradient once (2).  One kernel each way.  (0, 0): the bias in the GEMM's
+    # epilogue (Transformer Engine) or no bias (session 9, branch megfwd11).
+    qkv_bias_bytes: tuple[float, float] = (0.0, 0.0)
     # Every norm's forward all-reduces its weight and bias over the TP group before it runs (BigScience's
     # "layer-norm auto-sync" band-aid against TP-desynchronised LayerNorm weights: MixedFusedLayerNorm.forward
     # calls ``all_reduce(self.weight, AVG)`` and ``all_reduce(self.bias, AVG)``, Megatron-DeepSpeed branch
@@ -676,6 +691,10 @@ class Implementation:
     # parameter of the rank.  DeepSpeed's fp16 ZeRO stage 1 (``FP16_DeepSpeedZeroOptimizer_Stage1``) keeps the
     # gradients in the parameters' ``.grad`` until the boundary.  0: not this accumulation.
     grad_accum_bytes: float = 0.0
+    # The gradients are set to None at each step (``zero_grad(set_to_none=True)``), so the first micro-batch's
+    # ``AccumulateGrad`` takes the new gradient without a copy: ``grad_accum_bytes`` is paid by m - 1 of the m
+    # micro-batches (charged as (m - 1) / m of it each).  False: every micro-batch (the count as it stood).
+    grad_accum_first_free: bool = False
     # With ``dp_reduce_after_backward`` and ZeRO-1: the reduction after the backward is a reduce-scatter of the
     # gradients (DeepSpeed's fp16 ZeRO stage 1 ``reduce_scatter_gradients`` with ``reduce_scatter: true``), not the
     # BF16_Optimizer's full all-reduce; then the step's all-gather of the parameters.
@@ -708,6 +727,10 @@ class Implementation:
                               f"{', '.join(repr(k) for k in ATTENTION_KERNELS)}")
         if self.grad_reduce_bytes not in (2, 4):
             raise ConfigError(f"grad_reduce_bytes={self.grad_reduce_bytes!r}: must be 2 (bf16) or 4 (fp32)")
+        if len(self.qkv_bias_bytes) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float))
+                                                or not math.isfinite(b) or b < 0 for b in self.qkv_bias_bytes):
+            raise ConfigError(f"qkv_bias_bytes={self.qkv_bias_bytes!r}: must be (forward, backward) bytes, each a "
+                              f"finite number >= 0")
         if min(self.glu_clamp_kernels) < 0:
             raise ConfigError(f"glu_clamp_kernels={self.glu_clamp_kernels!r}: must be >= 0")
         for name in ("moe_bias_kernels_per_expert", "moe_bias_kernels_fixed"):
@@ -953,6 +976,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         windowed = bool(model.sliding_window and model.sliding_window < seq)
         attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t,
                                       rate_keys=WINDOW_KERNEL_SEQ if windowed else s_eff / cp)
+    # the QKV projection's bias added after its GEMM, and its gradient's reduction (Implementation.qkv_bias_bytes)
+    qkv_out = tokens * (q + 2 * kv) / t
+    qkv_bias_fwd = elementwise_seconds(dev, impl.qkv_bias_bytes[0] * qkv_out, 1) if impl.qkv_bias_bytes[0] else 0.0
+    qkv_bias_bwd = elementwise_seconds(dev, impl.qkv_bias_bytes[1] * qkv_out, 1) if impl.qkv_bias_bytes[1] else 0.0
     bias_fwd = 0.0  # an additive score bias through baddbmm (Implementation.score_bias_bytes): forward only
     if impl.attention == "unfused" and impl.score_bias_bytes:
         # the expanded copy is a kernel of its own; the batched GEMM that reads it back as C is bandwidth-bound
@@ -983,7 +1010,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
     norm_sync = 0.0  # Implementation.norm_tp_sync: two all-reduces of a norm's weight and bias, two norms a layer
     if impl.norm_tp_sync and tp > 1:
         norm_sync = 2 * 2 * collective_seconds("all_reduce", WEIGHT_BYTES * h, comm_path(system, tp, 1))
-    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + drop_fwd + norm_sync
+    fwd_dense = dense_gemms + dense_ew + attn_core + bias_fwd + drop_fwd + norm_sync + qkv_bias_fwd
     # the rotary's backward where the framework's count is its own (Implementation.rope_bwd_bytes): the difference
     # from BWD_FACTOR x its forward, which the layers' backward below already counts
     rope_bwd = 0.0
@@ -992,7 +1019,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         rope_bwd = ((impl.rope_bwd_bytes - BWD_FACTOR * impl.rope_bytes) * tokens * (q + key_width) / t
                     / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency)
                     + 2 * (bwd_kernels - BWD_FACTOR * impl.rope_kernels) * dev.launch_us * 1e-6)
-    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd_factor * attn_core + drop_bwd + rope_bwd
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd_factor * attn_core + drop_bwd + rope_bwd + qkv_bias_bwd
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
@@ -1064,10 +1091,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + drop_fwd + norm_sync + loop_sync + (
-            count_gather + ebias_fwd) + (
+            count_gather + ebias_fwd + qkv_bias_fwd) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + attn_bwd_factor * attn_core \
-            + drop_bwd + rope_bwd + ebias_bwd
+            + drop_bwd + rope_bwd + ebias_bwd + qkv_bias_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched * hot
         if ep > 1:
@@ -1548,11 +1575,15 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
             + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)) \
             + (lc.head_bwd_extra if prof.head else 0.0)
         if impl.embed_dense_grad and prof.embed:  # the embedding's dense gradient, zero-filled and added to main_grad
-            bwd += elementwise_seconds(req.system.node.device, (2 + 2 + 2 * req.grad_reduce_bytes) * lp.embed, 2)
+            emb_bytes, emb_kernels = EMBED_GRAD_FILL_BYTES, 1
+            if not (impl.hp_grad_accum_bytes or impl.grad_accum_bytes):  # the add, unless counted for every parameter
+                emb_bytes, emb_kernels = emb_bytes + 2 + 2 * req.grad_reduce_bytes, 2
+            bwd += elementwise_seconds(req.system.node.device, emb_bytes * lp.embed, emb_kernels)
         if impl.hp_grad_accum_bytes:  # BF16_Optimizer: the fp32 gradient accumulation after each backward
             bwd += elementwise_seconds(req.system.node.device, impl.hp_grad_accum_bytes * (p_dense + p_exp), 0)
         if impl.grad_accum_bytes:  # autograd's in-place accumulation of low-precision gradients, a micro-batch
-            bwd += elementwise_seconds(req.system.node.device, impl.grad_accum_bytes * (p_dense + p_exp), 0)
+            share = (m - 1) / m if impl.grad_accum_first_free else 1.0
+            bwd += elementwise_seconds(req.system.node.device, share * impl.grad_accum_bytes * (p_dense + p_exp), 0)
         if impl.autocast_fwd_bytes or impl.autocast_bwd_bytes:  # autocast over fp32 weights: the casts, the fp32 .grad
             fwd += elementwise_seconds(req.system.node.device, impl.autocast_fwd_bytes * (p_dense + p_exp), 0)
             bwd += elementwise_seconds(req.system.node.device, impl.autocast_bwd_bytes * (p_dense + p_exp), 0)

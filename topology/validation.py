@@ -142,14 +142,39 @@ GPTNEOX_ROPE_BYTES, GPTNEOX_ROPE_KERNELS = GPTNEOX_ROPE_ROTATED_BYTES, GPTNEOX_R
 # (``reduce_scatter: true`` in 20B.yml), fp16, after the backward; the step's all-gather follows.
 GPTNEOX_FP16_ZERO1 = {"grad_accum_bytes": 6.0, "hp_grad_step_bytes": 24.0, "optimizer_bytes": 52.0,
                       "dp_reduce_after_backward": True, "dp_reduce_scatter": True}
+# The legacy Megatron embedding's gradient (docs/planner.md section 10, "Session 9: the legacy embedding's dense
+# gradient"): ``VocabParallelEmbedding`` runs ``F.embedding`` (megatron/mpu/layers.py at aed2f75e, 2021-04, and at
+# 35a3fa8b, 2022-05; BigScience's and gpt-neox's copies alike) or ``self.weight[masked_input]`` (the Zero Bubble
+# fork, megatron/core/tensor_parallel/layers.py at f68d3879), and the learned positions ``torch.nn.Embedding``: a dense
+# zero-filled gradient of the rank's whole table a micro-batch.  Megatron-LM adds it into the gradient buffer or
+# ``.grad`` (the local DDP's ``param_hook``: ``param.main_grad.add_(param.grad.data)`` at 35a3fa8b and f68d3879; at
+# aed2f75e, whose contiguous buffers are off for fp16, and under torch DDP, autograd's accumulation into the fp16
+# ``.grad``: the same bytes); DeepSpeed's and gpt-neox's per-parameter accumulation already counts the add
+# (costmodel.EMBED_GRAD_FILL_BYTES).
+LEGACY_EMBED_DENSE_GRAD = {"embed_dense_grad": True}
+# Legacy Megatron's QKV projection adds its bias after the GEMM (costmodel.Implementation.qkv_bias_bytes: 2 + 2 bytes an
+# output element forward, the bias gradient's reduction 2 backward): megatron/mpu/layers.py at aed2f75e (``F.linear``
+# with the bias on the 3-D activation) and 35a3fa8b (``output = output + bias``), the Zero Bubble fork's
+# megatron/core/tensor_parallel/layers.py at f68d3879 (the same), BigScience's and gpt-neox's ``F.linear`` copies
+# (session 9, branch megfwd11).
+LEGACY_QKV_BIAS = {"qkv_bias_bytes": (4.0, 2.0)}
+# Megatron-LM of April 2021 (aed2f75e, the Narayanan rows' code) has no gradient-accumulation fusion (no
+# ``gradient_accumulation_fusion`` anywhere in megatron/), and its local DDP's contiguous buffers are off unless
+# ``--use-contiguous-buffers-in-ddp`` or bf16 (arguments.py); the paper's runs are fp16 (examples/sc21/CONFIG.sh,
+# added de7dc40f88, 2021-08: ``--fp16``) with ``--DDP-impl`` torch or local (run_table_1.sh).  Either way autograd
+# accumulates every weight gradient into the fp16 ``param.grad`` in place (2 + 2 read, 2 written a parameter) in each
+# micro-batch after the first (``optimizer.zero_grad(set_to_none=True)``); the fp16 optimizer copies it to fp32 once a
+# step.  Counted, not fitted (session 9, branch megfwd11).
+MEGATRON_2021_FP16_GRAD_ACCUM = {"grad_accum_bytes": 6.0, "grad_accum_first_free": True}
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
-        attention="unfused", **MEGATRON_DEFAULT_DROPOUT),
+        attention="unfused", **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD, **LEGACY_QKV_BIAS),
     # Megatron-LM of 2021 (Narayanan et al.): the same kernels, before sequence parallelism
     "megatron-2021": cm.Implementation(
         name="megatron-2021", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False,
-        **MEGATRON_DEFAULT_DROPOUT),
+        **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD, **MEGATRON_2021_FP16_GRAD_ACCUM,
+        **LEGACY_QKV_BIAS),
     # FSDP2 and the eager Llama of 2024: the kernels alphaexa's eager trainer runs (the default counts);
     # torchtitan's default training.mixed_precision_reduce is float32: gradients reduce-scattered in fp32
     # SDPA's flash backend (FlashAttention-2 inside PyTorch) on A100: its sequence curve (s_half 488)
@@ -178,7 +203,8 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # engine with its BF16_Optimizer (ZeRO stage 0: 'it implements its own zero stage 1 equivalent')
     "megatron-deepspeed-2022": cm.Implementation(
         name="megatron-deepspeed-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused",
-        sequence_parallel=False, **DEEPSPEED_BF16_UNCLIPPED, **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT),
+        sequence_parallel=False, **DEEPSPEED_BF16_UNCLIPPED, **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT,
+        **LEGACY_EMBED_DENSE_GRAD, **LEGACY_QKV_BIAS),
     # FlashAttention's own GPT training code (Dao-AILab/flash-attention training/, the FlashAttention-2 paper's
     # end-to-end rows; session 8, group unseen13): FlashAttention-2's kernel, fused dropout + residual + LayerNorm,
     # fused dense + bias + GeLU, Apex's fused cross-entropy.  Existing figures only: megatron-2022's fused norm and
@@ -198,7 +224,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "gpt-neox-2022": cm.Implementation(
         name="gpt-neox-2022", **FUSED_NORM, residual_bytes=7.0, attention="unfused", sequence_parallel=False,
         rope_bytes=GPTNEOX_ROPE_BYTES, rope_kernels=GPTNEOX_ROPE_KERNELS, **MEGATRON_VOCAB_CE, **GPTNEOX_FP16_ZERO1,
-        **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT),
+        **DEEPSPEED_PIPE, **MEGATRON_DEFAULT_DROPOUT, **LEGACY_EMBED_DENSE_GRAD, **LEGACY_QKV_BIAS),
     "automodel-te": cm.Implementation(
         name="automodel-te", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         logit_bytes=6.0, moe_routing_kernels=20, ep_dedup=True,  # TE linear/norm/attention, fused rotary, bf16 loss
