@@ -1,5 +1,6 @@
 """The cost model against published runs: data integrity, the fixed split, and the documented errors."""
 import dataclasses
+import itertools
 import math
 import re
 import subprocess
@@ -67,7 +68,7 @@ REPORTED = {"fit": (5.4, 13.4), "heldout": (8.6, 64.4), "heldout_moe": (8.2, 64.
             "heldout_unseen": (5.7, 13.6), "heldout_unseen4": (4.3, 18.2), "heldout_unseen5": (1.5, 1.6),
             "heldout_unseen6": (9.9, 30.7), "heldout_unseen7": (3.6, 12.7), "heldout_unseen8": (30.3, 34.2),
             "heldout_unseen9": (10.8, 17.8), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.4, 42.7),
-            "heldout_unseen12": (9.1, 14.6), "heldout_unseen13": (9.4, 17.2), "heldout_unseen14": (14.4, 64.4)}
+            "heldout_unseen12": (8.8, 14.3), "heldout_unseen13": (9.4, 17.2), "heldout_unseen14": (14.4, 64.4)}
 
 
 def test_the_errors_are_no_worse_than_reported():
@@ -1013,6 +1014,32 @@ def test_the_aux_loss_imbalance_comes_from_the_sources_dropless_and_forced_balan
     assert v.aux_loss_imbalance("mixtral", 8, 8) == pytest.approx(v.AUX_LOSS_IMBALANCE["mixtral"][0])
     assert v.aux_loss_imbalance("mixtral", 4, 8) < v.aux_loss_imbalance("mixtral", 8, 8)
     assert v.aux_loss_imbalance("mixtral", 1, 8) == 0.0
+
+
+def test_a_fuller_expert_parallel_rank_never_finishes_sooner():
+    """Review of moeimb11 (session 9, branch review9): the fullest rank's excess load must not shorten the step.
+    Its expert GEMMs take (1 + v) times the balanced GEMMs' time: the excess is a mean over layers and micro-batches,
+    so the 128-row tile quantisation of any one value averages out.  Fed the excess rows instead, the wave rule's
+    time (the mean work of a tile over the waves) fell just past a tile edge: on the ModelZoo Mixtral-8x22B row
+    (4096 rows an expert) v = 0.001 shortened the step by 1.2%, and the 455/445 pair inverted to the first tile edge
+    (v 0.031-0.035 for any ratio from 1.011 to 1.023) rather than to the measurement."""
+    runs = {r.id: r for r in v.load_runs()}
+    for rid in ("modelzoo-mixtral-8x22b-128", "mcore-readme-mixtral-8x7b-64-v08", "modelzoo-qwen3-235b-lc-16k"):
+        steps = [_imbalance_step(runs[rid], x) for x in (0.0, 0.001, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1)]
+        assert all(b >= a for a, b in itertools.pairwise(steps)), (rid, steps)
+    # the expert GEMMs scale exactly with the fullest rank's rows (routed work and all-to-all alike)
+    model, system = get_preset("1b-moe").replace(n_experts=8, top_k=2), load_system("dgx-h100")
+    core = dataclasses.replace(v.IMPLEMENTATIONS["megatron-core-a2a"], moe_host_floor_s=0.0)
+    args = (model, system, 64, 1, 1, 8, 1, 4096, 8)
+    a = cm.layer_cost(*args, core)
+    for x in (0.001, 0.02, 0.3):
+        b = cm.layer_cost(*args, dataclasses.replace(core, moe_load_imbalance=x))
+        assert b.ep_fwd == pytest.approx((1 + x) * a.ep_fwd)
+        assert b.fwd_moe > a.fwd_moe and b.bwd_moe > a.bwd_moe
+    # the pair's rounding (each figure to 5 TFLOP/s) now spans v from about half to one and a half times the figure
+    mixtral = runs["modelzoo-mixtral-8x22b-128"]
+    low, high = _imbalance_of_pair(mixtral, 452.5, 447.5), _imbalance_of_pair(mixtral, 457.5, 442.5)
+    assert low < 0.6 * v.AUX_LOSS_IMBALANCE["mixtral"][0] and high > 1.4 * v.AUX_LOSS_IMBALANCE["mixtral"][0]
 
 
 def test_only_rows_whose_source_routes_dropless_without_forced_balance_carry_the_imbalance():

@@ -1030,15 +1030,20 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         local_experts = model.n_experts / ep
         # the fullest expert-parallel rank's share over the mean (Implementation.moe_load_imbalance): dropless only
         hot = 1.0 + impl.moe_load_imbalance if ep > 1 and not model.capacity_factor else 1.0
-        rows_per_expert = tokens / t * etp * model.top_k * cf * ep / model.n_experts * hot
+        balanced_rows = tokens / t * etp * model.top_k * cf * ep / model.n_experts  # a local expert's mean rows
+        rows_per_expert = balanced_rows * hot
         routed = rows_per_expert * local_experts
         gg = grouped_gemm_seconds
+        # The fullest rank's expert GEMMs take ``hot`` times the balanced GEMMs' time: its excess rows run at the
+        # balanced GEMM's rate.  The excess is a mean over layers and micro-batches whose single values spread
+        # around it, so the 128-row tile quantisation of any one of them averages out (and the wave rule's time,
+        # not monotone in the rows just past a tile edge, is not asked about rows it cannot resolve).
         if impl.expert_loop:  # one MLP module per local expert (SequentialMLP)
-            experts = local_experts * (g(dev, rows_per_expert, up * model.moe_d_ff / etp, h)
-                                       + g(dev, rows_per_expert, h, model.moe_d_ff / etp))
+            experts = hot * local_experts * (g(dev, balanced_rows, up * model.moe_d_ff / etp, h)
+                                             + g(dev, balanced_rows, h, model.moe_d_ff / etp))
         else:
-            experts = gg(dev, local_experts, rows_per_expert, up * model.moe_d_ff / etp, h) \
-                + gg(dev, local_experts, rows_per_expert, h, model.moe_d_ff / etp)
+            experts = hot * (gg(dev, local_experts, balanced_rows, up * model.moe_d_ff / etp, h)
+                             + gg(dev, local_experts, balanced_rows, h, model.moe_d_ff / etp))
         shared_width = model.n_shared_experts * model.moe_d_ff
         shared = ffn(shared_width, tokens) if shared_width else 0.0
         router = g(dev, tokens, model.n_experts, h)

@@ -451,13 +451,15 @@ MEGATRON_YARN_ROPE = {"rope_bytes": 24.0, "rope_kernels": 12, "rope_bwd_bytes": 
 # them).  Each entry: (v, EP size, experts per EP rank) of the measurement.
 # * mixtral: yanring/Megatron-MoE-ModelZoo best_practice/Mixtral/run_mixtral_8x22B.sh at 31942f0 (the commit that
 #   put the pair in): Mixtral-8x22B from its checkpoint (--finetune, aux loss 1e-2), TP 2, PP 8 x VPP 7, EP 8,
-#   dropless "around 445TFLOPS", forced balance "around 455TFLOPS": v = 0.035.  (b09773a raised the forced figure
-#   to 465 with a configuration change and left the dropless 445 as it was: v = 0.076 if both were current.)
+#   dropless "around 445TFLOPS", forced balance "around 455TFLOPS": v = 0.0325 (0.035 before review9 made the
+#   fullest rank's expert GEMMs scale with its excess instead of re-running the wave rule on the excess rows).
+#   (b09773a raised the forced figure to 465 with a configuration change and left the dropless 445 as it was: v =
+#   0.065 if both were current.)
 # * qwen3: the same repository's best_practice/qwen3/readme.md at 020b813, "Long Context": Qwen3-235B-A22B from its
 #   checkpoint (aux loss 1e-3), TP 4, PP 8 x VPP 4, EP 8, CP 1-8, 16k-128k tokens, "295/335/368/389 (forced
-#   balance) / 237/277/320/357 (dropless)": v = 0.50, 0.55, 0.57, 0.56 at the four lengths, while the share of
+#   balance) / 237/277/320/357 (dropless)": v = 0.50, 0.54, 0.56, 0.55 at the four lengths, while the share of
 #   the step the imbalance scales falls from 0.49 to 0.16 (one imbalance of the MoE block, not of the step).
-AUX_LOSS_IMBALANCE = {"mixtral": (0.035, 8, 1), "qwen3": (0.55, 8, 16)}
+AUX_LOSS_IMBALANCE = {"mixtral": (0.0325, 8, 1), "qwen3": (0.54, 8, 16)}
 
 
 def expected_max_normal(n: int) -> float:
