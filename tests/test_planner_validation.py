@@ -1061,6 +1061,28 @@ def test_only_rows_whose_source_routes_dropless_without_forced_balance_carry_the
             assert v.row_implementation(r).moe_load_imbalance == 0.0, r.id
 
 
+def test_megatron_bridge_gpt_oss_rows_ran_transformer_engines_fused_sink_attention():
+    """GPT-OSS's learnable attention sinks (softmax_type learnable): Transformer Engine drops FlashAttention for them and
+    keeps FusedAttention (cuDNN) from cuDNN 9.13.1 on, falling back to UnfusedDotProductAttention (scores in HBM) below
+    it (nvte_get_fused_attn_backend, TE v2.9 and v2.16). Every Megatron-Bridge GPT-OSS row's container ships a cuDNN at or
+    above that (25.11: 9.13.1.26; 26.04: 9.20.0.48; 26.06: 9.21.1, Megatron-Bridge's software-versions table), which each
+    row's note records, so the rows are costed with fused attention, not Megatron 2022's unfused path (session 9,
+    gptoss11). The verification runs route with no load-balancing loss at all (GPTOSSBridge sets
+    moe_router_load_balancing_type none) and no forced balance; no GPT-OSS imbalance has been measured, so none is
+    charged."""
+    rows = [r for r in v.load_runs() if r.source.startswith("megatron-bridge") and "gpt-oss" in r.model]
+    assert {r.id for r in rows} == {"bridge-gpt-oss-120b-64", "bridge2604-gpt-oss-120b-64",
+                                    "bridgecard-gpt-oss-20b-16", "bridgecard-gpt-oss-120b-64"}
+    for r in rows:
+        m = re.search(r"cuDNN (\d+)\.(\d+)\.(\d+)", r.note)
+        assert m, f"{r.id}: the note names no cuDNN version"
+        assert tuple(int(x) for x in m.groups()) >= (9, 13, 1), r.id
+        assert v.row_implementation(r).attention == "fused", r.id
+        if r.source == "megatron-bridge-verification-cards":
+            assert "moe_router_load_balancing_type none" in r.note, r.id
+            assert v.row_implementation(r).moe_load_imbalance == 0.0, r.id
+
+
 def test_megatron_core_ddp_streams_the_whole_gradient_buffer_once_a_step():
     # Megatron-LM core_v0.8.0: zero_grad_buffer zeroes the rank's whole contiguous gradient buffer, and each bucket's
     # start_grad_sync takes its norm (the default NaN check) and scales it by 1/dp before the reduce-scatter: four
