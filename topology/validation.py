@@ -166,6 +166,18 @@ LEGACY_QKV_BIAS = {"qkv_bias_bytes": (4.0, 2.0)}
 # micro-batch after the first (``optimizer.zero_grad(set_to_none=True)``); the fp16 optimizer copies it to fp32 once a
 # step.  Counted, not fitted (session 9, branch megfwd11).
 MEGATRON_2021_FP16_GRAD_ACCUM = {"grad_accum_bytes": 6.0, "grad_accum_first_free": True}
+# Megatron-LM's local DDP of 2021 without contiguous buffers (``--DDP-impl local``, the default, with
+# ``--use-contiguous-buffers-in-ddp`` off, its default; examples/sc21/run_table_1.sh at de7dc40f88 runs it for every
+# Table 1 model with a pipeline): ``train_step`` (megatron/training.py at de7dc40f88, and aed2f75e) calls each model
+# chunk's ``allreduce_gradients`` after ``forward_backward_func`` returns, so the reduction follows the whole backward,
+# not overlapped with it (Implementation.dp_reduce_after_backward); it packs the gradients by dtype,
+# ``_flatten_dense_tensors`` (2 read, 2 written a parameter), ``coalesced /= dp`` (2 + 2), one all-reduce, and
+# ``buf.copy_(synced)`` back into each ``.grad`` (2 + 2): 12 bytes a parameter of the rank once a step
+# (megatron/model/distributed.py ``LocalDDP.allreduce_gradients``).  ``--DDP-impl torch`` (the script's choice for the
+# pipeline-free models) overlaps its bucketed all-reduce with the last micro-batch's backward (``model.no_sync`` on the
+# others, megatron/schedules.py ``forward_backward_no_pipelining``): the implementation's default.  Row flag
+# "+local-ddp" (session 9, branch sc21data11).
+MEGATRON_2021_LOCAL_DDP = {"dp_reduce_after_backward": True, "hp_grad_step_bytes": 12.0}
 IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-2022": cm.Implementation(
         name="megatron-2022", **FUSED_NORM, residual_bytes=7.0,  # fused bias-dropout-add: 2+2 in, 2 out, mask 1
@@ -250,7 +262,7 @@ EP_OVERLAP_SUFFIX = "+ep-overlap"
 # permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7), "+probs-a2a" (the all-to-all dispatcher's all-to-all of the
 # routing probabilities, forward and backward: Megatron-LM from 2659630721, April 2025) and "+count-gather" (its
 # all-gather of the token counts per expert before a dropless dispatch; session 8: costmodel.Implementation.a2a_probs,
-# a2a_count_gather), "+grad-buffer" (Megatron-Core's DDP passes over the whole gradient buffer a step under Megatron-LM's
+# a2a_count_gather), "+local-ddp" (Megatron-LM 2021's local DDP: MEGATRON_2021_LOCAL_DDP; session 9, sc21data11), "+grad-buffer" (Megatron-Core's DDP passes over the whole gradient buffer a step under Megatron-LM's
 # defaults: costmodel.MEGATRON_DDP_GRAD_BUFFER_PASSES; session 9, mlmstep11) and "+step-sync" (an optimizer that reads a device step counter with .item() once a parameter
 # tensor: Composer 0.16, llm-foundry v0.3.0's October 2023 rows; session 8, costmodel.COMPOSER_STEP_SYNC_HOST_S)
 OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
@@ -385,7 +397,7 @@ def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
     known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
-                    "probs-a2a", "count-gather", "step-sync", "grad-buffer"])
+                    "probs-a2a", "count-gather", "step-sync", "grad-buffer", "local-ddp"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -404,6 +416,11 @@ def implementation_of(run: Run) -> cm.Implementation:
         impl = replace(impl, a2a_count_gather=True)
     if "grad-buffer" in flags:  # Megatron-Core's DDP: zero, NaN-check norm and 1/dp scaling of the whole gradient buffer
         impl = replace(impl, grad_buffer_passes=cm.MEGATRON_DDP_GRAD_BUFFER_PASSES)
+    if "local-ddp" in flags:  # Megatron-LM 2021's local DDP: the gradient all-reduce after the backward, not overlapped
+        if name != "megatron-2021":
+            raise ConfigError(f"run {run.id}: +local-ddp describes Megatron-LM 2021's local DDP (megatron-2021), "
+                              f"not {name}")
+        impl = replace(impl, **MEGATRON_2021_LOCAL_DDP)
     if "step-sync" in flags:  # Composer 0.16's DecoupledAdamW: one .item() (host synchronisation) a parameter tensor
         impl = replace(impl, optimizer_tensor_host_s=cm.COMPOSER_STEP_SYNC_HOST_S)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
