@@ -6,6 +6,14 @@ Coordinate search (each constant over a grid, repeated until nothing moves) mini
 |step-time error| of the fit rows only; the held-out rows are never read here.  Prints the
 constants to write into topology/hardware.py (A100), topology/validation.py (framework
 kernel scales) and topology/costmodel.py (DP_OVERLAP_CONTENTION), then the fit-set error.  topology.validation then reports both splits.
+
+The Max 1550 tile's training rate scale (topology/hardware.py PVC_TRAINING_RATE_SCALE; session 9, branch
+auroracal11) is fitted first and on its own, on a different target: the FIT rows on that tile that print per-phase
+timers (the data file's 'phase_timers': DeepSpeed's fwd_microstep and bwd_inner_microstep), whose forward + backward
+compute a micro-batch is compared with the model's (the row's stage terms fwd + bwd).  Not their step time: the
+one such row (ALCF's AuroraGPT-2B cooldown on 3072 tiles) spends 1.17 s of its 3.42 s step in a oneCCL all-reduce
+that the model puts 6-7x faster (docs/planner.md section 10, session 9 aurora11), which a compute factor fitted to
+the step would absorb.  The joint search below then runs with that scale in place.
 """
 from __future__ import annotations
 
@@ -17,7 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from topology import costmodel as cm
+from topology import hardware as hw
 from topology import validation as v
+
+# the Max 1550 tile's training rate scale, a fraction of its microbenchmark rates (hardware.pvc_tile)
+PVC_SCALE_GRID = [0.60 + 0.005 * i for i in range(81)]
 
 # (what, grid): device constants of the A100 and kernel scales of llm-foundry (Composer, triton FlashAttention)
 PARAMS = {
@@ -51,7 +63,52 @@ def loss(runs: list[v.Run], values: dict[str, float]) -> float:
     return statistics.fmean(abs(predict(r, values) / r.measured_step_s - 1) for r in runs)
 
 
+def phase_timers() -> dict[str, dict]:
+    """The data file's per-phase timers, by row id."""
+    return v._data(str(v.DATA)).get("phase_timers", {}).get("rows", {})
+
+
+def max1550_compute_s(run: v.Run, rate_scale: float) -> float:
+    """The model's forward + backward compute of one micro-batch of ``run`` (one pipeline stage) on a Max 1550
+    tile whose rates are ``rate_scale`` times the microbenchmark figures."""
+    system = v.system_of(run)
+    system = dataclasses.replace(system, node=dataclasses.replace(system.node, device=hw.pvc_tile(rate_scale)))
+    req = cm.Request(v.model_of(run), system, run.gpus // system.ranks_per_node, run.global_batch, run.seq_len,
+                     v.implementation_of(run))
+    stages = cm.structure_of(req, run.layout()).stages
+    if len(stages) != 1:
+        raise ValueError(f"run {run.id}: phase timers are compared for one-stage layouts only")
+    return stages[0].fwd + stages[0].bwd
+
+
+def measured_compute_s(timers: dict) -> float:
+    """Forward + backward (without the gradient reduction) of one micro-batch, from DeepSpeed's timers."""
+    return (timers["fwd_microstep_ms"] + timers["bwd_inner_microstep_ms"]) / timers["micro_batches"] / 1e3
+
+
+def fit_pvc_rate_scale(runs: list[v.Run] | None = None) -> tuple[float, list[v.Run], float]:
+    """PVC_TRAINING_RATE_SCALE fitted on the FIT rows on the Max 1550 that have phase timers (never a held-out
+    row): the grid value minimising the mean |compute error|.  Returns (scale, the rows used, that error)."""
+    timers = phase_timers()
+    runs = v.load_runs() if runs is None else runs
+    rows = [r for r in runs if r.split == "fit" and r.id in timers
+            and v.system_of(r).node.device.name == hw.PVC_TILE.name]
+    if not rows:
+        raise ValueError("no fit row on the Max 1550 has phase timers")
+
+    def err(x: float) -> float:
+        return statistics.fmean(abs(max1550_compute_s(r, x) / measured_compute_s(timers[r.id]) - 1) for r in rows)
+
+    best = min(PVC_SCALE_GRID, key=err)
+    return best, rows, err(best)
+
+
 def main() -> int:
+    scale, rows, e = fit_pvc_rate_scale()
+    print(f"PVC_TRAINING_RATE_SCALE = {scale:.3f}  (on {', '.join(r.id for r in rows)}: "
+          f"compute a micro-batch within {100 * e:.2f}% of the timers)")
+    if abs(scale - hw.PVC_TRAINING_RATE_SCALE) > 1e-9:
+        print(f"  (hardware.py has {hw.PVC_TRAINING_RATE_SCALE:.3f}: write the fitted value there and rerun)")
     fit = [r for r in v.load_runs() if r.split == "fit"]
     values = {k: grid[len(grid) // 2] for k, grid in PARAMS.items()}
     best = loss(fit, values)

@@ -287,8 +287,8 @@ H200_SXM = dataclasses.replace(
     source="NVIDIA H200 datasheet (same Hopper compute as H100 SXM, 141GB HBM3e 4.8 TB/s); efficiencies "
            "fitted to H200x4 measurements 2026-11-22, bench/gpu_calibrate.py")
 # Intel Max 1550 tile (one of the two stacks of a Max 1550, one rank each on Aurora).  Every figure below is
-# a published measurement of the hardware where one was found (docs/planner.md section 2 lists them);
-# none is fitted to the published training runs of topology/data/published_runs.json.
+# a published measurement of the hardware where one was found (docs/planner.md section 2 lists them), except
+# PVC_TRAINING_RATE_SCALE, fitted on the one FIT row of topology/data/published_runs.json that runs on the tile.
 PVC_CLOCK_GHZ = 1.5  # ALCF, "Aurora node performance overview" (user-guides, Jan. 12 2026): "The default GPU
 #   frequency on Aurora was 1.5 GHz" (commit 7ec7c016: the page's first numbers, Mar. 2024, were at 1.6 GHz,
 #   the datasheet's clock; Aurora now runs 1.5 GHz with the second FP64 pipeline disabled).
@@ -320,23 +320,42 @@ ONECCL_CALL_US = 350.0  # a oneCCL call's fixed cost on Aurora (PyTorch 2.5.1, o
 #   transfer (37 us at 8 NICs x 21.25 GB/s / 12 tiles) and host round trip (18.5 us) explain 72 us.  Isolated,
 #   synchronised calls: an upper bound for calls queued back to back; the same logs' 12-tile all-gather of
 #   512 KB (0.8 ms) and 24-rank all-reduce of 100 KB (1.2 ms) cost more, so a lower bound for larger groups.
-PVC_TILE = Device(
-    name="Max1550-tile", vendor="intel", bf16_tflops=round(PVC_TILE_BF16_PEAK, 1), fp8_tflops=0.0,
-    fp32_tflops=round(64 * 256 * PVC_CLOCK_GHZ / 1000, 1),  # 24.6 TF at 1.5 GHz (ALCF measured 21 a tile)
-    memory_gib=64.0, memory_gbps=1638.4, compute_units=64,
-    gemm_efficiency=round(PVC_GEMM_TFLOPS / PVC_TILE_BF16_PEAK, 3),  # 0.527
-    attention_efficiency=round(PVC_ATTENTION_TFLOPS / PVC_TILE_BF16_PEAK / (1 + 128 / 8192), 3),  # 0.130:
-    #   / (1 + 128/s) for the diagonal tiles the cost model adds back, as for Hopper
-    reserved_gib=2.0, launch_us=8.0,
-    elementwise_efficiency=round(PVC_TRIAD_GBPS / 1638.4, 2),  # 0.61: triad over the datasheet's HBM
-    collective_call_us=ONECCL_CALL_US, host_sync_us=HOPPER_HOST_SYNC_US,
-    source="Intel ark Max 1550 (128 GB HBM2e 3.2768 TB/s per GPU = 2 tiles; 838.9 TF bf16 at 1.6 GHz); "
-           "ALCF Aurora node performance overview (Jan. 2026): 1.5 GHz default clock (peak 393.2 TF a "
-           "tile), BF16 GEMM 2487 TF a node = 207 a tile (GEMM efficiency 0.527), triad 1 TB/s a tile "
-           "(elementwise efficiency 0.61); attention 52 TF a tile fwd+bwd from Intel's triton benchmark "
-           "(XeTLA backward, SYCL-TLA forward, causal d128 s8192); oneCCL call 350 us from ALCF's "
-           "DLcomm_benchmark logs; still estimates (no measurement found): launch 8 us, host sync (as "
-           "fitted on H200)")
+# The tile's rates in a training step of argonne-lcf/Megatron-DeepSpeed, as a fraction of the microbenchmark figures
+# above (GEMM, attention and elementwise alike: one factor).  FITTED (session 9, branch auroracal11), not measured:
+# bench/fit_published_runs.py fits it on the FIT rows that print per-phase timers, which is one row, ALCF's
+# AuroraGPT-2B cooldown run on 3072 tiles (topology/data/published_runs.json 'alcf-aurora2b-cooldown-3072',
+# ALCF/notes/cooldown.md at 6c208091): its forward + backward compute a micro-batch (DeepSpeed's fwd_microstep +
+# bwd_inner_microstep, 960.7 ms) against the model's.  That run used a newer stack (Agama 1146.12, oneAPI 2025.2.0,
+# DeepSpeed 0.17.5) than the sweep rows of group unseen8 (Agama 1099.12, oneAPI 2025.0.5, torch 2.5.1); the factor
+# is applied to every Max 1550 prediction whatever its stack (docs/planner.md section 10, 'Session 9: the Max 1550
+# fitted on ALCF's cooldown run').  1.0 reproduces the microbenchmark-only tile of sessions 6-9.
+PVC_TRAINING_RATE_SCALE = 0.805
+
+
+def pvc_tile(rate_scale: float = PVC_TRAINING_RATE_SCALE) -> Device:
+    """The Max 1550 tile with its GEMM, attention and elementwise rates at ``rate_scale`` times the published
+    microbenchmark figures (PVC_GEMM_TFLOPS, PVC_ATTENTION_TFLOPS, PVC_TRIAD_GBPS); the fit varies it."""
+    return Device(
+        name="Max1550-tile", vendor="intel", bf16_tflops=round(PVC_TILE_BF16_PEAK, 1), fp8_tflops=0.0,
+        fp32_tflops=round(64 * 256 * PVC_CLOCK_GHZ / 1000, 1),  # 24.6 TF at 1.5 GHz (ALCF measured 21 a tile)
+        memory_gib=64.0, memory_gbps=1638.4, compute_units=64,
+        gemm_efficiency=rate_scale * round(PVC_GEMM_TFLOPS / PVC_TILE_BF16_PEAK, 3),  # 0.527 x rate_scale
+        # 0.130 x rate_scale: / (1 + 128/s) for the diagonal tiles the cost model adds back, as for Hopper
+        attention_efficiency=rate_scale * round(PVC_ATTENTION_TFLOPS / PVC_TILE_BF16_PEAK / (1 + 128 / 8192), 3),
+        reserved_gib=2.0, launch_us=8.0,
+        elementwise_efficiency=rate_scale * round(PVC_TRIAD_GBPS / 1638.4, 2),  # 0.61 x rate_scale: triad / HBM
+        collective_call_us=ONECCL_CALL_US, host_sync_us=HOPPER_HOST_SYNC_US,
+        source="Intel ark Max 1550 (128 GB HBM2e 3.2768 TB/s per GPU = 2 tiles; 838.9 TF bf16 at 1.6 GHz); "
+               "ALCF Aurora node performance overview (Jan. 2026): 1.5 GHz default clock (peak 393.2 TF a "
+               "tile), BF16 GEMM 2487 TF a node = 207 a tile (GEMM efficiency 0.527), triad 1 TB/s a tile "
+               "(elementwise efficiency 0.61); attention 52 TF a tile fwd+bwd from Intel's triton benchmark "
+               "(XeTLA backward, SYCL-TLA forward, causal d128 s8192); all three times the training rate scale "
+               f"{rate_scale:.3f}, fitted on ALCF's AuroraGPT-2B cooldown timers (bench/fit_published_runs.py); "
+               "oneCCL call 350 us from ALCF's DLcomm_benchmark logs; still estimates (no measurement found): "
+               "launch 8 us, host sync (as fitted on H200)")
+
+
+PVC_TILE = pvc_tile()
 CPU_SOCKET = Device(
     name="cpu", vendor="cpu", bf16_tflops=2.0, fp8_tflops=0.0, fp32_tflops=1.0, memory_gib=64.0,
     memory_gbps=100.0, compute_units=32, gemm_efficiency=0.5, attention_efficiency=0.2,

@@ -210,6 +210,18 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     "megatron-deepspeed-xpu": cm.Implementation(
         name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False, **DEEPSPEED_BF16, **ALCF_ATTENTION,
         **DEEPSPEED_PIPE),
+    # The same code under DeepSpeed's ZeRO stage 1 optimizer instead of the BF16_Optimizer (ALCF's AuroraGPT-2B
+    # cooldown run, session 9 branch auroracal11: '-ds-stage1-' in its checkpoint path, no overlap_comm): without
+    # ``overlap_comm`` stage 1 registers no gradient hooks (deepspeed/runtime/zero/stage_1_and_2.py: ``if
+    # self.partition_gradients or self.overlap_comm: self.create_reduce_and_remove_grad_hooks()``), so there is no
+    # fp32 accumulation after each micro-batch; autograd adds the bf16 ``.grad`` in place from the second
+    # micro-batch on (2 + 2 read, 2 written: MEGATRON_2021_FP16_GRAD_ACCUM's count), and the reduction still runs
+    # after the backward (``allreduce_gradients`` at the boundary).  The step's passes are left as the
+    # BF16_Optimizer's (not read for stage 1: an approximation of a term of a few milliseconds here).
+    "megatron-deepspeed-xpu-zero1": cm.Implementation(
+        name="megatron-deepspeed-xpu-zero1", **FUSED_NORM, sequence_parallel=False,
+        **{**DEEPSPEED_BF16, "hp_grad_accum_bytes": 0.0}, **MEGATRON_2021_FP16_GRAD_ACCUM, **ALCF_ATTENTION,
+        **DEEPSPEED_PIPE),
     # BigScience's Megatron-DeepSpeed of 2022 (BLOOM-176B): Megatron-LM's 2021 kernels (fused LayerNorm,
     # bias-GeLU, bias-dropout-add, scale-mask-softmax; no sequence parallelism) under DeepSpeed's pipeline
     # engine with its BF16_Optimizer (ZeRO stage 0: 'it implements its own zero stage 1 equivalent')
