@@ -27,14 +27,16 @@ def errors_by_split(device: str) -> dict[str, list[float]]:
 
 
 def test_an_aurora_plan_shows_the_max1550_rows_record_under_its_table():
-    errors = errors_by_split(MAX1550)["heldout"]
+    by_split = errors_by_split(MAX1550)
+    errors = by_split["heldout"]
+    total = sum(len(e) for e in by_split.values())  # since session 9 (auroracal11) one fit row: the cooldown run
     mean = statistics.fmean(errors)
     assert mean < 0  # the published Aurora runs are all slower than predicted today
     result = small_plan("aurora", explain=True)
     lines = result.table().splitlines()
     record = lines[-2:]
     assert record[0].startswith(f"Validation on {MAX1550},")
-    assert f"{len(errors)} published runs on aurora: {len(errors)} held out, mean {mean:+.1f}%" in record[0]
+    assert f"{total} published runs on aurora: {len(errors)} held out, mean {mean:+.1f}%" in record[0]
     assert f"range {min(errors):+.1f}%..{max(errors):+.1f}%" in record[0]
     lo, hi = 1 / (1 + max(errors) / 100), 1 / (1 + min(errors) / 100)
     assert f"took {lo:.2f}-{hi:.2f}x the predicted step" in record[1]
@@ -43,8 +45,8 @@ def test_an_aurora_plan_shows_the_max1550_rows_record_under_its_table():
     assert result.explain().splitlines()[-2:] == record
 
     d = json.loads(result.to_json())["validation"]
-    assert d["device"] == MAX1550 and d["runs"] == len(errors) and d["systems"] == ["aurora"]
-    assert d["heldout"]["n"] == len(errors) and "fit" not in d
+    assert d["device"] == MAX1550 and d["runs"] == total and d["systems"] == ["aurora"]
+    assert d["heldout"]["n"] == len(errors) and (("fit" in d) == ("fit" in by_split))
     assert d["heldout"]["mean_error_pct"] == round(mean, 2)
     assert (d["heldout"]["min_error_pct"], d["heldout"]["max_error_pct"]) == (round(min(errors), 2),
                                                                               round(max(errors), 2))
