@@ -7,26 +7,13 @@ figure, the wave model or the GEMM shape rule change.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_module import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gemm_published_vs_model",
-                                                  ROOT / "bench" / "gemm_published_vs_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load_bench("gemm_published_vs_model")
 
 
 def test_a100_model_rate_matches_the_published_mamf_points(bench):

@@ -8,10 +8,9 @@ held-out row.  These tests re-derive the constant with the fit procedure and che
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
+from bench_module import load_bench
 
 from topology import costmodel as cm
 from topology import hardware as hw
@@ -21,11 +20,7 @@ ROW = "alcf-aurora2b-cooldown-3072"
 
 
 def _fit_module():
-    spec = importlib.util.spec_from_file_location(
-        "fit_published_runs", Path(__file__).resolve().parents[1] / "bench" / "fit_published_runs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("fit_published_runs")
 
 
 def test_the_fit_procedure_rederives_the_tiles_rate_scale_from_the_fit_row():

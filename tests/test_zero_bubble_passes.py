@@ -10,26 +10,13 @@ loudly when a change to the forward, the backward or the pipeline terms moves th
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from bench_module import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("zero_bubble_passes_vs_model",
-                                                  ROOT / "bench" / "zero_bubble_passes_vs_model.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop(spec.name, None)
+    return load_bench("zero_bubble_passes_vs_model")
 
 
 def test_the_profile_covers_the_twelve_zero_bubble_rows(bench):
