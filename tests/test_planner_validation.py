@@ -1,5 +1,6 @@
 """The cost model against published runs: data integrity, the fixed split, and the documented errors."""
 import dataclasses
+import importlib.util
 import itertools
 import math
 import re
@@ -64,11 +65,11 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
 # The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-14: mean / max
 # |step-time error| in percent).  A change to the model or the data that makes any of them worse fails here;
 # one that improves them must update these figures and the docs together.
-REPORTED = {"fit": (7.1, 34.3), "heldout": (7.5, 64.4), "heldout_moe": (8.2, 64.4), "heldout_seen": (5.7, 29.3),
-            "heldout_unseen": (7.1, 11.4), "heldout_unseen4": (4.3, 18.2), "heldout_unseen5": (1.5, 1.6),
+REPORTED = {"fit": (6.9, 34.3), "heldout": (7.2, 64.4), "heldout_moe": (8.2, 64.4), "heldout_seen": (5.8, 29.4),
+            "heldout_unseen": (5.6, 10.1), "heldout_unseen4": (4.3, 18.2), "heldout_unseen5": (1.5, 1.6),
             "heldout_unseen6": (9.9, 30.7), "heldout_unseen7": (3.6, 12.7), "heldout_unseen8": (15.3, 20.3),
-            "heldout_unseen9": (10.8, 17.8), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.4, 42.7),
-            "heldout_unseen12": (8.8, 14.3), "heldout_unseen13": (9.4, 17.2), "heldout_unseen14": (14.4, 64.4)}
+            "heldout_unseen9": (9.4, 16.4), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.2, 42.7),
+            "heldout_unseen12": (8.8, 14.3), "heldout_unseen13": (7.9, 15.7), "heldout_unseen14": (13.5, 64.4)}
 
 
 def test_the_errors_are_no_worse_than_reported():
@@ -339,7 +340,7 @@ def test_fused_kernels_and_unfused_attention_change_what_they_should():
 def test_the_fit_script_reproduces_the_committed_constants():
     out = subprocess.run([sys.executable, str(REPO / "bench" / "fit_published_runs.py")], capture_output=True,
                          text=True, check=True).stdout
-    fitted = dict(re.findall(r"^(\S+) = ([\d.]+)$", out, flags=re.MULTILINE))
+    fitted = dict(re.findall(r"^(\S+) = ([\d.]+)", out, flags=re.MULTILINE))
     a100 = load_system("dgx-a100-80gb").node.device
     foundry = v.IMPLEMENTATIONS["llm-foundry"]
     assert float(fitted["a100.gemm_efficiency"]) == pytest.approx(a100.gemm_efficiency)
@@ -347,6 +348,36 @@ def test_the_fit_script_reproduces_the_committed_constants():
     assert float(fitted["llm-foundry.gemm_scale"]) == pytest.approx(foundry.gemm_scale)
     assert float(fitted["llm-foundry.attention_scale"]) == pytest.approx(foundry.attention_scale)
     assert float(fitted["dp_overlap_contention"]) == pytest.approx(cm.DP_OVERLAP_CONTENTION)
+
+
+def test_the_committed_constants_are_the_fit_search_s_fixed_point():
+    # Not exhaustive, so it runs by default: sessions 3-9 moved the fit's optimum without re-running it (issue 15,
+    # branch refit11).  From the code's constants, no single grid move of a searched constant lowers the fit rows'
+    # mean |error| (the coordinate search stops there), and the held constants are the code's.
+    spec = importlib.util.spec_from_file_location("fit_published_runs", REPO / "bench" / "fit_published_runs.py")
+    fit_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit_mod)
+    a100 = load_system("dgx-a100-80gb").node.device
+    foundry = v.IMPLEMENTATIONS["llm-foundry"]
+    code = {"a100.gemm_efficiency": a100.gemm_efficiency, "a100.attention_efficiency": a100.attention_efficiency,
+            "llm-foundry.gemm_scale": foundry.gemm_scale, "llm-foundry.attention_scale": foundry.attention_scale,
+            "dp_overlap_contention": cm.DP_OVERLAP_CONTENTION}
+    assert set(code) == set(fit_mod.PARAMS)
+    for name, x in fit_mod.HELD.items():
+        assert code[name] == pytest.approx(x), name
+    fit = [r for r in v.load_runs() if r.split == "fit"]
+    assert fit and all(r.split == "fit" for r in fit)
+    saved = cm.DP_OVERLAP_CONTENTION
+    try:
+        base = fit_mod.loss(fit, code)
+        for name, grid in fit_mod.PARAMS.items():
+            if name in fit_mod.HELD:
+                continue
+            assert any(abs(code[name] - x) < 1e-9 for x in grid), name  # on the grid
+            for x in grid:
+                assert fit_mod.loss(fit, {**code, name: x}) >= base - 1e-6, (name, x)
+    finally:
+        cm.DP_OVERLAP_CONTENTION = saved
 
 
 def test_folded_moe_layers_run_only_the_attention_half_of_the_tensor_parallel_collectives():

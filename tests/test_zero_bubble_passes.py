@@ -27,7 +27,7 @@ def test_the_profile_covers_the_twelve_zero_bubble_rows(bench):
 
 def test_the_rows_gap_is_in_the_forward_pass_not_the_backward(bench):
     for run, c in bench.rows():
-        assert c["F_meas"] / c["F_model"] > 1.12, run.id  # the forward: 15-28% longer than modelled
+        assert c["F_meas"] / c["F_model"] > 1.10, run.id  # the forward: 11-23% longer (15-28% before refit11)
         assert 0.9 < c["B_meas"] / c["B_model"] < 1.1, run.id  # input gradients and the non-GEMM backward
         assert 0.9 < c["W_meas"] / c["W_model"] < 1.15, run.id  # weight-gradient GEMMs into main_grad
         # one synchronised stage-to-stage hop as the fork timed it (the mean of the pipeline's p - 1 hops) against
@@ -53,9 +53,12 @@ def test_doubling_the_micro_batch_shows_a_fixed_per_micro_batch_cost_the_model_l
 
 def test_at_m_equal_p_the_profiled_passes_explain_most_of_the_step_and_the_model_does_not(bench):
     # Table 12's 1F1B rows with m = p: little steady state and 29-39 GB, so neither the lock-step remainder nor
-    # ZB-2p's memory; the profile's passes stay within 8% of the step, the model is 2.5% or more short on each (3.5% until
-    # megfwd11 counted the QKV bias add: 6.2B -3.9% -> -3.2%)
+    # ZB-2p's memory; the profile's passes stay within 8% of the step and the model is short on each.  The 1.5B and
+    # 14.6B rows are 5% or more short, farther than the profile; the 6.2B row came within the profile's own error
+    # once megfwd11 counted the QKV bias add (-3.9% -> -3.2%) and refit11 re-fitted the A100 GEMM rate (-> -1.4%)
     for name, meas, model, prof in bench.small_m():
         assert abs(prof / meas - 1) < 0.08, name
-        assert model / meas - 1 < -0.025, name
-        assert abs(prof / meas - 1) < abs(model / meas - 1), name
+        assert model / meas - 1 < 0, name
+        if not name.startswith("6.2b"):
+            assert model / meas - 1 < -0.05, name
+            assert abs(prof / meas - 1) < abs(model / meas - 1), name

@@ -195,7 +195,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # fit rows (bench/fit_published_runs.py).  Composer's unfused DecoupledAdamW (80 bytes an element) and
     # FSDP's clip_grad_norm_ (12: the norm reads each gradient, then every gradient is scaled in place)
     # (attn_impl triton: FlashAttention's Triton kernel, flash_attn_triton.py, on A100 and on H100 alike)
-    "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.95, attention_scale=0.5,
+    "llm-foundry": cm.Implementation(name="llm-foundry", **FUSED_NORM, gemm_scale=0.975, attention_scale=0.5,
                                      optimizer_bytes=cm.COMPOSER_DECOUPLED_ADAMW_BYTES + 12,
                                      attention_kernel="flash-triton", param_biases=True),  # MPT's no_bias false
     "megatron-core": cm.Implementation(
