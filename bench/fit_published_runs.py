@@ -81,8 +81,7 @@ def max1550_compute_s(run: v.Run, rate_scale: float) -> float:
     tile whose rates are ``rate_scale`` times the microbenchmark figures."""
     system = v.system_of(run)
     system = dataclasses.replace(system, node=dataclasses.replace(system.node, device=hw.pvc_tile(rate_scale)))
-    req = cm.Request(v.model_of(run), system, run.gpus // system.ranks_per_node, run.global_batch, run.seq_len,
-                     v.implementation_of(run))
+    req = v.request_of(run, system, impl=v.implementation_of(run))
     stages = cm.structure_of(req, run.layout()).stages
     if len(stages) != 1:
         raise ValueError(f"run {run.id}: phase timers are compared for one-stage layouts only")

@@ -31,7 +31,7 @@ def items(run: v.Run) -> list[tuple[str, float, str]]:
     dev = system.node.device
     model = v.model_of(run)
     impl = v.row_implementation(run)
-    req = cm.Request(model, system, run.gpus // system.ranks_per_node, run.global_batch, run.seq_len, impl)
+    req = v.request_of(run, system, impl=impl)
     tp, dp = run.tp, run.gpus // (run.tp * run.pp)
     m = run.global_batch // (run.mbs * dp)
     lp = req.params(tp, 1)  # PP 1: the rank holds every layer, the embedding and the head (its TP share)

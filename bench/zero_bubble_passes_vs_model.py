@@ -71,8 +71,7 @@ def compare(run: v.Run) -> dict[str, float]:
     """The row's measured and modelled figures, all in ms."""
     system = v.system_of(run)
     impl = v.row_implementation(run)
-    req = cm.Request(v.model_of(run), system, run.gpus // system.ranks_per_node, run.global_batch, run.seq_len,
-                     impl, embed_stage_unit=v.row_options(run).get("embed_stage_unit", False))
+    req = v.request_of(run, system, impl=impl)
     lay = run.layout()
     st = cm.structure_of(req, lay)
     middle = max((s for s in st.stages), key=lambda s: s.units)  # a rank with the most layers (no head/embedding)
@@ -112,8 +111,7 @@ def doubling(row_id: str, gpus: int, m: int, b: int) -> float:
     """The model's step (s) of ``row_id``'s model on a pipeline of ``gpus`` stages, m micro-batches of b."""
     run = {r.id: r for r in v.load_runs()}[row_id]
     system = v.system_of(run)
-    req = cm.Request(v.model_of(run), system, gpus // system.ranks_per_node, b * m, run.seq_len,
-                     v.row_implementation(run), embed_stage_unit=True)
+    req = v.request_of(run, system, nodes=gpus // system.ranks_per_node, global_batch=b * m, embed_stage_unit=True)
     lay = dataclasses.replace(run.layout(), pp=gpus, mbs=b)
     return cm.estimate(req, lay).step_time_s
 

@@ -564,16 +564,26 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
     return impl
 
 
+def request_of(run: Run, system: System | None = None, path: Path = DATA, *, impl: cm.Implementation | None = None,
+               nodes: int | None = None, global_batch: int | None = None,
+               embed_stage_unit: bool | None = None) -> cm.Request:
+    """The cost model's request for ``run`` with its row options (``system``, ``impl``, ``nodes``, ``global_batch``
+    and ``embed_stage_unit`` replace the row's own, e.g. with trial constants or another pipeline)."""
+    system = system or system_of(run, path)
+    opts = row_options(run, path)
+    return cm.Request(model_of(run, path), system,
+                      run.gpus // system.ranks_per_node if nodes is None else nodes,
+                      run.global_batch if global_batch is None else global_batch, run.seq_len,
+                      row_implementation(run, path) if impl is None else impl,
+                      expert_tp=expert_tp_of(run, path), recompute_moe=opts.get("recompute_moe", False),
+                      recompute_norm_act=opts.get("recompute_norm_act", False),
+                      embed_stage_unit=opts.get("embed_stage_unit", False) if embed_stage_unit is None
+                      else embed_stage_unit)
+
+
 def predict(run: Run, system: System | None = None, path: Path = DATA) -> cm.Estimate:
     """The cost model's estimate of ``run`` (``system`` replaces the row's, e.g. with trial constants)."""
-    system = system or system_of(run, path)
-    nodes = run.gpus // system.ranks_per_node
-    impl = row_implementation(run, path)
-    req = cm.Request(model_of(run, path), system, nodes, run.global_batch, run.seq_len, impl,
-                     expert_tp=expert_tp_of(run, path), recompute_moe=row_options(run, path).get("recompute_moe", False),
-                     recompute_norm_act=row_options(run, path).get("recompute_norm_act", False),
-                     embed_stage_unit=row_options(run, path).get("embed_stage_unit", False))
-    return cm.estimate(req, run.layout())
+    return cm.estimate(request_of(run, system, path), run.layout())
 
 
 def error_pct(run: Run, est: cm.Estimate) -> float:
