@@ -481,7 +481,10 @@ MOE_ROUTING_KERNELS = 45  # fp32 softmax, top-k, bincount, stable sort, gathers,
 # epilogue against its row's work; FlashAttention-2's own s_half moves 488 -> 528 from A100 to H100).
 KERNEL_SEQ_HALF: dict[str, dict[str, float]] = {
     "flash2": {"ampere": 488.0, "hopper": 528.0},  # FlashAttention-2: 99 .. 189 (A100), 163 .. 328 (H100) TFLOP/s
-    "flash-triton": {"ampere": 320.0, "hopper": 320.0},  # "FlashAttention Triton" 50 .. 80 TFLOP/s (A100 only)
+    # "FlashAttention Triton" 50 .. 80 TFLOP/s (A100 only): the family's curve, not llm-foundry's own kernel, whose
+    # sweep is unpublished: the chart's bars are OpenAI Triton's triton.ops.flash_attention (flash-attention 60499abc
+    # benchmarks/benchmark_flash_attention.py), llm-foundry's is flash_attn_triton.py on pre-MLIR Triton (session 10)
+    "flash-triton": {"ampere": 320.0, "hopper": 320.0},
     # cuDNN: our H200's forward + backward sweep (session 8; hardware.HOPPER_ATTENTION_SEQ_HALF); no A100 figure
     "cudnn": {"hopper": 583.0},
 }
