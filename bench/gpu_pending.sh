@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks session 6 (2026-12-04) left for the next device session, in one call on one H200
-# (about 9 minutes; carry .whl for torchtitan):
+# (about 9 minutes; carry .whl for torchtitan, made by `bash bench/gpu_wheels.sh`):
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 #   PYTHONPATH=/tmp/site:$PWD OUT=$OUT bash bench/gpu_pending.sh            # everything (~15 min: pass PART, one call each)

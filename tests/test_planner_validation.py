@@ -65,11 +65,11 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
 # The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-14: mean / max
 # |step-time error| in percent).  A change to the model or the data that makes any of them worse fails here;
 # one that improves them must update these figures and the docs together.
-REPORTED = {"fit": (6.9, 34.3), "heldout": (7.2, 64.4), "heldout_moe": (8.2, 64.4), "heldout_seen": (5.8, 29.4),
+REPORTED = {"fit": (6.9, 34.3), "heldout": (6.9, 42.7), "heldout_moe": (7.1, 35.0), "heldout_seen": (5.8, 29.4),
             "heldout_unseen": (5.6, 10.1), "heldout_unseen4": (4.3, 18.2), "heldout_unseen5": (1.5, 1.6),
             "heldout_unseen6": (9.9, 30.7), "heldout_unseen7": (3.6, 12.7), "heldout_unseen8": (15.3, 20.3),
             "heldout_unseen9": (9.4, 16.4), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.2, 42.7),
-            "heldout_unseen12": (8.8, 14.3), "heldout_unseen13": (7.9, 15.7), "heldout_unseen14": (13.5, 64.4)}
+            "heldout_unseen12": (8.8, 14.3), "heldout_unseen13": (7.9, 15.7), "heldout_unseen14": (8.8, 35.0)}
 
 
 def test_the_errors_are_no_worse_than_reported():
@@ -1123,19 +1123,57 @@ def test_a_fuller_expert_parallel_rank_never_finishes_sooner():
     assert low < 0.6 * v.AUX_LOSS_IMBALANCE["mixtral"][0] and high > 1.4 * v.AUX_LOSS_IMBALANCE["mixtral"][0]
 
 
+def test_routing_without_any_balancing_loss_takes_shazeers_measured_load_spread():
+    """Session 10 (noblance12): a router trained with no load-balancing loss at all (Megatron-Bridge's GPT-OSS
+    provider: moe_router_load_balancing_type none) and not forced to balance.  Shazeer et al. 2017, Appendix A, Table 6
+    measured the experts' load spread of such a router (w_importance = w_load = 0): CV(Load) 3.01, max/mean 17.80 over
+    256 experts.  The rule that turns an expert spread into the fullest EP rank's excess (E[max of R normals] spreads of
+    a rank of m experts, CV / sqrt(m)) reproduces the table's own max/mean on its five rows with a loss within 5% and
+    stays under it on the no-loss row (a heavier tail): the conservative reading.  The two Bridge verification runs
+    carry it; their steps lengthen toward the measurements without passing them; no other row carries it."""
+    table = v.SHAZEER2017_TABLE6
+    assert table[(0.0, 0.0)][0] == v.NO_BALANCE_LOSS_CV == 3.01
+    e256 = v.expected_max_normal(256)
+    for losses, (cv, max_over_mean) in table.items():
+        rule = 1 + cv * e256
+        if losses == (0.0, 0.0):
+            assert rule < max_over_mean
+        else:
+            assert rule == pytest.approx(max_over_mean, rel=0.05), losses
+    # the fullest of R ranks of m experts: EP 4 of 32 experts (GPT-OSS-20B), EP 16 of 128 (GPT-OSS-120B)
+    assert v.no_balance_loss_imbalance(4, 32) == pytest.approx(3.01 * v.expected_max_normal(4) / math.sqrt(8))
+    assert 1.0 < v.no_balance_loss_imbalance(4, 32) < v.no_balance_loss_imbalance(16, 128) < 2.0
+    assert v.no_balance_loss_imbalance(1, 32) == 0.0
+    assert v.no_balance_loss_imbalance(2, 2) == 1.0  # at most every routed row on one rank
+    runs = v.load_runs()
+    carrying = {r.id for r in runs if v.row_options(r).get("no_balance_loss")}
+    assert carrying == {"bridgecard-gpt-oss-20b-16", "bridgecard-gpt-oss-120b-64"}
+    for r in runs:
+        if r.id in carrying:
+            impl = v.row_implementation(r)
+            assert impl.moe_load_imbalance == pytest.approx(v.no_balance_loss_imbalance(r.ep, v.model_of(r).n_experts))
+            before = _imbalance_step(r, 0.0)
+            after = v.predict(r).step_time_s
+            assert before < after < r.measured_step_s, r.id
+
+
 def test_only_rows_whose_source_routes_dropless_without_forced_balance_carry_the_imbalance():
     """The term is each row's routing as its source ran it: the Megatron-LM Mixtral rows (aux loss 1e-2, dropless, no
     forced balance) and unseen14's Megatron-Bridge Qwen3-30B-A3B verification run (model.moe_router_force_load_balancing
     false) carry it; rows whose sources force balance (the ModelZoo, recipes, Bridge performance and Automodel rows) or
-    pad to a capacity (Grok-1, Maverick, the token-drop row) do not, nor the natural-routing GPT-OSS verification runs
-    (no measured GPT-OSS family)."""
+    pad to a capacity (Grok-1, Maverick, the token-drop row) do not.  The natural-routing GPT-OSS verification runs
+    (no balancing loss at all) carry the no-loss spread since session 10 (noblance12)."""
     runs = v.load_runs()
     carrying = {r.id for r in runs if v.row_implementation(r).moe_load_imbalance > 0}
+    no_loss = {"bridgecard-gpt-oss-20b-16", "bridgecard-gpt-oss-120b-64"}
     assert carrying == {"mcore-readme-mixtral-8x7b-64-v08", "mcore-readme-mixtral-8x7b-64-v09",
                         "mlmrel-mixtral-8x7b-64-v090", "mlmrel-mixtral-8x22b-128-v090", "mlmrel-mixtral-8x7b-64-2026",
-                        "mlmrel-mixtral-8x22b-128-2026", "mlmrel-mixtral-8x7b-a2a-128", "bridgecard-qwen3-30b-a3b-16"}
+                        "mlmrel-mixtral-8x22b-128-2026", "mlmrel-mixtral-8x7b-a2a-128", "bridgecard-qwen3-30b-a3b-16"
+                        } | no_loss
     for r in runs:
-        if r.id in carrying:
+        if r.id in no_loss:  # their notes name the other Bridge rows' forced balance; their own routing is stated
+            assert "no forced balance" in r.note and "moe_router_load_balancing_type none" in r.note, r.id
+        elif r.id in carrying:
             assert not v.model_of(r).capacity_factor and r.ep > 1, r.id
             assert "forced balanc" not in r.note.replace("not forced balanc", ""), r.id
         elif "forced balance" in r.note and "not forced balance" not in r.note:
@@ -1149,8 +1187,8 @@ def test_megatron_bridge_gpt_oss_rows_ran_transformer_engines_fused_sink_attenti
     above that (25.11: 9.13.1.26; 26.04: 9.20.0.48; 26.06: 9.21.1, Megatron-Bridge's software-versions table), which each
     row's note records, so the rows are costed with fused attention, not Megatron 2022's unfused path (session 9,
     gptoss11). The verification runs route with no load-balancing loss at all (GPTOSSBridge sets
-    moe_router_load_balancing_type none) and no forced balance; no GPT-OSS imbalance has been measured, so none is
-    charged."""
+    moe_router_load_balancing_type none) and no forced balance; no GPT-OSS imbalance has been measured, so session 10
+    (noblance12) charges them the spread measured for a router trained with no balancing loss (NO_BALANCE_LOSS_CV)."""
     rows = [r for r in v.load_runs() if r.source.startswith("megatron-bridge") and "gpt-oss" in r.model]
     assert {r.id for r in rows} == {"bridge-gpt-oss-120b-64", "bridge2604-gpt-oss-120b-64",
                                     "bridgecard-gpt-oss-20b-16", "bridgecard-gpt-oss-120b-64"}
@@ -1161,7 +1199,8 @@ def test_megatron_bridge_gpt_oss_rows_ran_transformer_engines_fused_sink_attenti
         assert v.row_implementation(r).attention == "fused", r.id
         if r.source == "megatron-bridge-verification-cards":
             assert "moe_router_load_balancing_type none" in r.note, r.id
-            assert v.row_implementation(r).moe_load_imbalance == 0.0, r.id
+            assert v.row_implementation(r).moe_load_imbalance == pytest.approx(
+                v.no_balance_loss_imbalance(r.ep, v.model_of(r).n_experts)), r.id
 
 
 def test_megatron_core_ddp_streams_the_whole_gradient_buffer_once_a_step():

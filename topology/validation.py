@@ -374,7 +374,7 @@ def system_of(run: Run, path: Path = DATA) -> System:
 def row_options(run: Run, path: Path = DATA) -> dict:
     """The row's layout facts beyond the columns (the file's ``row_options``: etp, cp, recompute_moe,
     recompute_norm_act, glu_clamp, embed_stage_unit, alibi, norm_tp_sync, dropout, rotary_pct, parallel_block,
-    aux_loss_routing)."""
+    aux_loss_routing, no_balance_loss)."""
     return _data(str(path)).get("row_options", {}).get("rows", {}).get(run.id, {})
 
 
@@ -528,6 +528,36 @@ def aux_loss_imbalance(family: str, ep: int, n_experts: int) -> float:
     return v_ref * (expected_max_normal(ep) / math.sqrt(m)) / (expected_max_normal(ep_ref) / math.sqrt(m_ref))
 
 
+# Routing with no load-balancing loss at all and no forced balance (session 10, branch noblance12; docs/planner.md
+# section 10, "Session 10: routing with no balancing loss"): the spread of the experts' loads a batch, as the
+# coefficient of variation of Load(X) over the experts, measured by Shazeer et al. 2017 ("Outrageously Large Neural
+# Networks", arXiv 1701.06538), Appendix A, Table 6: their MoE-256 (256 experts, noisy top-4 gating, 1 Billion Word
+# LM, 10 epochs = 27,000 steps), trained with w_importance = w_load = 0: CV(Load(X)) 3.01, max(Load)/mean(Load)
+# 17.80, "averaged over several training batches" (with either loss: CV 0.02-0.17, max/mean 1.07-1.47).  The paper
+# calls the max/mean ratio "significant for load balancing purposes on distributed hardware".  An expert-parallel
+# rank holding m of the experts carries their sum, so the moeimb11 rule (``aux_loss_imbalance``) gives its
+# excess: a rank's spread is CV / sqrt(m) and the fullest of R ranks sits E[max of R normals] spreads above the
+# mean.  The same rule run on the table's own rows with a loss (R = 256, m = 1) gives their max/mean within 5%;
+# on the no-loss row it gives 9.5 where the table has 17.8 (a heavier tail than a normal one), so the figure
+# is the conservative reading of the measurement.  Its limits: an LSTM language model, at the end of its
+# training, where the rows it serves are Megatron runs at steps 91-100 from random initialisation.
+NO_BALANCE_LOSS_CV = 3.01
+# Shazeer et al. 2017 Table 6, the rows the rule is checked on: (w_importance, w_load) -> (CV(Load), max/mean)
+SHAZEER2017_TABLE6 = {(0.0, 0.0): (3.01, 17.80), (0.2, 0.0): (0.17, 1.47), (0.0, 0.2): (0.04, 1.15),
+                      (0.1, 0.1): (0.05, 1.14), (0.01, 0.01): (0.11, 1.37), (1.0, 1.0): (0.02, 1.07)}
+
+
+def no_balance_loss_imbalance(ep: int, n_experts: int) -> float:
+    """The fullest EP rank's excess load under routing with no balancing loss (NO_BALANCE_LOSS_CV): the experts'
+    loads independent with spread CV around the mean, a rank of m = n_experts / ep of them deviates CV / sqrt(m)
+    and the fullest of ep ranks sits E[max of ep normals] of that above the mean; at most ep - 1 (every routed
+    row on one rank)."""
+    if ep <= 1:
+        return 0.0
+    m = n_experts / ep
+    return min(NO_BALANCE_LOSS_CV * expected_max_normal(ep) / math.sqrt(m), ep - 1.0)
+
+
 def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
     """The framework of ``run`` with what its row options say the source ran beyond its implementation's name."""
     impl = implementation_of(run)
@@ -544,6 +574,12 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
         model = model_of(run, path)
         impl = replace(impl, name=impl.name + "+imbalance",
                        moe_load_imbalance=aux_loss_imbalance(family, run.ep, model.n_experts))
+    if opts.get("no_balance_loss"):  # no balancing loss at all, no forced balance: Shazeer et al.'s measured spread
+        if "aux_loss_routing" in opts:
+            raise ConfigError(f"run {run.id}: row options no_balance_loss and aux_loss_routing exclude each other")
+        model = model_of(run, path)
+        impl = replace(impl, name=impl.name + "+no-balance-imbalance",
+                       moe_load_imbalance=no_balance_loss_imbalance(run.ep, model.n_experts))
     # Megatron-Core's unfused rotary (_apply_rotary_pos_emb_bshd): YaRN's mscale sends it there whatever
     # apply_rope_fusion says (yarn_rope); --no-rope-fusion sends a plain rotary there with mscale 1, the same kernels
     # (unfused_rope, session 8 review)
