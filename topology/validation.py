@@ -48,6 +48,9 @@ FUSED_NORM = {"norm_bytes": 4.0, "norm_kernels": 1}  # bf16 in, bf16 out, one ke
 # it.  tests/test_planner_validation.py re-derives both figures from the two rows.  Session 7 re-derived them
 # (the same two rows, the same rule) after the fused MoE permutation's byte count (costmodel.FUSED_PERMUTE_*)
 # shortened both rows' GPU forward: 5.00 ms, and at least 1.61 ms off it (the graphed row's GPU forward 3.395 ms).
+# Session 10 (branch moe12) re-derived them again after the graphed row took Transformer Engine's replay copies
+# (costmodel.Implementation.graph_copies, which lengthen its GPU forward and backward): 5.05 ms, and at least 1.64 ms
+# off it (the graphed row's GPU forward 3.411 ms).
 MEGATRON_MOE_HOST_S = 5.05e-3
 MOE_GRAPHS_HOST_SAVING_S = 1.64e-3  # what CUDA-graphing the router and MoE preprocessing takes off it
 # DeepSpeed's engine with its BF16_Optimizer (costmodel.Implementation's hp_grad_* and dp_reduce_after_backward,
