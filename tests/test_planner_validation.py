@@ -521,7 +521,7 @@ def test_te_graph_replays_copy_the_input_and_the_output_gradients_into_static_bu
         cm.elementwise_seconds(dev, 4.0 * t * h + 3.0 * s * s, 3) - cm.elementwise_seconds(dev, 4.0 * t * h, 1))
     # on the step: every layer of every micro-batch pays them (48 layers, 64 micro-batches, one stage)
     est_on = v.predict(attn)
-    impl_off = dataclasses.replace(v.implementation_of(attn), graph_copies=False, graph_attn=False)
+    impl_off = dataclasses.replace(v.row_implementation(attn), graph_copies=False, graph_attn=False)
     est_off = cm.estimate(v.request_of(attn, impl=impl_off), attn.layout())
     per_layer = (with_attn.fwd_moe + with_attn.bwd_moe) - (lc(impl_off).fwd_moe + lc(impl_off).bwd_moe)
     assert est_on.step_time_s - est_off.step_time_s == pytest.approx(48 * 64 * per_layer, rel=0.02)
