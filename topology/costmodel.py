@@ -646,6 +646,30 @@ class Implementation:
     # fullest rank's.  0: balanced (forced balance, or capacity with padding).  Set per row from a documented
     # measurement (topology/validation.py ``AUX_LOSS_IMBALANCE``); applied only with ep > 1 and no capacity factor.
     moe_load_imbalance: float = 0.0
+    # Megatron-Core's layer-scoped Transformer Engine CUDA graphs (``cuda_graph_impl="transformer_engine"``,
+    # ``cuda_graph_scope`` moe_router + moe_preprocess; session 10, branch moe12).  TE's ``make_graphed_callables``
+    # replays a graph through ``Graphed.forward``, which copies every tensor argument (positional and keyword) into
+    # the graph's static input buffer unless it already lives there (``static_input_surface[i].copy_(inputs[i])``),
+    # and ``Graphed.backward``, which copies every incoming output gradient into the static grad-output buffer
+    # (``g.copy_(grad)``); the outputs and the input gradients are the static buffers themselves, no copy
+    # (transformer_engine/pytorch/graph.py, the same code in v2.4, v2.9, v2.12, v2.13, v2.14 and at d0067d0).
+    # Megatron-LM's partial MoE graph (transformer_layer.py ``_te_cuda_graph_capture`` / ``_forward_mlp`` and
+    # moe_utils.py ``MoECudaGraphPartialCaptureSignal``, at e41b37002) takes the layer's hidden states (the
+    # attention block's output, the rank's sequence-parallel rows) and returns the preprocess step's outputs, the
+    # residual (the input itself) and the dispatcher's integer metadata: the all-to-all dispatcher's
+    # ``dispatch_preprocess`` permutes before the dispatch, so its output is the permuted rows (top_k x capacity a
+    # token), the flex dispatcher's (DeepEP, HybridEP; ``ep_dedup``) the tokens as they are.  Per MoE layer and
+    # micro-batch: forward, the input's copy (2 read + 2 written a d_model element of the rank's tokens); backward,
+    # the copies of the preprocess output's gradient (4 an element of its rows), the residual's (4 an element) and
+    # the probabilities' (2 x PROBS_BYTES, top_k a token; fp32 at most).  The eager copies the model did not have.
+    graph_copies: bool = False
+    # ... with the attention inside the same graph (scope attn + moe_router + moe_preprocess): the input is the
+    # layer's input (the same size) and the attention mask; with no mask from the data (Megatron-Bridge's
+    # ``skip_getting_attention_mask_from_dataset`` True) Megatron builds a zero boolean mask of (mbs, 1, s / cp, s)
+    # every replay (``get_zero_attention_mask``, transformer_layer.py ``_get_te_cuda_graph_replay_args`` at
+    # e41b37002) and TE copies it into the static buffer: 1 byte written, then 1 read + 1 written an element, 2
+    # kernels more in the forward.
+    graph_attn: bool = False
     # Megatron-DeepSpeed's grouped-query attention (``ParallelAttention.repeat_kv``, argonne-lcf's fork): K and
     # V are expanded to the query's heads and materialised (``expand`` + ``reshape``: kv read, q width
     # written, bf16) before the rotary embedding and the attention kernel, so the rotary runs on q-width keys.
@@ -1096,13 +1120,25 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         count_gather = collective_seconds("all_gather", COUNT_BYTES * model.n_experts * ep * etp,
                                           comm_path(system, ep * etp, 1)) if impl.a2a_count_gather and ep > 1 else 0.0
         moe_block_fwd += count_gather
+        # Transformer Engine's graph replay copies (Implementation.graph_copies, graph_attn)
+        graph_fwd = graph_bwd = 0.0
+        if impl.graph_copies:
+            rows_in = tokens / rep  # the graph's input: the rank's (sequence-parallel) rows of the hidden states
+            # the preprocess output: the permuted rows of the all-to-all dispatcher, the tokens of the flex dispatcher
+            rows_out = rows_in * (1.0 if impl.ep_dedup else model.top_k * cf)
+            fwd_bytes, fwd_kernels = 4.0 * rows_in * h, 1
+            if impl.graph_attn:  # the zero mask built and copied every replay
+                fwd_bytes, fwd_kernels = fwd_bytes + 3.0 * mbs * (seq / cp) * seq, fwd_kernels + 2
+            graph_fwd = elementwise_seconds(dev, fwd_bytes, fwd_kernels)
+            graph_bwd = elementwise_seconds(
+                dev, 4.0 * (rows_out + rows_in) * h + 2 * PROBS_BYTES * rows_in * model.top_k * cf, 3)
         # dropless routing sizes its output from the token counts (torch.bincount): one host
         # synchronisation per MoE layer forward, after which the device waits for the host
         fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + drop_fwd + norm_sync + loop_sync + (
-            count_gather + ebias_fwd + qkv_bias_fwd) + (
+            count_gather + ebias_fwd + qkv_bias_fwd + graph_fwd) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
         bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + attn_bwd_factor * attn_core \
-            + drop_bwd + rope_bwd + ebias_bwd + qkv_bias_bwd
+            + drop_bwd + rope_bwd + ebias_bwd + qkv_bias_bwd + graph_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched * hot
         if ep > 1:

@@ -48,8 +48,11 @@ FUSED_NORM = {"norm_bytes": 4.0, "norm_kernels": 1}  # bf16 in, bf16 out, one ke
 # it.  tests/test_planner_validation.py re-derives both figures from the two rows.  Session 7 re-derived them
 # (the same two rows, the same rule) after the fused MoE permutation's byte count (costmodel.FUSED_PERMUTE_*)
 # shortened both rows' GPU forward: 5.00 ms, and at least 1.61 ms off it (the graphed row's GPU forward 3.395 ms).
-MEGATRON_MOE_HOST_S = 5.0e-3
-MOE_GRAPHS_HOST_SAVING_S = 1.61e-3  # what CUDA-graphing the router and MoE preprocessing takes off it
+# Session 10 (branch moe12) re-derived them again after the graphed row took Transformer Engine's replay copies
+# (costmodel.Implementation.graph_copies, which lengthen its GPU forward and backward): 5.05 ms, and at least 1.64 ms
+# off it (the graphed row's GPU forward 3.411 ms).
+MEGATRON_MOE_HOST_S = 5.05e-3
+MOE_GRAPHS_HOST_SAVING_S = 1.64e-3  # what CUDA-graphing the router and MoE preprocessing takes off it
 # DeepSpeed's engine with its BF16_Optimizer (costmodel.Implementation's hp_grad_* and dp_reduce_after_backward,
 # read in deepspeed/runtime/{engine,bf16_optimizer,pipe/engine}.py): fp32 gradient accumulation after every
 # micro-batch, the gradient all-reduce after the backward in the bf16 communication type (DeepSpeed's default
@@ -268,7 +271,9 @@ IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"],
 EP_OVERLAP_SUFFIX = "+ep-overlap"
 # A row's implementation may name what its source overlaps: "+ep-overlap" (the expert all-to-all behind
 # another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs);
-# and what it runs: "+moe-graphs" (router and MoE preprocessing as CUDA graphs), "+fp32-reduce" (gradients
+# and what it runs: "+moe-graphs" (router and MoE preprocessing as Transformer Engine CUDA graphs: the host saving and
+# the replays' static-buffer copies), "+attn-graph" (the attention inside the same graph: its input and a zero mask
+# copied each replay; session 10, branch moe12), "+fp32-reduce" (gradients
 # reduced in fp32), "+expert-loop" (moe_grouped_gemm false: Megatron-Core's SequentialMLP, session 6 second round),
 # "+permute-fusion" (Megatron --moe-permute-fusion, or HybridEP's permute inside its dispatch: TE's fused MoE
 # permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7), "+probs-a2a" (the all-to-all dispatcher's all-to-all of the
@@ -408,7 +413,7 @@ def megatron2025_flops_per_token(model: ModelConfig, seq: int, causal_half: bool
 def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
-    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
+    known = sorted([*OVERLAP_FLAGS, "moe-graphs", "attn-graph", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
                     "probs-a2a", "count-gather", "step-sync", "grad-buffer", "local-ddp"])
     unknown = [f for f in flags if f not in known]
     if unknown:
@@ -436,7 +441,15 @@ def implementation_of(run: Run) -> cm.Implementation:
     if "step-sync" in flags:  # Composer 0.16's DecoupledAdamW: one .item() (host synchronisation) a parameter tensor
         impl = replace(impl, optimizer_tensor_host_s=cm.COMPOSER_STEP_SYNC_HOST_S)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
-        impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S))
+        # ... replayed through Transformer Engine's graphed callables, which copy the input and the output gradients
+        # into their static buffers every call (costmodel.Implementation.graph_copies; session 10, branch moe12)
+        impl = replace(impl, moe_host_floor_s=max(0.0, impl.moe_host_floor_s - MOE_GRAPHS_HOST_SAVING_S),
+                       graph_copies=True)
+    if "attn-graph" in flags:  # the attention in the same graph: the layer's input and a zero mask copied each replay
+        if "moe-graphs" not in flags:
+            raise ConfigError(f"run {run.id}: +attn-graph is the attention inside the MoE layer's graph; it needs "
+                              f"+moe-graphs")
+        impl = replace(impl, graph_attn=True)
     return impl
 
 
