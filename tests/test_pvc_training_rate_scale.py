@@ -60,9 +60,14 @@ def test_zero1_runs_no_fp32_gradient_accumulation():
     run = next(r for r in v.load_runs() if r.id == ROW)
     system = v.system_of(run)
     terms = {}
+    # the held-out rows' stack (IPEX 2.5.10) also runs XeTLA's head-grid attention backward, the cooldown's IPEX
+    # 2.8.10 does not (test_xetla_head_grid_backward.py): compared here on the same attention kernel
+    impls = {"megatron-deepspeed-xpu": dataclasses.replace(v.IMPLEMENTATIONS["megatron-deepspeed-xpu"],
+                                                           attn_bwd_head_grid=False),
+             "megatron-deepspeed-xpu-zero1": v.IMPLEMENTATIONS["megatron-deepspeed-xpu-zero1"]}
     for name in ("megatron-deepspeed-xpu", "megatron-deepspeed-xpu-zero1"):
         req = cm.Request(v.model_of(run), system, run.gpus // system.ranks_per_node, run.global_batch,
-                         run.seq_len, v.IMPLEMENTATIONS[name])
+                         run.seq_len, impls[name])
         terms[name] = cm.structure_of(req, run.layout()).stages[0]
     params = v.param_counts(v.model_of(run)).total
     dev = system.node.device

@@ -50,7 +50,7 @@ import itertools
 import math
 from dataclasses import dataclass, field
 
-from .hardware import GIB, Device, Link, System
+from .hardware import GIB, PVC_ATTENTION_BWD_SHARE, PVC_XETLA_BWD_GROUP_TFLOPS, Device, Link, System
 from .layout import RECOMPUTE_MODES, Layout, expert_shard_dim
 from .modelcfg import ConfigError, ModelConfig, ffn_params, flops_per_token, norm_params
 from .support import compiled_by_default
@@ -675,6 +675,12 @@ class Implementation:
     # written, bf16) before the rotary embedding and the attention kernel, so the rotary runs on q-width keys.
     # False: K and V enter the rotary and the kernel at their own width (the trainer, SDPA's enable_gqa).
     gqa_repeat_kv: bool = False
+    # The fused attention's backward runs one work-group a (micro-batch sample, head) pair (XeTLA's flash-attention
+    # backward in IPEX 2.5.10-2.7.10: hardware.PVC_XETLA_BWD_GROUP_TFLOPS), so with fewer pairs than the device's
+    # measured backward had, it runs slower, by that kernel's published rate at the rank's mbs x heads / tp pairs
+    # (head_grid_bwd_slowdown).  False: a backward whose grid also spans the sequence (FlashAttention, cuDNN, IPEX
+    # 2.8.10's rewritten XeTLA backward), at the device's figure.
+    attn_bwd_head_grid: bool = False
     # DeepSpeed's PipelineEngine (deepspeed/runtime/pipe/engine.py and p2p.py, read at 56c52238, 2022, and at master
     # 38327e07, unchanged): the TrainSchedule's forward step runs ``RecvActivation`` then ``SendGrad`` and its
     # backward step ``SendActivation`` then ``RecvGrad``, each a blocking ``dist.send`` / ``dist.recv`` of its own
@@ -847,6 +853,17 @@ def attention_seconds(device: Device, mbs: int, queries: float, keys: float, q_w
     return flops / rate + device.launch_us * 1e-6
 
 
+def head_grid_bwd_slowdown(groups: float) -> float:
+    """The time of XeTLA's head-grid flash-attention backward (Implementation.attn_bwd_head_grid) with ``groups``
+    work-groups (micro-batch samples x heads on the rank) over its time at the device figure's point: the kernel's
+    published rates at 16 and 32 groups (hardware.PVC_XETLA_BWD_GROUP_TFLOPS), a power law between and below them
+    (rate ~ groups^0.80); 1 at 32 groups or more (the device figure's point: not extrapolated upward)."""
+    (g0, r0), (g1, r1) = PVC_XETLA_BWD_GROUP_TFLOPS
+    if groups >= g1:
+        return 1.0
+    return (g1 / max(groups, 1.0)) ** (math.log(r1 / r0) / math.log(g1 / g0))
+
+
 UNFUSED_SCORE_BYTES = 4  # per attention score, forward: Megatron's fused scale-mask-softmax, 2 read + 2 written
 # Dropout on the materialised probabilities (``Implementation.score_dropout``; Megatron's ``attention_dropout``
 # module, torch.nn.Dropout with p > 0): forward, ATen's ``native_dropout`` reads the probabilities (2), writes the
@@ -1003,6 +1020,12 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         windowed = bool(model.sliding_window and model.sliding_window < seq)
         attn_core = attention_seconds(dev, mbs, seq / cp, s_eff, q / t,
                                       rate_keys=WINDOW_KERNEL_SEQ if windowed else s_eff / cp)
+    # the backward of a head-grid kernel (Implementation.attn_bwd_head_grid): its share of the device's forward +
+    # backward attention time (hardware.PVC_ATTENTION_BWD_SHARE) stretched by the kernel's rate at the rank's pairs
+    attn_bwd = attn_bwd_factor * attn_core
+    if impl.attn_bwd_head_grid and impl.attention == "fused":
+        slowdown = head_grid_bwd_slowdown(mbs * model.n_heads / t)
+        attn_bwd += (slowdown - 1.0) * PVC_ATTENTION_BWD_SHARE * (1.0 + attn_bwd_factor) * attn_core
     # the QKV projection's bias added after its GEMM, and its gradient's reduction (Implementation.qkv_bias_bytes)
     qkv_out = tokens * (q + 2 * kv) / t
     qkv_bias_fwd = elementwise_seconds(dev, impl.qkv_bias_bytes[0] * qkv_out, 1) if impl.qkv_bias_bytes[0] else 0.0
@@ -1046,7 +1069,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         rope_bwd = ((impl.rope_bwd_bytes - BWD_FACTOR * impl.rope_bytes) * tokens * (q + key_width) / t
                     / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency)
                     + 2 * (bwd_kernels - BWD_FACTOR * impl.rope_kernels) * dev.launch_us * 1e-6)
-    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd_factor * attn_core + drop_bwd + rope_bwd + qkv_bias_bwd
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd + drop_bwd + rope_bwd + qkv_bias_bwd
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
@@ -1137,7 +1160,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         fwd_moe = moe_gemms + moe_ew + sort_fwd + attn_core + bias_fwd + drop_fwd + norm_sync + loop_sync + (
             count_gather + ebias_fwd + qkv_bias_fwd + graph_fwd) + (
             dev.host_sync_us * 1e-6 if impl.moe_host_sync else 0.0)
-        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + attn_bwd_factor * attn_core \
+        bwd_moe = BWD_FACTOR * (moe_gemms + moe_ew - clamp_fwd) + clamp_bwd + sort_fwd + attn_bwd \
             + drop_bwd + rope_bwd + ebias_bwd + qkv_bias_bwd + graph_bwd
         dispatched = tokens / t * copies * h * 2  # bytes a rank sends per all-to-all
         moe_buffer = 2 * dispatched * hot
@@ -1209,7 +1232,7 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         kv_chunk = 2 * 2 * mbs * (seq / cp) * kv / t  # K and V, bf16
         ring = (cp - 1) * collective_seconds("p2p", kv_chunk, cp_path)
         cp_fwd_exposed = max(0.0, ring - attn_core)
-        cp_bwd_exposed = max(0.0, 2 * ring - attn_bwd_factor * attn_core)
+        cp_bwd_exposed = max(0.0, 2 * ring - attn_bwd)
     # LM head GEMM, then logits.float() and the fp32 cross-entropy: 12 bytes per logit, 3 kernels
     head_fwd = g(dev, tokens, v / t, h) + elementwise_seconds(dev, impl.logit_bytes * tokens * v / t, 3)
     head_bwd_extra = 0.0

@@ -313,6 +313,23 @@ PVC_ATTENTION_TFLOPS = 3.5 / (1 / 102.5 + 2.5 / 43.5)  # 52.1 TF, forward + back
 #   limit, which takes GEMMs from 256 to 207 TF), in fp16 (the benchmark's dtype; PVC's XMX rate is the same
 #   for bf16); the PR and the issue do not name their device, the repository's benchmark CI runs on Max 1550
 #   runners by default (.github/workflows/triton-benchmarks.yml: runner label max1550).
+PVC_ATTENTION_FWD_TFLOPS = 102.5  # the two halves of PVC_ATTENTION_TFLOPS (visible-half counts, as above)
+PVC_ATTENTION_BWD_TFLOPS = 43.5
+# The backward's share of the fused attention's forward + backward time at the figures above (0.855): the part of
+# the device's attention time that a slower backward kernel stretches.
+PVC_ATTENTION_BWD_SHARE = (2.5 / PVC_ATTENTION_BWD_TFLOPS) / (1 / PVC_ATTENTION_FWD_TFLOPS
+                                                              + 2.5 / PVC_ATTENTION_BWD_TFLOPS)
+# XeTLA's flash-attention backward as IPEX 2.5.10-2.7.10 ship it (csrc/gpu/aten/operators/xetla/kernels/SDP/
+# fmha_backward.cpp at v2.5.10+xpu: ``get_nd_range(num_batches * num_heads)``, one work-group of 32 threads and 66 KB
+# of SLM a (batch, head) pair, looping over every key and query block of its head) and as Intel's triton benchmark
+# runs it (benchmarks/xetla_kernel/flash_attention/fmha_backward.h, fe45283d, 2024-10, unchanged until its removal in
+# 2026): the kernel has batch x heads work-groups, one per Xe core, so a call with fewer (batch, head) pairs than the
+# tile's 64 Xe cores leaves cores idle.  The same benchmark table that gives PVC_ATTENTION_BWD_TFLOPS
+# (intel/intel-xpu-backend-for-triton PR 5150, 2025-09-20, XeTLA-TFlops column, causal, head dim 128, full-square
+# count) has it at two work-group counts: Z 1 x H 16 (16 groups, N_CTX 16384) 49.81 TF, and Z 2 x H 16 (32 groups,
+# N_CTX 8192, the device figure's point) 86.99 TF.  IPEX 2.8.10 (eeddffd8, 2025-05-28, "[SDPA] perf improvement for
+# sdpa") rewrote the backward with a (batch x heads, keys / 128) grid: not this curve.
+PVC_XETLA_BWD_GROUP_TFLOPS = ((16, 49.806569), (32, 86.991577))
 PVC_TRIAD_GBPS = 1000.0  # ALCF node performance overview: STREAM-like triad (2 loads, 1 store) 1 TB/s a
 #   tile, 12 TB/s a node (both pages, 2024 and 2026; one significant digit as printed)
 ONECCL_CALL_US = 350.0  # a oneCCL call's fixed cost on Aurora (PyTorch 2.5.1, oneccl_bindings_for_pytorch 2.5.0,

@@ -95,6 +95,15 @@ ALCF_ATTENTION = {"rope_bytes": 20.0, "rope_kernels": 5, "attn_out_bytes": 8.0, 
 # below run it wherever PP > 1 (BLOOM's GPTModelPipe, the ALCF 70B rows' 'DeepSpeed pipeline engine').  Read in
 # deepspeed/runtime/pipe/{engine,p2p,schedule}.py at 56c52238 and master 38327e07; counted, not fitted.
 DEEPSPEED_PIPE = {"deepspeed_pipe": True}
+# IPEX 2.5.10-2.7.10 on XPU: ``torch.nn.functional.scaled_dot_product_attention`` with a gradient, bf16, head dim
+# <= 512, 4-D q/k/v of equal heads (DeepSpeed's XPU flash-attention builder's ``flash_attn_func_v2``, after ALCF's
+# repeat_kv) selects IPEX's ``efficient_attention`` backend (csrc/gpu/aten/operators/transformers/attention.cpp
+# ``_fused_sdp_choice`` -> sdp_utils.h ``use_mem_efficient_attention``; the math fallback only where XeTLA is
+# unsupported), and its backward (attention_backward.cpp ``_efficient_attention_backward_impl``) launches XeTLA's
+# fmha backward with one work-group per (batch, head) pair (fmha_backward.cpp ``get_nd_range(num_batches *
+# num_heads)``, read at v2.5.10+xpu; unchanged at v2.7.10+xpu; rewritten with a (batch x heads, keys / 128) grid in
+# eeddffd8, 2025-05-28, first released in v2.8.10+xpu).  costmodel.Implementation.attn_bwd_head_grid.
+IPEX_HEAD_GRID_BWD = {"attn_bwd_head_grid": True}
 # BigScience's ALiBi (``--position-embedding-type alibi``) enters the unfused attention as the C operand of
 # ``torch.baddbmm(alibi, q, k^T, beta=1)`` (megatron/model/transformer.py at 640c8180): PyTorch copies the expanded
 # bias into the scores (2 bytes written a score) and the batched GEMM reads it back (2): 4 bytes a score, forward only
@@ -210,9 +219,12 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
     # argonne-lcf/Megatron-DeepSpeed on Intel Max 1550 (ALCF/helpers.sh): no Megatron fused kernel on XPU (eager
     # SwiGLU, rotary, residual adds), IPEX's fused RMSNorm, flash attention from DeepSpeed's XPU builder, and no
     # Megatron sequence parallelism.  Read from the launch scripts, not fitted.
+    # The group's rows ran ALCF's frameworks/2025.0.5 stack (torch 2.5.1, IPEX 2.5.10: docs/planner.md section 10,
+    # aurora11), whose SDPA backward on XPU is XeTLA's head-grid kernel (IPEX_HEAD_GRID_BWD); the cooldown run below
+    # ran IPEX 2.8.10, whose rewritten backward is not (session 10, branch aurorastack12).
     "megatron-deepspeed-xpu": cm.Implementation(
         name="megatron-deepspeed-xpu", **FUSED_NORM, sequence_parallel=False, **DEEPSPEED_BF16, **ALCF_ATTENTION,
-        **DEEPSPEED_PIPE),
+        **DEEPSPEED_PIPE, **IPEX_HEAD_GRID_BWD),
     # The same code under DeepSpeed's ZeRO stage 1 optimizer instead of the BF16_Optimizer (ALCF's AuroraGPT-2B
     # cooldown run, session 9 branch auroracal11: '-ds-stage1-' in its checkpoint path, no overlap_comm): without
     # ``overlap_comm`` stage 1 registers no gradient hooks (deepspeed/runtime/zero/stage_1_and_2.py: ``if
