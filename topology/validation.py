@@ -718,7 +718,7 @@ def group_of(run: Run) -> str:
     and 2.7B training runs on 8 A100s; second part: the Zero Bubble paper's Megatron-LM 1F1B baseline) or unseen14
     (session 9: Narayanan et al. 2021 Table 2's PTD rows; Megatron-Bridge's model-verification cards on H100) or
     unseen15 (session 10: llm-foundry's H100 large-scale table, MPT 7B-70B on 128 and 512 GPUs; BAAI FlagPerf's
-    Megatron-Core 0.6 H100 rows, Llama 3 8B / 70B and Mixtral 8x7B)."""
+    Megatron-Core 0.6 H100 rows, Llama 3 8B / 70B and Mixtral 8x7B; the MoE Parallel Folding paper's Table 3 MoE rows)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
