@@ -43,13 +43,13 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
                | set(data["unseen_rows_session7"]) | set(data["unseen_rows_session8"]) | set(data["unseen_rows_session9"])
                | set(data["unseen_rows_session10"]) | set(data["unseen_rows_session11"])
                | set(data["unseen_rows_session12"]) | set(data["unseen_rows_session13"])
-               | set(data["unseen_rows_session14"]))
+               | set(data["unseen_rows_session14"]) | set(data["unseen_rows_session15"]))
     assert unseen and unseen4 and unseen | unseen4 <= {r.id for r in runs}
     assert set(data["row_options"]["rows"]) <= {r.id for r in runs}
     position: dict[str, int] = defaultdict(int)
     first_moe = next(r.id for r in runs if v.model_is_moe(r))
     for r in runs:
-        if r.id in unseen | unseen4:  # added in sessions 3-9 (unseen to unseen14): all held out, recorded before any prediction
+        if r.id in unseen | unseen4:  # added in sessions 3-10 (unseen to unseen15): all held out, recorded before any prediction
             assert r.split == "heldout", r.id
             continue
         if v.model_is_moe(r):
@@ -62,14 +62,15 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
     assert len(held) >= 15 and sum(v.model_is_moe(r) for r in held) >= 5
 
 
-# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-14: mean / max
+# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-15: mean / max
 # |step-time error| in percent).  A change to the model or the data that makes any of them worse fails here;
 # one that improves them must update these figures and the docs together.
-REPORTED = {"fit": (6.9, 34.3), "heldout": (6.3, 42.7), "heldout_moe": (7.0, 35.0), "heldout_seen": (5.8, 29.4),
+REPORTED = {"fit": (6.9, 34.3), "heldout": (6.6, 42.7), "heldout_moe": (7.7, 35.0), "heldout_seen": (5.8, 29.4),
             "heldout_unseen": (5.6, 10.1), "heldout_unseen4": (4.2, 18.0), "heldout_unseen5": (1.8, 2.1),
             "heldout_unseen6": (9.9, 30.3), "heldout_unseen7": (3.6, 12.7), "heldout_unseen8": (8.3, 13.0),
             "heldout_unseen9": (9.4, 16.4), "heldout_unseen10": (2.6, 4.7), "heldout_unseen11": (10.1, 42.7),
-            "heldout_unseen12": (8.8, 14.3), "heldout_unseen13": (7.9, 15.7), "heldout_unseen14": (8.8, 35.0)}
+            "heldout_unseen12": (8.8, 14.3), "heldout_unseen13": (7.9, 15.7), "heldout_unseen14": (8.8, 35.0),
+            "heldout_unseen15": (9.1, 23.7)}
 
 
 def test_the_errors_are_no_worse_than_reported():
@@ -583,9 +584,10 @@ def test_llm_foundry_rows_reduce_in_the_dtype_their_table_row_lists():
     # reduce_dtype float32) for every H100 row and for the A100-80GB 30b/13b/7b rows that #543 (2023-10-19)
     # re-measured with amp_bf16; PURE (all bf16) for the A100-80GB 70b rows and every A100-40GB row (April 2023)
     rows = [r for r in v.load_runs() if r.source.startswith("llmfoundry-")]
-    assert len(rows) == 45
+    assert len(rows) == 53  # session 10 (unseen15): the H100 large-scale table (January 2024) lists DEFAULT too
     for r in rows:
-        default = r.source == "llmfoundry-h100" or (r.source == "llmfoundry-a100-80gb" and r.model != "mpt-70b")
+        default = r.source in ("llmfoundry-h100", "llmfoundry-h100-large-scale") or (
+            r.source == "llmfoundry-a100-80gb" and r.model != "mpt-70b")
         assert v.implementation_of(r).grad_reduce_bytes == (4.0 if default else 2.0), r.id
 
 
@@ -1026,7 +1028,9 @@ def test_composer_016_step_syncs_once_a_parameter_tensor_on_the_rank():
         assert t == pytest.approx(row["composer_like_s"], rel=0.10), row
     runs = [r for r in v.load_runs() if r.source.startswith("llmfoundry-")]
     for r in runs:
-        october = r.source == "llmfoundry-h100" or (r.source == "llmfoundry-a100-80gb" and r.model != "mpt-70b")
+        # the large-scale table (January 2024) ran Composer 0.17.x, whose DecoupledAdamW keeps the .item()
+        october = r.source in ("llmfoundry-h100", "llmfoundry-h100-large-scale") or (
+            r.source == "llmfoundry-a100-80gb" and r.model != "mpt-70b")
         impl = v.implementation_of(r)
         assert impl.optimizer_tensor_host_s == (cm.COMPOSER_STEP_SYNC_HOST_S if october else 0.0), r.id
         assert impl.param_biases

@@ -667,7 +667,7 @@ def evaluate(runs: list[Run] | None = None) -> list[Row]:
 
 # The clean held-out batches: unseen_rows_session{N} in the data file, group "unseen{N}" (session 3's own list is
 # unseen_rows, group "unseen"); a held-out row in none of them is "seen".
-UNSEEN_SESSIONS = tuple(range(4, 15))
+UNSEEN_SESSIONS = tuple(range(4, 16))
 GROUPS = ("seen", "unseen", *(f"unseen{n}" for n in UNSEEN_SESSIONS))
 
 
@@ -741,7 +741,9 @@ def group_of(run: Run) -> str:
     README's H100 weak scaling, MT-NLG 530B, GPT-NeoX-20B), unseen12 (session 8: Megatron-LM's release tests of
     Mixtral 8x7B and 8x22B on DGX H100) or unseen13 (session 8, second batch: the FlashAttention-2 paper's GPT3-1.3B
     and 2.7B training runs on 8 A100s; second part: the Zero Bubble paper's Megatron-LM 1F1B baseline) or unseen14
-    (session 9: Narayanan et al. 2021 Table 2's PTD rows; Megatron-Bridge's model-verification cards on H100)."""
+    (session 9: Narayanan et al. 2021 Table 2's PTD rows; Megatron-Bridge's model-verification cards on H100) or
+    unseen15 (session 10: llm-foundry's H100 large-scale table, MPT 7B-70B on 128 and 512 GPUs; BAAI FlagPerf's
+    Megatron-Core 0.6 H100 rows, Llama 3 8B / 70B and Mixtral 8x7B; the MoE Parallel Folding paper's Table 3 MoE rows)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
