@@ -555,22 +555,59 @@ def aux_loss_imbalance(family: str, ep: int, n_experts: int) -> float:
 # mean.  The same rule run on the table's own rows with a loss (R = 256, m = 1) gives their max/mean within 5%;
 # on the no-loss row it gives 9.5 where the table has 17.8 (a heavier tail than a normal one), so the figure
 # is the conservative reading of the measurement.  Its limits: an LSTM language model, at the end of its
-# training, where the rows it serves are Megatron runs at steps 91-100 from random initialisation.
+# training, where the rows it serves are Megatron runs at steps 91-100 from random initialisation.  Review
+# (session 10, branch review10): 3.01 is 38% of the largest CV top-4 routing can give over 256 experts (every token
+# on the same 4 experts: sqrt(256 / 4 - 1) = 7.9) and more than it can give over 32 (sqrt(7) = 2.65), so the spread
+# is taken up to that bound (``no_balance_loss_imbalance``).
 NO_BALANCE_LOSS_CV = 3.01
 # Shazeer et al. 2017 Table 6, the rows the rule is checked on: (w_importance, w_load) -> (CV(Load), max/mean)
 SHAZEER2017_TABLE6 = {(0.0, 0.0): (3.01, 17.80), (0.2, 0.0): (0.17, 1.47), (0.0, 0.2): (0.04, 1.15),
                       (0.1, 0.1): (0.05, 1.14), (0.01, 0.01): (0.11, 1.37), (1.0, 1.0): (0.02, 1.07)}
 
 
-def no_balance_loss_imbalance(ep: int, n_experts: int) -> float:
-    """The fullest EP rank's excess load under routing with no balancing loss (NO_BALANCE_LOSS_CV): the experts'
-    loads independent with spread CV around the mean, a rank of m = n_experts / ep of them deviates CV / sqrt(m)
-    and the fullest of ep ranks sits E[max of ep normals] of that above the mean; at most ep - 1 (every routed
-    row on one rank)."""
+def collapsed_router_excess(ep: int, n_experts: int, top_k: int) -> float:
+    """The fullest EP rank's expected excess load over the mean when every token picks the same ``top_k`` experts
+    (a fully collapsed router), the experts placed at random over ``ep`` ranks of n_experts / ep: each live expert
+    holds every token's row, the mean rank top_k / ep of them.  Exact, over the compositions of the live experts
+    over the ranks.  It bounds any top-k router's expected fullest-rank excess: that excess is convex in the
+    experts' loads, which lie between 0 and every token, so it is largest at a vertex of that set, where top_k
+    experts take every token (session 10 review, branch review10)."""
     if ep <= 1:
         return 0.0
+    m = n_experts // ep
+    # by the live experts placed so far: {the fullest rank's live experts: placements}, rank by rank
+    layers = [{0: {0: 1}}]
+    for _ in range(ep):
+        nxt: dict = {}
+        for used, by_max in layers[-1].items():
+            for c in range(min(m, top_k - used) + 1):
+                row = nxt.setdefault(used + c, {})
+                for mx, w in by_max.items():
+                    row[max(mx, c)] = row.get(max(mx, c), 0) + w * math.comb(m, c)
+        layers.append(nxt)
+    dist = layers[-1].get(top_k, {})
+    return sum(mx * w for mx, w in dist.items()) / math.comb(n_experts, top_k) * ep / top_k - 1.0
+
+
+def no_balance_loss_imbalance(ep: int, n_experts: int, top_k: int) -> float:
+    """The fullest EP rank's excess load under routing with no balancing loss (NO_BALANCE_LOSS_CV): the experts'
+    loads independent with spread CV around the mean, a rank of m = n_experts / ep of them deviates CV / sqrt(m)
+    and the fullest of ep ranks sits E[max of ep normals] of that above the mean.
+
+    Bounds of top-k routing (session 10 review, branch review10): a token picks ``top_k`` distinct experts, so an
+    expert receives at most every token and the experts' CV is at most sqrt(n_experts / top_k - 1), reached when
+    every token picks the same ``top_k`` experts; Shazeer's 3.01 (over 256 experts, top-4: bound 7.9) is taken up
+    to that bound.  The normal reading of a rank's sum is then capped at the collapsed router's exact excess
+    (``collapsed_router_excess``), which no top-k router exceeds; it binds only where a rank's spread is not
+    small (few ranks, few experts a rank)."""
+    if ep <= 1:
+        return 0.0
+    if n_experts % ep or not 1 <= top_k <= n_experts:
+        raise ConfigError(f"no_balance_loss_imbalance: ep={ep} must divide n_experts={n_experts} and "
+                          f"top_k={top_k} lie in 1..n_experts")
     m = n_experts / ep
-    return min(NO_BALANCE_LOSS_CV * expected_max_normal(ep) / math.sqrt(m), ep - 1.0)
+    cv = min(NO_BALANCE_LOSS_CV, math.sqrt(n_experts / top_k - 1.0))
+    return min(cv * expected_max_normal(ep) / math.sqrt(m), collapsed_router_excess(ep, n_experts, top_k))
 
 
 def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
@@ -594,7 +631,7 @@ def row_implementation(run: Run, path: Path = DATA) -> cm.Implementation:
             raise ConfigError(f"run {run.id}: row options no_balance_loss and aux_loss_routing exclude each other")
         model = model_of(run, path)
         impl = replace(impl, name=impl.name + "+no-balance-imbalance",
-                       moe_load_imbalance=no_balance_loss_imbalance(run.ep, model.n_experts))
+                       moe_load_imbalance=no_balance_loss_imbalance(run.ep, model.n_experts, model.top_k))
     # Megatron-Core's unfused rotary (_apply_rotary_pos_emb_bshd): YaRN's mscale sends it there whatever
     # apply_rope_fusion says (yarn_rope); --no-rope-fusion sends a plain rotary there with mscale 1, the same kernels
     # (unfused_rope, session 8 review)
