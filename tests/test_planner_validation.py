@@ -746,6 +746,21 @@ def test_the_graph_smoke_row_is_annotated_as_holding_the_capture_step():
     assert "replay iterations 5-8" in steady.note and "NOT A STEADY-STATE STEP" not in steady.note
 
 
+def test_the_bloom_tp4_pp12_mbs2_reshaping_row_is_annotated_as_holding_no_steady_iteration():
+    # BigScience's reshaping log (train/tr11-176B-ml/reshaping-log.md) logs each layout from the resume of
+    # global_step94767_universal.  Where it logs more than one iteration, the first after the resume runs 11-41% over
+    # the next, and the four other reshaping rows do not take it.  For TP 4 / PP 12 / MBS 2 it logs 94768 (the first
+    # after the resume, 215.82 s) and, after the line 'after restart', 94769 (215.99 s): the first the restarted job
+    # logged.  The figure stays as published; the row says what it holds (session 10, legacy12).
+    runs = {r.id: r for r in v.load_runs()}
+    run = runs["bloom-176b-reshape-tp4-pp12-mbs2-192"]
+    assert run.measured == 215.99 and run.measured_kind == "step_time_s"
+    assert "NO STEADY ITERATION LOGGED" in run.note and "11-41%" in run.note
+    others = ["bloom-176b-reshape-tp4-pp24-192", "bloom-176b-reshape-tp2-pp24-192", "bloom-176b-reshape-tp4-pp36-288",
+              "bloom-176b-reshape-tp2-pp36-288"]
+    assert all("not taken" in runs[i].note and "NO STEADY ITERATION" not in runs[i].note for i in others)
+
+
 def test_deepspeed_pipeline_rows_use_no_zero_stage_the_pipeline_engine_refuses():
     # DeepSpeed's PipelineEngine asserts zero stage < 2 ('ZeRO-2 and ZeRO-3 are incompatible with pipeline
     # parallelism', runtime/pipe/engine.py): a deepspeed_pipe row with pp > 1 can only be unsharded or ZeRO-1
