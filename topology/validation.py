@@ -214,6 +214,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
         param_gather_overlap=True, ep_dedup=True,  # TE fused rotary, SwiGLU (6 of 10 bytes), cross-entropy; fused router/permute
+        dp_bucket_params=cm.MEGATRON_CORE_DDP_BUCKETS,  # max(40M, 1M x dp) parameters a gradient bucket (session 10)
         moe_host_floor_s=MEGATRON_MOE_HOST_S, attention_kernel="cudnn",  # TE's fused attention is cuDNN's
         embed_dense_grad=True),  # VocabParallelEmbedding's F.embedding: a dense gradient added to main_grad (session 9)
     # argonne-lcf/Megatron-DeepSpeed on Intel Max 1550 (ALCF/helpers.sh): no Megatron fused kernel on XPU (eager
