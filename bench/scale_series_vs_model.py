@@ -22,6 +22,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from topology import validation as v
 
+# NCCL's own latency model of a ring all-gather / reduce-scatter with the Simple protocol (src/graph/tuning.cc,
+# ncclTopoTuneModel, the same figures from v2.18.5-1 to v2.22.3-1): baseLat 8.4 us, then (nRanks - nNodes) intra-node
+# steps at the NVLink ring latency 3.4 us (netOverhead x 3 = 3 us on Intel hosts does not exceed it) and nNodes - 1
+# network steps at 14 us (plus twice the net plugin's latencyInter, taken as 0).  These collectives have no tree
+# algorithm there (only ring; PAT from v2.23 for one rank a node): the latency grows with the ring, not its log.
+NCCL_RING_BASE_US, NCCL_RING_NVL_US, NCCL_RING_NET_US = 8.4, 3.4, 14.0
+
+
+def nccl_ring_latency_s(ranks: int, nodes: int) -> float:
+    if ranks <= 1:
+        return 0.0
+    return (NCCL_RING_BASE_US + (ranks - nodes) * NCCL_RING_NVL_US + (nodes - 1) * NCCL_RING_NET_US) * 1e-6
+
+
+def dp_ring(run: v.Run) -> tuple[int, int]:
+    """(ranks, nodes) of the row's data-parallel (FSDP / distributed-optimizer) group."""
+    lay = run.layout()
+    per_node = v.system_of(run).node.ranks
+    dp = run.gpus // (lay.tp * lay.pp * v.row_options(run).get("cp", 1))
+    stride = lay.tp
+    nodes = max(1, dp * stride // per_node) if stride < per_node else dp
+    return dp, nodes
+
 
 def series(rows: list[v.Row]) -> dict[tuple, list[v.Row]]:
     out: dict[tuple, list[v.Row]] = defaultdict(list)
@@ -58,11 +81,18 @@ def main(argv: list[str]) -> int:
             print(f"  {r.run.id:36s} {r.run.gpus:5d} {dp:5d} {mb:4d} {r.run.measured_step_s:8.3f} {e.step_time_s:8.3f} "
                   f"{r.error_pct:+6.1f}% {100 * (r.run.measured_step_s / m0 - 1):+7.1f}% "
                   f"{100 * (e.step_time_s / p0 - 1):+7.1f}% "
-                  f"{r.run.measured_step_s / mb * 1e3 if fixed else r.run.measured_step_s / mb * 1e3:8.1f} "
+                  f"{r.run.measured_step_s / mb * 1e3:8.1f} "
                   f"{e.step_time_s / mb * 1e3:8.1f} {e.breakdown['dp_comm_exposed_s']:7.3f}")
         meas_gr = 100 * (g[-1].run.measured_step_s / m0 * n0 / g[-1].estimate.microbatches - 1)
         pred_gr = 100 * (g[-1].estimate.step_time_s / p0 * n0 / g[-1].estimate.microbatches - 1)
         drift = g[-1].error_pct - g[0].error_pct
+        (n0r, n0n), (n1r, n1n) = dp_ring(g[0].run), dp_ring(g[-1].run)
+        lat0, lat1 = nccl_ring_latency_s(n0r, n0n), nccl_ring_latency_s(n1r, n1n)
+        print(f"  NCCL ring latency of one DP all-gather / reduce-scatter: {lat0 * 1e3:.2f} ms ({n0r} ranks, {n0n} "
+              f"nodes) -> {lat1 * 1e3:.2f} ms ({n1r} ranks, {n1n} nodes); measured growth "
+              f"{g[-1].run.measured_step_s - m0 * g[-1].estimate.microbatches / n0:+.3f} s = "
+              f"{(g[-1].run.measured_step_s - m0 * g[-1].estimate.microbatches / n0) / max(lat1 - lat0, 1e-9):.0f} "
+              f"such latency increments")
         summary.append((key[0], key[1], g[0].run.gpus, g[-1].run.gpus, fixed, meas_gr, pred_gr, drift))
     print(f"\n{'source':34s} {'model':28s} {'GPUs':>11s} {'work':6s} {'meas/mb gr':>10s} {'pred/mb gr':>10s} "
           f"{'drift':>7s}")

@@ -38,3 +38,17 @@ def test_small_data_parallel_groups_expose_a_40m_bucket_not_a_block():
     run = RUNS[SERIES + "16"]
     one_block = replace(v.implementation_of(run), dp_bucket_params=(0.0, 0.0))
     assert _exposed(run.id) < _exposed(run.id, one_block)
+
+
+def test_megatron_core_without_its_overlap_flags_exposes_the_whole_reduction_and_gather():
+    # FlagPerf's core_v0.6.0 cases pass neither --overlap-grad-reduce nor --overlap-param-gather: one bucket,
+    # reduce-scattered synchronously after the backward, and the parameter all-gather in the step
+    run = RUNS["flagperf-llama3-8b-h100-440"]
+    assert run.implementation.endswith("+no-dp-overlap")
+    impl = v.implementation_of(run)
+    assert impl.dp_reduce_after_backward and impl.dp_reduce_scatter and not impl.param_gather_overlap
+    b = v.predict(run).breakdown
+    assert b["dp_comm_exposed_s"] >= 0.99 * b["dp_comm_total_s"] > 0
+    overlapped = replace(impl, dp_reduce_after_backward=False, dp_reduce_scatter=False, param_gather_overlap=True)
+    b2 = cm.estimate(v.request_of(run, impl=overlapped), run.layout()).breakdown
+    assert b2["dp_comm_exposed_s"] < 0.5 * b["dp_comm_exposed_s"]
