@@ -523,6 +523,15 @@ class Implementation:
     gemm_scale: float = 1.0  # of the device's gemm_efficiency: this framework's GEMM kernels and their vintage
     attention_scale: float = 1.0  # of the device's attention_efficiency: this framework's attention kernel
     param_gather_overlap: bool = False  # zero1/zero2 parameter all-gather overlapped with the next forward
+    # The gradient buckets of an overlapped zero1/zero2 reduction, in parameters: ``(floor, per_rank)`` gives buckets
+    # of ``max(floor, per_rank x dp)`` parameters, the data-parallel size ``dp`` of the rank's dense group (Megatron-
+    # Core's DDP since 0fda386c04, 2024-04-11: ``max(40000000, 1000000 x dp)`` when the run sets no bucket size,
+    # "larger DP sizes need larger buckets to ensure collectives do not become latency-bound";
+    # MEGATRON_CORE_DDP_BUCKETS).  The last bucket's reduction (and, with ``param_gather_overlap``, the first
+    # bucket's gather) is what the backward (forward) cannot hide, so at large dp the exposed share grows with dp.
+    # Megatron buckets only the first pipeline stage (``pipeline_model_parallel_rank() > 0``: one bucket, "not on the
+    # critical path"), so later stages keep the one-block rule.  (0, 0): one block a bucket (the rule before).
+    dp_bucket_params: tuple[float, float] = (0.0, 0.0)
     # Host time of one MoE layer's forward (s): the framework's Python/C++ launch path and its host
     # synchronisations (the token counts the dispatcher and the grouped GEMM size their outputs from).
     # The device cannot run ahead of the host past such a synchronisation, so the layer's forward takes
@@ -1417,6 +1426,10 @@ def inflight(schedule: str, pp: int, vpp: int, m: int, rank: int) -> float:
 
 
 OFFLOAD_USABLE = 0.8  # of host memory / NVMe an offloaded state may take (the OS, pinned buffers, data)
+# Megatron-Core's DDP gradient buckets when the run sets no bucket size (Implementation.dp_bucket_params):
+# ``max(40000000, 1000000 * dp_size)`` parameters, NVIDIA/Megatron-LM 0fda386c04 (2024-04-11, "Tune DDP bucket size
+# to improve speed at large DP counts"; core_r0.7.0 onwards, unchanged in form to 2026), distributed_data_parallel.py.
+MEGATRON_CORE_DDP_BUCKETS = (40_000_000.0, 1_000_000.0)
 DP_OVERLAP_CONTENTION = 0.5  # of hidden data-parallel traffic that still costs compute time (fitted: bench/fit_published_runs.py)
 ZBV_SPLIT_BACKWARD = False  # the trainer's zbv runs without the split weight-gradient step (see bubble_seconds)
 
@@ -2061,9 +2074,17 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
     """(step seconds, details|None) of a structure under one sharding choice."""
     m = st.microbatches
 
+    def bucket_share(stage: StageTerms) -> float:
+        # the share of the stage's data-parallel traffic in its last (first) bucket: one block, or the framework's
+        # bucket rule on the first pipeline stage (``Implementation.dp_bucket_params``)
+        floor, per_rank = req.impl.dp_bucket_params
+        if (floor > 0 or per_rank > 0) and stage.rank == 0:
+            return min(1.0, max(floor, per_rank * g.dense_shards) / max(stage.p_dense + stage.p_exp, 1.0))
+        return 1.0 / stage.units
+
     def gather_exposed(ag: float, stage: StageTerms) -> float:
-        # overlapped with the next step's first forward, block by block, except the first block
-        return max(ag - stage.fwd, ag / stage.units) if req.impl.param_gather_overlap else ag
+        # overlapped with the next step's first forward, bucket by bucket, except the first bucket
+        return max(ag - stage.fwd, ag * bucket_share(stage)) if req.impl.param_gather_overlap else ag
 
     dev = req.system.node.device
     hbm = dev.memory_gbps * 1e9
@@ -2086,9 +2107,9 @@ def sharded_cost(req: Request, st: Structure, g: DPGroups, sharding: str, want_b
         elif not sharded:
             step_exposed = max(ar - bwd, ar / s.units)
         elif sharding == "zero1":
-            step_exposed = max(rs + ar - bwd, (rs + ar) / s.units) + gather_exposed(ag, s)
+            step_exposed = max(rs + ar - bwd, (rs + ar) * bucket_share(s)) + gather_exposed(ag, s)
         elif sharding == "zero2":
-            per_mb = max(rs - bwd, rs / s.units)
+            per_mb = max(rs - bwd, rs * bucket_share(s))
             step_exposed = max(ar - bwd, ar / s.units) + gather_exposed(ag, s)
         else:
             # The gathers and reduce-scatters that feed only the NICs (one rank per node) share no link with

@@ -214,6 +214,7 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         name="megatron-core", **FUSED_NORM, rope_bytes=4.0, rope_kernels=1, attn_out_bytes=0.0,
         act_scale=0.6, logit_bytes=4.0, moe_routing_kernels=12, moe_host_sync=False,
         param_gather_overlap=True, ep_dedup=True,  # TE fused rotary, SwiGLU (6 of 10 bytes), cross-entropy; fused router/permute
+        dp_bucket_params=cm.MEGATRON_CORE_DDP_BUCKETS,  # max(40M, 1M x dp) parameters a gradient bucket (session 10)
         moe_host_floor_s=MEGATRON_MOE_HOST_S, attention_kernel="cudnn",  # TE's fused attention is cuDNN's
         embed_dense_grad=True),  # VocabParallelEmbedding's F.embedding: a dense gradient added to main_grad (session 9)
     # argonne-lcf/Megatron-DeepSpeed on Intel Max 1550 (ALCF/helpers.sh): no Megatron fused kernel on XPU (eager
@@ -271,6 +272,15 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         # 89e3a9fdd / 8d9bfb90e, the commits that printed its rows): TE's fused permutation
         moe_permute_fused=True),
 }
+# "+no-dp-overlap": Megatron-Core's DDP and distributed optimizer run without --overlap-grad-reduce and
+# --overlap-param-gather (both off by default).  distributed_data_parallel.py at core_v0.6.0 then sets no buckets
+# ("Set bucket_size to infinity if overlap_grad_reduce is False") and ``finish_grad_sync`` issues the whole
+# reduce-scatter synchronously after the last micro-batch's backward; the optimizer's parameter all-gather runs in
+# the step, before the next forward, not under it.  Counted as the after-backward reduction of the engine rule
+# (Implementation.dp_reduce_after_backward with a reduce-scatter, no extra passes) and no overlapped gather
+# (session 10, branch scale12; FlagPerf's Megatron cases pass neither flag).
+MEGATRON_CORE_NO_DP_OVERLAP = {"dp_reduce_after_backward": True, "dp_reduce_scatter": True,
+                               "param_gather_overlap": False}
 # Megatron's plain all-to-all dispatcher: a token goes once to each of its routed experts (no DeepEP dedup)
 IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"], name="megatron-core-a2a",
                                                ep_dedup=False, moe_dispatch_tp_gather=True)
@@ -291,7 +301,7 @@ EP_OVERLAP_SUFFIX = "+ep-overlap"
 # permutation, costmodel.FUSED_PERMUTE_*_BYTES; session 7), "+probs-a2a" (the all-to-all dispatcher's all-to-all of the
 # routing probabilities, forward and backward: Megatron-LM from 2659630721, April 2025) and "+count-gather" (its
 # all-gather of the token counts per expert before a dropless dispatch; session 8: costmodel.Implementation.a2a_probs,
-# a2a_count_gather), "+local-ddp" (Megatron-LM 2021's local DDP: MEGATRON_2021_LOCAL_DDP; session 9, sc21data11), "+grad-buffer" (Megatron-Core's DDP passes over the whole gradient buffer a step under Megatron-LM's
+# a2a_count_gather), "+local-ddp" (Megatron-LM 2021's local DDP: MEGATRON_2021_LOCAL_DDP; session 9, sc21data11), "+no-dp-overlap" (Megatron-Core without its DP overlap flags: MEGATRON_CORE_NO_DP_OVERLAP; session 10, scale12), "+grad-buffer" (Megatron-Core's DDP passes over the whole gradient buffer a step under Megatron-LM's
 # defaults: costmodel.MEGATRON_DDP_GRAD_BUFFER_PASSES; session 9, mlmstep11) and "+step-sync" (an optimizer that reads a device step counter with .item() once a parameter
 # tensor: Composer 0.16, llm-foundry v0.3.0's October 2023 rows; session 8, costmodel.COMPOSER_STEP_SYNC_HOST_S)
 OVERLAP_FLAGS = {"ep-overlap": "ep_overlap", "tp-overlap": "tp_overlap"}
@@ -426,7 +436,7 @@ def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
     known = sorted([*OVERLAP_FLAGS, "moe-graphs", "attn-graph", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
-                    "probs-a2a", "count-gather", "step-sync", "grad-buffer", "local-ddp"])
+                    "probs-a2a", "count-gather", "step-sync", "grad-buffer", "local-ddp", "no-dp-overlap"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -450,6 +460,11 @@ def implementation_of(run: Run) -> cm.Implementation:
             raise ConfigError(f"run {run.id}: +local-ddp describes Megatron-LM 2021's local DDP (megatron-2021), "
                               f"not {name}")
         impl = replace(impl, **MEGATRON_2021_LOCAL_DDP)
+    if "no-dp-overlap" in flags:  # Megatron-Core without --overlap-grad-reduce / --overlap-param-gather
+        if not name.startswith("megatron-core"):
+            raise ConfigError(f"run {run.id}: +no-dp-overlap describes Megatron-Core's DDP run without its overlap "
+                              f"flags, not {name}")
+        impl = replace(impl, **MEGATRON_CORE_NO_DP_OVERLAP)
     if "step-sync" in flags:  # Composer 0.16's DecoupledAdamW: one .item() (host synchronisation) a parameter tensor
         impl = replace(impl, optimizer_tensor_host_s=cm.COMPOSER_STEP_SYNC_HOST_S)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
