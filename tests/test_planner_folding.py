@@ -33,7 +33,7 @@ def test_the_folding_rows_virtual_pipeline_is_within_what_the_papers_gbs1024_mfu
     # Four times the micro-batches in the same layout cannot make a step slower per sample, so Table 4's MFU over
     # Table 3's bounds the pipeline bubble's share from above.  The rows' VPP 7 (one layer a virtual stage) fits every
     # row; no interleaving (VPP 1) would need more than the source gives on four of the five (docs/planner.md,
-    # 'Session 10: the MoE Parallel Folding rows' dispatcher, virtual pipeline and folding gap').
+    # 'Session 10: the MoE Parallel Folding rows: FLOP count, dispatcher, virtual pipeline and the G8T8 folding gap').
     runs = {r.id: r for r in v.load_runs()}
     excluded = []
     for rid, mfu_1024 in TABLE4_MFU_GBS1024.items():
