@@ -13,8 +13,9 @@ compute and the 80 GB HBM2e the same): here the catalogue's dgx-a100-80gb with i
 
 What it shows: the FlagPerf code path (dropout 0.1, the data loader's attention mask, linear biases, learned
 positions, the unfused loss, no DP overlap) is what the seven A800 layouts run too, so a cost that this code pays and
-the model omits would show on them as well.  Nothing here is fitted or enters a reported figure (docs/planner.md,
-"Session 10: FlagPerf's Llama 3 8B on H100 (issue 15, branch flagperf12)").
+the model omits would show on them as well (the split of the H100 rows leaves out the loader mask, a stage term).
+Nothing here is fitted or enters a reported figure (docs/planner.md,
+"Session 10: FlagPerf's Llama 3 8B on H100: what the case runs that the model does not cost").
 """
 from __future__ import annotations
 
