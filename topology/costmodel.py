@@ -715,6 +715,20 @@ class Implementation:
     # grad_output.sum(dim=0)`` reads the output gradient once (2).  One kernel each way.  (0, 0): the bias in the GEMM's
     # epilogue (Transformer Engine) or no bias (session 9, branch megfwd11).
     qkv_bias_bytes: tuple[float, float] = (0.0, 0.0)
+    # The FFN's first-projection bias gradient reduced by autograd outside the GEMM, bytes an element of that
+    # projection's output (up x d_ff / tp a token), backward only: Megatron-Core builds ``linear_fc1`` with
+    # ``skip_bias_add=True`` and hands the bias to its fused bias-activation function, whose backward returns the
+    # input's gradient as the bias's too (``BiasSwiGLUFunction.backward``: ``return tmp, tmp``,
+    # megatron/core/fusions/fused_bias_swiglu.py at core_v0.6.0), which autograd sums to the bias's shape: one read
+    # of the bf16 gradient (2), one kernel.  Dense layers only.  0: no linear biases (``--disable-bias-linear``) or
+    # the bias in the GEMM's epilogue (session 10, branch flagperf12).
+    ffn_bias_grad_bytes: float = 0.0
+    # Megatron-LM's GPT data loader builds the causal attention mask ([mbs, 1, s, s] bool: ``GPTDatasetConfig.
+    # create_attention_mask``, on unless ``--no-create-attention-mask-in-dataloader``), and every micro-batch TP
+    # rank 0 copies it to the device (``.cuda(non_blocking=True)`` from the loader's pinned memory, on the compute
+    # stream) and broadcasts it over the TP group (``get_batch_on_this_tp_rank``, megatron/training/utils.py at
+    # core_v0.6.0), on the first and the last pipeline stage; the fused causal kernel never reads it.
+    loader_attn_mask: bool = False
     # Every norm's forward all-reduces its weight and bias over the TP group before it runs (BigScience's
     # "layer-norm auto-sync" band-aid against TP-desynchronised LayerNorm weights: MixedFusedLayerNorm.forward
     # calls ``all_reduce(self.weight, AVG)`` and ``all_reduce(self.bias, AVG)``, Megatron-DeepSpeed branch
@@ -1078,7 +1092,10 @@ def layer_cost(model: ModelConfig, system: System, world: int, tp: int, cp: int,
         rope_bwd = ((impl.rope_bwd_bytes - BWD_FACTOR * impl.rope_bytes) * tokens * (q + key_width) / t
                     / (dev.memory_gbps * 1e9 * dev.elementwise_efficiency)
                     + 2 * (bwd_kernels - BWD_FACTOR * impl.rope_kernels) * dev.launch_us * 1e-6)
-    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd + drop_bwd + rope_bwd + qkv_bias_bwd
+    # the FFN bias's gradient reduced by autograd (Implementation.ffn_bias_grad_bytes), dense layers
+    ffn_bias_bwd = elementwise_seconds(dev, impl.ffn_bias_grad_bytes * tokens * up * model.d_ff / t, 1) \
+        if impl.ffn_bias_grad_bytes else 0.0
+    bwd_dense = BWD_FACTOR * (dense_gemms + dense_ew) + attn_bwd + drop_bwd + rope_bwd + qkv_bias_bwd + ffn_bias_bwd
     fwd_moe = bwd_moe = moe_block_fwd = moe_act_fwd = 0.0
     moe_buffer = 0.0
     ep_fwd = 0.0
@@ -1626,6 +1643,18 @@ def structures(req: Request, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: 
     return out
 
 
+def loader_mask_seconds(req: Request, tp: int, mbs: int) -> float:
+    """A micro-batch's data-loader attention mask (Implementation.loader_attn_mask): mbs x s x s bool bytes copied
+    from pinned host memory at the node's PCIe rate, then broadcast over the TP group (NCCL's pipelined ring
+    broadcast moves the buffer once a hop: counted as one point-to-point transfer of it)."""
+    nbytes = float(mbs) * req.seq_len * req.seq_len
+    pcie = req.system.node.pcie_gbps
+    if pcie <= 0:
+        raise ConfigError(f"loader_attn_mask needs the node's pcie_gbps (system {req.system.node.name})")
+    bcast = collective_seconds("p2p", nbytes, req.path(tp, 1)) if tp > 1 else 0.0
+    return nbytes / (pcie * 1e9) + bcast
+
+
 def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, mbs: int, pp: int, vpp: int,
                 schedule: str, modes: tuple[str, ...]) -> dict[str, Structure]:
     if impl.deepspeed_pipe and pp > 1 and (vpp > 1 or schedule != "1f1b"):
@@ -1654,6 +1683,8 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
         bwd = prof.n_dense * lc.bwd_dense + prof.n_moe * lc.bwd_moe \
             + BWD_FACTOR * ((lc.head_fwd if prof.head else 0.0) + (lc.embed_fwd if prof.embed else 0.0)) \
             + (lc.head_bwd_extra if prof.head else 0.0)
+        if impl.loader_attn_mask and (prof.embed or prof.head):  # the loader's mask: host to device, TP broadcast
+            fwd += loader_mask_seconds(req, tp, mbs)
         if impl.embed_dense_grad and prof.embed:  # the embedding's dense gradient, zero-filled and added to main_grad
             emb_bytes, emb_kernels = EMBED_GRAD_FILL_BYTES, 1
             if not (impl.hp_grad_accum_bytes or impl.grad_accum_bytes):  # the add, unless counted for every parameter

@@ -290,6 +290,13 @@ IMPLEMENTATIONS["megatron-core-a2a"] = replace(IMPLEMENTATIONS["megatron-core"],
 # and the upcast's backward).  Megatron-Core r0.8 runs it unless --cross-entropy-loss-fusion is given (off by
 # default, arguments.py at f2e5db402c); Transformer Engine's fused loss, which the megatron-core entry counts
 # (logit_bytes 4), is an option of later releases.
+# "+ffn-bias": Megatron-Core with its default linear biases (no --disable-bias-linear): the fused bias-SwiGLU /
+# bias-GeLU's bias gradient, the bf16 input gradient summed by autograd (costmodel.Implementation.ffn_bias_grad_bytes;
+# megatron/core/fusions/fused_bias_swiglu.py and fused_bias_gelu.py at core_v0.6.0).  The QKV bias sits in Transformer
+# Engine's GEMM epilogue and the two row-parallel biases in the bias-dropout-add (a reduction of 1/tp of the tokens at
+# d_model wide): not counted.  "+loader-mask": Megatron-LM's data loader's attention mask copied and TP-broadcast a
+# micro-batch (costmodel.Implementation.loader_attn_mask; session 10, branch flagperf12).
+MEGATRON_CORE_FFN_BIAS_GRAD_BYTES = 2.0
 EP_OVERLAP_SUFFIX = "+ep-overlap"
 # A row's implementation may name what its source overlaps: "+ep-overlap" (the expert all-to-all behind
 # another micro-batch), "+tp-overlap" (Megatron --tp-comm-overlap: TP collectives pipelined with the GEMMs);
@@ -436,7 +443,8 @@ def implementation_of(run: Run) -> cm.Implementation:
     name, *flags = run.implementation.split("+")
     impl = IMPLEMENTATIONS[name]
     known = sorted([*OVERLAP_FLAGS, "moe-graphs", "attn-graph", "fp32-reduce", "expert-loop", "permute-fusion", "vocab-ce",
-                    "probs-a2a", "count-gather", "step-sync", "grad-buffer", "local-ddp", "no-dp-overlap"])
+                    "probs-a2a", "count-gather", "step-sync", "grad-buffer", "local-ddp", "no-dp-overlap",
+                    "ffn-bias", "loader-mask"])
     unknown = [f for f in flags if f not in known]
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
@@ -465,6 +473,12 @@ def implementation_of(run: Run) -> cm.Implementation:
             raise ConfigError(f"run {run.id}: +no-dp-overlap describes Megatron-Core's DDP run without its overlap "
                               f"flags, not {name}")
         impl = replace(impl, **MEGATRON_CORE_NO_DP_OVERLAP)
+    if "ffn-bias" in flags:  # linear biases on: the FFN bias's gradient reduced outside the GEMM (Megatron-Core)
+        if not name.startswith("megatron-core"):
+            raise ConfigError(f"run {run.id}: +ffn-bias describes Megatron-Core's fused bias-activation, not {name}")
+        impl = replace(impl, ffn_bias_grad_bytes=MEGATRON_CORE_FFN_BIAS_GRAD_BYTES)
+    if "loader-mask" in flags:  # Megatron-LM's data loader: the attention mask copied and broadcast a micro-batch
+        impl = replace(impl, loader_attn_mask=True)
     if "step-sync" in flags:  # Composer 0.16's DecoupledAdamW: one .item() (host synchronisation) a parameter tensor
         impl = replace(impl, optimizer_tensor_host_s=cm.COMPOSER_STEP_SYNC_HOST_S)
     if "moe-graphs" in flags:  # the router and the MoE preprocessing run as CUDA graphs: less host time
