@@ -34,6 +34,7 @@ from topology.layout import Layout
 from topology.modelcfg import ConfigError
 
 deepspeed = pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.usefixtures("deepspeed_ops_built")  # compiled once, outside the hang guard
 
 WORLD = 2
 OPTIONS = DeepSpeedOptions(max_norm=MAX_NORM, lr=LR, weight_decay=0.01, betas=(0.9, 0.999))

@@ -27,6 +27,7 @@ from test_parallel_equivalence import (
 )
 
 pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.usefixtures("deepspeed_ops_built")  # compiled once, outside the hang guard
 
 WORLD, SAVED_SEED, OTHER_SEED = 2, 5, 0
 

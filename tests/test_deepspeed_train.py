@@ -21,6 +21,7 @@ import pytest
 from train_runs import DEBUG_CONFIG, REPO, copy_checkpoint_run, run_env, steps, train
 
 pytest.importorskip("deepspeed")
+pytestmark = pytest.mark.usefixtures("deepspeed_ops_built")  # compiled once, outside the hang guard
 
 STEPS = 5
 RTOL = 1e-5

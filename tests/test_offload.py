@@ -114,6 +114,7 @@ def _deepspeed_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: 
 
 
 @pytest.mark.multiproc
+@pytest.mark.usefixtures("deepspeed_ops_built")
 def test_zero3_with_params_and_optimizer_on_nvme_trains_like_zero3(tmp_path):
     pytest.importorskip("deepspeed")
     nvme = tmp_path / "nvme"
@@ -152,6 +153,7 @@ def _nvme_swap_worker(rank: int, world: int, port: int, out_dir: str, nvme_dir: 
 
 
 @pytest.mark.multiproc
+@pytest.mark.usefixtures("deepspeed_ops_built")
 def test_nvme_parameters_that_swap_train_several_steps_within_the_buffers(tmp_path):
     # The H200 run of 2026-12-04: step 1 ran, then "Not enough buffers 0 for swapping 1" (DeepSpeed's
     # reuse distance kept more parameters in swap buffers than buffer_count).  Here 14 matrices swap
@@ -189,6 +191,28 @@ def test_an_op_that_is_not_prebuilt_is_one_line_when_compiling_is_off(monkeypatc
         deepspeed_ops.prepare_ops([deepspeed_ops.CPU_ADAM], log=lambda line: pytest.fail(f"compiling: {line}"))
     message = str(error.value)
     assert "cpu_adam op is not prebuilt" in message and "ALPHAEXA_DS_NO_JIT=1" in message and "\n" not in message
+
+
+def test_each_environment_builds_its_ops_in_its_own_folder(tmp_path):
+    # torch's default folder is one per op name for all of a user's environments: a second checkout's ops,
+    # compiled against its own headers, made this one's recompile inside a 300 s-guarded training run (session 10).
+    # Importing the ops module points TORCH_EXTENSIONS_DIR at the running environment, and leaves a user's choice.
+    import subprocess
+    import sys
+
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("not running in a virtual environment")
+    probe = ("import os, sys; import alphaexa.parallel.deepspeed_ops as d; "
+             "print(os.environ['TORCH_EXTENSIONS_DIR']); print(d._build_directory('async_io'))")
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    folder, build = out.stdout.split()
+    assert Path(folder) == Path(sys.prefix) / "torch_extensions"
+    assert Path(build) == Path(folder) / "async_io"
+    chosen = tmp_path / "mine"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**env, "TORCH_EXTENSIONS_DIR": str(chosen)})
+    assert out.stdout.split() == [str(chosen), str(chosen / "async_io")]
 
 
 # ------------------------------------------------------------------ native: FSDP2's CPUOffloadPolicy

@@ -18,6 +18,14 @@ An op that cannot be built (async_io without libaio) is a one-line ConfigError b
 ``deepspeed.initialize``.  ``python -m alphaexa.parallel.deepspeed_ops`` builds them all
 (``make setup`` runs it).
 
+Where the ops are built: torch's ``TORCH_EXTENSIONS_DIR``, which this module sets, when it is unset and Python
+runs in a virtual environment, to ``<the environment>/torch_extensions`` (``use_interpreter_extensions_dir``).
+torch's own default (``~/.cache/torch_extensions/py311_cpu/<op>``) is one folder per op name for every
+environment of the user: two checkouts with their own environments compile each op with their own include paths,
+so each recompiles it over the other's whenever it loads it, for minutes and without a word (``prepare_ops``
+found the other's ``.so`` and said nothing).  Session 10 met this as four NVMe tests timing out at 300 s while
+the ops rebuilt inside them, after a second clone's ``make setup``.
+
 An op compiled into the installed DeepSpeed wheel (``DS_BUILD_CPU_ADAM=1 DS_BUILD_AIO=1``, listed in
 ``deepspeed.git_version_info.installed_ops`` for the accelerator it runs on) is loaded as it is:
 no compiler, libaio headers or lock are needed.  ``ALPHAEXA_DS_NO_JIT=1`` forbids compiling: an
@@ -35,6 +43,23 @@ from pathlib import Path
 
 from alphaexa.data.ingest import exclusive_lock
 from topology.modelcfg import ConfigError
+
+EXTENSIONS_ENV = "TORCH_EXTENSIONS_DIR"
+
+
+def use_interpreter_extensions_dir() -> str | None:
+    """Point torch's JIT op builds at this environment's own folder (unless the user chose one, or Python runs
+    outside a virtual environment): ops compiled against one environment's torch and DeepSpeed headers are
+    not another's.  Returns the folder set, or None."""
+    if os.environ.get(EXTENSIONS_ENV) or sys.prefix == sys.base_prefix:
+        return None
+    os.environ[EXTENSIONS_ENV] = str(Path(sys.prefix) / "torch_extensions")
+    return os.environ[EXTENSIONS_ENV]
+
+
+# Before any op loads: DeepSpeed reads the variable (through torch) when it builds or loads an op, and the
+# training processes and their children inherit it.
+use_interpreter_extensions_dir()
 
 # DeepSpeed op builder (by the name its accelerators know) -> the op's build directory name.
 SHM_COMM, CPU_ADAM, ASYNC_IO, PIN_MEMORY = "ShareMemCommBuilder", "CPUAdamBuilder", "AsyncIOBuilder", "PinMemoryBuilder"
