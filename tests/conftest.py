@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train_runs import REPO, run_env
 
 # A first compilation of DeepSpeed's CPU ops takes minutes on a few cores (longer on a loaded machine); the
