@@ -17,7 +17,7 @@ OPS_BUILD_LIMIT_S = 3600
 @pytest.fixture(scope="session")
 def deepspeed_ops_built() -> None:
     pytest.importorskip("deepspeed")
-    done = subprocess.run([sys.executable, "-m", "alphaexa.parallel.deepspeed_ops"], capture_output=True, text=True,
-                          timeout=OPS_BUILD_LIMIT_S, env=run_env(), cwd=REPO)
+    done = subprocess.run([sys.executable, "-m", "alphaexa.parallel.deepspeed_ops"], check=False, capture_output=True,
+                          text=True, timeout=OPS_BUILD_LIMIT_S, env=run_env(), cwd=REPO)
     if done.returncode != 0:
         raise AssertionError(f"building DeepSpeed's ops failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
