@@ -68,16 +68,13 @@ def main(argv: list[str]) -> int:
         if not (show_all or fixed or span >= 4):
             continue
         m0, p0, n0 = g[0].run.measured_step_s, g[0].estimate.step_time_s, g[0].estimate.microbatches
-        lay = g[0].run.layout()
-        desc = f"tp{lay.tp} pp{lay.pp}" + (f"x{lay.vpp}" if lay.vpp > 1 else "") + \
-            (f" ep{lay.ep}" if lay.ep > 1 else "") + f" {lay.sharding} mbs{lay.mbs} {lay.recompute}"
-        print(f"\n{key[0]} / {key[1]} ({desc}; {v.group_of(g[0].run)}) "
+        print(f"\n{key[0]} / {key[1]} ({v.layout_text(g[0].run)}; {v.group_of(g[0].run)}) "
               f"{'fixed per-GPU work' if fixed else 'micro-batches a replica change'}")
         print(f"  {'run':36s} {'GPUs':>5s} {'DP':>5s} {'mb':>4s} {'meas s':>8s} {'pred s':>8s} {'err':>7s} "
               f"{'meas gr':>8s} {'pred gr':>8s} {'meas/mb':>8s} {'pred/mb':>8s} {'dp exp':>7s}")
         for r in g:
             e, mb = r.estimate, r.estimate.microbatches
-            dp = r.run.gpus // (lay.tp * lay.pp * v.row_options(r.run).get("cp", 1))
+            dp = dp_ring(r.run)[0]
             print(f"  {r.run.id:36s} {r.run.gpus:5d} {dp:5d} {mb:4d} {r.run.measured_step_s:8.3f} {e.step_time_s:8.3f} "
                   f"{r.error_pct:+6.1f}% {100 * (r.run.measured_step_s / m0 - 1):+7.1f}% "
                   f"{100 * (e.step_time_s / p0 - 1):+7.1f}% "

@@ -757,16 +757,20 @@ def model_is_moe(run: Run) -> bool:
     return "n_experts" in _data(str(DATA))["models"][run.model]
 
 
+def layout_text(run: Run) -> str:
+    """The row's layout as the tables print it: ``tp2 pp4x7 ep8 etp1 zero1 mbs1 none``."""
+    lay = run.layout()
+    etp = expert_tp_of(run)
+    return f"tp{lay.tp} pp{lay.pp}" + (f"x{lay.vpp}" if lay.vpp > 1 else "") + \
+        (f" ep{lay.ep}" if lay.ep > 1 else "") + (f" etp{etp}" if etp else "") + \
+        f" {lay.sharding} mbs{lay.mbs} {lay.recompute}"
+
+
 def table(rows: list[Row], markdown: bool = False) -> str:
     head = ("run", "split", "group", "source", "GPUs", "layout", "measured s", "predicted s", "error")
     lines = []
     for r in rows:
-        lay = r.run.layout()
-        etp = expert_tp_of(r.run)
-        desc = f"tp{lay.tp} pp{lay.pp}" + (f"x{lay.vpp}" if lay.vpp > 1 else "") + \
-            (f" ep{lay.ep}" if lay.ep > 1 else "") + (f" etp{etp}" if etp else "") + \
-            f" {lay.sharding} mbs{lay.mbs} {lay.recompute}"
-        lines.append((r.run.id, r.run.split, group_of(r.run), r.run.source, str(r.run.gpus), desc,
+        lines.append((r.run.id, r.run.split, group_of(r.run), r.run.source, str(r.run.gpus), layout_text(r.run),
                       f"{r.run.measured_step_s:.3f}", f"{r.estimate.step_time_s:.3f}", f"{r.error_pct:+.1f}%"))
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
