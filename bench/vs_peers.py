@@ -95,6 +95,7 @@ ABLATIONS: dict[str, list[str]] = {
     "fsdp-on-1-rank": ["parallel.fsdp_on_one_rank=true"],
     "recompute-selective": ["parallel.recompute=selective"],
     "no-overlap": ["train.overlap_steps=false"],  # read each step's figures before launching the next
+    "no-clip-fold": ["train.clip_in_optimizer=false"],  # scale every gradient before the fused step
     # levers not on by default yet: each turned on
     "fused-projections": ["train.fused_projections=true"],
     "cudagraphs": ["train.compile_mode=reduce-overhead"],
@@ -102,9 +103,12 @@ ABLATIONS: dict[str, list[str]] = {
     "loss-chunk-1024": ["train.loss_chunk_tokens=1024"],
     "loss-chunk-2048": ["train.loss_chunk_tokens=2048"],  # smaller loss temporaries at the forward's peak
     "loss-chunk-4096": ["train.loss_chunk_tokens=4096"],
-    "float8": ["train.float8=true"],
-    "act-budget-0.9": ["train.activation_memory_budget=0.9"],  # recompute cheap ops: a lower activation peak
-    "act-budget-0.9-chunk-2048": ["train.activation_memory_budget=0.9", "train.loss_chunk_tokens=2048"],  # torchao; compare its loss column with the bf16 row's
+    "float8": ["train.float8=true"],  # torchao; compare its loss column with the bf16 row's
+    # recompute cheap ops in the backward: a lower activation peak
+    "act-budget-0.9": ["train.activation_memory_budget=0.9"],
+    "act-budget-0.95": ["train.activation_memory_budget=0.95"],
+    "act-budget-0.98": ["train.activation_memory_budget=0.98"],
+    "act-budget-0.9-chunk-2048": ["train.activation_memory_budget=0.9", "train.loss_chunk_tokens=2048"],
 }
 
 

@@ -333,3 +333,66 @@ def test_float8_loss_and_gradients_stay_near_bf16():
     for g, f in zip(grads, float8_grads):  # gradients pass through e5m2 (2 mantissa bits): ~10% per element
         assert float((f - g).norm()) <= 0.25 * float(g.norm()) + 1e-6
         assert float(F.cosine_similarity(f.flatten(), g.flatten(), dim=0)) > 0.97
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e9])  # clipping on (the norm is ~1.3), and a bound never reached
+def test_clip_folded_into_the_fused_step_updates_like_clipping_first(max_norm):
+    """train.clip_in_optimizer: the fused AdamW kernel divides each gradient by ``clip_divisor(norm)`` as it
+    loads it, which must update weights and moments as ``clip_grads_with_norm_`` followed by the plain fused
+    step does (up to the last bit of the quotient), and leave the clipped gradients behind as clipping does."""
+    from alphaexa.parallel import clip_divisor
+
+    torch.manual_seed(0)
+    shapes = [(33, 17), (17,), (5, 3, 7)]
+    weights = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) * 0.5 for s in shapes] for _ in range(3)]  # three steps' gradients
+
+    def run(fold: bool):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, fused=True)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if fold:
+                opt.grad_scale = clip_divisor(norm, max_norm)
+                opt.step()
+                del opt.grad_scale
+            else:
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+                opt.step()
+        state = [opt.state[p][k] for p in params for k in ("exp_avg", "exp_avg_sq")]
+        return [p.detach() for p in params], state, [p.grad for p in params], float(norm)
+
+    folded, folded_state, folded_grads, norm = run(fold=True)
+    clipped, clipped_state, clipped_grads, _ = run(fold=False)
+    for a, b in zip(folded + folded_state + folded_grads, clipped + clipped_state + clipped_grads):
+        torch.testing.assert_close(a, b, rtol=4e-7, atol=1e-9)
+    if max_norm < norm:  # the clip changed the step: an unclipped fused run ends elsewhere
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1, fused=True)
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        assert not torch.allclose(params[0].detach(), folded[0], rtol=1e-3, atol=0)
+        assert float(torch.nn.utils.get_total_norm(folded_grads)) == pytest.approx(max_norm, rel=1e-5)
+
+
+def test_trainer_folds_the_clip_into_the_fused_step_and_trains_as_clipping_first(tmp_path):
+    """The trainer's fused step with the clip folded in (the default with fused AdamW) logs the same losses
+    and pre-clip norms as the separate clip (train.clip_in_optimizer=false), within float32 rounding; the
+    small clip bound makes every step clip."""
+    from train_runs import steps
+
+    common = ("train.optimizer_impl=fused", "train.clip=0.05", "train.steps=4", "train.eval_batches=0",
+              "checkpoint.enabled=false")
+    folded, separate = tmp_path / "folded", tmp_path / "separate"
+    train(folded, *common, cache_dir=tmp_path / "cache")
+    train(separate, *common, "train.clip_in_optimizer=false", cache_dir=tmp_path / "cache")
+    a, b = steps(folded), steps(separate)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert all(a[s]["grad_norm"] > 0.05 for s in a)  # every step clipped
+    for s in a:
+        assert a[s]["loss"] == pytest.approx(b[s]["loss"], rel=1e-5), s
+        assert a[s]["grad_norm"] == pytest.approx(b[s]["grad_norm"], rel=1e-4), s

@@ -18,12 +18,12 @@ Typical use (every rank):
     norm = clip_grad_norm_(pmodel.parameters(), max_norm, dims)
     optimizer.step(); optimizer.zero_grad()
 """
-from .clip import clip_grad_norm_, global_grad_norm
+from .clip import clip_divisor, clip_grad_norm_, global_grad_norm
 from .materialise import materialise
 from .mesh import ParallelDims, build_mesh
 from .parallelize import ParallelModel, check_layout, parallelize
 from .train_step import IGNORE_INDEX, StepResult, TrainStep, local_rows, make_train_step, summed_cross_entropy
 
 __all__ = ["IGNORE_INDEX", "ParallelDims", "ParallelModel", "StepResult", "TrainStep", "build_mesh",
-           "check_layout", "clip_grad_norm_", "global_grad_norm", "local_rows", "make_train_step", "materialise",
+           "check_layout", "clip_divisor", "clip_grad_norm_", "global_grad_norm", "local_rows", "make_train_step", "materialise",
            "parallelize", "summed_cross_entropy"]

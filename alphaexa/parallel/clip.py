@@ -51,6 +51,19 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter], dims: ParallelDims) -
 
 
 @torch.no_grad()
+def clip_divisor(total: Tensor, max_norm: float) -> Tensor:
+    """The ``grad_scale`` under which a fused Adam/AdamW step sees the gradients ``clip_grad_norm_`` leaves.
+
+    torch's fused kernels divide each gradient by ``grad_scale`` as they load it (and store the quotient
+    back), so passing 1 / the clip coefficient clips inside the optimizer's own pass over the gradients:
+    one read and one write of every gradient less than scaling them first.  The coefficient is
+    ``clip_grads_with_norm_``'s (max_norm / (norm + 1e-6), at most 1); the quotient can differ from its
+    product in the last bit.  A float32 scalar on the norm's device (the kernels read a float)."""
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return torch.reciprocal(coefficient).to(torch.float32)
+
+
+@torch.no_grad()
 def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, dims: ParallelDims) -> Tensor:
     """Scale all gradients so that their global norm is at most ``max_norm``; returns the norm before."""
     params = [p for p in params if p.grad is not None]

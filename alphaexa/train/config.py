@@ -56,6 +56,9 @@ class TrainSection:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     clip: float = 1.0  # max global gradient norm; 0 = no clipping (the norm is still logged)
+    # with fused AdamW: clip inside the optimizer's step (its grad_scale divides each gradient as the kernel
+    # loads it) instead of scaling every gradient first; the same clip up to the last bit, one pass less
+    clip_in_optimizer: bool = True
     dtype: str = "fp32"  # fp32 | bf16 (bf16 compute, fp32 master weights and gradient reduction) | fp64 (CPU tests)
     optimizer_impl: str = "auto"  # auto | fused | foreach | for-loop (auto: fused on accelerators)
     # torch.compile: auto (on for CUDA without tp or selective recompute) | true | false (alphaexa.parallel refuses

@@ -37,7 +37,9 @@ from ..errors import UserError
 from ..model import Transformer, moe_layers
 from ..parallel import (
     build_mesh,
+    clip_divisor,
     clip_grad_norm_,
+    global_grad_norm,
     local_rows,
     make_train_step,
     materialise,
@@ -75,6 +77,7 @@ class _Launched:
     queued: bool  # the optimizer step is queued on the device (the skip decided there)
     consumed_samples: int
     figures: _StepFigures
+    grad_scale: Tensor | None = None  # the clip folded into a fused optimizer step (``_clip_in_optimizer``)
 
 
 @dataclass
@@ -386,15 +389,21 @@ class Trainer:
             # Nothing here waits for the device: the step's figures are read once, in _finish_step,
             # with the optimizer step already queued behind the backward where it can be.
             loss_t, tokens_t = self.step_fn.launch(batch.inputs, batch.targets)
-            norm_t = clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims)
+            grad_scale = None
+            if self._clip_in_optimizer:
+                norm_t = global_grad_norm(self.model.parameters(), self.dims)
+                grad_scale = clip_divisor(norm_t, cfg.train.clip)
+            else:
+                norm_t = clip_grad_norm_(self.model.parameters(), cfg.train.clip or float("inf"), self.dims)
             queued = self._device_side_skip
             if queued:
-                self._queue_optimizer_step(loss_t, norm_t)
+                self._queue_optimizer_step(loss_t, norm_t, grad_scale)
                 self._zero_grad()  # the next launch's backward must start from no gradients
             figures = self._queue_step_values(torch.stack([t.to(self.device, torch.float64)
                                                            for t in (loss_t, norm_t, tokens_t)]))
         self._loss_scale = 1.0
-        return _Launched(step, lr, queued, self.loader.consumed_samples, figures)
+        return _Launched(step, lr, queued, self.loader.consumed_samples, figures,
+                         None if queued else grad_scale)
 
     def _finish_step(self, launched: _Launched, recent_losses: list[float]) -> dict[str, Any]:
         """Read step ``launched.step``'s figures (the step's one wait for the device), take the host's
@@ -420,8 +429,7 @@ class Trainer:
             self.progress.skipped_total += 1
         else:
             if not launched.queued:
-                for optimizer in self.optimizers:
-                    optimizer.step()
+                self._step_optimizers(None, launched.grad_scale)
             recent_losses.append(loss)
         if not launched.queued:
             self._zero_grad()
@@ -452,14 +460,32 @@ class Trainer:
             return False
         return bool(self.optimizers) and all(o.defaults.get("fused") for o in self.optimizers)
 
-    def _queue_optimizer_step(self, loss: Tensor, grad_norm: Tensor) -> None:
+    @functools.cached_property
+    def _clip_in_optimizer(self) -> bool:
+        """Whether the clip is folded into the optimizer step (``train.clip_in_optimizer``): every optimizer
+        fused (torch's fused Adam/AdamW divide the gradients by ``grad_scale``), clipping on, and float32
+        master gradients (the kernels read a float32 factor; fp64 runs keep the exact separate clip)."""
+        train = self.cfg.train
+        return (train.clip_in_optimizer and bool(train.clip) and train.dtype != "fp64" and bool(self.optimizers)
+                and all(o.defaults.get("fused") for o in self.optimizers))
+
+    def _queue_optimizer_step(self, loss: Tensor, grad_norm: Tensor, grad_scale: Tensor | None) -> None:
         found_inf = None
         if self.cfg.train.skip_nonfinite:
             finite = torch.isfinite(loss.to(grad_norm.device)) & torch.isfinite(grad_norm)
             found_inf = (~finite).to(torch.float32)
+        self._step_optimizers(found_inf, grad_scale)
+
+    def _step_optimizers(self, found_inf: Tensor | None, grad_scale: Tensor | None) -> None:
+        """Step every optimizer; a fused one reads ``found_inf`` (nonzero: leave everything untouched) and
+        ``grad_scale`` (divide the gradients by it: the folded clip) from its attributes."""
         for optimizer in self.optimizers:
-            flag = None if found_inf is None else found_inf.to(optimizer.param_groups[0]["params"][0].device)
-            optimizer.found_inf, optimizer.grad_scale = flag, None  # read by the fused kernels' step
+            if found_inf is None and grad_scale is None:
+                optimizer.step()
+                continue
+            device = optimizer.param_groups[0]["params"][0].device
+            optimizer.found_inf = None if found_inf is None else found_inf.to(device)
+            optimizer.grad_scale = None if grad_scale is None else grad_scale.to(device)
             try:
                 optimizer.step()
             finally:
