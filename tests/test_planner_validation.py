@@ -43,13 +43,14 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
                | set(data["unseen_rows_session7"]) | set(data["unseen_rows_session8"]) | set(data["unseen_rows_session9"])
                | set(data["unseen_rows_session10"]) | set(data["unseen_rows_session11"])
                | set(data["unseen_rows_session12"]) | set(data["unseen_rows_session13"])
-               | set(data["unseen_rows_session14"]) | set(data["unseen_rows_session15"]))
+               | set(data["unseen_rows_session14"]) | set(data["unseen_rows_session15"])
+               | set(data["unseen_rows_session16"]))
     assert unseen and unseen4 and unseen | unseen4 <= {r.id for r in runs}
     assert set(data["row_options"]["rows"]) <= {r.id for r in runs}
     position: dict[str, int] = defaultdict(int)
     first_moe = next(r.id for r in runs if v.model_is_moe(r))
     for r in runs:
-        if r.id in unseen | unseen4:  # added in sessions 3-10 (unseen to unseen15): all held out, recorded before any prediction
+        if r.id in unseen | unseen4:  # added in sessions 3-11 (unseen to unseen16): all held out, recorded before any prediction
             assert r.split == "heldout", r.id
             continue
         if v.model_is_moe(r):
