@@ -814,7 +814,8 @@ def group_of(run: Run) -> str:
     (session 9: Narayanan et al. 2021 Table 2's PTD rows; Megatron-Bridge's model-verification cards on H100) or
     unseen15 (session 10: llm-foundry's H100 large-scale table, MPT 7B-70B on 128 and 512 GPUs; BAAI FlagPerf's
     Megatron-Core 0.6 H100 rows, Llama 3 8B / 70B and Mixtral 8x7B; the MoE Parallel Folding paper's Table 3 MoE rows) or
-    unseen16 (session 11: the MoE Parallel Folding paper's Table 4 strong-scaling MoE rows at 256 and 1024 H100)."""
+    unseen16 (session 11: the MoE Parallel Folding paper's Table 4 strong-scaling MoE rows at 256 and 1024 H100; NVIDIA's
+    DGX Cloud benchmarking v25.04 Llama 3.1 405B rows under NeMo 2, 32-2048 H100)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
