@@ -43,13 +43,14 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
                | set(data["unseen_rows_session7"]) | set(data["unseen_rows_session8"]) | set(data["unseen_rows_session9"])
                | set(data["unseen_rows_session10"]) | set(data["unseen_rows_session11"])
                | set(data["unseen_rows_session12"]) | set(data["unseen_rows_session13"])
-               | set(data["unseen_rows_session14"]) | set(data["unseen_rows_session15"]))
+               | set(data["unseen_rows_session14"]) | set(data["unseen_rows_session15"])
+               | set(data["unseen_rows_session16"]))
     assert unseen and unseen4 and unseen | unseen4 <= {r.id for r in runs}
     assert set(data["row_options"]["rows"]) <= {r.id for r in runs}
     position: dict[str, int] = defaultdict(int)
     first_moe = next(r.id for r in runs if v.model_is_moe(r))
     for r in runs:
-        if r.id in unseen | unseen4:  # added in sessions 3-10 (unseen to unseen15): all held out, recorded before any prediction
+        if r.id in unseen | unseen4:  # added in sessions 3-11 (unseen to unseen16): all held out, recorded before any prediction
             assert r.split == "heldout", r.id
             continue
         if v.model_is_moe(r):
@@ -62,15 +63,16 @@ def test_the_split_follows_the_rule_recorded_before_fitting():
     assert len(held) >= 15 and sum(v.model_is_moe(r) for r in held) >= 5
 
 
-# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-15: mean / max
+# The errors docs/planner.md reports (fit, held out, held-out MoE, held out and looked at, unseen, unseen4-16: mean / max
 # |step-time error| in percent).  A change to the model or the data that makes any of them worse fails here;
 # one that improves them must update these figures and the docs together.
-REPORTED = {"fit": (6.9, 34.3), "heldout": (6.6, 42.7), "heldout_moe": (7.7, 35.0), "heldout_seen": (5.8, 29.4),
+REPORTED = {"fit": (6.9, 34.3), "heldout": (6.6, 42.7), "heldout_moe": (7.9, 35.0), "heldout_seen": (5.8, 29.4),
             "heldout_unseen": (5.6, 10.1), "heldout_unseen4": (4.2, 18.0), "heldout_unseen5": (1.8, 2.1),
             "heldout_unseen6": (9.9, 30.3), "heldout_unseen7": (3.6, 12.7), "heldout_unseen8": (8.3, 13.0),
             "heldout_unseen9": (9.4, 16.4), "heldout_unseen10": (2.5, 4.7), "heldout_unseen11": (10.0, 42.7),
             "heldout_unseen12": (8.8, 14.3), "heldout_unseen13": (7.9, 15.7), "heldout_unseen14": (9.0, 35.0),
-            "heldout_unseen15": (8.7, 23.0)}
+            "heldout_unseen15": (8.7, 23.0),
+            "heldout_unseen16": (7.6, 26.8)}
 
 
 def test_the_errors_are_no_worse_than_reported():

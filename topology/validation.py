@@ -733,7 +733,7 @@ def evaluate(runs: list[Run] | None = None) -> list[Row]:
 
 # The clean held-out batches: unseen_rows_session{N} in the data file, group "unseen{N}" (session 3's own list is
 # unseen_rows, group "unseen"); a held-out row in none of them is "seen".
-UNSEEN_SESSIONS = tuple(range(4, 16))
+UNSEEN_SESSIONS = tuple(range(4, 17))
 GROUPS = ("seen", "unseen", *(f"unseen{n}" for n in UNSEEN_SESSIONS))
 
 
@@ -813,7 +813,9 @@ def group_of(run: Run) -> str:
     and 2.7B training runs on 8 A100s; second part: the Zero Bubble paper's Megatron-LM 1F1B baseline) or unseen14
     (session 9: Narayanan et al. 2021 Table 2's PTD rows; Megatron-Bridge's model-verification cards on H100) or
     unseen15 (session 10: llm-foundry's H100 large-scale table, MPT 7B-70B on 128 and 512 GPUs; BAAI FlagPerf's
-    Megatron-Core 0.6 H100 rows, Llama 3 8B / 70B and Mixtral 8x7B; the MoE Parallel Folding paper's Table 3 MoE rows)."""
+    Megatron-Core 0.6 H100 rows, Llama 3 8B / 70B and Mixtral 8x7B; the MoE Parallel Folding paper's Table 3 MoE rows) or
+    unseen16 (session 11: the MoE Parallel Folding paper's Table 4 strong-scaling MoE rows at 256 and 1024 H100; NVIDIA's
+    DGX Cloud benchmarking v25.04 Llama 3.1 405B rows under NeMo 2, 32-2048 H100)."""
     if run.split == "fit":
         return "fit"
     data = _data(str(DATA))
