@@ -105,6 +105,7 @@ ABLATIONS: dict[str, list[str]] = {
     "loss-chunk-4096": ["train.loss_chunk_tokens=4096"],
     "float8": ["train.float8=true"],  # torchao; compare its loss column with the bf16 row's
     # recompute cheap ops in the backward: a lower activation peak
+    "act-budget-1.0": ["train.activation_memory_budget=1.0"],  # save what the min-cut chooses (the default before s11)
     "act-budget-0.9": ["train.activation_memory_budget=0.9"],
     "act-budget-0.95": ["train.activation_memory_budget=0.95"],
     "act-budget-0.98": ["train.activation_memory_budget=0.98"],

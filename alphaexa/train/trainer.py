@@ -203,10 +203,11 @@ class Trainer:
         if compute_dtype == torch.float64:  # master weights too: exact comparisons between layouts
             model.to(torch.float64)
         offloaded = cfg.engine_options.offload == "cpu"  # FSDP2's CPUOffloadPolicy: state in host memory
-        if cfg.train.activation_memory_budget < 1:  # read by the partitioner when the graphs compile
+        budget = cfg.train.memory_budget(has_moe=bool(cfg.model.moe_layer_indices()))
+        if budget < 1:  # read by the partitioner when the graphs compile
             import torch._functorch.config as functorch_config
 
-            functorch_config.activation_memory_budget = cfg.train.activation_memory_budget
+            functorch_config.activation_memory_budget = budget
         self.model = parallelize(model, self.dims, compute_dtype=compute_dtype,
                                  compile=cfg.train.compile_on(self.device.type, self.layout),
                                  compile_scope=cfg.train.compile_scope, cpu_offload=offloaded,
