@@ -335,6 +335,9 @@ class Run:
     measured: float
     split: str
     note: str
+    # the layout fields the source does not state (the data file's 'assumed' column, described under
+    # 'columns_assumed'; session 11, branch audit16): empty when the row is fully stated
+    assumed: tuple[str, ...] = ()
 
     @property
     def measured_step_s(self) -> float:
@@ -386,8 +389,13 @@ def _data(path: str) -> dict:
 def load_runs(path: Path = DATA) -> list[Run]:
     data = _data(str(path))
     cols = data["columns"]
-    runs = [Run(**dict(zip(cols, row, strict=True))) for row in data["runs"]]
+    runs = [Run(**{**dict(zip(cols, row, strict=True)), "assumed": tuple(row[cols.index("assumed")])})
+            for row in data["runs"]]
+    known = set(data["columns_assumed"]["names"])
     for r in runs:
+        if not set(r.assumed) <= known:
+            raise ConfigError(f"run {r.id}: assumed fields {sorted(set(r.assumed) - known)} are not described "
+                              "under 'columns_assumed'")
         if r.split not in SPLITS:
             raise ConfigError(f"run {r.id}: split must be fit or heldout, got {r.split!r}")
         if r.source not in data["sources"]:
@@ -738,19 +746,28 @@ GROUPS = ("seen", "unseen", *(f"unseen{n}" for n in UNSEEN_SESSIONS))
 
 
 def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
-    """Per split (and MoE held out): n, mean and max |error| in percent, mean signed error."""
+    """Per split (and MoE held out, each held-out batch, the fully stated held-out rows): n, mean and max |error|
+    in percent, mean signed error."""
     out = {}
     groups = {split: [r for r in rows if r.run.split == split] for split in SPLITS}
     groups["heldout_moe"] = [r for r in groups["heldout"] if model_is_moe(r.run)]
     groups["heldout_seen"] = [r for r in groups["heldout"] if group_of(r.run) == "seen"]
     for g in GROUPS[1:]:  # unseen, unseen4, ... in the order the batches were added
         groups[f"heldout_{g}"] = [r for r in groups["heldout"] if group_of(r.run) == g]
+    # held-out rows whose layout and measured figure the source states in full (no 'assumed' field; session 11,
+    # branch audit16): the same rows' errors without the ones that also measure an earlier session's guess
+    groups["heldout_stated"] = [r for r in groups["heldout"] if is_fully_stated(r.run)]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
             out[name] = {"n": len(errs), "mean_abs": statistics.fmean(abs(e) for e in errs),
                          "max_abs": max(abs(e) for e in errs), "mean": statistics.fmean(errs)}
     return out
+
+
+def is_fully_stated(run: Run) -> bool:
+    """Every layout field and the measured figure stated by the row's source (its 'assumed' list is empty)."""
+    return not run.assumed
 
 
 def model_is_moe(run: Run) -> bool:
