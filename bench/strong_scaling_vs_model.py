@@ -16,7 +16,8 @@ within a layout): not rows of the file, no prediction made for them.  (3) A repl
 1F1B order (schedules.py ``forward_backward_pipelining_with_interleaving`` at 71c394b172, the paper's time: the
 ``(pp - rank - 1) * 2 + (v - 1) * pp`` warm-up, the chunk of virtual micro-batch k, groups of pp micro-batches) with
 every op as soon as its input is there: the makespan against the model's ``m (t_f + t_b) + bubble`` and the per-hop
-latency it adds.  (4) Two readings, not adopted: VPP 1 on the G8T8 layouts, ``+no-dp-overlap`` on every folding row.
+latency it adds; and the same op by op with the schedule's exchanges as issued (blocking in the warm-up and the
+cool-down, posted ahead in the steady state) on NCCL's per-pair streams with rendezvous.  (4) Two readings, not adopted: VPP 1 on the G8T8 layouts, ``+no-dp-overlap`` on every folding row.
 Nothing here is fitted or enters a reported figure (docs/planner.md, "Session 11: fixed-global-batch strong scaling").
 """
 from __future__ import annotations
@@ -118,6 +119,147 @@ def replay_makespan(pp: int, v: int, m: int, t_f: float, t_b: float, hop: float 
     return max(clock)
 
 
+
+# ------------------------------------------------------------ the same, op by op with Megatron's exchanges
+def megatron_interleaved_program(pp: int, v: int, m: int, rank: int) -> list[tuple]:
+    """What rank ``rank`` issues, in order, under ``overlap_p2p_comm`` (the default) without
+    ``overlap_p2p_comm_warmup_flush`` (the default), schedules.py at 71c394b172: ``("comp", "F"|"B", k)``;
+    ``("post", name, ops)`` with ops ``(send|recv, peer, tag)``; ``("wait", name)``.  The warm-up and the cool-down
+    exchange with blocking ``send_forward_recv_forward`` / ``send_backward_recv_backward`` (posted, then waited on);
+    the steady state posts each exchange right after its op and never waits for it there: its receive is waited on by
+    the data dependency of the op that needs it, its send one op later (``send_next_wait_handle``), which changes
+    nothing here and is left out.  A tag is (kind, micro-batch, the receiving virtual stage)."""
+    total, g = m * v, pp
+    nxt, prv = (rank + 1) % pp, (rank - 1) % pp
+    last = pp * v - 1
+
+    def mb(k: int) -> int:
+        return (k // (g * v)) * g + k % g
+
+    def fstage(k: int) -> int:
+        return ((k // g) % v) * pp + rank
+
+    def bstage(k: int) -> int:
+        return (v - 1 - (k // g) % v) * pp + rank
+
+    def fin(k):  # the input of forward k, if it comes from another rank
+        return ("F", mb(k), fstage(k)) if k < total and fstage(k) != 0 else None
+
+    def bin_(k):
+        return ("B", mb(k), bstage(k)) if k < total and bstage(k) != last else None
+
+    def fout(k):
+        return ("F", mb(k), fstage(k) + 1) if fstage(k) != last else None
+
+    def bout(k):
+        return ("B", mb(k), bstage(k) - 1) if bstage(k) != 0 else None
+
+    def ops(*pairs):
+        return [(kind, peer, tag) for kind, peer, tag in pairs if tag is not None]
+
+    warm = min(total, (pp - rank - 1) * 2 + (v - 1) * g)
+    prog: list[tuple] = []
+    if fin(0):
+        prog += [("post", "r0", ops(("recv", prv, fin(0)))), ("wait", "r0")]
+    for k in range(warm):
+        prog += [("comp", "F", k), ("post", f"w{k}", ops(("send", nxt, fout(k)), ("recv", prv, fin(k + 1)))),
+                 ("wait", f"w{k}")]
+        if k == warm - 1 and warm < total:
+            prog.append(("post", "b0", ops(("recv", nxt, bin_(0)))))
+    for k in range(total - warm):
+        f = k + warm
+        prog += [("comp", "F", f), ("post", f"sf{f}", ops(("send", nxt, fout(f)), ("recv", prv, fin(f + 1)))),
+                 ("comp", "B", k), ("post", f"sb{k}", ops(("send", prv, bout(k)), ("recv", nxt, bin_(k + 1))))]
+    for k in range(total - warm, total):
+        prog += [("comp", "B", k), ("post", f"c{k}", ops(("send", prv, bout(k)), ("recv", nxt, bin_(k + 1)))),
+                 ("wait", f"c{k}")]
+    return prog
+
+
+def replay_program(pp: int, v: int, m: int, t_f: float, t_b: float, hop: float) -> float:
+    """The step of the slowest rank when every rank runs ``megatron_interleaved_program`` on one compute stream and
+    its NCCL sends and receives as PyTorch issues them: each on the stream of its rank pair's communicator, in issue
+    order, not before the compute issued ahead of it, a send and its receive together ``hop`` seconds after the later
+    of the two could start (a rendezvous)."""
+    tf, tb = t_f / v, t_b / v
+    progs = [megatron_interleaved_program(pp, v, m, r) for r in range(pp)]
+    pos, clock = [0] * pp, [0.0] * pp
+    streams: dict[tuple[int, int, int], list[dict]] = {}
+    unmatched: dict[tuple, dict] = {}
+    arrived: dict[tuple, dict] = {}  # (rank, tag) -> the receive
+    handles: dict[tuple[int, str], list[dict]] = {}
+
+    def settle() -> None:
+        changed = True
+        while changed:
+            changed = False
+            for queue in streams.values():
+                free = 0.0
+                for op in queue:
+                    if op["done"] is None:
+                        op["start"] = max(op["issue"], free)
+                        mate = op.get("mate")
+                        if mate is None or mate.get("start") is None:
+                            break
+                        op["done"] = mate["done"] = max(op["start"], mate["start"]) + hop
+                        changed = True
+                    free = op["done"]
+
+    moved = True
+    while moved:
+        moved = False
+        for r in range(pp):
+            prog = progs[r]
+            while pos[r] < len(prog):
+                act = prog[pos[r]]
+                if act[0] == "comp":
+                    k = act[2]
+                    tag = _input_tag(pp, v, m, r, act[1], k)
+                    if tag is not None:
+                        rec = arrived.get((r, tag))
+                        if rec is None or rec["done"] is None:
+                            break
+                        clock[r] = max(clock[r], rec["done"])
+                    clock[r] += tf if act[1] == "F" else tb
+                elif act[0] == "post":
+                    recs = []
+                    for kind, peer, tag in act[2]:
+                        op = {"issue": clock[r], "done": None, "start": None}
+                        streams.setdefault((r, min(r, peer), max(r, peer)), []).append(op)
+                        key = (r, peer, tag) if kind == "send" else (peer, r, tag)
+                        if key in unmatched:
+                            op["mate"] = unmatched.pop(key)
+                            op["mate"]["mate"] = op
+                        else:
+                            unmatched[key] = op
+                        if kind == "recv":
+                            arrived[(r, tag)] = op
+                        recs.append(op)
+                    handles[(r, act[1])] = recs
+                else:
+                    settle()
+                    recs = handles[(r, act[1])]
+                    if any(op["done"] is None for op in recs):
+                        break
+                    clock[r] = max([clock[r]] + [op["done"] for op in recs])
+                pos[r] += 1
+                moved = True
+            settle()
+    if any(pos[r] < len(progs[r]) for r in range(pp)) or unmatched:
+        raise RuntimeError("the replayed program stalls")
+    return max(clock)
+
+
+def _input_tag(pp: int, v: int, m: int, rank: int, kind: str, k: int):
+    """The tag of the tensor op (kind, k) of ``rank`` receives from another rank, or None."""
+    g = pp
+    b = (k // (g * v)) * g + k % g
+    if kind == "F":
+        stage = ((k // g) % v) * pp + rank
+        return ("F", b, stage) if stage != 0 else None
+    stage = (v - 1 - (k // g) % v) * pp + rank
+    return ("B", b, stage) if stage != pp * v - 1 else None
+
 def main() -> int:
     runs = {r.id: r for r in v.load_runs()}
 
@@ -161,9 +303,11 @@ def main() -> int:
             span = replay_makespan(pp, vpp, m, 1.0, 2.0)
             model = m * 3.0 + cm.bubble_seconds("interleaved1f1b", pp, vpp, 1.0, 2.0)
             per_hop = (replay_makespan(pp, vpp, m, 1.0, 2.0, hop=1e-3) - span) / 1e-3
+            hop = 0.2 / vpp  # a fifth of a chunk's forward
+            per_hop_ops = (replay_program(pp, vpp, m, 1.0, 2.0, hop) - span) / hop
             print(f"pp {pp} vpp {vpp} m {m:3d}: replay {span:.4f}, model {model:.4f}; a hop's latency is paid "
-                  f"{per_hop:.1f} times (2 (pp vpp - 1) = {2 * (pp * vpp - 1)}; the model's steady state adds "
-                  f"2 m vpp = {2 * m * vpp})")
+                  f"{per_hop:.1f} times, {per_hop_ops:.1f} with Megatron's exchanges op by op (2 (pp vpp - 1) = "
+                  f"{2 * (pp * vpp - 1)}; the model's steady state adds 2 m vpp = {2 * m * vpp})")
 
     print("\n(4) readings, not adopted: the folding rows' errors (%)")
     folding = [r for r in v.load_runs() if r.id.startswith("folding")]

@@ -6,9 +6,10 @@ Megatron-LM made ``overlap_p2p_comm`` the default in 4eeff55d1f (2023-10-12, "Ma
 ``forward_backward_pipelining_with_interleaving`` (schedules.py at 71c394b172) posts each steady-state
 ``send_forward_recv_forward`` / ``send_backward_recv_backward`` right after the op that made the tensor and waits for a
 receive only before the op that needs it.  Replaying the schedule's own order (bench/strong_scaling_vs_model.py) with
-every op as soon as its input has arrived, a hop's latency is paid 2 (pp vpp - 1) times a step (the fill and the
-drain) at every micro-batch count, not 2 m vpp more in the steady state; the bubble is the model's
-(pp - 1) (t_f + t_b) / vpp."""
+every op as soon as its input has arrived, and again op by op with the exchanges as the schedule issues them (blocking
+in the warm-up and the cool-down, posted ahead in the steady state) on NCCL's per-pair streams, a hop's latency is paid
+2 (pp vpp - 1) times a step (the fill and the drain) at every micro-batch count, not 2 m vpp more in the steady state;
+the bubble is the model's (pp - 1) (t_f + t_b) / vpp."""
 from __future__ import annotations
 
 import dataclasses
@@ -40,6 +41,15 @@ def test_a_hops_latency_is_paid_in_the_fill_and_drain_only(pp, vpp):
     for m in (2 * pp, 8 * pp):
         extra = BENCH.replay_makespan(pp, vpp, m, t_f, t_b, hop) - BENCH.replay_makespan(pp, vpp, m, t_f, t_b)
         assert extra == pytest.approx(2 * (pp * vpp - 1) * hop)
+
+
+@pytest.mark.parametrize("pp,vpp,m", [(4, 7, 8), (4, 2, 16), (8, 2, 16)])
+def test_megatrons_exchanges_op_by_op_pay_the_fill_and_drain_only(pp, vpp, m):
+    # the schedule's own program: blocking exchanges in the warm-up and the cool-down, posted ahead in the steady
+    # state, on NCCL's per-pair streams with rendezvous
+    t_f, t_b, hop = 1.0, 2.0, 0.3 / vpp
+    extra = BENCH.replay_program(pp, vpp, m, t_f, t_b, hop) - BENCH.replay_makespan(pp, vpp, m, t_f, t_b)
+    assert extra == pytest.approx(2 * (pp * vpp - 1) * hop)
 
 
 def test_megatron_core_interleaved_exchange_does_not_grow_with_the_micro_batches():
