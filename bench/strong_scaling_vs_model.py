@@ -17,12 +17,14 @@ within a layout): not rows of the file, no prediction made for them.  (3) A repl
 ``(pp - rank - 1) * 2 + (v - 1) * pp`` warm-up, the chunk of virtual micro-batch k, groups of pp micro-batches) with
 every op as soon as its input is there: the makespan against the model's ``m (t_f + t_b) + bubble`` and the per-hop
 latency it adds; and the same op by op with the schedule's exchanges as issued (blocking in the warm-up and the
-cool-down, posted ahead in the steady state) on NCCL's per-pair streams with rendezvous.  (4) Two readings, not adopted: VPP 1 on the G8T8 layouts, ``+no-dp-overlap`` on every folding row.
+cool-down, posted ahead in the steady state) on NCCL's per-pair streams with rendezvous; and with each op's time
+spread at random.  (4) Two readings, not adopted: VPP 1 on the G8T8 layouts, ``+no-dp-overlap`` on every folding row.
 Nothing here is fitted or enters a reported figure (docs/planner.md, "Session 11: fixed-global-batch strong scaling").
 """
 from __future__ import annotations
 
 import dataclasses
+import random
 import sys
 from pathlib import Path
 
@@ -86,12 +88,15 @@ def megatron_interleaved_order(pp: int, v: int, m: int, rank: int) -> list[tuple
     return ops
 
 
-def replay_makespan(pp: int, v: int, m: int, t_f: float, t_b: float, hop: float = 0.0) -> float:
+def replay_makespan(pp: int, v: int, m: int, t_f: float, t_b: float, hop: float = 0.0, spread: float = 0.0,
+                    seed: int = 0) -> float:
     """The step of the slowest rank when each rank runs its ops in Megatron's order, each as soon as its input has
     arrived (``hop`` seconds after the op that made it, on another rank) and the rank is free: the exchanges are
     posted ahead (``overlap_p2p_comm``), so a transfer costs time only where it holds up the op that needs it.
-    ``t_f`` and ``t_b`` are a rank's whole micro-batch (all its chunks); a chunk takes 1 / v of them."""
+    ``t_f`` and ``t_b`` are a rank's whole micro-batch (all its chunks); a chunk takes 1 / v of them, times a
+    Gaussian factor of standard deviation ``spread`` (at least 0.1) where ``spread`` > 0."""
     tf, tb = t_f / v, t_b / v
+    rnd = random.Random(seed)
     orders = [megatron_interleaved_order(pp, v, m, r) for r in range(pp)]
     done: dict[tuple[str, int, int], float] = {}
     pos, clock = [0] * pp, [0.0] * pp
@@ -110,7 +115,8 @@ def replay_makespan(pp: int, v: int, m: int, t_f: float, t_b: float, hop: float 
                 if dep is not None and dep not in done:
                     break
                 ready = 0.0 if dep is None else done[dep] + (hop if dep[2] != stage else 0.0)
-                clock[r] = max(clock[r], ready) + (tf if kind == "F" else tb)
+                factor = max(0.1, rnd.gauss(1.0, spread)) if spread > 0 else 1.0
+                clock[r] = max(clock[r], ready) + (tf if kind == "F" else tb) * factor
                 done[(kind, b, stage)] = clock[r]
                 pos[r] += 1
                 moved = True
@@ -308,6 +314,17 @@ def main() -> int:
             print(f"pp {pp} vpp {vpp} m {m:3d}: replay {span:.4f}, model {model:.4f}; a hop's latency is paid "
                   f"{per_hop:.1f} times, {per_hop_ops:.1f} with Megatron's exchanges op by op (2 (pp vpp - 1) = "
                   f"{2 * (pp * vpp - 1)}; the model's steady state adds 2 m vpp = {2 * m * vpp})")
+
+    print("\n(3b) the same order with each op's time spread (Gaussian, 20 seeds): the mean excess over "
+          "m (t_f + t_b) + bubble, in micro-batch times")
+    for pp, vpp in ((8, 7), (4, 7)):
+        for spread in (0.05, 0.1):
+            cells = []
+            for m in (16, 64):
+                ideal = m * 3.0 + cm.bubble_seconds("interleaved1f1b", pp, vpp, 1.0, 2.0)
+                mean = sum(replay_makespan(pp, vpp, m, 1.0, 2.0, spread=spread, seed=s) for s in range(20)) / 20
+                cells.append(f"m {m}: {(mean - ideal) / 3.0:.2f}")
+            print(f"pp {pp} vpp {vpp} spread {spread:.2f}: " + ", ".join(cells))
 
     print("\n(4) readings, not adopted: the folding rows' errors (%)")
     folding = [r for r in v.load_runs() if r.id.startswith("folding")]
