@@ -530,6 +530,14 @@ class Implementation:
     gemm_scale: float = 1.0  # of the device's gemm_efficiency: this framework's GEMM kernels and their vintage
     attention_scale: float = 1.0  # of the device's attention_efficiency: this framework's attention kernel
     param_gather_overlap: bool = False  # zero1/zero2 parameter all-gather overlapped with the next forward
+    # The interleaved schedule's steady-state pipeline exchanges posted ahead (Megatron's ``overlap_p2p_comm``, its
+    # default from 4eeff55d1f, 2023-10-12: ``--no-overlap-p2p-communication`` is the opt-out, forced off without a
+    # virtual pipeline).  schedules.py ``forward_backward_pipelining_with_interleaving`` (71c394b172) posts each
+    # steady-state send / receive right after the op that made the tensor and waits for a receive only before the op
+    # that needs it; in the schedule's own order that leaves a hop's latency on the critical path only in the fill and
+    # the drain (bench/strong_scaling_vs_model.py replays it), so the steady state's 2 m vpp exchanges are not charged.
+    # Nothing is charged for their overlap either: a p2p kernel runs on a few channels (nccl_p2p_channels).
+    pp_overlap_p2p: bool = False
     # The gradient buckets of an overlapped zero1/zero2 reduction, in parameters: ``(floor, per_rank)`` gives buckets
     # of ``max(floor, per_rank x dp)`` parameters, the data-parallel size ``dp`` of the rank's dense group (Megatron-
     # Core's DDP since 0fda386c04, 2024-04-11: ``max(40000000, 1000000 x dp)`` when the run sets no bucket size,
@@ -1761,8 +1769,11 @@ def _structures(req: Request, impl: Implementation, tp: int, cp: int, ep: int, m
     # across nodes receives that many of its two transfers over the network (pipeline_edge_crossings: 1 at a
     # node's edge, 2 where a stage of a misaligned stride has both neighbours on other nodes).
     hops, crossing = pipeline_node_hops(pp, vpp, schedule, dp * cp * tp, rpn)
+    # (Implementation.pp_overlap_p2p: an interleaved schedule that posts its exchanges ahead pays the fill and the
+    # drain only)
+    steady = 0.0 if (impl.pp_overlap_p2p and schedule == "interleaved1f1b") else m * vpp
     pp_comm = (2 * ((hops - crossing) * lc.p2p + crossing * lc.p2p_node)
-               + m * vpp * ((2 - edge) * lc.p2p + edge * lc.p2p_node) if pp > 1 else 0.0)
+               + steady * ((2 - edge) * lc.p2p + edge * lc.p2p_node) if pp > 1 else 0.0)
     if impl.deepspeed_pipe and pp > 1:
         # DeepSpeed's PipelineEngine (Implementation.deepspeed_pipe): the fill and the drain as above, each transfer
         # after its metadata send; the steady state's exchanges are each stage's own (StageTerms.pipe_xchg: four

@@ -216,7 +216,8 @@ IMPLEMENTATIONS: dict[str, cm.Implementation] = {
         param_gather_overlap=True, ep_dedup=True,  # TE fused rotary, SwiGLU (6 of 10 bytes), cross-entropy; fused router/permute
         dp_bucket_params=cm.MEGATRON_CORE_DDP_BUCKETS,  # max(40M, 1M x dp) parameters a gradient bucket (session 10)
         moe_host_floor_s=MEGATRON_MOE_HOST_S, attention_kernel="cudnn",  # TE's fused attention is cuDNN's
-        embed_dense_grad=True),  # VocabParallelEmbedding's F.embedding: a dense gradient added to main_grad (session 9)
+        embed_dense_grad=True,  # VocabParallelEmbedding's F.embedding: a dense gradient added to main_grad (session 9)
+        pp_overlap_p2p=True),  # overlap_p2p_comm, Megatron-LM's default with a virtual pipeline (session 11, strong16)
     # argonne-lcf/Megatron-DeepSpeed on Intel Max 1550 (ALCF/helpers.sh): no Megatron fused kernel on XPU (eager
     # SwiGLU, rotary, residual adds), IPEX's fused RMSNorm, flash attention from DeepSpeed's XPU builder, and no
     # Megatron sequence parallelism.  Read from the launch scripts, not fitted.
