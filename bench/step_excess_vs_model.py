@@ -50,25 +50,26 @@ def main() -> int:
         print(f"{rid:30s} {m:4d} {1e3 * r.measured_step_s / m:10.1f} {1e3 * e.step_time_s / m:10.1f} "
               f"{r.measured_step_s - m * meas_mb:13.3f} {e.step_time_s - m * pred_mb:13.3f} "
               f"{e.breakdown['dp_comm_exposed_s']:9.3f}")
-    print("\n(2) FlagPerf rows, error with NICs a node (DGX H100: 8)")
-    for nics in (8, 4, 2, 1):
-        cells = []
-        for rid in FLAGPERF_ALL:
-            r = runs[rid]
-            e = v.predict(r, with_network(v.system_of(r), nics_per_node=nics))
-            cells.append(f"{v.error_pct(r, e):+6.1f}% (dp {e.breakdown['dp_comm_exposed_s']:.3f} s)")
-        print(f"{nics} NIC(s): " + " | ".join(cells))
-    print("   rows: " + ", ".join(FLAGPERF_ALL))
-    print("\n(3) llm-foundry H100 rows, error with the NDR NIC's efficiency (catalogue 0.90)")
-    for eff in (0.90, 0.70, 0.50, 0.35):
-        cells = []
-        for rid in FOUNDRY:
-            r = runs[rid]
-            e = v.predict(r, with_network(v.system_of(r), efficiency=eff))
-            cells.append(f"{v.error_pct(r, e):+5.1f}")
-        print(f"{eff:.2f} ({eff * 400:.0f} GB/s a node): " + " ".join(cells))
-    print("   rows: " + ", ".join(FOUNDRY))
+    _sweep(runs, "(2) FlagPerf rows, error with NICs a node (DGX H100: 8)", FLAGPERF_ALL,
+           [(f"{nics} NIC(s)", {"nics_per_node": nics}) for nics in (8, 4, 2, 1)],
+           lambda err, e: f"{err:+6.1f}% (dp {e.breakdown['dp_comm_exposed_s']:.3f} s)", " | ")
+    _sweep(runs, "(3) llm-foundry H100 rows, error with the NDR NIC's efficiency (catalogue 0.90)", FOUNDRY,
+           [(f"{eff:.2f} ({eff * 400:.0f} GB/s a node)", {"efficiency": eff}) for eff in (0.90, 0.70, 0.50, 0.35)],
+           lambda err, e: f"{err:+5.1f}", " ")
     return 0
+
+
+def _sweep(runs, title: str, row_ids, settings, cell, sep: str) -> None:
+    """One line per network setting: each row's error with the rows' system changed by ``with_network``."""
+    print("\n" + title)
+    for label, change in settings:
+        cells = []
+        for rid in row_ids:
+            r = runs[rid]
+            e = v.predict(r, with_network(v.system_of(r), **change))
+            cells.append(cell(v.error_pct(r, e), e))
+        print(f"{label}: " + sep.join(cells))
+    print("   rows: " + ", ".join(row_ids))
 
 
 if __name__ == "__main__":
