@@ -41,6 +41,11 @@ SLOW_MODULES_FIRST = (
 )
 
 
+_missing = [name for name in SLOW_MODULES_FIRST if not (REPO / "tests" / name).is_file()]
+if _missing:  # a renamed module would silently lose its place at the front
+    raise pytest.UsageError(f"tests/conftest.py SLOW_MODULES_FIRST names no such module: {', '.join(_missing)}")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     first = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
     items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: the rest keep their order
