@@ -6,6 +6,9 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEEPSPEED_SPEC ?= deepspeed==0.19.8
 EXTRAS ?= dev,mpi
+# `make test` runs on this many pytest-xdist workers, whole modules each (the CI box has 2 cores), in the
+# order tests/conftest.py gives them (longest first; --no-loadscope-reorder, pytest-xdist >= 3.7).
+TEST_WORKERS ?= 2
 
 .PHONY: setup libaio demo test test-all lint clean
 
@@ -39,7 +42,7 @@ demo: setup
 	$(VENV)/bin/alphaexa demo
 
 test: setup
-	$(PY) -m pytest -q -ra --durations=15 tests
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 test-all: setup
 	$(PY) -m pytest -q -ra -m "" tests

@@ -1,8 +1,15 @@
 """Session fixtures shared by the test modules."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+# One OpenMP thread per process, in this process (set before torch is first imported) and in every run it
+# starts (trainer ranks read it too, train/spawn.py): `make test` runs two pytest workers on two cores, and
+# OpenMP threads spinning for a core taken by the other worker made single-rank runs 3-10x slower (a 6-step
+# run: 5.6 s alone, 60 s beside another worker).  The multi-rank helper rank_processes.run_ranks sets it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from train_runs import REPO, run_env
@@ -12,6 +19,36 @@ from train_runs import REPO, run_env
 # are compiled here, once a session and before those tests, without that guard: when ``make setup`` built them
 # already this is a load, seconds.
 OPS_BUILD_LIMIT_S = 3600
+
+# The longest modules first (seconds, serial, on the 2-core CI machine): `make test` hands whole modules to
+# two pytest-xdist workers (--dist loadfile) in collection order, and one of these started last would run
+# on alone while the other worker idles.  Every other module keeps its place; tests within a module too.
+SLOW_MODULES_FIRST = (
+    "test_deepspeed_train.py",  # 225 s
+    "test_parallel_equivalence.py",  # 160 s
+    "test_resume.py",  # 142 s
+    "test_train.py",  # 126 s
+    "test_offload.py",  # 76 s
+    "test_plan_verify.py",  # 48 s
+    "test_speed_levers.py",  # 47 s
+    "test_planner_validation.py",  # 46 s
+    "test_crash.py",  # 43 s
+    "test_deepspeed_engine.py",  # 38 s
+    "test_stream.py",  # 35 s
+    "test_meta_init.py",  # 35 s
+    "test_launchers.py",  # 34 s
+    "test_launch.py",  # 27 s
+)
+
+
+_missing = [name for name in SLOW_MODULES_FIRST if not (REPO / "tests" / name).is_file()]
+if _missing:  # a renamed module would silently lose its place at the front
+    raise pytest.UsageError(f"tests/conftest.py SLOW_MODULES_FIRST names no such module: {', '.join(_missing)}")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    first = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

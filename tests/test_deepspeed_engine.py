@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from rank_processes import run_ranks
 from test_parallel_equivalence import (
     FP32_ADAM_RTOL,
     GLOBAL_BATCH,
@@ -76,20 +77,10 @@ def _run(rank: int, world: int, port: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def deepspeed_results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
     from backends.launch import free_port
 
     tmp = tmp_path_factory.mktemp("deepspeed")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    ctx = mp.start_processes(_run, args=(WORLD, free_port(), str(tmp)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + 300
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in ctx.processes:
-                process.kill()
-            pytest.fail("DeepSpeed job did not finish in 300 s")
+    run_ranks(_run, (WORLD, free_port(), str(tmp)), WORLD, "DeepSpeed job", timeout=300)
     return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 

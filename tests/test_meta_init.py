@@ -142,16 +142,11 @@ def _worker(rank: int, world: int, port: int, layouts: list, resume: bool, out_d
 
 
 def _run(world: int, layouts: list, resume: bool, tmp: Path) -> list[dict]:
-    import torch.multiprocessing as mp
-
     from backends.launch import free_port
 
-    # The ranks fork from a server that imported torch and the package once: starting 14 fresh
-    # interpreters that each import them took most of this test's time on two cores.  The server
-    # runs nothing else, so forking it is safe (no threads, no collectives started).
-    mp.set_forkserver_preload(["torch", "alphaexa.parallel", "alphaexa.checkpoint"])
-    run_ranks(_worker, (world, free_port(), layouts, resume, str(tmp)), world, f"{world}-rank job", timeout=240,
-              start_method="forkserver")
+    # The ranks fork from run_ranks' preloaded forkserver: starting 14 fresh interpreters that each
+    # import torch and the package took most of this test's time on two cores.
+    run_ranks(_worker, (world, free_port(), layouts, resume, str(tmp)), world, f"{world}-rank job", timeout=240)
     per_rank = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
     errors = [f"rank {r}:\n{out['error']}" for r, out in enumerate(per_rank) if "error" in out]
     if errors:
