@@ -381,6 +381,7 @@ class Trainer:
         if cfg.debug.spike_at_step == step and not self._spike_injected:
             self._loss_scale, self._spike_injected = SPIKE_INJECTION, True
         self._moe_stats.zero_()
+        grad_scale = None  # the clip folded into the fused step (_clip_in_optimizer)
         if self.deepspeed is not None:  # clipped and stepped inside DeepSpeed (self.optimizers is empty)
             result, grad_norm = self.deepspeed.step(step, batch.inputs, batch.targets)
             figures = self._queue_step_values(torch.tensor([result.loss, grad_norm, result.tokens],
@@ -390,7 +391,6 @@ class Trainer:
             # Nothing here waits for the device: the step's figures are read once, in _finish_step,
             # with the optimizer step already queued behind the backward where it can be.
             loss_t, tokens_t = self.step_fn.launch(batch.inputs, batch.targets)
-            grad_scale = None
             if self._clip_in_optimizer:
                 norm_t = global_grad_norm(self.model.parameters(), self.dims)
                 grad_scale = clip_divisor(norm_t, cfg.train.clip)
