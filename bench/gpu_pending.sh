@@ -25,6 +25,10 @@
 # 6. (session 8, issue 15) what dropout costs on the H200: Megatron's bias-dropout-add (eager and compiled) at
 #    p = 0.1 against p = 0, and SDPA's flash / efficient / cuDNN / math backends with dropout_p 0, 0.1 and
 #    0.125 at the Megatron-LM 1.7B and GPT-3 175B rows' attention shapes (bench/dropout_cost.py, under 2 min).
+# Left by session 11 (2026-12-05, which ran on an H100: no H200 could be started): PART=a's CUDA training tests did
+# not run; `--ablations act-budget-1.0` and a 1b-moe run with train.activation_memory_budget=0.98 (MoE models keep
+# 1.0 under auto until measured); FlashAttention-4 with `FA4=1 bash bench/gpu_wheels.sh` and bench/fa4_vs_sdpa.py
+# (two calls of one lease: see gpu_wheels.sh); the whole vs_peers bench again on an H200.
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
