@@ -373,17 +373,16 @@ def collective_seconds(op: str, nbytes: float, path: CommPath, comm_ranks: int =
             return call + 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra) + inter
         return call + _ring(op, path.k, nbytes, intra_lat, intra) + inter
     inter_lat = (2 if op == "all_reduce" else 1) * math.ceil(math.log2(path.nodes)) * path.inter_latency_us * 1e-6
-    if op != "all_reduce":
+    if op == "all_reduce":
+        intra_t = 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra)
+        intra_lat_s = 2 * math.ceil(math.log2(path.k)) * intra_lat * 1e-6
+    else:
         # NCCL's all-gather / reduce-scatter are one flat ring over all n ranks (src/device/all_gather.h runRing,
         # v2.19.3-1; the only algorithm for them across nodes in tuning.cc v2.18-v2.22, PAT from v2.23 being for
         # one rank a node): every chunk passes n - 1 hops, so each node boundary carries (n - 1) / n of the
         # buffer, over the k NICs of the group's ranks, not the (nodes - 1) / nodes a two-level algorithm would
         # send.  Session 11, branch flagperf16; tests/test_planner_flat_ring.py.
         inter = nbytes / path.k * (n - 1) / n / (path.inter_gbps * 1e9) + inter_lat
-    if op == "all_reduce":
-        intra_t = 2 * _ring("reduce_scatter", path.k, nbytes, intra_lat, intra)
-        intra_lat_s = 2 * math.ceil(math.log2(path.k)) * intra_lat * 1e-6
-    else:
         intra_t = _ring(op, path.k, nbytes, intra_lat, intra)
         intra_lat_s = math.ceil(math.log2(path.k)) * intra_lat * 1e-6
     return call + max(intra_t - intra_lat_s, inter - inter_lat) + intra_lat_s + inter_lat

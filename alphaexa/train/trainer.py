@@ -459,6 +459,11 @@ class Trainer:
         train = self.cfg.train
         if train.loss_spike_factor and train.loss_spike_rollback:
             return False
+        return self._fused_optimizers
+
+    @functools.cached_property
+    def _fused_optimizers(self) -> bool:
+        """Whether there are optimizers and every one runs torch's fused kernel (``found_inf``, ``grad_scale``)."""
         return bool(self.optimizers) and all(o.defaults.get("fused") for o in self.optimizers)
 
     @functools.cached_property
@@ -467,8 +472,7 @@ class Trainer:
         fused (torch's fused Adam/AdamW divide the gradients by ``grad_scale``), clipping on, and float32
         master gradients (the kernels read a float32 factor; fp64 runs keep the exact separate clip)."""
         train = self.cfg.train
-        return (train.clip_in_optimizer and bool(train.clip) and train.dtype != "fp64" and bool(self.optimizers)
-                and all(o.defaults.get("fused") for o in self.optimizers))
+        return train.clip_in_optimizer and bool(train.clip) and train.dtype != "fp64" and self._fused_optimizers
 
     def _queue_optimizer_step(self, loss: Tensor, grad_norm: Tensor, grad_scale: Tensor | None) -> None:
         found_inf = None
