@@ -132,7 +132,7 @@ PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("elementwise/norm", (r"triton_|elementwise|vectorized|reduce|norm|softmax|copy|fill|cast|silu|mul|add|cat|"
                           r"embedding|loss|memset|memcpy|unrolled")),
 )
-PROFILED = {"loop compile", "alphaexa", "alphaexa 1b-moe"}  # the contenders --profile-steps profiles
+PROFILED = {"loop compile", "alphaexa", "alphaexa 1b-moe", "alphaexa mixtral-like"}  # the contenders --profile-steps profiles
 
 
 @dataclass
