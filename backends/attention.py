@@ -15,8 +15,10 @@ GQA: key/value head ``h`` serves query heads ``h*g ... h*g + g-1`` with
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -62,9 +64,10 @@ class AttentionKernel:
     requires_module: str | None
     unsupported: Callable[[AttentionCall], str | None]
     compute: Callable[..., Tensor]
+    requires_entry: str = ""  # the function ``requires_module`` must provide (checked once, see _provides)
 
     def installed(self) -> bool:
-        return self.requires_module is None or _module_installed(self.requires_module)
+        return self.requires_module is None or _module_installed(self.requires_module, self.requires_entry)
 
 
 # Whether each kernel's module is installed, looked up once per module.  A plain dict, filled
@@ -75,11 +78,32 @@ class AttentionKernel:
 _INSTALLED: dict[str, bool] = {}
 
 
-def _module_installed(module: str) -> bool:
-    found = _INSTALLED.get(module)
+def _module_installed(module: str, entry: str = "") -> bool:
+    key = f"{module}:{entry}"
+    found = _INSTALLED.get(key)
     if found is None:
-        found = _INSTALLED[module] = importlib.util.find_spec(module) is not None
+        found = _INSTALLED[key] = _provides(module, entry)
     return found
+
+
+def _provides(module: str, entry: str) -> bool:
+    """Whether ``module`` is installed and, if ``entry`` is named, imports and provides it.
+
+    Finding the module is not enough: flash-attn-4 installs its CuTe kernels as ``flash_attn.cute``
+    inside a ``flash_attn`` namespace package, which ``find_spec`` finds without FlashAttention-2's
+    ``flash_attn_func`` (a run with flash-attn-4 installed failed with ImportError in its first
+    forward on an H100, session 12).  A build that does not load serves nothing, with a warning.
+    """
+    if importlib.util.find_spec(module) is None:
+        return False
+    if not entry:
+        return True
+    try:
+        provided = callable(getattr(importlib.import_module(module), entry, None))
+    except (ImportError, OSError, RuntimeError) as exc:  # an ABI or driver mismatch of a compiled extension
+        warnings.warn(f"attention: {module!r} is installed but does not import ({exc}); its kernel is not used")
+        return False
+    return provided
 
 
 def visibility_mask(
@@ -324,9 +348,11 @@ KERNELS: dict[str, AttentionKernel] = {
     k.name: k
     for k in (
         AttentionKernel(
-            "flash_attn3", ("cuda",), "flash_attn_interface", _flash3_unsupported, _flash3_attention
+            "flash_attn3", ("cuda",), "flash_attn_interface", _flash3_unsupported, _flash3_attention, "flash_attn_func"
         ),
-        AttentionKernel("flash_attn", ("cuda",), "flash_attn", _flash_unsupported, _flash2_attention),
+        AttentionKernel(
+            "flash_attn", ("cuda",), "flash_attn", _flash_unsupported, _flash2_attention, "flash_attn_func"
+        ),
         AttentionKernel("flex", ("cuda", "xpu"), None, _flex_unsupported, flex_attention_call),
         AttentionKernel("sdpa", ("cpu", "cuda", "xpu"), None, _sdpa_unsupported, _sdpa_attention),
         AttentionKernel("sdpa_cudnn", ("cuda",), None, _sdpa_backend_unsupported, _forced_sdpa("CUDNN_ATTENTION")),
@@ -338,7 +364,7 @@ KERNELS: dict[str, AttentionKernel] = {
 
 for _kernel in KERNELS.values():
     if _kernel.requires_module is not None:
-        _module_installed(_kernel.requires_module)
+        _module_installed(_kernel.requires_module, _kernel.requires_entry)
 
 
 def available_kernels(device_type: str) -> list[str]:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import warnings
 
 import pytest
 import torch
@@ -156,6 +157,40 @@ def test_cpu_kernel_priority_and_default_choice():
     assert available_kernels("cpu") == ["sdpa", "math"]
     q = torch.randn(1, 2, 4, 8)
     assert select_kernel(describe_call(q, q, q, causal=True, window=0, q_offset=0)).name == "sdpa"
+
+
+# The three ways a `flash_attn` package can sit on sys.path.  flash-attn-4 ships its kernels as
+# `flash_attn.cute` inside a `flash_attn` namespace package (no __init__.py, no flash_attn_func at the
+# top): an H100 run with it installed picked FlashAttention-2 and failed in its first forward.
+FLASH_ATTN_LAYOUTS = {
+    "flash-attn-4 (namespace package)": ({"flash_attn/cute/__init__.py": "def flash_attn_func(q, k, v):\n    return q\n"},
+                                         False),
+    "flash-attn-2": ({"flash_attn/__init__.py": "def flash_attn_func(q, k, v, **kw):\n    return q\n"}, True),
+    "a build that does not load": ({"flash_attn/__init__.py": "raise ImportError('undefined symbol: _ZN3c10')\n"},
+                                   False),
+}
+
+
+@pytest.mark.parametrize("layout", FLASH_ATTN_LAYOUTS)
+def test_flash_attn_kernel_is_installed_only_where_its_function_imports(tmp_path, monkeypatch, layout):
+    import sys
+
+    from backends import attention
+
+    files, serves = FLASH_ATTN_LAYOUTS[layout]
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
+    monkeypatch.delitem(attention._INSTALLED, "flash_attn:flash_attn_func", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert KERNELS["flash_attn"].installed() is serves
+    assert ("flash_attn" in available_kernels("cuda")) is serves
+    assert [str(w.message) for w in caught if "does not import" in str(w.message)] == (
+        ["attention: 'flash_attn' is installed but does not import (undefined symbol: _ZN3c10); its kernel is not used"]
+        if "not load" in layout else [])
 
 
 def test_forcing_a_kernel_that_cannot_serve_the_call_is_a_clear_error():
