@@ -203,7 +203,7 @@ class Trainer:
         if compute_dtype == torch.float64:  # master weights too: exact comparisons between layouts
             model.to(torch.float64)
         offloaded = cfg.engine_options.offload == "cpu"  # FSDP2's CPUOffloadPolicy: state in host memory
-        budget = cfg.train.memory_budget(has_moe=bool(cfg.model.moe_layer_indices()))
+        budget = cfg.train.memory_budget()
         if budget < 1:  # read by the partitioner when the graphs compile
             import torch._functorch.config as functorch_config
 
