@@ -127,7 +127,10 @@ PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("attention bwd", r"(flash|fmha|attn|attention|sdpa).*(bwd|bprop|backward|cutlassb|dq_dk)"),
     ("attention fwd", r"flash|fmha|attn|attention|sdpa"),
     ("optimizer + clip", r"adam|multi_tensor|foreach"),
-    ("GEMM", r"gemm|cutlass|cublas|nvjet|xmma|wgmma|matmul|grouped_mm|triton_tem|splitk|\bmm\b|addmm"),
+    # inductor's pointwise/reduction kernels (triton_poi_, triton_per_, triton_red_) are named after the ops they
+    # fuse: "triton_poi_fused__grouped_mm__to_copy" casts weights for a grouped GEMM, it is no GEMM
+    ("GEMM", (r"^(?!triton_(?:poi|per|red)_).*(?:gemm|cutlass|cublas|nvjet|xmma|wgmma|matmul|grouped_mm|triton_tem|"
+              r"splitk|\bmm\b|addmm)")),
     ("routing/permute/index/sort", r"topk|sort|radix|scatter|gather|index|cumsum|histogram|bincount|nonzero|unique"),
     ("elementwise/norm", (r"triton_|elementwise|vectorized|reduce|norm|softmax|copy|fill|cast|silu|mul|add|cat|"
                           r"embedding|loss|memset|memcpy|unrolled")),

@@ -80,3 +80,21 @@ def test_profiler_window_holds_exactly_its_steps_and_starts_after_the_timed_ones
         assert overlapped == {1, 2, 4, 5}, order
     else:
         assert not overlapped
+
+
+@pytest.mark.parametrize("kernel, category", [
+    # kernel names from the H100 profile of session 12 (Mixtral-like shape)
+    ("triton_poi_fused__grouped_mm__to_copy_14", "elementwise/norm"),  # the expert weights' bf16 cast
+    ("triton_per_fused__fused_rms_norm_backward__to_copy_add_view_19", "elementwise/norm"),
+    ("triton_poi_fused__to_copy_add_index_put_8", "routing/permute/index/sort"),
+    ("_ZN7cutlass13device_kernelIN2at4cuda6detail25enable_3x_kernel_for_sm9xINS_4gemm6kernel13GemmUniversal", "GEMM"),
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "GEMM"),
+    ("triton_tem_fused_mm_0", "GEMM"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26", "attention bwd"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedOptimizerTensorListMetadata", "optimizer + clip"),
+])
+def test_profile_categories_put_inductor_casts_named_after_a_gemm_outside_the_gemms(kernel, category):
+    sys.path.insert(0, str(REPO / "bench"))
+    import vs_peers
+
+    assert vs_peers.kernel_category(kernel) == category
