@@ -29,6 +29,10 @@
 # not run; `--ablations act-budget-1.0` and a 1b-moe run with train.activation_memory_budget=0.98 (MoE models keep
 # 1.0 under auto until measured); FlashAttention-4 with `FA4=1 bash bench/gpu_wheels.sh` and bench/fa4_vs_sdpa.py
 # (two calls of one lease: see gpu_wheels.sh); the whole vs_peers bench again on an H200.
+# Session 12 (2026-12-05, an H100 again) ran PART=a's CUDA training tests (3 passed), the GPU attention tests (10
+# passed), FlashAttention-4 (slower than cuDNN through SDPA at both shapes) and the MoE activation budget (0.98 is now
+# auto for MoE too). Left: every figure on an H200 (the device: the whole vs_peers bench in two calls,
+# `--sections dense --ablations act-budget-1.0 --profile-steps 3` then `--sections moe,long,attention --profile-steps 3`).
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
