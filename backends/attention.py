@@ -100,7 +100,9 @@ def _provides(module: str, entry: str) -> bool:
         return True
     try:
         provided = callable(getattr(importlib.import_module(module), entry, None))
-    except (ImportError, OSError, RuntimeError) as exc:  # an ABI or driver mismatch of a compiled extension
+    # an ABI or driver mismatch of a compiled extension (ImportError, OSError, RuntimeError), a wheel built for
+    # another torch (AttributeError, TypeError, ...): imported when this module is, so nothing may escape here
+    except Exception as exc:  # noqa: BLE001
         warnings.warn(f"attention: {module!r} is installed but does not import ({exc}); its kernel is not used")
         return False
     return provided

@@ -375,19 +375,52 @@ def test_clip_folded_into_the_fused_step_updates_like_clipping_first(max_norm):
         assert float(torch.nn.utils.get_total_norm(folded_grads)) == pytest.approx(max_norm, rel=1e-5)
 
 
-def test_trainer_folds_the_clip_into_the_fused_step_and_trains_as_clipping_first(tmp_path):
+# Imported first by every Python process of a run (through PYTHONPATH): AdamW.step writes one line a call, the
+# divisor it reads from ``grad_scale`` (the folded clip) or "none".  Losses alone cannot tell the fold from the
+# separate clip: on this run both are the same to the bit.
+_GRAD_SCALE_PROBE = """
+import os
+
+import torch
+
+_step = torch.optim.AdamW.step
+
+
+def step(self, *args, **kwargs):
+    scale = getattr(self, "grad_scale", None)
+    with open(os.environ["ALPHAEXA_TEST_GRAD_SCALE_LOG"], "a") as log:
+        log.write(("none" if scale is None else repr(float(scale))) + "\\n")
+    return _step(self, *args, **kwargs)
+
+
+torch.optim.AdamW.step = step
+"""
+
+
+def test_trainer_folds_the_clip_into_the_fused_step_and_trains_as_clipping_first(tmp_path, monkeypatch):
     """The trainer's fused step with the clip folded in (the default with fused AdamW) logs the same losses
     and pre-clip norms as the separate clip (train.clip_in_optimizer=false), within float32 rounding; the
-    small clip bound makes every step clip."""
+    small clip bound makes every step clip.  The folded run hands every AdamW step the divisor norm / 0.05
+    as ``grad_scale``, the separate one none."""
+    import os
+
     from train_runs import steps
 
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "sitecustomize.py").write_text(_GRAD_SCALE_PROBE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "probe"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     common = ("train.optimizer_impl=fused", "train.clip=0.05", "train.steps=4", "train.eval_batches=0",
               "checkpoint.enabled=false")
     folded, separate = tmp_path / "folded", tmp_path / "separate"
-    train(folded, *common, cache_dir=tmp_path / "cache")
-    train(separate, *common, "train.clip_in_optimizer=false", cache_dir=tmp_path / "cache")
+    scales = {}
+    for run, sets in ((folded, ()), (separate, ("train.clip_in_optimizer=false",))):
+        monkeypatch.setenv("ALPHAEXA_TEST_GRAD_SCALE_LOG", str(tmp_path / f"{run.name}.log"))
+        train(run, *common, *sets, cache_dir=tmp_path / "cache")
+        scales[run.name] = (tmp_path / f"{run.name}.log").read_text().split()
     a, b = steps(folded), steps(separate)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    assert scales["separate"] == ["none"] * 4 and len(scales["folded"]) == 4 and "none" not in scales["folded"]
+    assert [float(x) for x in scales["folded"]] == pytest.approx([a[s]["grad_norm"] / 0.05 for s in sorted(a)], rel=1e-5)
     assert all(a[s]["grad_norm"] > 0.05 for s in a)  # every step clipped
     for s in a:
         assert a[s]["loss"] == pytest.approx(b[s]["loss"], rel=1e-5), s

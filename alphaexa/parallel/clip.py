@@ -56,7 +56,8 @@ def clip_divisor(total: Tensor, max_norm: float) -> Tensor:
 
     torch's fused kernels divide each gradient by ``grad_scale`` as they load it (and store the quotient
     back), so passing 1 / the clip coefficient clips inside the optimizer's own pass over the gradients:
-    one read and one write of every gradient less than scaling them first.  The coefficient is
+    one read of every gradient and the multiply's launches less than scaling them first (the kernel's store
+    of the quotient replaces the multiply's write; docs/performance.md, session 11's profile).  The coefficient is
     ``clip_grads_with_norm_``'s (max_norm / (norm + 1e-6), at most 1); the quotient can differ from its
     product in the last bit.  A float32 scalar on the norm's device (the kernels read a float)."""
     coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)

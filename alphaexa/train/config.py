@@ -80,9 +80,9 @@ class TrainSection:
     # torch.compile's activation memory budget (torch._functorch.config.activation_memory_budget): below 1,
     # the partitioner recomputes the cheapest forward ops in the backward until the saved activations fit
     # that fraction of what saving everything would keep (1 = save what the min-cut chooses, torch's default)
-    # auto: 0.98 for models without MoE blocks (on the 1b shape any budget from 0.9 to 0.98 recomputes the same
-    # cheap ops, SwiGLU's products and norms, and the peak falls from 38.3 to 28.9 GiB at no measurable cost:
-    # docs/performance.md), 1.0 with MoE blocks (not measured there yet)
+    # auto: 0.98 (AUTO_MEMORY_BUDGET), with or without MoE blocks (on the 1b shape any budget from 0.9 to 0.98
+    # recomputes the same cheap ops, SwiGLU's products and norms, and the peak falls from 38.3 to 28.9 GiB at no
+    # measurable cost; 1b-moe and the Mixtral-like shape: docs/performance.md)
     activation_memory_budget: float | str = "auto"
     fused_loss: bool = True  # LM head + cross-entropy in token chunks, never the full fp32 logits (tp1, pp1)
     loss_chunk_tokens: int = 4096  # tokens per chunk of the fused loss: smaller chunks, smaller loss temporaries
