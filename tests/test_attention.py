@@ -192,10 +192,14 @@ def test_flash_attn_kernel_is_installed_only_where_its_function_imports(tmp_path
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "flash_attn", raising=False)
     monkeypatch.delitem(attention._INSTALLED, "flash_attn:flash_attn_func", raising=False)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert KERNELS["flash_attn"].installed() is serves
-    assert ("flash_attn" in available_kernels("cuda")) is serves
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert KERNELS["flash_attn"].installed() is serves
+        assert ("flash_attn" in available_kernels("cuda")) is serves
+    finally:  # the layout's module must not outlive the test (monkeypatch then restores a real one, if any)
+        for name in [m for m in sys.modules if m == "flash_attn" or m.startswith("flash_attn.")]:
+            del sys.modules[name]
     assert [str(w.message) for w in caught if "does not import" in str(w.message)] == (
         [(f"attention: 'flash_attn' is installed but does not import ({BROKEN_BUILD_WARNINGS[layout]}); its kernel "
           "is not used")] if layout in BROKEN_BUILD_WARNINGS else [])

@@ -203,11 +203,11 @@ class Trainer:
         if compute_dtype == torch.float64:  # master weights too: exact comparisons between layouts
             model.to(torch.float64)
         offloaded = cfg.engine_options.offload == "cpu"  # FSDP2's CPUOffloadPolicy: state in host memory
-        budget = cfg.train.memory_budget()
-        if budget < 1:  # read by the partitioner when the graphs compile
-            import torch._functorch.config as functorch_config
+        # Read by the partitioner when the graphs compile; a process-wide setting, so it is set for every Trainer
+        # (a second Trainer in one process must not inherit the first's budget).
+        import torch._functorch.config as functorch_config
 
-            functorch_config.activation_memory_budget = budget
+        functorch_config.activation_memory_budget = cfg.train.memory_budget()
         self.model = parallelize(model, self.dims, compute_dtype=compute_dtype,
                                  compile=cfg.train.compile_on(self.device.type, self.layout),
                                  compile_scope=cfg.train.compile_scope, cpu_offload=offloaded,
