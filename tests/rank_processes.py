@@ -11,7 +11,9 @@ import pytest
 # multi-rank tests on two cores.  The server only imports (no threads, no process group, no
 # accelerator), so forking it is safe; each rank still runs in its own process and talks over gloo.
 # The first run_ranks of a session starts the server, so the list is the same for every module.
-PRELOAD = ["torch", "torch.distributed", "alphaexa.model", "alphaexa.parallel", "alphaexa.checkpoint"]
+# alphaexa.parallel and alphaexa.checkpoint import their pipelining and DCP parts when used: named here.
+PRELOAD = ["torch", "torch.distributed", "torch.distributed.pipelining", "alphaexa.model", "alphaexa.parallel",
+           "alphaexa.checkpoint.manager", "alphaexa.checkpoint.state"]
 
 
 def run_ranks(fn, args: tuple, nprocs: int, what: str, timeout: float = 300.0,

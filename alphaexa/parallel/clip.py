@@ -72,6 +72,10 @@ def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, dims:
     groups: dict[tuple, list[Tensor]] = defaultdict(list)
     for p in params:
         groups[_group_key(p.grad)].append(p)
-    for group in groups.values():
-        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    for key, group in groups.items():
+        # DTensor gradients are scaled one at a time: torch's foreach multiply over a list of DTensors runs
+        # DTensor's sharding propagation for the whole list, uncached (torch 2.13: about 0.4 s per group and
+        # step on a 2-core CPU, profiled on 4 ranks of fsdp2 x tp2 x ep2), while each tensor's own ``mul_``
+        # hits its cache.  The same product either way (each element times the same coefficient).
+        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total, foreach=None if key == ("local",) else False)
     return total

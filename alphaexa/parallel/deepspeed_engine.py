@@ -26,6 +26,9 @@ gradient is again that of the single-process global mean.
 """
 from __future__ import annotations
 
+import functools
+import importlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +234,7 @@ class DeepSpeedTrainStep:
         if options.offload_params == "nvme" and not ("bf16" in self.config or "fp16" in self.config):
             _partition_for_nvme(model, self.config)  # fp32 parameters (bf16/fp16 runs keep DeepSpeed's own path)
         optimizer = _client_optimizer(options, self.config)
+        import_muon_compiling_lazily()
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, model_parameters=parameters if parameters is not None else model.parameters(),
             optimizer=optimizer, config=self.config)
@@ -280,6 +284,45 @@ class DeepSpeedTrainStep:
         dist.all_reduce(loss_sum)
         self.last_grad_norm = float(self.engine.get_global_grad_norm())
         return StepResult(loss=float(loss_sum), tokens=int(count))
+
+
+# DeepSpeed's ZeRO optimizers import its Muon optimizer inside ``deepspeed.initialize`` (to tell whether the client
+# optimizer is one).  That module applies ``torch.compile`` to three functions at import, and torch.compile imports
+# torch's inductor when it wraps a function: 3.3 s of every ZeRO process on a 2-core CPU machine (profiled), for
+# functions that only a Muon optimizer calls, and this engine never passes one (``_client_optimizer``: AdamW,
+# DeepSpeed's CPU Adam).
+MUON_MODULES = ("deepspeed.runtime.zero.muon.original_muon", "deepspeed.runtime.zero.muon.muon_optimizer")
+
+
+def import_muon_compiling_lazily() -> None:
+    """Import DeepSpeed's Muon modules (unless imported already) with each ``@compiler.compile()`` function compiled
+    by ``torch.compile`` on its first call instead of at import; the same compiled function once called."""
+    if all(name in sys.modules for name in MUON_MODULES):
+        return
+    from deepspeed.runtime import compiler
+
+    eager = compiler.compile
+
+    def compile_on_first_call():
+        decorate = eager()
+
+        def lazily(fn):
+            compiled = []
+
+            @functools.wraps(fn)
+            def call(*args, **kwargs):
+                if not compiled:
+                    compiled.append(decorate(fn))
+                return compiled[0](*args, **kwargs)
+            return call
+        return lazily
+
+    compiler.compile = compile_on_first_call
+    try:
+        for name in MUON_MODULES:
+            importlib.import_module(name)
+    finally:
+        compiler.compile = eager
 
 
 def _client_optimizer(options: DeepSpeedOptions, config: dict):

@@ -20,22 +20,22 @@ already divided by the global token count, so micro-batch gradients just add.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from torch.distributed.pipelining import (
-    PipelineStage,
-    Schedule1F1B,
-    ScheduleGPipe,
-    ScheduleInterleaved1F1B,
-    ScheduleZBVZeroBubble,
-)
 
 from alphaexa.model.moe import moe_layers
 from alphaexa.model.transformer import Transformer
 from topology.modelcfg import ConfigError
 
-SCHEDULE_CLASSES = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B, "interleaved1f1b": ScheduleInterleaved1F1B,
-                    "zbv": ScheduleZBVZeroBubble}
+if TYPE_CHECKING:
+    from torch.distributed.pipelining import PipelineStage
+
+# torch.distributed.pipelining is imported by build_schedule, when a pipeline is built: it imports torch._dynamo,
+# 1.4 s of every process that imports alphaexa.parallel on a 2-core machine (profiled), with or without pp.
+SCHEDULE_CLASSES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B", "interleaved1f1b": "ScheduleInterleaved1F1B",
+                    "zbv": "ScheduleZBVZeroBubble"}
 
 
 def stage_layer_counts(n_layers: int, n_stages: int, given: list[int] | None = None) -> list[int]:
@@ -114,11 +114,13 @@ def build_schedule(chunks: list[nn.Module], stage_ids: list[int], n_stages: int,
     # autograd-graph surgery) our training step got wrong weight gradients (checked against
     # the single-process reference; docs/parallelism.md); a dw_builder makes the I step run
     # the full backward and W a no-op, so the V schedule stays exact, only the I/W split is lost.
+    from torch.distributed import pipelining
+
     dw_builder = _no_deferred_weight_grads if schedule == "zbv" else None
-    stages = [PipelineStage(chunk, stage, n_stages, device, group=pp_group, dw_builder=dw_builder)
+    stages = [pipelining.PipelineStage(chunk, stage, n_stages, device, group=pp_group, dw_builder=dw_builder)
               for chunk, stage in zip(chunks, stage_ids)]
     for stage in stages:
         _flag_shape_inference(stage)
-    cls = SCHEDULE_CLASSES[schedule]
+    cls = getattr(pipelining, SCHEDULE_CLASSES[schedule])
     target = stages[0] if schedule in ("gpipe", "1f1b") else stages
     return cls(target, n_microbatches=n_microbatches, loss_fn=loss_fn, scale_grads=False)

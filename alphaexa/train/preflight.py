@@ -3,8 +3,8 @@
 ``preflight`` validates the config against the world size (layout), the data inputs, the
 logging options and the run directory: a fresh run may not reuse a directory holding
 checkpoints, and ``--resume`` needs the newest complete checkpoint to be of this model.
-Only the layout check of ``alphaexa.parallel`` (which rules this implementation adds, e.g.
-no context parallelism on CPU) imports torch.
+The layout check is ``alphaexa.parallel.check_layout``'s (``topology.support``: which rules this
+implementation adds, e.g. no context parallelism on CPU), called without importing ``alphaexa.parallel``.
 """
 from __future__ import annotations
 
@@ -38,14 +38,15 @@ class Preflight:
 
 def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Preflight:
     from backends.device import get_backend
-
-    from ..parallel import check_layout
+    from topology.support import check_supported
 
     layout = cfg.layout_for(world)
     device_type = get_backend().device_type
     engine = cfg.engine_options.engine
-    check_layout(layout, cfg.model, device_type, compile=engine == "native" and cfg.train.compile_on(device_type, layout),
-                 engine=engine, offload=cfg.engine_options.offload)
+    # alphaexa.parallel.check_layout's rules, without importing alphaexa.parallel (DTensor, FSDP: over a second on
+    # two cores, which the parent of an --nproc run would spend before it starts the ranks).
+    check_supported(layout, cfg.model, device_type, compile=engine == "native" and cfg.train.compile_on(device_type, layout),
+                    engine=engine, offload=cfg.engine_options.offload)
     if engine == "deepspeed":
         from .deepspeed_run import check_deepspeed_run
 
