@@ -425,3 +425,25 @@ def test_trainer_folds_the_clip_into_the_fused_step_and_trains_as_clipping_first
     for s in a:
         assert a[s]["loss"] == pytest.approx(b[s]["loss"], rel=1e-5), s
         assert a[s]["grad_norm"] == pytest.approx(b[s]["grad_norm"], rel=1e-4), s
+
+
+def test_no_clip_bound_leaves_every_gradient_as_it_is_even_beside_an_infinite_one(one_rank_group):
+    """train.clip=0 clips with an infinite bound: the norm is still returned (the log shows it), but no gradient is
+    scaled. Scaling by torch's clamped coefficient would multiply every gradient by inf / inf = NaN as soon as one
+    gradient holds an inf, so the finite ones would be lost too."""
+    from alphaexa.model import Transformer
+    from alphaexa.parallel import build_mesh, clip_grad_norm_
+    from backends.device import get_backend
+    from topology.layout import Layout
+
+    torch.manual_seed(0)
+    model = Transformer(get_preset("debug"))
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    params[0].grad[0, 0] = float("inf")
+    before = [p.grad.clone() for p in params]
+    dims = build_mesh(Layout().resolve(1), get_backend(), torch.device("cpu"))
+    assert clip_grad_norm_(params, float("inf"), dims) == float("inf")
+    for p, b in zip(params, before):
+        assert torch.equal(p.grad, b)

@@ -69,6 +69,8 @@ def clip_grad_norm_(params: Iterable[torch.nn.Parameter], max_norm: float, dims:
     """Scale all gradients so that their global norm is at most ``max_norm``; returns the norm before."""
     params = [p for p in params if p.grad is not None]
     total = global_grad_norm(params, dims)
+    if max_norm == float("inf"):  # no clipping (train.clip=0): nothing to scale (the coefficient would be 1, or
+        return total  # NaN where the norm is not finite: inf / inf, which would spread one bad gradient to all)
     groups: dict[tuple, list[Tensor]] = defaultdict(list)
     for p in params:
         groups[_group_key(p.grad)].append(p)
