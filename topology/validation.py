@@ -458,6 +458,17 @@ def implementation_of(run: Run) -> cm.Implementation:
     if unknown:
         raise ConfigError(f"run {run.id}: unknown implementation flag(s) {unknown}; known: {known}")
     impl = replace(impl, **{OVERLAP_FLAGS[f]: True for f in flags if f in OVERLAP_FLAGS}) if flags else impl
+    if "ep-overlap" in flags and name.startswith("megatron-core"):
+        # Megatron-Core's EP all-to-all overlap (--overlap-moe-expert-parallel-comm, the combined 1F1B schedule)
+        # exists only without a pipeline or with a virtual one: TransformerConfig asserts "virtual_pipeline_model_
+        # parallel_size must be specified when pipeline_model_parallel_size > 1" (d7bf5aaaa8, 2025-08-26), and
+        # refuses full recomputation and EP 1; forward_backward_pipelining_without_interleaving has no combined
+        # path (megatron/core/pipeline_parallel/schedules.py at d98e8a64dd).  Session 12, branch a2a17.
+        if run.pp > 1 and run.vpp <= 1:
+            raise ConfigError(f"run {run.id}: +ep-overlap with PP {run.pp} and no virtual pipeline: Megatron-Core "
+                              "overlaps the expert all-to-all only at PP 1 or with an interleaved pipeline")
+        if run.ep <= 1 or run.recompute == "full":
+            raise ConfigError(f"run {run.id}: +ep-overlap needs EP > 1 and no full recomputation in Megatron-Core")
     if "fp32-reduce" in flags:  # the data-parallel gradient reduction in fp32 (FSDP reduce_dtype=float32)
         impl = replace(impl, grad_reduce_bytes=4.0)
     if "expert-loop" in flags:  # moe_grouped_gemm false: Megatron-Core's SequentialMLP, one MLP per local expert
