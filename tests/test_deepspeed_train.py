@@ -88,16 +88,15 @@ def test_checkpoint_of_the_nvme_run_resumes_bitwise(debug_nvme_run, tmp_path):
     """The debug model's optimizer sub-groups are all under DeepSpeed's 1 MiB swap minimum, so their state
     stays in host memory and only the ``*_optim_states.pt`` holds it; DeepSpeed 0.19.8's NVMe load never
     reads that file (fresh weights after a resume without ``restore_swapped_optimizer``)."""
-    nvme_run = debug_nvme_run
-    cache = nvme_run / "cache"
+    cache = debug_nvme_run / "cache"
     resumed = tmp_path / "resumed"
     train(resumed, *SHORT, *_nvme(tmp_path), stop_at=3, cache_dir=cache)
     copy_checkpoint_run(resumed, tmp_path / "on_cpu", 3)
     train(resumed, resume=True, config=None, cache_dir=cache)
-    assert _history(resumed) == _history(nvme_run / "run")
+    assert _history(resumed) == _history(debug_nvme_run / "run")
     # Nothing was swapped, so the same files also continue exactly with the optimizer in host memory.
     train(tmp_path / "on_cpu", "parallel.offload=cpu", resume=True, config=None, cache_dir=cache)
-    assert _history(tmp_path / "on_cpu") == _history(nvme_run / "run")[3:]
+    assert _history(tmp_path / "on_cpu") == _history(debug_nvme_run / "run")[3:]
 
 
 def _swapped(run, step: int) -> list[str]:
@@ -218,3 +217,24 @@ def test_two_ranks_match_the_native_engine_and_resume_bitwise(tmp_path):
     train(resumed, *SHORT, *_nvme(tmp_path), nproc=2, stop_at=3, cache_dir=cache)
     train(resumed, resume=True, config=None, nproc=2, cache_dir=cache)
     assert _history(resumed) == _history(tmp_path / "straight")
+
+
+def test_muon_modules_import_lazily_and_a_missing_one_is_skipped(monkeypatch, tmp_path):
+    """import_muon_compiling_lazily: a DeepSpeed without one of the Muon modules (the extra is not pinned) starts as
+    before, a module that is there but misses one of its own imports still fails, and DeepSpeed's
+    ``compiler.compile`` is restored either way."""
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime import compiler
+
+    from alphaexa.parallel import deepspeed_engine
+
+    before = compiler.compile
+    monkeypatch.setattr(deepspeed_engine, "MUON_MODULES", (*deepspeed_engine.MUON_MODULES, "deepspeed.runtime.zero.gone"))
+    deepspeed_engine.import_muon_compiling_lazily()
+    assert compiler.compile is before
+    (tmp_path / "muon_needing_more.py").write_text("import alphaexa_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(deepspeed_engine, "MUON_MODULES", ("muon_needing_more",))
+    with pytest.raises(ModuleNotFoundError, match="alphaexa_no_such_dependency"):
+        deepspeed_engine.import_muon_compiling_lazily()
+    assert compiler.compile is before

@@ -320,7 +320,11 @@ def import_muon_compiling_lazily() -> None:
     compiler.compile = compile_on_first_call
     try:
         for name in MUON_MODULES:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ModuleNotFoundError as exc:  # a DeepSpeed without them (the extra is not pinned): nothing to defer
+                if exc.name is None or not name.startswith(exc.name):
+                    raise
     finally:
         compiler.compile = eager
 
