@@ -98,6 +98,7 @@ ABLATIONS: dict[str, list[str]] = {
     "no-clip-fold": ["train.clip_in_optimizer=false"],  # scale every gradient before the fused step
     # levers not on by default yet: each turned on
     "fused-projections": ["train.fused_projections=true"],
+    "bf16-weights": ["train.bf16_weights=true"],  # bf16 compute weights, fp32 masters in one fused update
     "cudagraphs": ["train.compile_mode=reduce-overhead"],
     "max-autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],  # its GEMM autotuning takes minutes
     "loss-chunk-1024": ["train.loss_chunk_tokens=1024"],
@@ -700,7 +701,10 @@ def _alphaexa(spec: dict, m: dict) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)  # disk: nothing of a run is kept but its figures
     timed = [r for r in records if spec["warmup"] < r["step"] <= last_timed]
     start = next(e for e in events if e["event"] == "start")
-    layout = (f"{start['layout_short']}, {'FSDP2' if start['fsdp_wrapped'] else 'plain module + autocast'}, "
+    module = "FSDP2" if start["fsdp_wrapped"] else "plain module + autocast"
+    if start.get("bf16_weights"):
+        module += " (bf16 weights, fp32 masters)"
+    layout = (f"{start['layout_short']}, {module}, "
               f"compile {'on' if start['compiled'] else 'off'}")
     return {"step_times": [r["step_time_s"] for r in timed], "peak_gib": max(r["mem_gib"] for r in timed),
             "loss": timed[-1]["loss"], "layout": layout, "sets": sets, **profiled}

@@ -29,6 +29,19 @@ def _group_key(grad: Tensor) -> tuple:
     return ("local",)
 
 
+def _local_norm(grads: list[Tensor]) -> Tensor:
+    """The 2-norm of plain tensors; bf16/fp16 ones (``train.bf16_weights``) summed in fp32, as their fp32 values
+    would be (torch's ``get_total_norm`` returns each tensor's norm in the tensor's own dtype)."""
+    low = [g for g in grads if g.dtype in (torch.bfloat16, torch.float16)]
+    if not low:
+        return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    parts = list(torch._foreach_norm(low, 2.0, dtype=torch.float32))
+    rest = [g for g in grads if g.dtype not in (torch.bfloat16, torch.float16)]
+    if rest:
+        parts.append(torch.nn.utils.get_total_norm(rest, norm_type=2.0).to(torch.float32))
+    return torch.linalg.vector_norm(torch.stack(parts))
+
+
 @torch.no_grad()
 def global_grad_norm(params: Iterable[torch.nn.Parameter], dims: ParallelDims) -> Tensor:
     """The 2-norm of all gradients of the whole model (every stage, shard and expert), on every rank."""
@@ -39,8 +52,8 @@ def global_grad_norm(params: Iterable[torch.nn.Parameter], dims: ParallelDims) -
     # At least fp32; float64 gradients (the CPU equivalence tests) keep their precision.
     dtype = torch.promote_types(torch.float32, next(iter(groups.values()))[0].dtype if groups else torch.float32)
     squared = torch.zeros((), device=dims.device, dtype=dtype)
-    for grads in groups.values():
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    for key, grads in groups.items():
+        norm = _local_norm(grads) if key == ("local",) else torch.nn.utils.get_total_norm(grads, norm_type=2.0)
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
         # With CPU offload the gradients (and so this norm) live on the host.

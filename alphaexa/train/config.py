@@ -77,6 +77,12 @@ class TrainSection:
     # the blocks' linear layers in float8 through torchao (CUDA, compute capability 8.9+; not with tp or
     # fused_projections); the LM head and the MoE router stay in bf16
     float8: bool = False
+    # the blocks' linear and expert weights stored in bf16, their fp32 masters beside the optimizer's moments and
+    # updated in one fused pass (alphaexa.train.master_weights): the autocast forward and gradients bit for bit,
+    # without casting every weight each forward and backward.  auto: on where it can run (CUDA with compile, one
+    # rank's plain module, train.dtype=bf16, one micro-batch a step, fused/auto optimizer, the clip folded into
+    # the step, no float8); true: there or a one-line error saying why not
+    bf16_weights: bool | str = False
     # torch.compile's activation memory budget (torch._functorch.config.activation_memory_budget): below 1,
     # the partitioner recomputes the cheapest forward ops in the backward until the saved activations fit
     # that fraction of what saving everything would keep (1 = save what the min-cut chooses, torch's default)
@@ -129,6 +135,8 @@ class TrainSection:
             raise ConfigError(f"train.compile={self.compile!r}: must be auto, true or false")
         _choice("train.compile_scope", self.compile_scope, ("auto", "block"))
         _choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
+        if isinstance(self.bf16_weights, str) and self.bf16_weights != "auto":
+            raise ConfigError(f"train.bf16_weights={self.bf16_weights!r}: must be auto, true or false")
         if not 0 < self.decay_fraction <= 1:
             raise ConfigError(f"train.decay_fraction={self.decay_fraction}: must be in (0, 1]")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -155,6 +163,36 @@ class TrainSection:
                               f"step: a replay overwrites what the micro-batch before it left (it fails on CUDA); set parallel.mbs so that "
                               f"one micro-batch makes the step (train.global_batch / data-parallel ranks), or use "
                               f"train.compile_mode=default or max-autotune-no-cudagraphs")
+
+    def bf16_weights_on(self, device_type: str, layout: Layout, n_micro: int, *, wrapped: bool,
+                        engine: str = "native") -> bool:
+        """``bf16_weights`` resolved for the run: auto turns it on where every condition holds, true raises a
+        ConfigError naming the first that does not (alphaexa.train.master_weights says why each is needed)."""
+        if self.bf16_weights is False:
+            return False
+        compiled = self.compile_on(device_type, layout)
+        blockers = [
+            (self.dtype != "bf16", f"train.dtype={self.dtype} (the copies are bf16: needs train.dtype=bf16)"),
+            (engine != "native", f"engine={engine} (DeepSpeed keeps its own master weights)"),
+            (wrapped, "FSDP2 wraps the model (several ranks, offload or parallel.fsdp_on_one_rank): FSDP2 has its "
+                      "own mixed precision"),
+            (n_micro > 1, f"{n_micro} micro-batches a step (bf16 gradients would accumulate in bf16): set "
+                          f"parallel.mbs so that one micro-batch makes the step"),
+            (self.float8, "train.float8=true (float8 casts from the fp32 weights)"),
+            (self.optimizer_impl in ("foreach", "for-loop"),
+             f"train.optimizer_impl={self.optimizer_impl} (the update is its own fused pass)"),
+            (bool(self.clip) and not self.clip_in_optimizer,
+             "train.clip_in_optimizer=false (scaling bf16 gradients before the step would round them)"),
+        ]
+        if self.bf16_weights == "auto":
+            blockers.append((device_type != "cuda" or not compiled, "not compiled on CUDA"))
+        for blocked, why in blockers:
+            if blocked:
+                if self.bf16_weights == "auto":
+                    return False
+                raise ConfigError(f"train.bf16_weights=true cannot run here: {why}; set train.bf16_weights=false "
+                                  f"or auto")
+        return True
 
     def memory_budget(self) -> float:
         """``activation_memory_budget`` resolved: auto is 0.98 (dense and MoE models, measured on both)."""

@@ -60,16 +60,32 @@ def build_optimizer(modules: Iterable[nn.Module], cfg: TrainSection, device_type
     ``optimizer_impl="auto"``: the fused kernel on accelerators, foreach (multi-tensor) on CPU,
     where the fused kernel gains little and DTensor parameters are best supported by foreach.
     """
+    return torch.optim.AdamW(parameter_groups(modules, cfg.weight_decay), **_adamw_kwargs(cfg, device_type))
+
+
+def _adamw_kwargs(cfg: TrainSection, device_type: str) -> dict:
     impl = cfg.optimizer_impl
     if impl == "auto":
         impl = "foreach" if device_type == "cpu" else "fused"
     kwargs = {"fused": impl == "fused", "foreach": impl == "foreach"}
     if impl == "for-loop":
         kwargs = {"foreach": False}
-    return torch.optim.AdamW(parameter_groups(modules, cfg.weight_decay), lr=learning_rate(1, cfg),
-                             betas=tuple(cfg.betas), eps=cfg.eps, **kwargs)
+    return {"lr": learning_rate(1, cfg), "betas": tuple(cfg.betas), "eps": cfg.eps, **kwargs}
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def build_master_weight_optimizer(model: nn.Module, cfg: TrainSection, compiled: bool) -> torch.optim.Optimizer:
+    """``model``'s compute weights stored in bf16 with fp32 masters, and the AdamW that updates both
+    (``train.bf16_weights``, alphaexa.train.master_weights); the same groups and settings as ``build_optimizer``."""
+    from .master_weights import MasterWeightAdamW, to_compute_weights
+
+    device = next(model.parameters()).device
+    # The settings torch's AdamW would hold here (fused, foreach, amsgrad, ...): a checkpoint's parameter groups
+    # are then the ones a run without the option saves and expects.
+    settings = torch.optim.AdamW([torch.zeros(1, device=device)], **_adamw_kwargs(cfg, device.type)).defaults
+    masters = to_compute_weights(model)
+    return MasterWeightAdamW(parameter_groups([model], cfg.weight_decay), masters, settings, compiled=compiled)

@@ -52,7 +52,7 @@ from .dataset import open_training_data
 from .deepspeed_run import DeepSpeedCheckpoints, DeepSpeedRun
 from .memory_debug import start_memory_history, write_memory_history
 from .metrics import MetricsLogger
-from .optim import build_optimizer, learning_rate, set_learning_rate
+from .optim import build_master_weight_optimizer, build_optimizer, learning_rate, set_learning_rate
 from .preflight import CHECKPOINT_DIR
 
 SPIKE_INJECTION = 1000.0
@@ -145,6 +145,7 @@ class Trainer:
         cfg.train.check_cudagraphs(self.device.type, self.layout, self.n_micro)
         self.dims = build_mesh(self.layout, self.backend, self.device)
         self.deepspeed: DeepSpeedRun | None = None
+        self.bf16_weights = False  # train.bf16_weights resolved (_setup_native)
         if cfg.engine_options.engine == "deepspeed":
             # Model, ZeRO optimizer (clip and step inside DeepSpeed) and checkpoints are the engine's.
             self.deepspeed = DeepSpeedRun(cfg, self.layout, self.n_micro, self.dist.local_rank)
@@ -221,7 +222,13 @@ class Trainer:
         # One optimizer per model chunk (pipeline ranks with several stages hold several chunks).
         # Offloaded parameters are host tensors, so their optimizer steps on the CPU.
         optimizer_device = "cpu" if offloaded else self.device.type
-        self.optimizers = [build_optimizer([chunk], cfg.train, optimizer_device) for chunk in self.model.chunks]
+        self.bf16_weights = cfg.train.bf16_weights_on(self.device.type, self.layout, self.n_micro,
+                                                      wrapped=self.model.wrapped)
+        if self.bf16_weights:  # bf16 compute weights, fp32 masters updated in one pass (train/master_weights.py)
+            self.optimizers = [build_master_weight_optimizer(chunk, cfg.train, compiled=self.device.type != "cpu")
+                               for chunk in self.model.chunks]
+        else:
+            self.optimizers = [build_optimizer([chunk], cfg.train, optimizer_device) for chunk in self.model.chunks]
 
     def _job_peak_flops(self) -> float:
         """Peak FLOP/s of the devices this job runs on, the denominator of MFU.
@@ -273,6 +280,7 @@ class Trainer:
             self.metrics.event("resume" if start else "start", step=start, world_size=self.world,
                                layout=self.layout.to_dict(), layout_short=self.layout.short(),
                                fsdp_wrapped=self.model.wrapped, engine=cfg.engine_options.engine,
+                               bf16_weights=self.bf16_weights,
                                offload=cfg.engine_options.offload,
                                compiled=self.deepspeed is None and cfg.train.compile_on(self.device.type, self.layout),
                                consumed_samples=self.loader.consumed_samples, dataset=str(self.dataset_dir),
@@ -463,8 +471,10 @@ class Trainer:
 
     @functools.cached_property
     def _fused_optimizers(self) -> bool:
-        """Whether there are optimizers and every one runs torch's fused kernel (``found_inf``, ``grad_scale``)."""
-        return bool(self.optimizers) and all(o.defaults.get("fused") for o in self.optimizers)
+        """Whether there are optimizers and every one runs torch's fused kernel or another step that reads
+        ``found_inf`` and ``grad_scale`` as it does (``MasterWeightAdamW``)."""
+        return bool(self.optimizers) and all(o.defaults.get("fused") or getattr(o, "takes_found_inf", False)
+                                             for o in self.optimizers)
 
     @functools.cached_property
     def _clip_in_optimizer(self) -> bool:

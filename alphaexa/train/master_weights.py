@@ -1,0 +1,186 @@
+"""bf16 compute weights with fp32 masters kept by the optimizer (``train.bf16_weights``).
+
+Under ``torch.autocast`` a plain module keeps fp32 weights and every GEMM casts its weight to bf16: in the forward,
+again in the backward (the cast is recomputed or its output saved), and the bf16 weight gradient is cast back to
+fp32 for ``.grad``.  On a MoE model that is most of its parameters cast three times a step (the Mixtral-like shape
+on an H100: 13.0 ms of weight casts and 6.7 ms of gradient casts in a 281 ms step, docs/performance.md), beside a
+fused AdamW pass that reads and writes the fp32 weights, gradients and moments once more.
+
+Here the weights that autocast only ever multiplies in bf16 are stored in bf16 (``compute_weight_modules``: the
+blocks' linear layers, router included, and the stacked expert weights), their fp32 masters live beside the
+optimizer's moments, and one update pass reads the bf16 gradient, the master and both moments and writes the
+master, the moments and the bf16 copy (compiled into one fused kernel per tensor on accelerators).  The forward is
+the autocast forward bit for bit (the bf16 copy is the master rounded to nearest, which is what autocast's cast
+gives) and so are the gradients' values (the bf16 GEMM's output; autocast only widens it to fp32).
+
+What stays as before:
+* checkpoints: a module's ``state_dict`` holds the fp32 masters under the parameters' names (a state-dict hook), and
+  loading one writes the masters and the rounded copies, so checkpoints are the same files as without the option
+  and resume on any layout; the optimizer's state is torch's AdamW state (``step``, ``exp_avg``, ``exp_avg_sq``);
+* the embedding, the norms and the LM head stay fp32 (the fused loss accumulates the head's gradient in fp32);
+* the clip (its coefficient reaches the update as ``grad_scale``) and the device-side skip (``found_inf``), which
+  the trainer hands over as to torch's fused AdamW.
+
+Limits: one micro-batch a step (bf16 gradients would accumulate in bf16 across micro-batches), one rank's plain
+module (FSDP2 has its own mixed precision), bf16 compute, not with float8 or offload; ``RunConfig.validate`` and
+``Trainer`` refuse the rest with a message.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..model.moe import GroupedExperts
+from ..model.transformer import Block
+
+
+def compute_weight_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules whose every parameter autocast multiplies in its compute dtype and nothing else reads: each
+    block's ``nn.Linear`` layers (attention, dense FFN, router, shared experts) and its stacked experts."""
+    found: list[nn.Module] = []
+    for block in (m for m in model.modules() if isinstance(m, Block)):
+        found += [m for m in block.modules() if isinstance(m, (nn.Linear, GroupedExperts))]
+    return found
+
+
+def to_compute_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> dict[Tensor, Tensor]:
+    """Store ``model``'s compute weights in ``dtype`` (the same Parameter objects) and return each one's fp32
+    master (a copy of its value before the cast).  The model's ``state_dict`` then shows the masters and its
+    ``load_state_dict`` writes them (hooks on ``model``)."""
+    masters: dict[Tensor, Tensor] = {}
+    for module in compute_weight_modules(model):
+        for param in module.parameters(recurse=False):
+            if param.dtype != torch.float32:
+                raise ValueError(f"bf16 compute weights need fp32 weights to start from, got {param.dtype}")
+            masters[param] = param.detach().clone()
+        module.to(dtype)  # param.data replaced: the Parameter objects (and the optimizer's references) stay
+    if not masters:
+        raise ValueError("bf16 compute weights: the model has no block linear layers or experts")
+    by_name = {name: masters[p] for name, p in model.named_parameters() if p in masters}
+
+    def show_masters(_module: nn.Module, state: dict[str, Any], prefix: str, _metadata: Any) -> None:
+        for name, master in by_name.items():
+            if prefix + name in state:
+                state[prefix + name] = master
+
+    def load_masters(_module: nn.Module, state: dict[str, Any], prefix: str, *_args: Any) -> None:
+        with torch.no_grad():
+            for name, master in by_name.items():
+                value = state.get(prefix + name)
+                if isinstance(value, Tensor) and value is not master:
+                    master.copy_(value)
+
+    model.register_state_dict_post_hook(show_masters)
+    model.register_load_state_dict_pre_hook(load_masters)
+    return masters
+
+
+def _adamw_update(copy: Tensor | None, master: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
+                  step: Tensor, lr: Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
+                  grad_scale: Tensor, found_inf: Tensor) -> None:
+    """torch's AdamW (decoupled decay, bias-corrected moments, ``exp_avg.lerp_``) on one fp32 ``master``, its
+    gradient divided by ``grad_scale`` as it is read; nothing changes where ``found_inf`` is nonzero.  A bf16
+    ``compute`` copy gets the new master rounded to nearest.  Compiled: one kernel, one pass over each tensor
+    (the tensors come flattened and their size is symbolic, so a few graphs serve every parameter)."""
+    keep = found_inf == 0
+    g = grad.to(torch.float32) / grad_scale
+    new_step = torch.where(keep, step + 1, step)
+    bias1 = 1 - torch.pow(beta1, new_step)
+    bias2 = 1 - torch.pow(beta2, new_step)
+    m = exp_avg.lerp(g, 1 - beta1)
+    v = exp_avg_sq * beta2 + (1 - beta2) * g * g
+    w = master * (1 - lr * weight_decay)
+    w = w - (lr / bias1) * m / (v.sqrt() / bias2.sqrt() + eps)
+    master.copy_(torch.where(keep, w, master))
+    exp_avg.copy_(torch.where(keep, m, exp_avg))
+    exp_avg_sq.copy_(torch.where(keep, v, exp_avg_sq))
+    step.copy_(new_step)
+    if copy is not None:
+        copy.copy_(master)
+
+
+class MasterWeightAdamW(torch.optim.Optimizer):
+    """AdamW over a module's parameters where some are bf16 compute copies of fp32 ``masters``
+    (``to_compute_weights``); the others (fp32) are their own masters.
+
+    Like torch's fused AdamW it reads ``found_inf`` (skip the step on the device) and ``grad_scale`` (divide each
+    gradient by it: the folded clip) from its attributes when they are set (``Trainer._step_optimizers``).  Its
+    ``state_dict`` is torch AdamW's (the masters are the model's state, not the optimizer's), and loading one
+    keeps the moments in fp32.
+    """
+
+    takes_found_inf = True  # and grad_scale, as torch's fused kernels do
+
+    def __init__(self, params: Iterable[Any], masters: dict[Tensor, Tensor], settings: dict[str, Any],
+                 compiled: bool):
+        """``settings``: a torch AdamW's ``defaults`` (lr, betas, eps, weight_decay and its implementation flags,
+        kept in the parameter groups so that checkpoints hold what an AdamW run's hold; amsgrad, maximize and
+        capturable must be off)."""
+        unsupported = [key for key in ("amsgrad", "maximize", "capturable", "differentiable") if settings.get(key)]
+        if unsupported or not settings.get("decoupled_weight_decay", True):
+            raise ValueError(f"MasterWeightAdamW does not do {', '.join(unsupported) or 'coupled weight decay'}")
+        super().__init__(params, dict(settings))
+        self.masters = masters
+        self._update = torch.compile(_adamw_update, fullgraph=True, dynamic=True) if compiled else _adamw_update
+        self._scalars: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+        for group in self.param_groups:  # state made now: checkpoints see AdamW's keys before the first step
+            for p in group["params"]:
+                self._init_state(p)
+
+    def _init_state(self, p: Tensor) -> None:
+        master = self.masters.get(p, p)
+        if master.dtype != torch.float32:
+            raise ValueError(f"MasterWeightAdamW keeps fp32 masters; a {p.dtype} parameter has none")
+        self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                         "exp_avg": torch.zeros_like(master), "exp_avg_sq": torch.zeros_like(master)}
+
+    def _device_scalars(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """lr, a grad_scale of 1 and a found_inf of 0 on ``device`` (tensors: a compiled update does not
+        recompile when the learning rate changes)."""
+        if device not in self._scalars:
+            self._scalars[device] = (torch.zeros((), device=device), torch.ones((), device=device),
+                                     torch.zeros((), device=device))
+        return self._scalars[device]
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        if closure is not None:
+            raise ValueError("MasterWeightAdamW takes no closure")
+        found_inf = getattr(self, "found_inf", None)
+        grad_scale = getattr(self, "grad_scale", None)
+        for group in self.param_groups:
+            with_grad = [p for p in group["params"] if p.grad is not None]
+            if not with_grad:
+                continue
+            if any(p.grad.is_sparse for p in with_grad):
+                raise ValueError("MasterWeightAdamW does not take sparse gradients")
+            device = with_grad[0].device
+            lr, one, zero = self._device_scalars(device)
+            lr.fill_(group["lr"])
+            beta1, beta2 = (float(b) for b in group["betas"])
+            settings = (beta1, beta2, float(group["eps"]), float(group["weight_decay"]),
+                        one if grad_scale is None else grad_scale, zero if found_inf is None else found_inf)
+            for p in with_grad:
+                state = self.state[p]
+                master = self.masters.get(p)
+                self._update(None if master is None else p.detach().view(-1),
+                             (p.detach() if master is None else master).view(-1), p.grad.reshape(-1),
+                             state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1), state["step"], lr, *settings)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``Optimizer.load_state_dict`` casts every state tensor to its parameter's dtype (bf16 moments
+        here): this one keeps them fp32 on the parameter's device; the groups' settings are taken as torch does."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups) or any(
+                len(s["params"]) != len(g["params"]) for s, g in zip(saved_groups, self.param_groups)):
+            raise ValueError("the loaded optimizer state has other parameter groups than this optimizer")
+        by_id = {saved_id: p for s, g in zip(saved_groups, self.param_groups) for saved_id, p in zip(s["params"], g["params"])}
+        for saved_id, values in state_dict["state"].items():
+            p = by_id[saved_id]
+            self.state[p] = {key: value.to(device=p.device, dtype=torch.float32) if isinstance(value, Tensor) else value
+                             for key, value in values.items()}
+        for saved, group in zip(saved_groups, self.param_groups):
+            group.update({key: value for key, value in saved.items() if key != "params"})

@@ -1,0 +1,201 @@
+"""bf16 compute weights with fp32 masters (``train.bf16_weights``, alphaexa.train.master_weights) on CPU.
+
+* the bf16 copies give the autocast loss and gradients bit for bit (dense and MoE), and the module's state dict
+  shows the fp32 masters (checkpoints as without the option);
+* ``MasterWeightAdamW`` updates the masters as torch's AdamW updates fp32 weights, with the folded clip
+  (``grad_scale``) and the device-side skip (``found_inf``), and keeps its moments fp32 through a state dict;
+* the trainer: the same losses as the fp32-weight run (the first two steps bit for bit), an exact resume, and a
+  checkpoint any run can load; one-line errors where the option cannot run.
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+from train_runs import losses, steps, train
+
+from alphaexa.model import build_model
+from alphaexa.train.master_weights import MasterWeightAdamW, compute_weight_modules, to_compute_weights
+from alphaexa.train.optim import parameter_groups
+from topology.presets import get_preset
+
+
+def _loss_and_grads(model, inputs, targets):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(inputs, targets=targets)
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("preset", ["debug", "tiny-moe"])
+def test_bf16_copies_give_the_autocast_loss_and_gradients_bit_for_bit(preset):
+    cfg = get_preset(preset)
+    reference = build_model(cfg, seed=3)
+    model = copy.deepcopy(reference)
+    masters = to_compute_weights(model)
+    converted = {name for name, p in model.named_parameters() if p in masters}
+    # every block matrix (attention, FFN or experts, router) and nothing else: embedding, norms and head stay fp32
+    assert converted == {name for name, p in model.named_parameters()
+                         if ".layers." in f".{name}" or name.startswith("layers.")} - {
+        name for name, p in model.named_parameters() if p.ndim == 1}
+    assert all(p.dtype == torch.bfloat16 for p in masters) and all(m.dtype == torch.float32 for m in masters.values())
+    assert {n for n, p in model.named_parameters() if p.dtype == torch.float32} >= {"tok_embeddings.weight",
+                                                                                   "output.weight", "norm.weight"}
+    if preset == "tiny-moe":
+        assert any(n.endswith("experts.w1") for n in converted) and any(n.endswith("gate.weight") for n in converted)
+    torch.manual_seed(0)
+    inputs = torch.randint(0, cfg.vocab_size, (2, 24))
+    targets = torch.randint(0, cfg.vocab_size, (2, 24))
+    expected_loss, expected = _loss_and_grads(reference, inputs, targets)
+    loss, got = _loss_and_grads(model, inputs, targets)
+    assert torch.equal(loss, expected_loss)
+    for name, grad in got.items():
+        assert grad.dtype == (torch.bfloat16 if name in converted else torch.float32), name
+        assert torch.equal(grad.float(), expected[name]), name
+    # the state dict holds the fp32 masters: the very values the reference holds
+    state = model.state_dict()
+    assert all(v.dtype == torch.float32 for v in state.values())
+    assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
+
+
+def test_loading_a_state_dict_writes_the_masters_and_their_rounded_copies():
+    cfg = get_preset("debug")
+    model = build_model(cfg, seed=0)
+    masters = to_compute_weights(model)
+    other = build_model(cfg, seed=1).state_dict()
+    model.load_state_dict(other)
+    for name, p in model.named_parameters():
+        if p in masters:
+            assert torch.equal(masters[p], other[name]), name
+            assert torch.equal(p.detach(), other[name].to(torch.bfloat16)), name
+        else:
+            assert torch.equal(p.detach(), other[name]), name
+    assert not compute_weight_modules(torch.nn.Linear(2, 2))  # only blocks' layers are converted
+
+
+def test_master_weight_adamw_updates_like_torch_adamw_with_the_clip_and_the_skip():
+    cfg = get_preset("tiny-moe")
+    reference = build_model(cfg, seed=0)
+    model = copy.deepcopy(reference)
+    masters = to_compute_weights(model)
+    theirs = torch.optim.AdamW(parameter_groups([reference], 0.1), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    ours = MasterWeightAdamW(parameter_groups([model], 0.1), masters, theirs.defaults, compiled=False)
+    pairs = list(zip(model.parameters(), reference.parameters()))
+    generator = torch.Generator().manual_seed(0)
+    for step, (scale, skip) in enumerate([(None, False), (2.5, False), (1.0, True), (None, False)]):
+        for p, r in pairs:
+            grad = torch.randn(p.shape, generator=generator).to(p.dtype)
+            p.grad, r.grad = grad, grad.float() / (scale or 1.0)
+        ours.grad_scale = None if scale is None else torch.tensor(scale)
+        ours.found_inf = torch.tensor(float(skip))
+        ours.step()
+        if not skip:  # torch's foreach AdamW has no found_inf: the skipped step is simply not taken
+            theirs.step()
+        for p, r in pairs:
+            master = masters.get(p, p)
+            torch.testing.assert_close(master, r.detach(), rtol=2e-6, atol=1e-7, msg=f"step {step}")
+            if p in masters:
+                assert torch.equal(p.detach(), master.to(torch.bfloat16))
+    del ours.grad_scale, ours.found_inf
+    # AdamW's state-dict keys, fp32 moments, step count 3 (one skipped); loading keeps them fp32
+    state = ours.state_dict()
+    assert state["param_groups"] == theirs.state_dict()["param_groups"]  # AdamW's settings, key for key
+    assert all(set(s) == {"step", "exp_avg", "exp_avg_sq"} for s in state["state"].values())
+    assert all(float(s["step"]) == 3 for s in state["state"].values())
+    fresh = MasterWeightAdamW(parameter_groups([model], 0.1), masters, theirs.defaults, compiled=False)
+    fresh.load_state_dict(copy.deepcopy(state))
+    for p in model.parameters():
+        assert fresh.state[p]["exp_avg"].dtype == torch.float32
+        assert torch.equal(fresh.state[p]["exp_avg_sq"], ours.state[p]["exp_avg_sq"])
+    assert fresh.param_groups[0]["lr"] == ours.param_groups[0]["lr"]
+
+
+_COMMON = ("train.dtype=bf16", "parallel.mbs=8", "train.steps=6", "train.eval_every=3", "checkpoint.every=3")
+
+
+def test_trainer_with_bf16_weights_trains_like_fp32_weights_and_resumes_exactly(tmp_path):
+    cache = tmp_path / "cache"
+    base, bf16, resumed, loaded = (tmp_path / n for n in ("base", "bf16", "resumed", "loaded"))
+    train(base, *_COMMON, "train.bf16_weights=false", cache_dir=cache)
+    train(bf16, *_COMMON, "train.bf16_weights=true", cache_dir=cache)
+    a, b = losses(base), losses(bf16)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert a[1] == b[1] and a[2] == b[2]  # the same forward and gradients; the updates differ in rounding only
+    for s in a:
+        assert b[s] == pytest.approx(a[s], rel=2e-5), s
+    assert steps(bf16)[1]["grad_norm"] == steps(base)[1]["grad_norm"]  # bf16 gradients' norm summed in fp32
+    # stopped at the checkpoint and resumed: the uninterrupted run's losses, bit for bit
+    train(resumed, *_COMMON, "train.bf16_weights=true", cache_dir=cache, stop_at=3)
+    shutil.copytree(resumed, loaded)
+    train(resumed, *_COMMON, "train.bf16_weights=true", cache_dir=cache, resume=True)
+    assert losses(resumed) == b
+    # its checkpoint is an ordinary one: a run without the option resumes from it (fp32 weights = the masters)
+    train(loaded, *_COMMON, "train.bf16_weights=false", cache_dir=cache, resume=True)
+    c = losses(loaded)
+    assert sorted(c) == [1, 2, 3, 4, 5, 6]
+    for s in (4, 5, 6):
+        assert c[s] == pytest.approx(b[s], rel=2e-5), s
+
+
+def test_bf16_weights_are_refused_where_they_cannot_run_with_one_line_errors():
+    from alphaexa.train.config import load_run_config
+    from topology.layout import Layout
+    from topology.modelcfg import ConfigError
+
+    one = Layout().resolve(1)
+
+    def resolved(*sets, device="cpu", n_micro=1, wrapped=False):
+        train_cfg = load_run_config(None, ["model.preset=debug", "train.dtype=bf16", *sets]).train
+        return train_cfg.bf16_weights_on(device, one, n_micro, wrapped=wrapped)
+
+    assert not resolved()  # off unless asked for
+    assert resolved("train.bf16_weights=true")
+    assert not resolved("train.bf16_weights=auto")  # auto: compiled CUDA runs only
+    assert resolved("train.bf16_weights=auto", device="cuda")
+    assert not resolved("train.bf16_weights=auto", "train.compile=false", device="cuda")
+    assert not resolved("train.bf16_weights=auto", device="cuda", n_micro=2)
+    for sets, kwargs, message in [
+        (("train.dtype=fp32",), {}, r"train.dtype=fp32 \(the copies are bf16"),
+        ((), {"n_micro": 4}, r"4 micro-batches a step"),
+        ((), {"wrapped": True}, r"FSDP2 wraps the model"),
+        (("train.optimizer_impl=foreach",), {}, r"train.optimizer_impl=foreach"),
+        (("train.clip_in_optimizer=false",), {}, r"train.clip_in_optimizer=false"),
+        (("train.float8=true",), {}, r"train.float8=true"),
+    ]:
+        with pytest.raises(ConfigError, match=r"^train.bf16_weights=true cannot run here: " + message):
+            resolved("train.bf16_weights=true", *sets, **kwargs)
+    with pytest.raises(ConfigError, match=r"train.bf16_weights='sometimes': must be auto, true or false"):
+        load_run_config(None, ["model.preset=debug", "train.bf16_weights=sometimes"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_update_on_cuda_equals_the_eager_one():
+    """The compiled update (one kernel per tensor, symbolic sizes) against the same update run eagerly, on CUDA,
+    with the clip's grad_scale and a skipped step; every master, moment and bf16 copy."""
+    cfg = get_preset("tiny-moe")
+    models = [build_model(cfg, device="cuda", seed=0) for _ in range(2)]
+    masters = [to_compute_weights(m) for m in models]
+    settings = torch.optim.AdamW([torch.zeros(1, device="cuda")], lr=1e-2, fused=True).defaults
+    optimizers = [MasterWeightAdamW(parameter_groups([m], 0.1), ms, settings, compiled=c)
+                  for m, ms, c in zip(models, masters, (True, False))]
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    for scale, skip in [(1.0, False), (3.0, False), (1.0, True), (1.0, False)]:
+        for pair in zip(*(m.parameters() for m in models)):
+            grad = torch.randn(pair[0].shape, device="cuda", generator=generator).to(pair[0].dtype)
+            for p in pair:
+                p.grad = grad.clone()
+        for optimizer in optimizers:
+            optimizer.grad_scale = torch.tensor(scale, device="cuda")
+            optimizer.found_inf = torch.tensor(float(skip), device="cuda")
+            optimizer.step()
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+        state_a, state_b = optimizers[0].state[a], optimizers[1].state[b]
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(state_a[key], state_b[key], rtol=1e-6, atol=1e-9, msg=f"{name} {key}")
+    for p in models[0].parameters():
+        if p in masters[0]:
+            assert torch.equal(p.detach(), masters[0][p].to(torch.bfloat16))
