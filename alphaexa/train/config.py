@@ -174,10 +174,10 @@ class TrainSection:
         blockers = [
             (self.dtype != "bf16", f"train.dtype={self.dtype} (the copies are bf16: needs train.dtype=bf16)"),
             (engine != "native", f"engine={engine} (DeepSpeed keeps its own master weights)"),
-            (wrapped, "FSDP2 wraps the model (several ranks, offload or parallel.fsdp_on_one_rank): FSDP2 has its "
-                      "own mixed precision"),
-            (n_micro > 1, f"{n_micro} micro-batches a step (bf16 gradients would accumulate in bf16): set "
-                          f"parallel.mbs so that one micro-batch makes the step"),
+            (wrapped, ("FSDP2 wraps the model (several ranks, offload or parallel.fsdp_on_one_rank): FSDP2 has its "
+                      "own mixed precision")),
+            (n_micro > 1, (f"{n_micro} micro-batches a step (bf16 gradients would accumulate in bf16): set "
+                          f"parallel.mbs so that one micro-batch makes the step")),
             (self.float8, "train.float8=true (float8 casts from the fp32 weights)"),
             (self.optimizer_impl in ("foreach", "for-loop"),
              f"train.optimizer_impl={self.optimizer_impl} (the update is its own fused pass)"),
