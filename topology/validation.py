@@ -401,6 +401,9 @@ def load_runs(path: Path = DATA) -> list[Run]:
             raise ConfigError(f"run {r.id}: split must be fit or heldout, got {r.split!r}")
         if r.source not in data["sources"]:
             raise ConfigError(f"run {r.id}: source {r.source!r} is not described under 'sources'")
+    unknown = set(data.get("unsteady_figures", {}).get("rows", {})) - {r.id for r in runs}
+    if unknown:
+        raise ConfigError(f"unsteady_figures names rows the file does not have: {sorted(unknown)}")
     return runs
 
 
@@ -758,8 +761,8 @@ GROUPS = ("seen", "unseen", *(f"unseen{n}" for n in UNSEEN_SESSIONS))
 
 
 def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
-    """Per split (and MoE held out, each held-out batch, the fully stated held-out rows): n, mean and max |error|
-    in percent, mean signed error."""
+    """Per split (and MoE held out, each held-out batch, the fully stated held-out rows, the held-out rows with a
+    steady-state figure): n, mean and max |error| in percent, mean signed error."""
     out = {}
     groups = {split: [r for r in rows if r.run.split == split] for split in SPLITS}
     groups["heldout_moe"] = [r for r in groups["heldout"] if model_is_moe(r.run)]
@@ -769,6 +772,10 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
     # held-out rows whose layout and measured figure the source states in full (no 'assumed' field; session 11,
     # branch audit16): the same rows' errors without the ones that also measure an earlier session's guess
     groups["heldout_stated"] = [r for r in groups["heldout"] if is_fully_stated(r.run)]
+    # held-out rows whose figure is a steady-state step: without the rows the data file's 'unsteady_figures' lists
+    # by its rule (a first iteration after a start or restart, or a CUDA-graph capture, inside the measured window;
+    # session 13, branch audit13)
+    groups["heldout_steady"] = [r for r in groups["heldout"] if is_steady(r.run)]
     for name, group in groups.items():
         errs = [r.error_pct for r in group]
         if errs:
@@ -780,6 +787,12 @@ def summary(rows: list[Row]) -> dict[str, dict[str, float]]:
 def is_fully_stated(run: Run) -> bool:
     """Every layout field and the measured figure stated by the row's source (its 'assumed' list is empty)."""
     return not run.assumed
+
+
+def is_steady(run: Run, path: Path = DATA) -> bool:
+    """The row's figure is not known to hold one-time start-up work (it is not under the data file's
+    'unsteady_figures')."""
+    return run.id not in _data(str(path)).get("unsteady_figures", {}).get("rows", {})
 
 
 def model_is_moe(run: Run) -> bool:
