@@ -199,3 +199,28 @@ def test_compiled_update_on_cuda_equals_the_eager_one():
     for p in models[0].parameters():
         if p in masters[0]:
             assert torch.equal(p.detach(), masters[0][p].to(torch.bfloat16))
+
+
+def test_compiled_update_equals_the_eager_one_for_copies_and_plain_fp32_parameters():
+    """The compiled update on CPU (inductor) against the eager one: a bf16 copy with its master in a decayed group
+    and a plain fp32 parameter in an undecayed one, with the clip's grad_scale and a skipped step.  With python
+    float hyperparameters, torch 2.13's ``dynamic=True`` compile moved the second group's parameter several times
+    too far (the update's scalars are tensors since)."""
+    results = []
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        copy_, master, plain = torch.nn.Parameter(torch.randn(64, 32).bfloat16()), torch.randn(64, 32), \
+            torch.nn.Parameter(torch.randn(32))
+        settings = torch.optim.AdamW([torch.zeros(1)], lr=1e-2, foreach=True).defaults
+        optimizer = MasterWeightAdamW([{"params": [copy_], "weight_decay": 0.1}, {"params": [plain], "weight_decay": 0.0}],
+                                      {copy_: master}, settings, compiled=compiled)
+        for scale, skip in [(1.0, False), (3.0, False), (1.0, True)]:
+            copy_.grad, plain.grad = torch.randn(64, 32).bfloat16(), torch.randn(32)
+            optimizer.grad_scale, optimizer.found_inf = torch.tensor(scale), torch.tensor(float(skip))
+            optimizer.step()
+        results.append((master, copy_.detach(), plain.detach(), [float(s["step"]) for s in optimizer.state.values()]))
+    (m1, c1, p1, s1), (m2, c2, p2, s2) = results
+    assert s1 == s2 == [2.0, 2.0]
+    torch.testing.assert_close(m1, m2, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(p1, p2, rtol=1e-6, atol=1e-7)
+    assert torch.equal(c1, m1.to(torch.bfloat16))

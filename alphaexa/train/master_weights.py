@@ -79,12 +79,14 @@ def to_compute_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) ->
 
 
 def _adamw_update(copy: Tensor | None, master: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
-                  step: Tensor, lr: Tensor, beta1: float, beta2: float, eps: float, weight_decay: float,
+                  step: Tensor, lr: Tensor, beta1: Tensor, beta2: Tensor, eps: Tensor, weight_decay: Tensor,
                   grad_scale: Tensor, found_inf: Tensor) -> None:
     """torch's AdamW (decoupled decay, bias-corrected moments, ``exp_avg.lerp_``) on one fp32 ``master``, its
     gradient divided by ``grad_scale`` as it is read; nothing changes where ``found_inf`` is nonzero.  A bf16
     ``compute`` copy gets the new master rounded to nearest.  Compiled: one kernel, one pass over each tensor
-    (the tensors come flattened and their size is symbolic, so a few graphs serve every parameter)."""
+    (the tensors come flattened and their size is symbolic, so two graphs serve every parameter: with a bf16 copy
+    and without).  Every scalar is a 0-d tensor: with python floats torch 2.13's compile under ``dynamic=True``
+    updated a second parameter group's weights several times too far on CPU (tests/test_bf16_weights.py)."""
     keep = found_inf == 0
     g = grad.to(torch.float32) / grad_scale
     new_step = torch.where(keep, step + 1, step)
@@ -125,7 +127,7 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         super().__init__(params, dict(settings))
         self.masters = masters
         self._update = torch.compile(_adamw_update, fullgraph=True, dynamic=True) if compiled else _adamw_update
-        self._scalars: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+        self._scalars: dict[tuple[torch.device, int], tuple[Tensor, ...]] = {}
         for group in self.param_groups:  # state made now: checkpoints see AdamW's keys before the first step
             for p in group["params"]:
                 self._init_state(p)
@@ -137,13 +139,15 @@ class MasterWeightAdamW(torch.optim.Optimizer):
         self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
                          "exp_avg": torch.zeros_like(master), "exp_avg_sq": torch.zeros_like(master)}
 
-    def _device_scalars(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """lr, a grad_scale of 1 and a found_inf of 0 on ``device`` (tensors: a compiled update does not
-        recompile when the learning rate changes)."""
-        if device not in self._scalars:
-            self._scalars[device] = (torch.zeros((), device=device), torch.ones((), device=device),
-                                     torch.zeros((), device=device))
-        return self._scalars[device]
+    def _device_scalars(self, device: torch.device, group: dict[str, Any]) -> tuple[Tensor, ...]:
+        """lr (refilled at every step: the schedule changes it), beta1, beta2, eps, weight decay, a grad_scale of 1
+        and a found_inf of 0 as float32 tensors on ``device``, one set per group and device."""
+        key = (device, id(group))
+        if key not in self._scalars:
+            beta1, beta2 = group["betas"]
+            values = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"], 1.0, 0.0)
+            self._scalars[key] = tuple(torch.tensor(float(v), dtype=torch.float32, device=device) for v in values)
+        return self._scalars[key]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:
@@ -158,17 +162,16 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             if any(p.grad.is_sparse for p in with_grad):
                 raise ValueError("MasterWeightAdamW does not take sparse gradients")
             device = with_grad[0].device
-            lr, one, zero = self._device_scalars(device)
+            lr, beta1, beta2, eps, weight_decay, one, zero = self._device_scalars(device, group)
             lr.fill_(group["lr"])
-            beta1, beta2 = (float(b) for b in group["betas"])
-            settings = (beta1, beta2, float(group["eps"]), float(group["weight_decay"]),
-                        one if grad_scale is None else grad_scale, zero if found_inf is None else found_inf)
+            settings = (lr, beta1, beta2, eps, weight_decay, one if grad_scale is None else grad_scale,
+                        zero if found_inf is None else found_inf)
             for p in with_grad:
                 state = self.state[p]
                 master = self.masters.get(p)
                 self._update(None if master is None else p.detach().view(-1),
                              (p.detach() if master is None else master).view(-1), p.grad.reshape(-1),
-                             state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1), state["step"], lr, *settings)
+                             state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1), state["step"], *settings)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``Optimizer.load_state_dict`` casts every state tensor to its parameter's dtype (bf16 moments
@@ -184,3 +187,4 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                              for key, value in values.items()}
         for saved, group in zip(saved_groups, self.param_groups):
             group.update({key: value for key, value in saved.items() if key != "params"})
+        self._scalars.clear()  # the loaded groups' betas, eps and decay
