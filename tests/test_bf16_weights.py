@@ -223,4 +223,4 @@ def test_compiled_update_equals_the_eager_one_for_copies_and_plain_fp32_paramete
     assert s1 == s2 == [2.0, 2.0]
     torch.testing.assert_close(m1, m2, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(p1, p2, rtol=1e-6, atol=1e-7)
-    assert torch.equal(c1, m1.to(torch.bfloat16))
+    assert torch.equal(c1, m1.to(torch.bfloat16)) and torch.equal(c2, m2.to(torch.bfloat16))
