@@ -127,7 +127,8 @@ PROFILE_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("communication", r"nccl|allreduce|all_reduce|alltoall|all_to_all|allgather|reduce_scatter"),
     ("attention bwd", r"(flash|fmha|attn|attention|sdpa).*(bwd|bprop|backward|cutlassb|dq_dk)"),
     ("attention fwd", r"flash|fmha|attn|attention|sdpa"),
-    ("optimizer + clip", r"adam|multi_tensor|foreach"),
+    # ... and train.bf16_weights' compiled AdamW update, an inductor kernel fusing lerp (the first moment) and sqrt
+    ("optimizer + clip", r"adam|multi_tensor|foreach|^triton_poi_fused.*lerp.*sqrt"),
     # inductor's pointwise/reduction kernels (triton_poi_, triton_per_, triton_red_) are named after the ops they
     # fuse: "triton_poi_fused__grouped_mm__to_copy" casts weights for a grouped GEMM, it is no GEMM
     ("GEMM", (r"^(?!triton_(?:poi|per|red)_).*(?:gemm|cutlass|cublas|nvjet|xmma|wgmma|matmul|grouped_mm|triton_tem|"
