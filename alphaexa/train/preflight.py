@@ -61,6 +61,9 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
     # two cores, which the parent of an --nproc run would spend before it starts the ranks).
     check_supported(layout, cfg.model, device_type, compile=engine == "native" and cfg.train.compile_on(device_type, layout),
                     engine=engine, offload=cfg.engine_options.offload)
+    if cfg.debug.memory_snapshot and device_type != "cuda":  # the trainer's own check, without its imports
+        raise UserError(f"debug.memory_snapshot=true records the CUDA caching allocator; this run's device "
+                        f"is {device_type}: turn it off, or run on a CUDA device")
     if engine == "deepspeed":
         check_deepspeed_options(cfg)  # before .deepspeed_run, which imports torch and DeepSpeed (seconds)
         from .deepspeed_run import check_deepspeed_run
