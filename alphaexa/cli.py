@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 
 from . import __version__
 from . import commands as _commands
@@ -48,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     debug run ended 1.6-1.7 s after ``main`` returned, 1.3-1.4 s of it after the exit handlers and a
     garbage collection), paid by every rank of every run.  Files, checkpoints, metrics and the process
     group are closed by the command before it returns (Trainer.run, commands/train.py).  An error status,
-    an exception, a non-daemon thread still running, a caller that passed ``argv`` or one with work left
-    after ``main`` (``python -m cProfile -m alphaexa`` writes its profile then) takes the ordinary return.
+    an exception, a non-daemon thread still running, a caller that passed ``argv``, a program of one's own
+    or a wrapper (``python -m cProfile -m alphaexa`` writes its profile after main) takes the ordinary return.
     """
     code = _main(argv)
     if code == 0 and argv is None and _called_by_the_program(sys._getframe(1)):
@@ -58,16 +59,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _called_by_the_program(frame) -> bool:
-    """``frame`` is the program's own code: the script's (nothing above it) or ``python -m``'s (runpy's
-    _run_code called by _run_module_as_main, and nothing above those)."""
+    """``frame`` ends the program with main's status: alphaexa/__main__.py run by ``python -m alphaexa``
+    (runpy's _run_code called by _run_module_as_main, nothing above), or the ``alphaexa`` script pip wrote
+    (nothing above it; its last line ``sys.exit(main())``).  A program of one's own may do more after main."""
     if frame.f_code.co_name != "<module>" or frame.f_globals.get("__name__") != "__main__":
         return False
     callers = []
-    frame = frame.f_back
-    while frame is not None:
-        callers.append(frame.f_code.co_name)
-        frame = frame.f_back
-    return callers in ([], ["_run_code", "_run_module_as_main"])
+    above = frame.f_back
+    while above is not None:
+        callers.append(above.f_code.co_name)
+        above = above.f_back
+    if callers == ["_run_code", "_run_module_as_main"]:
+        return getattr(frame.f_globals.get("__spec__"), "name", None) == f"{__package__}.__main__"
+    if callers:
+        return False
+    try:
+        script = Path(frame.f_code.co_filename).read_text()
+    except (OSError, UnicodeDecodeError):  # python -c, or no file
+        return False
+    return "from alphaexa.cli import main" in script and script.rstrip().endswith("sys.exit(main())")
 
 
 def _leave_now() -> None:
