@@ -74,6 +74,9 @@ def check_deepspeed_run(cfg: RunConfig, layout: Layout, device_type: str) -> Non
     """
     from .preflight import check_deepspeed_options
 
+    # The checks that need no DeepSpeed first: its import takes seconds.
+    check_deepspeed_options(cfg)
+    check_deepspeed_layout(layout, deepspeed_options(cfg))
     # DeepSpeed picks its accelerator once, at the first use; the one this run's backend chose.
     os.environ.setdefault("DS_ACCELERATOR", device_type)
     try:
@@ -81,8 +84,6 @@ def check_deepspeed_run(cfg: RunConfig, layout: Layout, device_type: str) -> Non
     except ImportError:
         raise UserError("parallel.engine=deepspeed needs the deepspeed package (pip install 'alphaexa[deepspeed]')") \
             from None
-    check_deepspeed_options(cfg)  # preflight runs it first, before this module's imports (torch)
-    check_deepspeed_layout(layout, deepspeed_options(cfg))
     offload = None if cfg.engine_options.offload == "none" else cfg.engine_options.offload
     check_buildable(required_ops(offload_optimizer=offload, offload_params=offload, device_type=device_type))
 
