@@ -38,8 +38,8 @@ def test_a_command_that_succeeds_leaves_without_teardown_with_its_output_and_exi
 
 
 def test_errors_own_programs_and_wrappers_take_the_ordinary_exit(tmp_path):
-    bad = _python("-m", "alphaexa", "train", "--config", str(tmp_path / "missing.toml"))
-    assert bad.returncode == 2 and "# cleanup" in bad.stderr
+    bad = _python("-m", "alphaexa", *[("no-such-model" if a == "debug" else a) for a in PLAN])
+    assert bad.returncode == 2 and "no-such-model" in bad.stderr and "# cleanup" in bad.stderr
     # a program that calls main and goes on: its code after main runs
     own = _python("-c", "import sys; from alphaexa.cli import main; code = main(); print('after', code)", *PLAN)
     assert own.returncode == 0 and own.stdout.endswith("after 0\n") and "# cleanup" in own.stderr
