@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     debug run ended 1.6-1.7 s after ``main`` returned, 1.3-1.4 s of it after the exit handlers and a
     garbage collection), paid by every rank of every run.  Files, checkpoints, metrics and the process
     group are closed by the command before it returns (Trainer.run, commands/train.py).  An error status,
-    an exception, a non-daemon thread still running, a caller that passed ``argv``, a program of one's own
+    an exception, a non-daemon thread still running, mpi4py loaded (an MPI bootstrap: MPI_Finalize), a caller that passed ``argv``, a program of one's own
     or a wrapper (``python -m cProfile -m alphaexa`` writes its profile after main) takes the ordinary return.
     """
     code = _main(argv)
@@ -81,10 +81,14 @@ def _called_by_the_program(frame) -> bool:
 
 
 def _leave_now() -> None:
-    """``os._exit(0)`` after the exit handlers, unless a non-daemon thread still runs or stdout cannot be flushed."""
+    """``os._exit(0)`` after the exit handlers, unless a non-daemon thread still runs, stdout cannot be flushed
+    or mpi4py is loaded: its MPI_Finalize runs in the interpreter's finalization, and an MPI launcher reports
+    a rank that exits without it as failed (hydra's mpiexec: status 9 for the job)."""
     import threading
 
     if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        return
+    if any(name == "mpi4py" or name.startswith("mpi4py.") for name in sys.modules):
         return
     import atexit
     import os

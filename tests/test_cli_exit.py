@@ -43,6 +43,11 @@ def test_errors_own_programs_and_wrappers_take_the_ordinary_exit(tmp_path):
     # a program that calls main and goes on: its code after main runs
     own = _python("-c", "import sys; from alphaexa.cli import main; code = main(); print('after', code)", *PLAN)
     assert own.returncode == 0 and own.stdout.endswith("after 0\n") and "# cleanup" in own.stderr
+    # mpi4py loaded (an MPI bootstrap): MPI_Finalize runs in the interpreter's finalization, which mpiexec waits for
+    script = tmp_path / "alphaexa"
+    script.write_text("import mpi4py\n" + SCRIPT)
+    with_mpi = _python(str(script), *PLAN)
+    assert with_mpi.returncode == 0 and "exit handler ran" in with_mpi.stderr and "# cleanup" in with_mpi.stderr
     profile = tmp_path / "profile.out"
     wrapped = _python("-m", "cProfile", "-o", str(profile), "-m", "alphaexa", *PLAN)
     assert wrapped.returncode == 0 and wrapped.stdout.startswith("debug: ")
