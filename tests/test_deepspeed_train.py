@@ -109,17 +109,19 @@ def _swapped(run, step: int) -> list[str]:
 @pytest.mark.parametrize("nproc", [None, pytest.param(2, marks=pytest.mark.exhaustive)])
 def test_optimizer_state_swapped_to_nvme_resumes_bitwise(nvme_run, tmp_path, nproc):
     """Master weights and Adam moments on NVMe (the swap files copied into the checkpoint) and in host
-    memory (the .pt file) both come back: the resumed run equals the uninterrupted one bitwise.
-    On one rank the uninterrupted run is the module's ``nvme_run`` (the same settings)."""
+    memory (the .pt file) both come back: the uninterrupted run's checkpoint of step 3, alone in a run
+    directory and resumed with an empty NVMe directory of its own (so only the checkpoint's copies can
+    hold the state), continues to the uninterrupted run's steps 4-5 bitwise (a checkpoint that later
+    steps changed in place would fail too).  On one rank the uninterrupted run is the module's
+    ``nvme_run`` (the same settings)."""
     cache = nvme_run / "cache"
-    sets = (*SHORT, *_nvme(tmp_path), *SWAPPING)
     if nproc is None:
         straight = nvme_run / "run"
     else:
         straight = tmp_path / "straight"
-        train(straight, *sets, nproc=nproc, cache_dir=cache)
+        train(straight, *SHORT, *_nvme(tmp_path), *SWAPPING, nproc=nproc, cache_dir=cache)
     resumed = tmp_path / "resumed"
-    train(resumed, *sets, stop_at=3, nproc=nproc, cache_dir=cache)
+    copy_checkpoint_run(straight, resumed, 3)
     # One swapped sub-group on each rank: its master weights, exp_avg and exp_avg_sq.
     assert _swapped(resumed, 3) == sorted(["exp_avg", "exp_avg_sq", "master"] * (nproc or 1))
     # DeepSpeed's own load cannot put swapped state into an optimizer in host memory: one line, no work.
@@ -127,8 +129,12 @@ def test_optimizer_state_swapped_to_nvme_resumes_bitwise(nvme_run, tmp_path, npr
                     check=False)
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "--set parallel.offload=nvme" in refused.stderr
-    train(resumed, resume=True, config=None, nproc=nproc, cache_dir=cache)
-    assert _history(resumed) == _history(straight)
+    fresh_nvme = tmp_path / "nvme-of-the-resumed-run"
+    fresh_nvme.mkdir()
+    train(resumed, f"parallel.nvme_path={fresh_nvme}", resume=True, config=None, nproc=nproc, cache_dir=cache)
+    assert any(fresh_nvme.rglob("*.tensor.swp"))  # the resumed run swapped there, not in the first run's
+    assert sorted(steps(resumed)) == [4, 5]
+    assert _history(resumed) == _history(straight)[3:]
 
 
 def test_offloads_that_deepspeed_cannot_resume_are_one_line(tmp_path):

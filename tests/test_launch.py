@@ -447,3 +447,9 @@ def test_pals_openmpi_slurm_variables_drive_one_real_process_group():
 
 if __name__ == "__main__":
     _worker()
+    # Its line is written (os.write) and its group destroyed: leave as `alphaexa` does (alphaexa.cli), without
+    # torch's teardown (about 1 s a rank), except under an MPI bootstrap (mpi4py), whose MPI_Finalize mpiexec
+    # waits for.  An exception in _worker still exits 1 with its traceback.
+    from alphaexa.cli import _leave_now
+
+    _leave_now()

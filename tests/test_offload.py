@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from rank_processes import run_ranks
-from train_runs import losses, steps, train
+from train_runs import copy_checkpoint_run, losses, steps, train
 
 from alphaexa.train.config import load_run_config
+from alphaexa.train.metrics import read_metrics
 from topology.modelcfg import ConfigError, ModelConfig
 
 STEPS, GLOBAL_BATCH, SEQ, MICRO_STEPS = 5, 8, 16, 2
@@ -266,16 +267,19 @@ def test_fsdp2_cpu_offload_trains_like_no_offload(tmp_path):
 
 @pytest.mark.multiproc
 def test_cpu_offloaded_run_resumes_bitwise(tmp_path):
+    """The uninterrupted run's checkpoint of step 4, alone in a run directory, continues to its steps 5-8
+    bitwise (stopping a run with --stop-at and resuming it is test_resume's)."""
     cache = tmp_path / "cache"
     offload = ("parallel.offload=cpu", "parallel.sharding=zero3")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(straight, *offload, cache_dir=cache)
-    train(resumed, *offload, stop_at=4, cache_dir=cache)
+    copy_checkpoint_run(straight, resumed, 4)
     train(resumed, resume=True, config=None, cache_dir=cache)
-    assert sorted(steps(resumed)) == list(range(1, 9))
-    assert losses(resumed) == losses(straight)
-    assert [r["grad_norm"] for r in steps(resumed).values()] == [r["grad_norm"] for r in steps(straight).values()]
-    assert "offload = \"cpu\"" in (resumed / "config.toml").read_text()
+    assert sorted(steps(resumed)) == [5, 6, 7, 8]
+    start = [e for e in read_metrics(resumed)[2] if e["event"] in ("start", "resume")]
+    assert [(e["event"], e["step"], e["offload"]) for e in start] == [("resume", 4, "cpu")]
+    assert losses(resumed) == {s: loss for s, loss in losses(straight).items() if s > 4}
+    assert [r["grad_norm"] for r in steps(resumed).values()] == [steps(straight)[s]["grad_norm"] for s in range(5, 9)]
 
 
 # ------------------------------------------------------------------ the run config

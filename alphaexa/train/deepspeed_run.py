@@ -72,6 +72,11 @@ def check_deepspeed_run(cfg: RunConfig, layout: Layout, device_type: str) -> Non
     the trainer options it has no counterpart for, DeepSpeed's own layout and offload checks
     (a writable ``nvme_path``), and whether the C++ ops it needs can be built (libaio).
     """
+    from .preflight import check_deepspeed_options
+
+    # The checks that need no DeepSpeed first: its import takes seconds.
+    check_deepspeed_options(cfg)
+    check_deepspeed_layout(layout, deepspeed_options(cfg))
     # DeepSpeed picks its accelerator once, at the first use; the one this run's backend chose.
     os.environ.setdefault("DS_ACCELERATOR", device_type)
     try:
@@ -79,17 +84,6 @@ def check_deepspeed_run(cfg: RunConfig, layout: Layout, device_type: str) -> Non
     except ImportError:
         raise UserError("parallel.engine=deepspeed needs the deepspeed package (pip install 'alphaexa[deepspeed]')") \
             from None
-    refused = {
-        "train.dtype=fp64": cfg.train.dtype == "fp64",
-        "train.compile=true": cfg.train.compile is True,
-        "train.loss_spike_rollback=true": cfg.train.loss_spike_factor > 0 and cfg.train.loss_spike_rollback,
-        f"debug.nan_at_step={cfg.debug.nan_at_step}": cfg.debug.nan_at_step > 0,
-        f"debug.spike_at_step={cfg.debug.spike_at_step}": cfg.debug.spike_at_step > 0,
-    }
-    for setting, configured in refused.items():
-        if configured:
-            raise UserError(f"{setting} is not available with parallel.engine=deepspeed (native engine only)")
-    check_deepspeed_layout(layout, deepspeed_options(cfg))
     offload = None if cfg.engine_options.offload == "none" else cfg.engine_options.offload
     check_buildable(required_ops(offload_optimizer=offload, offload_params=offload, device_type=device_type))
 

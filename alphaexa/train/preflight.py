@@ -36,6 +36,20 @@ class Preflight:
     resume_manifest: dict[str, Any] | None
 
 
+def check_deepspeed_options(cfg: RunConfig) -> None:
+    """One-line UserError for a trainer option the DeepSpeed engine has no counterpart for (config only)."""
+    refused = {
+        "train.dtype=fp64": cfg.train.dtype == "fp64",
+        "train.compile=true": cfg.train.compile is True,
+        "train.loss_spike_rollback=true": cfg.train.loss_spike_factor > 0 and cfg.train.loss_spike_rollback,
+        f"debug.nan_at_step={cfg.debug.nan_at_step}": cfg.debug.nan_at_step > 0,
+        f"debug.spike_at_step={cfg.debug.spike_at_step}": cfg.debug.spike_at_step > 0,
+    }
+    for setting, configured in refused.items():
+        if configured:
+            raise UserError(f"{setting} is not available with parallel.engine=deepspeed (native engine only)")
+
+
 def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Preflight:
     from backends.device import get_backend
     from topology.support import check_supported
@@ -47,7 +61,11 @@ def preflight(cfg: RunConfig, world: int, run_dir: Path, resume: bool) -> Prefli
     # two cores, which the parent of an --nproc run would spend before it starts the ranks).
     check_supported(layout, cfg.model, device_type, compile=engine == "native" and cfg.train.compile_on(device_type, layout),
                     engine=engine, offload=cfg.engine_options.offload)
+    if cfg.debug.memory_snapshot and device_type != "cuda":  # the trainer's own check, without its imports
+        raise UserError(f"debug.memory_snapshot=true records the CUDA caching allocator; this run's device "
+                        f"is {device_type}: turn it off, or run on a CUDA device")
     if engine == "deepspeed":
+        check_deepspeed_options(cfg)  # before .deepspeed_run, which imports torch and DeepSpeed (seconds)
         from .deepspeed_run import check_deepspeed_run
 
         check_deepspeed_run(cfg, layout, device_type)
