@@ -14,10 +14,11 @@ import shutil
 
 import pytest
 import torch
-from train_runs import losses, steps, train
+from train_runs import copy_checkpoint_run, losses, steps, train
 
 from alphaexa.model import build_model
 from alphaexa.train.master_weights import MasterWeightAdamW, compute_weight_modules, to_compute_weights
+from alphaexa.train.metrics import read_metrics
 from alphaexa.train.optim import parameter_groups
 from topology.presets import get_preset
 
@@ -109,7 +110,16 @@ def test_master_weight_adamw_updates_like_torch_adamw_with_the_clip_and_the_skip
     for p in model.parameters():
         assert fresh.state[p]["exp_avg"].dtype == torch.float32
         assert torch.equal(fresh.state[p]["exp_avg_sq"], ours.state[p]["exp_avg_sq"])
-    assert fresh.param_groups[0]["lr"] == ours.param_groups[0]["lr"]
+    assert state["param_groups"][0]["lr"] == 1e-2 and fresh.param_groups[0]["lr"] == 1e-2
+    # the groups' settings come from the state dict (an lr of 0.5 saved reaches the loaded optimizer)
+    state["param_groups"][0]["lr"] = 0.5
+    fresh.load_state_dict(copy.deepcopy(state))
+    assert fresh.param_groups[0]["lr"] == 0.5
+
+
+def _started(run_dir):
+    """The run's last start or resume event."""
+    return [e for e in read_metrics(run_dir)[2] if e.get("event") in ("start", "resume")][-1]
 
 
 _COMMON = ("train.dtype=bf16", "parallel.mbs=8", "train.steps=6", "train.eval_every=3", "checkpoint.every=3")
@@ -117,9 +127,11 @@ _COMMON = ("train.dtype=bf16", "parallel.mbs=8", "train.steps=6", "train.eval_ev
 
 def test_trainer_with_bf16_weights_trains_like_fp32_weights_and_resumes_exactly(tmp_path):
     cache = tmp_path / "cache"
-    base, bf16, resumed, loaded = (tmp_path / n for n in ("base", "bf16", "resumed", "loaded"))
+    base, bf16, resumed, loaded, from_base = (tmp_path / n for n in ("base", "bf16", "resumed", "loaded", "from_base"))
     train(base, *_COMMON, "train.bf16_weights=false", cache_dir=cache)
     train(bf16, *_COMMON, "train.bf16_weights=true", cache_dir=cache)
+    # the option took (the losses below cannot tell: the first steps match bit for bit, the rest within 2e-5)
+    assert _started(base)["bf16_weights"] is False and _started(bf16)["bf16_weights"] is True
     a, b = losses(base), losses(bf16)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     assert a[1] == b[1] and a[2] == b[2]  # the same forward and gradients; the updates differ in rounding only
@@ -137,6 +149,14 @@ def test_trainer_with_bf16_weights_trains_like_fp32_weights_and_resumes_exactly(
     assert sorted(c) == [1, 2, 3, 4, 5, 6]
     for s in (4, 5, 6):
         assert c[s] == pytest.approx(b[s], rel=2e-5), s
+    # and the other way: a run with the option resumes from a run's checkpoint without it
+    copy_checkpoint_run(base, from_base, 3)
+    train(from_base, *_COMMON, "train.bf16_weights=true", cache_dir=cache, resume=True)
+    assert _started(from_base)["bf16_weights"] is True
+    d = losses(from_base)
+    assert sorted(d) == [4, 5, 6] and d[4] == a[4]  # step 4's forward: the fp32 weights of step 3, bit for bit
+    for s in (5, 6):
+        assert d[s] == pytest.approx(a[s], rel=2e-5), s
 
 
 def test_bf16_weights_are_refused_where_they_cannot_run_with_one_line_errors():
@@ -166,6 +186,12 @@ def test_bf16_weights_are_refused_where_they_cannot_run_with_one_line_errors():
     ]:
         with pytest.raises(ConfigError, match=r"^train.bf16_weights=true cannot run here: " + message):
             resolved("train.bf16_weights=true", *sets, **kwargs)
+    # DeepSpeed keeps its own master weights: true is refused when the config is read, not silently ignored
+    with pytest.raises(ConfigError, match=r"^train.bf16_weights=true cannot run here: engine=deepspeed"):
+        load_run_config(None, ["model.preset=debug", "train.dtype=bf16", "train.bf16_weights=true",
+                               "parallel.engine=deepspeed"])
+    assert load_run_config(None, ["model.preset=debug", "train.dtype=bf16", "train.bf16_weights=auto",
+                                  "parallel.engine=deepspeed"]).train.bf16_weights == "auto"
     with pytest.raises(ConfigError, match=r"train.bf16_weights='sometimes': must be auto, true or false"):
         load_run_config(None, ["model.preset=debug", "train.bf16_weights=sometimes"])
 

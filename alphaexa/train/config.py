@@ -344,6 +344,9 @@ class RunConfig:
         if self.train.float8 and self.train.dtype != "bf16":
             raise ConfigError(f"train.float8=true needs train.dtype=bf16 (float8 GEMMs, bf16 elsewhere), "
                               f"not {self.train.dtype}")
+        if self.train.bf16_weights is True and self.engine_options.engine != "native":
+            # The trainer resolves the option in the native engine's setup only: refused here, not ignored.
+            self.train.bf16_weights_on("cpu", self.parallel, 1, wrapped=False, engine=self.engine_options.engine)
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len="
                               f"{self.model.max_seq_len}")

@@ -84,8 +84,10 @@ def _adamw_update(copy: Tensor | None, master: Tensor, grad: Tensor, exp_avg: Te
     """torch's AdamW (decoupled decay, bias-corrected moments, ``exp_avg.lerp_``) on one fp32 ``master``, its
     gradient divided by ``grad_scale`` as it is read; nothing changes where ``found_inf`` is nonzero.  A bf16
     ``compute`` copy gets the new master rounded to nearest.  Compiled: one kernel, one pass over each tensor
-    (the tensors come flattened and their size is symbolic, so two graphs serve every parameter: with a bf16 copy
-    and without).  Every scalar is a 0-d tensor: with python floats torch 2.13's compile under ``dynamic=True``
+    (the tensors come flattened and their size is symbolic, but dynamo guards the flattened views' bases: their
+    rank, strides and duck-sized equalities, so a model takes a handful of graphs, 5 for ``tiny-moe`` on CPU, not
+    one with a bf16 copy and one without; under ``fullgraph=True`` a ninth, past torch's ``recompile_limit`` of 8,
+    would be a hard error).  Every scalar is a 0-d tensor: with python floats torch 2.13's compile under ``dynamic=True``
     updated a second parameter group's weights several times too far on CPU (tests/test_bf16_weights.py)."""
     keep = found_inf == 0
     g = grad.to(torch.float32) / grad_scale
