@@ -60,9 +60,10 @@ def test_the_fully_stated_summary_is_the_held_out_rows_without_assumed_fields():
     assert worst.run.id not in {r.run.id for r in moved if r.run.split == "heldout" and not r.run.assumed}
 
 
-def test_the_validation_report_prints_the_fully_stated_line(capsys):
+@pytest.mark.parametrize("group", ["heldout_stated", "heldout_steady"])  # fully stated rows; steady figures (s13)
+def test_the_validation_report_prints_the_side_group_lines(capsys, group):
     v.main([])
     out = capsys.readouterr().out
-    s = v.summary(v.evaluate())["heldout_stated"]
-    assert (f"heldout_stated n={s['n']:2d}  mean |error| {s['mean_abs']:.1f}%  max {s['max_abs']:.1f}%  "
+    s = v.summary(v.evaluate())[group]
+    assert (f"{group} n={s['n']:2d}  mean |error| {s['mean_abs']:.1f}%  max {s['max_abs']:.1f}%  "
             f"mean signed {s['mean']:+.1f}%") in out
