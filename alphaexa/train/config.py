@@ -164,13 +164,12 @@ class TrainSection:
                               f"one micro-batch makes the step (train.global_batch / data-parallel ranks), or use "
                               f"train.compile_mode=default or max-autotune-no-cudagraphs")
 
-    def bf16_weights_on(self, device_type: str, layout: Layout, n_micro: int, *, wrapped: bool,
+    def bf16_weights_on(self, device_type: str, layout: Layout | None, n_micro: int, *, wrapped: bool,
                         engine: str = "native") -> bool:
         """``bf16_weights`` resolved for the run: auto turns it on where every condition holds, true raises a
         ConfigError naming the first that does not (alphaexa.train.master_weights says why each is needed)."""
         if self.bf16_weights is False:
             return False
-        compiled = self.compile_on(device_type, layout)
         blockers = [
             (self.dtype != "bf16", f"train.dtype={self.dtype} (the copies are bf16: needs train.dtype=bf16)"),
             (engine != "native", f"engine={engine} (DeepSpeed keeps its own master weights)"),
@@ -185,7 +184,7 @@ class TrainSection:
              "train.clip_in_optimizer=false (scaling bf16 gradients before the step would round them)"),
         ]
         if self.bf16_weights == "auto":
-            blockers.append((device_type != "cuda" or not compiled, "not compiled on CUDA"))
+            blockers.append((device_type != "cuda" or not self.compile_on(device_type, layout), "not compiled on CUDA"))
         for blocked, why in blockers:
             if blocked:
                 if self.bf16_weights == "auto":
@@ -345,8 +344,9 @@ class RunConfig:
             raise ConfigError(f"train.float8=true needs train.dtype=bf16 (float8 GEMMs, bf16 elsewhere), "
                               f"not {self.train.dtype}")
         if self.train.bf16_weights is True and self.engine_options.engine != "native":
-            # The trainer resolves the option in the native engine's setup only: refused here, not ignored.
-            self.train.bf16_weights_on("cpu", self.parallel, 1, wrapped=False, engine=self.engine_options.engine)
+            # The trainer resolves the option in the native engine's setup only: refused here, not ignored (the
+            # layout is read only for auto, so none is needed)
+            self.train.bf16_weights_on("cpu", None, 1, wrapped=False, engine=self.engine_options.engine)
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len={self.train.seq_len} exceeds model.max_seq_len="
                               f"{self.model.max_seq_len}")
