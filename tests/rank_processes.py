@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +17,73 @@ import pytest
 # accelerator), so forking it is safe; each rank still runs in its own process and talks over gloo.
 # The first run_ranks of a session starts the server, so the list is the same for every module.
 # alphaexa.parallel and alphaexa.checkpoint import their pipelining and DCP parts when used: named here.
+# The command line (run_cli) and what a training run imports are there too: alphaexa.cli loads its commands
+# when it builds its parser, the trainer imports DCP and torch._dynamo (through torch's nn.init) when used.
 PRELOAD = ["torch", "torch.distributed", "torch.distributed.pipelining", "alphaexa.model", "alphaexa.parallel",
-           "alphaexa.checkpoint.manager", "alphaexa.checkpoint.state"]
+           "alphaexa.checkpoint.manager", "alphaexa.checkpoint.state", "alphaexa.cli", "alphaexa.commands.train",
+           "alphaexa.train.trainer", "alphaexa.train.spawn", "torch._dynamo"]
+# ALPHAEXA_TESTS_EXEC=1: every run_cli is a fresh ``python -m alphaexa`` process instead (slower, the same result)
+EXEC_VARIABLE = "ALPHAEXA_TESTS_EXEC"
+
+
+def _forkserver_context():
+    import torch.multiprocessing as mp
+
+    # Set before the forkserver starts: its children inherit its environment, not ours at fork time.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    mp.set_forkserver_preload(PRELOAD)
+    return mp.get_context("forkserver")
+
+
+def run_cli(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, ...)`` for ``cmd = [python, -m, alphaexa, ARGS]``,
+    run as a process forked from the server of run_ranks: ``alphaexa.cli.main(ARGS)`` in a process of its own
+    (its own environment, working directory, stdout and stderr files, process group and exit status; its ranks
+    fork from it, train/spawn.py) without a fresh interpreter importing torch and the package, 5-8 s of CPU a
+    run.  What differs from the program: the interpreter's start, ``python -m``'s module run and the
+    program's fast exit (tests/test_cli_exit.py runs those).  A run past ``timeout`` is killed with its
+    process group (``subprocess.TimeoutExpired``, as subprocess.run raises)."""
+    if cmd[:3] != [sys.executable, "-m", "alphaexa"]:
+        raise ValueError(f"run_cli runs `python -m alphaexa ...`, not {cmd[:3]}")
+    if os.environ.get(EXEC_VARIABLE) == "1":
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    with tempfile.TemporaryDirectory(prefix="alphaexa-cli-") as tmp:
+        out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+        process = _forkserver_context().Process(target=_cli_child, args=(cmd[3:], env, str(cwd), str(out), str(err)))
+        process.start()
+        process.join(timeout)
+        timed_out = process.exitcode is None
+        try:  # what the run left behind (a rank, a loader), with it on a timeout
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        process.join()
+        stdout = out.read_text(errors="replace") if out.exists() else ""
+        stderr = err.read_text(errors="replace") if err.exists() else ""
+    if timed_out:
+        raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr)
+    return subprocess.CompletedProcess(cmd, process.exitcode, stdout, stderr)
+
+
+def _cli_child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
+    os.setpgrp()  # the run and whatever it starts: one group to kill
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    import torch
+
+    # the OpenMP runtime read OMP_NUM_THREADS when the server loaded it (as spawn_ranks' forked ranks do)
+    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
+    from alphaexa.cli import main
+
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
 
 
 def run_ranks(fn, args: tuple, nprocs: int, what: str, timeout: float = 300.0,
@@ -22,10 +92,10 @@ def run_ranks(fn, args: tuple, nprocs: int, what: str, timeout: float = 300.0,
     test with its traceback, a job still running after ``timeout`` seconds is killed and fails it."""
     import torch.multiprocessing as mp
 
-    # Set before the forkserver starts: its children inherit its environment, not ours at fork time.
-    os.environ["OMP_NUM_THREADS"] = "1"
     if start_method == "forkserver":
-        mp.set_forkserver_preload(PRELOAD)
+        _forkserver_context()
+    else:
+        os.environ["OMP_NUM_THREADS"] = "1"
     ctx = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method=start_method)
     deadline = time.monotonic() + timeout
     while not ctx.join(timeout=1):

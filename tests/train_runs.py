@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from rank_processes import run_cli
+
 from alphaexa.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +47,7 @@ def run_env() -> dict[str, str]:
 
 def train(run_dir: Path, *sets: str, cache_dir: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     cmd = train_command(run_dir, *sets, f"data.cache_dir={cache_dir}", **kwargs)
-    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=HANG_GUARD_S, env=run_env(), cwd=REPO)
+    done = run_cli(cmd, env=run_env(), cwd=REPO, timeout=HANG_GUARD_S)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done

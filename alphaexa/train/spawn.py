@@ -5,6 +5,13 @@ stopped at once (SIGTERM, then SIGKILL after a grace period) and the parent exit
 so one dead rank never leaves the rest waiting in a collective.  On CPU each rank gets
 ``OMP_NUM_THREADS = cores // N`` (at least 1) unless the variable is already set, so
 the ranks do not oversubscribe the cores.
+
+How a rank starts: on the CPU backend the parent imports the trainer once and forks the ranks from
+itself (``os.fork``), so no rank imports torch and the trainer again (5-10 s of CPU a rank on a 2-core
+machine, most of a short run's time).  The parent has touched no device, holds no process group and runs
+no other thread when it forks (checked; otherwise, and on accelerators, whose runtimes are not fork-safe
+once probed, each rank is a fresh ``python -m alphaexa`` process as before).
+``ALPHAEXA_RANK_START=exec`` (or ``fork``) chooses for a run.
 """
 from __future__ import annotations
 
@@ -18,6 +25,11 @@ from backends.launch import free_port
 
 GRACE_S = 5.0
 POLL_S = 0.05
+START_VARIABLE = "ALPHAEXA_RANK_START"
+# what every rank imports before its first step (the trainer's lazy imports included): imported by the
+# parent before it forks, so the ranks start with them
+RANK_MODULES = ("alphaexa.train.trainer", "alphaexa.checkpoint.manager", "alphaexa.checkpoint.state",
+                "torch._dynamo", "torch.distributed.pipelining")
 
 
 def rank_environment(rank: int, nproc: int, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -39,15 +51,51 @@ def describe_exit(code: int) -> str:
     return f"exit status {code}"
 
 
+def rank_start() -> str:
+    """``fork`` or ``exec``: how this process starts its ranks (module docstring)."""
+    import threading
+
+    from ..errors import UserError
+
+    chosen = os.environ.get(START_VARIABLE, "").strip().lower()
+    if chosen not in ("", "fork", "exec"):
+        raise UserError(f"{START_VARIABLE}={chosen!r}: must be fork or exec")
+    if chosen == "exec" or not hasattr(os, "fork"):
+        return "exec"
+    import torch.distributed as dist
+
+    from backends.device import get_backend
+
+    if dist.is_initialized() or threading.active_count() > 1 or "mpi4py" in sys.modules:
+        return "exec"
+    if chosen == "fork":
+        return "fork"
+    return "fork" if get_backend().device_type == "cpu" else "exec"
+
+
 def spawn_ranks(nproc: int, argv: list[str], announce=print) -> int:
-    """Run ``python -m alphaexa ARGV`` as ranks 0..N-1; returns 0 when every rank succeeded,
+    """Run ``alphaexa ARGV`` as ranks 0..N-1; returns 0 when every rank succeeded,
     else the first failure's status (128 + signal for a killed rank)."""
+    start = rank_start()
+    if start == "fork":
+        import importlib
+
+        for name in RANK_MODULES:
+            importlib.import_module(name)
     port = free_port()
     # A SIGTERM to the parent (a batch system ending the job) must not orphan the ranks:
     # turned into an exception, it reaches the ``finally`` that stops them.
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    children = [subprocess.Popen([sys.executable, "-m", "alphaexa", *argv], env=rank_environment(r, nproc, port))
-                for r in range(nproc)]
+    children: list = []
+    try:
+        for r in range(nproc):
+            env = rank_environment(r, nproc, port)
+            children.append(_fork_rank(argv, env) if start == "fork" else
+                            subprocess.Popen([sys.executable, "-m", "alphaexa", *argv], env=env))
+    except BaseException:
+        _stop(children)
+        signal.signal(signal.SIGTERM, previous)
+        raise
     announce(f"spawned {nproc} ranks (pids {', '.join(str(c.pid) for c in children)}), "
              f"rendezvous 127.0.0.1:{port}")
     failure: tuple[int, int] | None = None
@@ -77,6 +125,79 @@ def spawn_ranks(nproc: int, argv: list[str], announce=print) -> int:
     return 128 - code if code < 0 else code
 
 
+class ForkedRank:
+    """A forked rank with the part of ``subprocess.Popen``'s interface the supervisor uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"rank pid {self.pid}", timeout)
+            time.sleep(POLL_S)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:  # exited, not yet reaped
+                pass
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _fork_rank(argv: list[str], env: dict[str, str]) -> ForkedRank:
+    for stream in (sys.stdout, sys.stderr):  # what the parent wrote must not be written again by the child
+        if stream is not None:
+            stream.flush()
+    pid = os.fork()
+    if pid:
+        return ForkedRank(pid)
+    code = 1
+    try:  # the child: never returns into the parent's code
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # what a fresh process has
+        import atexit
+
+        atexit._clear()  # the parent's exit handlers are the parent's
+        os.environ.clear()
+        os.environ.update(env)
+        import torch
+
+        # the OpenMP runtime read OMP_NUM_THREADS when the parent loaded it; a rank's share is set here
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+        from ..cli import main
+
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:  # noqa: BLE001 (the child must leave through os._exit, whatever happened)
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            import atexit
+
+            atexit._run_exitfuncs()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+        finally:
+            os._exit(code)
+
+
 class Terminated(Exception):
     pass
 
@@ -85,7 +206,7 @@ def _raise_terminated(signum, _frame) -> None:
     raise Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
-def _stop(children: list[subprocess.Popen]) -> None:
+def _stop(children: list) -> None:
     alive = [c for c in children if c.poll() is None]
     for child in alive:
         child.send_signal(signal.SIGTERM)
