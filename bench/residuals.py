@@ -4,9 +4,10 @@
 
 Signed error = (predicted - measured) / measured, as ``python -m topology.validation`` prints it: negative is
 optimistic (the model's step too short).  For every categorical feature (framework family, device, software year,
-recompute, sharding, MoE, interleaved pipeline, source) one line per value: n, mean signed, mean |error|.  For
+recompute, sharding, MoE, pipeline schedule, source) one line per value: n, mean signed, mean |error|.  For
 every numeric feature (GPU count, tp, pp, virtual stages, ep, dp, micro-batches a step, sequence, parameters,
-micro-batch size, tokens a step, the predicted step, and each cost term's share of the prediction) one line with
+micro-batch size, tokens a step, the predicted step, one pipeline slot, layers a stage, a layer's GEMM work a GPU,
+and each cost term's share of the prediction) one line with
 three Pearson correlations of the signed error with the feature (log2 of it for the counts and sizes):
 
 * ``r_all``: over the rows as they are;
@@ -15,13 +16,16 @@ three Pearson correlations of the signed error with the feature (log2 of it for 
 * ``r_across``: between the sources' means (one point a source), a cross-source trend that may be one
   source's quirk each;
 
-and the mean signed error of the rows in the feature's quartiles (fixed edges for the counts).  Then the
-features ranked by |r_within| (the ``--top`` first).  Nothing here enters a reported figure
+and the mean signed error of the rows by value (at most 6 values) or by quartile.  Then the features ranked by
+|r_within| (the ``--top`` first), and every series of rows that differ only in the global batch (so in the
+micro-batches a step, m), with a line step = a + b m through the measured and through the predicted steps: b is the
+per-micro-batch slot, a the fill and drain plus the per-step work.  Nothing here enters a reported figure
 (docs/planner.md section 10, "Session 14: what the held-out rows' optimism follows").
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import sys
@@ -45,8 +49,18 @@ def family(run: v.Run) -> str:
     return run.implementation.split("+")[0]
 
 
+@functools.cache
+def _device_of_system(system: str) -> str:
+    return v.system_of(next(r for r in v.load_runs() if r.system == system)).node.device.name
+
+
 def device(run: v.Run) -> str:
-    return v.system_of(run).node.device.name
+    return _device_of_system(run.system)
+
+
+def schedule(run: v.Run) -> str:
+    """pp1, 1f1b (a pipeline without virtual stages) or interleaved."""
+    return "pp1" if run.pp == 1 else ("1f1b" if run.vpp == 1 else "interleaved")
 
 
 def dp_of(run: v.Run) -> int:
@@ -65,7 +79,7 @@ CATEGORICAL: dict[str, Callable[[v.Row], str]] = {
     "recompute": lambda r: r.run.recompute,
     "sharding": lambda r: r.run.sharding,
     "moe": lambda r: "moe" if v.model_is_moe(r.run) else "dense",
-    "interleaved": lambda r: "vpp>1" if r.run.vpp > 1 else "vpp=1",
+    "schedule": lambda r: schedule(r.run),
     "source": lambda r: r.run.source,
 }
 # (value, take log2): counts and sizes on a log scale, shares as they are
@@ -103,9 +117,11 @@ def pearson(xs: list[float], ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / math.sqrt(sxx * syy)
 
 
-def correlations(rows: list[v.Row], fn: Callable[[v.Row], float], log: bool) -> tuple[float, float, float]:
-    """(r_all, r_within, r_across) of the signed error with the feature."""
-    xs = [math.log2(fn(r)) if log else fn(r) for r in rows]
+def correlations(rows: list[v.Row], fn: Callable[[v.Row], float], log: bool,
+                 values: list[float] | None = None) -> tuple[float, float, float]:
+    """(r_all, r_within, r_across) of the signed error with the feature (``values``: its values, if known)."""
+    vals = [fn(r) for r in rows] if values is None else values
+    xs = [math.log2(x) if log else x for x in vals]
     es = [r.error_pct for r in rows]
     by_src: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
@@ -121,21 +137,21 @@ def correlations(rows: list[v.Row], fn: Callable[[v.Row], float], log: bool) -> 
     return pearson(xs, es), pearson(wx, we), pearson(ax, ae)
 
 
-def _stats(sel: list[v.Row]) -> str:
-    return (f"n={len(sel):3d} signed {statistics.fmean(r.error_pct for r in sel):+6.1f}% "
-            f"|err| {statistics.fmean(abs(r.error_pct) for r in sel):5.1f}%")
+def _stats(errs: list[float]) -> str:
+    return (f"n={len(errs):3d} signed {statistics.fmean(errs):+6.1f}% "
+            f"|err| {statistics.fmean(abs(e) for e in errs):5.1f}%")
 
 
-def bins(rows: list[v.Row], fn: Callable[[v.Row], float], log: bool) -> list[tuple[str, list[v.Row]]]:
-    """Rows by value when the feature takes at most 6 values, else by quartile."""
-    vals = sorted({fn(r) for r in rows})
-    if len(vals) <= 6:
-        return [(f"{x:g}", [r for r in rows if fn(r) == x]) for x in vals]
-    xs = sorted(fn(r) for r in rows)
+def bins(values: list[float], errs: list[float]) -> list[tuple[str, list[float]]]:
+    """The errors by value when the feature takes at most 6 values, else by quartile."""
+    distinct = sorted(set(values))
+    if len(distinct) <= 6:
+        return [(f"{x:g}", [e for val, e in zip(values, errs) if val == x]) for x in distinct]
+    xs = sorted(values)
     edges = [xs[len(xs) * q // 4] for q in (1, 2, 3)]
     out, lo = [], -math.inf
     for hi in (*edges, math.inf):
-        sel = [r for r in rows if lo <= fn(r) < hi]
+        sel = [e for val, e in zip(values, errs) if lo <= val < hi]
         if sel:
             label = f"<{hi:.3g}" if lo == -math.inf else (f">={lo:.3g}" if hi == math.inf else f"{lo:.3g}-{hi:.3g}")
             out.append((label, sel))
@@ -144,28 +160,62 @@ def bins(rows: list[v.Row], fn: Callable[[v.Row], float], log: bool) -> list[tup
 
 
 def report(rows: list[v.Row], top: int = 8) -> str:
-    out = [f"rows: {_stats(rows)}  (signed < 0: predicted faster than measured)", ""]
+    errs = [r.error_pct for r in rows]
+    out = [f"rows: {_stats(errs)}  (signed < 0: predicted faster than measured)", ""]
     for name, fn in CATEGORICAL.items():
-        groups: dict[str, list[v.Row]] = {}
+        groups: dict[str, list[float]] = {}
         for r in rows:
-            groups.setdefault(fn(r), []).append(r)
+            groups.setdefault(fn(r), []).append(r.error_pct)
         out.append(f"feature {name}")
-        for key, sel in sorted(groups.items(), key=lambda kv: statistics.fmean(r.error_pct for r in kv[1])):
+        for key, sel in sorted(groups.items(), key=lambda kv: statistics.fmean(kv[1])):
             out.append(f"    {key:40s} {_stats(sel)}")
     out.append("")
     out.append(f"{'feature':24s} {'r_all':>6s} {'r_within':>8s} {'r_across':>8s}   signed error by value / quartile")
     ranked = []
     for name, (fn, log) in NUMERIC.items():
-        ra, rw, rx = correlations(rows, fn, log)
+        values = [fn(r) for r in rows]
+        ra, rw, rx = correlations(rows, fn, log, values)
         ranked.append((name, ra, rw, rx))
-        parts = [f"{label}: {statistics.fmean(r.error_pct for r in sel):+.1f}% ({len(sel)})"
-                 for label, sel in bins(rows, fn, log)]
+        parts = [f"{label}: {statistics.fmean(sel):+.1f}% ({len(sel)})" for label, sel in bins(values, errs)]
         out.append(f"feature {name:16s} {ra:+6.2f} {rw:+8.2f} {rx:+8.2f}   " + "  ".join(parts))
     out += ["", f"top {top} numeric features by |r_within| (a trend inside sources, not one source's quirk):"]
     ranked.sort(key=lambda t: -abs(t[2]) if not math.isnan(t[2]) else 0.0)
     for name, ra, rw, rx in ranked[:top]:
         out.append(f"    {name:24s} r_within {rw:+.2f}  r_all {ra:+.2f}  r_across {rx:+.2f}")
     return "\n".join(out)
+
+
+SERIES_KEY = ("source", "model", "system", "implementation", "gpus", "tp", "pp", "vpp", "ep", "sharding", "mbs",
+              "seq_len", "recompute")
+
+
+def microbatch_series(rows: list[v.Row]) -> str:
+    """Rows that differ only in the global batch (so in the micro-batches a step, m): a least-squares line
+    step = a + b m through the measured and through the predicted steps.  b is the per-micro-batch slot, a the
+    fill and drain (the bubble) plus the per-step work; a measured b above the model's with a close a puts the
+    missing time in the slot, not the bubble."""
+    series: dict[tuple, list[v.Row]] = {}
+    for r in rows:
+        series.setdefault(tuple(getattr(r.run, k) for k in SERIES_KEY), []).append(r)
+    out = ["micro-batch series (only the global batch differs): step = a + b m, measured against the model"]
+    for key, sel in series.items():
+        ms = [r.estimate.microbatches for r in sel]
+        if len(set(ms)) < 2:
+            continue
+        sel.sort(key=lambda r: r.estimate.microbatches)
+        ms = [r.estimate.microbatches for r in sel]
+        am, bm = _line(ms, [r.run.measured_step_s for r in sel])
+        ap, bp = _line(ms, [r.estimate.step_time_s for r in sel])
+        out.append(f"    {key[0]:28s} {key[1]:16s} tp{key[5]} pp{key[6]}x{key[7]} m {ms}: "
+                   f"a {am:7.3f} / {ap:7.3f} s, b {1e3 * bm:8.2f} / {1e3 * bp:8.2f} ms (x{bm / bp:.3f}), "
+                   f"errors {' '.join(f'{r.error_pct:+.1f}%' for r in sel)}")
+    return "\n".join(out)
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - b * mx, b
 
 
 def select(rows: list[v.Row], split: str) -> list[v.Row]:
@@ -177,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=("heldout", "fit", "all"), default="heldout")
     ap.add_argument("--top", type=int, default=8)
     args = ap.parse_args(argv)
-    print(report(select(v.evaluate(), args.split), args.top))
+    rows = select(v.evaluate(), args.split)
+    print(report(rows, args.top))
+    print()
+    print(microbatch_series(rows))
     return 0
 
 
