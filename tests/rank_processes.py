@@ -35,17 +35,19 @@ def _forkserver_context():
     return mp.get_context("forkserver")
 
 
-def run_cli(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+def run_cli(cmd: list[str], *, env: dict[str, str], cwd: Path, timeout: float,
+            fresh: bool = False) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True, ...)`` for ``cmd = [python, -m, alphaexa, ARGS]``,
     run as a process forked from the server of run_ranks: ``alphaexa.cli.main(ARGS)`` in a process of its own
     (its own environment, working directory, stdout and stderr files, process group and exit status; its ranks
     fork from it, train/spawn.py) without a fresh interpreter importing torch and the package, 5-8 s of CPU a
     run.  What differs from the program: the interpreter's start, ``python -m``'s module run and the
     program's fast exit (tests/test_cli_exit.py runs those).  A run past ``timeout`` is killed with its
-    process group (``subprocess.TimeoutExpired``, as subprocess.run raises)."""
+    process group (``subprocess.TimeoutExpired``, as subprocess.run raises).  ``fresh``: a fresh interpreter
+    all the same (a run that needs the interpreter's start: a ``sitecustomize`` on ``PYTHONPATH``)."""
     if cmd[:3] != [sys.executable, "-m", "alphaexa"]:
         raise ValueError(f"run_cli runs `python -m alphaexa ...`, not {cmd[:3]}")
-    if os.environ.get(EXEC_VARIABLE) == "1":
+    if fresh or os.environ.get(EXEC_VARIABLE) == "1":
         return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     with tempfile.TemporaryDirectory(prefix="alphaexa-cli-") as tmp:
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"

@@ -45,9 +45,11 @@ def run_env() -> dict[str, str]:
     return env
 
 
-def train(run_dir: Path, *sets: str, cache_dir: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+def train(run_dir: Path, *sets: str, cache_dir: Path, check: bool = True, env: dict[str, str] | None = None,
+          fresh: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    """``env``: variables added to run_env()'s; ``fresh``: a fresh interpreter (rank_processes.run_cli)."""
     cmd = train_command(run_dir, *sets, f"data.cache_dir={cache_dir}", **kwargs)
-    done = run_cli(cmd, env=run_env(), cwd=REPO, timeout=HANG_GUARD_S)
+    done = run_cli(cmd, env={**run_env(), **(env or {})}, cwd=REPO, timeout=HANG_GUARD_S, fresh=fresh)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done

@@ -75,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     # The parent prepares what every rank would otherwise redo (tokenizing, the run directory) and
     # hands the ranks the resolved config.
     from ..train.dataset import prepare_dataset
-    from ..train.spawn import spawn_ranks
+    from ..train.spawn import rank_start, spawn_ranks
 
+    start = rank_start()  # before the data work: a bad ALPHAEXA_RANK_START is a one-line error at once
     prepare_dataset(cfg.data, cfg.model, progress=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.toml")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         argv.append("--resume")
     if args.stop_at is not None:
         argv += ["--stop-at", str(args.stop_at)]
-    code = spawn_ranks(world, argv)
+    code = spawn_ranks(world, argv, start=start)
     if code == 0:
         print(f"run directory: {run_dir.resolve()}", flush=True)
     return code

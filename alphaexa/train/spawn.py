@@ -53,30 +53,36 @@ def describe_exit(code: int) -> str:
 
 def rank_start() -> str:
     """``fork`` or ``exec``: how this process starts its ranks (module docstring)."""
-    import threading
-
     from ..errors import UserError
 
     chosen = os.environ.get(START_VARIABLE, "").strip().lower()
     if chosen not in ("", "fork", "exec"):
         raise UserError(f"{START_VARIABLE}={chosen!r}: must be fork or exec")
-    if chosen == "exec" or not hasattr(os, "fork"):
-        return "exec"
-    import torch.distributed as dist
-
-    from backends.device import get_backend
-
-    if dist.is_initialized() or threading.active_count() > 1 or "mpi4py" in sys.modules:
+    if chosen == "exec" or not fork_safe():
         return "exec"
     if chosen == "fork":
         return "fork"
+    from backends.device import get_backend
+
     return "fork" if get_backend().device_type == "cpu" else "exec"
 
 
-def spawn_ranks(nproc: int, argv: list[str], announce=print) -> int:
-    """Run ``alphaexa ARGV`` as ranks 0..N-1; returns 0 when every rank succeeded,
-    else the first failure's status (128 + signal for a killed rank)."""
-    start = rank_start()
+def fork_safe() -> bool:
+    """This process may fork ranks: no process group, no other Python thread, no MPI."""
+    import threading
+
+    import torch.distributed as dist
+
+    return hasattr(os, "fork") and not dist.is_initialized() and threading.active_count() == 1 \
+        and "mpi4py" not in sys.modules
+
+
+def spawn_ranks(nproc: int, argv: list[str], announce=print, start: str | None = None) -> int:
+    """Run ``alphaexa ARGV`` as ranks 0..N-1 (``start``: ``fork`` or ``exec``, None: ``rank_start()``);
+    returns 0 when every rank succeeded, else the first failure's status (128 + signal for a killed rank)."""
+    start = start or rank_start()
+    if start == "fork" and not fork_safe():  # the data work since rank_start() left a thread running
+        start = "exec"
     if start == "fork":
         import importlib
 
@@ -96,7 +102,7 @@ def spawn_ranks(nproc: int, argv: list[str], announce=print) -> int:
         _stop(children)
         signal.signal(signal.SIGTERM, previous)
         raise
-    announce(f"spawned {nproc} ranks (pids {', '.join(str(c.pid) for c in children)}), "
+    announce(f"spawned {nproc} ranks by {start} (pids {', '.join(str(c.pid) for c in children)}), "
              f"rendezvous 127.0.0.1:{port}")
     failure: tuple[int, int] | None = None
     try:
