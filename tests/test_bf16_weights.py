@@ -3,7 +3,9 @@
 * the bf16 copies give the autocast loss and gradients bit for bit (dense and MoE), and the module's state dict
   shows the fp32 masters (checkpoints as without the option);
 * ``MasterWeightAdamW`` updates the masters as torch's AdamW updates fp32 weights, with the folded clip
-  (``grad_scale``) and the device-side skip (``found_inf``), and keeps its moments fp32 through a state dict;
+  (``grad_scale``) and the device-side skip (``found_inf``), and keeps its moments fp32 through a state dict; its
+  compiled update takes a fixed number of graphs whatever the parameters' shapes, and a graph refused at torch's
+  recompile limit falls back to the eager update;
 * the trainer: the same losses as the fp32-weight run (the first two steps bit for bit), an exact resume, and a
   checkpoint any run can load; one-line errors where the option cannot run.
 """
@@ -228,25 +230,92 @@ def test_compiled_update_on_cuda_equals_the_eager_one():
 
 
 def test_compiled_update_equals_the_eager_one_for_copies_and_plain_fp32_parameters():
-    """The compiled update on CPU (inductor) against the eager one: a bf16 copy with its master in a decayed group
-    and a plain fp32 parameter in an undecayed one, with the clip's grad_scale and a skipped step.  With python
-    float hyperparameters, torch 2.13's ``dynamic=True`` compile moved the second group's parameter several times
-    too far (the update's scalars are tensors since)."""
+    """The compiled update on CPU (inductor) against the eager one: bf16 copies (2-D and 3-D) with their masters in a
+    decayed group and a plain fp32 parameter in an undecayed one, with the clip's grad_scale and a skipped step; two
+    graphs (with a copy and without), the 3-D copy none of its own.  With python float hyperparameters, torch 2.13's
+    ``dynamic=True`` compile moved the second group's parameter several times too far (the update's scalars are
+    tensors since)."""
+    from torch._dynamo.utils import counters
+
     results = []
     for compiled in (True, False):
         torch.manual_seed(0)
-        copy_, master, plain = torch.nn.Parameter(torch.randn(64, 32).bfloat16()), torch.randn(64, 32), \
-            torch.nn.Parameter(torch.randn(32))
+        torch._dynamo.reset()
+        counters.clear()
+        copies = [torch.nn.Parameter(torch.randn(shape).bfloat16()) for shape in ((64, 32), (2, 16, 8))]
+        masters = {p: torch.randn(p.shape) for p in copies}
+        plain = torch.nn.Parameter(torch.randn(32))
         settings = torch.optim.AdamW([torch.zeros(1)], lr=1e-2, foreach=True).defaults
-        optimizer = MasterWeightAdamW([{"params": [copy_], "weight_decay": 0.1}, {"params": [plain], "weight_decay": 0.0}],
-                                      {copy_: master}, settings, compiled=compiled)
+        groups = [{"params": copies, "weight_decay": 0.1}, {"params": [plain], "weight_decay": 0.0}]
+        optimizer = MasterWeightAdamW(groups, masters, settings, compiled=compiled)
         for scale, skip in [(1.0, False), (3.0, False), (1.0, True)]:
-            copy_.grad, plain.grad = torch.randn(64, 32).bfloat16(), torch.randn(32)
+            for p in copies:
+                p.grad = torch.randn(p.shape).bfloat16()
+            plain.grad = torch.randn(32)
             optimizer.grad_scale, optimizer.found_inf = torch.tensor(scale), torch.tensor(float(skip))
             optimizer.step()
-        results.append((master, copy_.detach(), plain.detach(), [float(s["step"]) for s in optimizer.state.values()]))
+        assert counters["stats"]["unique_graphs"] == (2 if compiled else 0)
+        results.append(([masters[p] for p in copies], [p.detach() for p in copies], plain.detach(),
+                        [float(s["step"]) for s in optimizer.state.values()]))
     (m1, c1, p1, s1), (m2, c2, p2, s2) = results
-    assert s1 == s2 == [2.0, 2.0]
-    torch.testing.assert_close(m1, m2, rtol=1e-6, atol=1e-7)
+    assert s1 == s2 == [2.0, 2.0, 2.0]
+    for a, b in zip(m1, m2):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(p1, p2, rtol=1e-6, atol=1e-7)
-    assert torch.equal(c1, m1.to(torch.bfloat16)) and torch.equal(c2, m2.to(torch.bfloat16))
+    assert all(torch.equal(c, m.to(torch.bfloat16)) for c, m in zip(c1 + c2, m1 + m2))
+
+
+# 1-D, square, non-square, 3-D (both ways), size-1 dims, one element: each as a bf16 copy and as a plain fp32 parameter
+_SHAPES = [(6,), (5,), (4, 4), (3, 5), (5, 3), (2, 3, 4), (2, 4, 3), (1, 6), (6, 1), (2, 1, 3), (1,), (1, 1)]
+
+
+def _step_shaped_parameters(compiled, backend=None):
+    """Three steps (the clip's grad_scale, then a skipped step) of a ``MasterWeightAdamW`` over ``_SHAPES`` twice:
+    bf16 copies with fp32 masters in a decayed group, plain fp32 parameters in an undecayed one.  Returns every
+    master, bf16 copy and moment after the steps."""
+    generator = torch.Generator().manual_seed(0)
+    copies = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in _SHAPES]
+    plain = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in _SHAPES]
+    masters = {p: p.detach().clone() for p in copies}
+    for p in copies:
+        p.data = p.data.to(torch.bfloat16)
+    settings = torch.optim.AdamW([torch.zeros(1)], lr=1e-2, foreach=True).defaults
+    optimizer = MasterWeightAdamW([{"params": copies, "weight_decay": 0.1}, {"params": plain, "weight_decay": 0.0}],
+                                  masters, settings, compiled=compiled, backend=backend)
+    for scale, skip in [(1.0, False), (3.0, False), (1.0, True)]:
+        for p in copies + plain:
+            p.grad = torch.randn(p.shape, generator=generator).to(p.dtype)
+        optimizer.grad_scale, optimizer.found_inf = torch.tensor(scale), torch.tensor(float(skip))
+        optimizer.step()
+    return [t for p in copies + plain for t in (masters.get(p, p), p.detach(), optimizer.state[p]["exp_avg"],
+                                                 optimizer.state[p]["exp_avg_sq"], optimizer.state[p]["step"])]
+
+
+def test_compiled_update_takes_a_fixed_number_of_graphs_whatever_the_parameters_shapes():
+    """The flattened tensors reach dynamo without their differently shaped bases: one graph with a bf16 copy, one
+    without, and one of each for one-element tensors (sizes 0 and 1 are specialised), not one per shape family
+    (9 here before: past torch's recompile limit of 8, a hard error under fullgraph).  A counting backend runs the
+    graphs as traced: the results are the eager update's bit for bit."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()  # graphs of the update that earlier tests compiled would count against the limit
+    counter = CompileCounter()
+    compiled = _step_shaped_parameters(True, counter)
+    assert counter.frame_count == 4
+    eager = _step_shaped_parameters(False)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager))
+
+
+def test_a_graph_refused_at_the_recompile_limit_falls_back_to_the_eager_update(caplog):
+    """Past torch's recompile limit (1 here) the refused tensors take the eager update: the run goes on, one
+    warning line says so, and the values are the eager update's."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    with torch._dynamo.config.patch(recompile_limit=1), caplog.at_level("WARNING", logger="alphaexa.train"):
+        compiled = _step_shaped_parameters(True, counter)
+    assert counter.frame_count == 1
+    ours = [r for r in caplog.records if r.name == "alphaexa.train"]
+    assert len(ours) == 1 and "recompile limit" in ours[0].getMessage()
+    assert all(torch.equal(a, b) for a, b in zip(compiled, _step_shaped_parameters(False)))

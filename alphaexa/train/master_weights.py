@@ -27,14 +27,18 @@ module (FSDP2 has its own mixed precision), bf16 compute, not with float8 or off
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch._dynamo.exc import FailOnRecompileLimitHit
 
 from ..model.moe import GroupedExperts
 from ..model.transformer import Block
+
+log = logging.getLogger("alphaexa.train")
 
 
 def compute_weight_modules(model: nn.Module) -> list[nn.Module]:
@@ -83,12 +87,11 @@ def _adamw_update(copy: Tensor | None, master: Tensor, grad: Tensor, exp_avg: Te
                   grad_scale: Tensor, found_inf: Tensor) -> None:
     """torch's AdamW (decoupled decay, bias-corrected moments, ``exp_avg.lerp_``) on one fp32 ``master``, its
     gradient divided by ``grad_scale`` as it is read; nothing changes where ``found_inf`` is nonzero.  A bf16
-    ``compute`` copy gets the new master rounded to nearest.  Compiled: one kernel, one pass over each tensor
-    (the tensors come flattened and their size is symbolic, but dynamo guards the flattened views' bases: their
-    rank, strides and duck-sized equalities, so a model takes a handful of graphs, 5 for ``tiny-moe`` on CPU, not
-    one with a bf16 copy and one without; under ``fullgraph=True`` a ninth, past torch's ``recompile_limit`` of 8,
-    would be a hard error).  Every scalar is a 0-d tensor: with python floats torch 2.13's compile under ``dynamic=True``
-    updated a second parameter group's weights several times too far on CPU (tests/test_bf16_weights.py)."""
+    ``compute`` copy gets the new master rounded to nearest.  Compiled: one kernel, one pass over each tensor; the
+    tensors come as ``_flat`` makes them and their size is symbolic, so a model takes two graphs, one with a bf16
+    copy and one without (``MasterWeightAdamW`` says why and what happens past torch's recompile limit).  Every
+    scalar is a 0-d tensor: with python floats torch 2.13's compile under ``dynamic=True`` updated a second parameter
+    group's weights several times too far on CPU (tests/test_bf16_weights.py)."""
     keep = found_inf == 0
     g = grad.to(torch.float32) / grad_scale
     new_step = torch.where(keep, step + 1, step)
@@ -106,6 +109,19 @@ def _adamw_update(copy: Tensor | None, master: Tensor, grad: Tensor, exp_avg: Te
         copy.copy_(master)
 
 
+def _flat(t: Tensor) -> Tensor:
+    """``t``'s elements as a 1-D tensor over the same memory that is not a view of ``t``.  ``view(-1)`` alone is a
+    view, and dynamo guards a view input's base (its rank and strides, equalities between its sizes, sizes 0 and 1
+    specialised), so differently shaped bases took graphs of their own: 4 or 5 for each preset (5 for ``tiny-moe``
+    and ``1b-moe``), 9 for tests/test_bf16_weights.py's shapes, where the ninth, past torch's ``recompile_limit``
+    of 8, was a hard error.  ``detach`` keeps the memory and drops the link to the base: dynamo sees a contiguous
+    1-D tensor of symbolic size, 2 graphs for all of those, and the update's results are the same bit for bit
+    (inductor on CPU, ``tiny-moe``, four steps).  Marking the size unbacked (``mark_unbacked``) would also cover
+    sizes 0 and 1, but inductor then writes every result through a scratch buffer of the tensor's size (CPU output
+    code), so it is not done.  ``t`` must be contiguous: the update writes through the result."""
+    return t.view(-1).detach()
+
+
 class MasterWeightAdamW(torch.optim.Optimizer):
     """AdamW over a module's parameters where some are bf16 compute copies of fp32 ``masters``
     (``to_compute_weights``); the others (fp32) are their own masters.
@@ -114,12 +130,20 @@ class MasterWeightAdamW(torch.optim.Optimizer):
     gradient by it: the folded clip) from its attributes when they are set (``Trainer._step_optimizers``).  Its
     ``state_dict`` is torch AdamW's (the masters are the model's state, not the optimizer's), and loading one
     keeps the moments in fp32.
+
+    Compiled (``compiled``; ``backend`` is torch.compile's), the update takes two graphs whatever the parameters'
+    shapes: every tensor reaches it flattened by ``_flat`` (1-D, contiguous, not a view) with a symbolic size, so
+    only the bf16 copy's presence (and the gradient's dtype with it) tells graphs apart.  Dynamo still specialises
+    sizes 0 and 1, so one-element (or empty) tensors add a graph with a copy and one without: at most 6, under
+    torch's ``recompile_limit`` of 8.  Should a graph still be refused (``FailOnRecompileLimitHit``, a hard error
+    under ``fullgraph=True``: another torch, a lower limit), that tensor takes the eager update from then on and one
+    warning says so; the run goes on.
     """
 
     takes_found_inf = True  # and grad_scale, as torch's fused kernels do
 
     def __init__(self, params: Iterable[Any], masters: dict[Tensor, Tensor], settings: dict[str, Any],
-                 compiled: bool):
+                 compiled: bool, backend: Any = "inductor"):
         """``settings``: a torch AdamW's ``defaults`` (lr, betas, eps, weight_decay and its implementation flags,
         kept in the parameter groups so that checkpoints hold what an AdamW run's hold; amsgrad, maximize and
         capturable must be off)."""
@@ -128,7 +152,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             raise ValueError(f"MasterWeightAdamW does not do {', '.join(unsupported) or 'coupled weight decay'}")
         super().__init__(params, dict(settings))
         self.masters = masters
-        self._update = torch.compile(_adamw_update, fullgraph=True, dynamic=True) if compiled else _adamw_update
+        self._update = (torch.compile(_adamw_update, fullgraph=True, dynamic=True, backend=backend) if compiled
+                        else _adamw_update)
+        self._eager: set[Tensor] = set()  # parameters whose graph torch refused (recompile limit): eager update
         self._scalars: dict[tuple[torch.device, int], tuple[Tensor, ...]] = {}
         for group in self.param_groups:  # state made now: checkpoints see AdamW's keys before the first step
             for p in group["params"]:
@@ -171,9 +197,19 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             for p in with_grad:
                 state = self.state[p]
                 master = self.masters.get(p)
-                self._update(None if master is None else p.detach().view(-1),
-                             (p.detach() if master is None else master).view(-1), p.grad.reshape(-1),
-                             state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1), state["step"], *settings)
+                args = (None if master is None else _flat(p), _flat(p if master is None else master),
+                        p.grad.reshape(-1).detach(), _flat(state["exp_avg"]), _flat(state["exp_avg_sq"]),
+                        state["step"], *settings)
+                if p not in self._eager:
+                    try:
+                        self._update(*args)
+                        continue
+                    except FailOnRecompileLimitHit:  # raised before the graph runs: nothing was written yet
+                        if not self._eager:
+                            log.warning("MasterWeightAdamW: torch refused another graph of the update (recompile "
+                                        "limit); the tensors it refuses take the eager update")
+                        self._eager.add(p)
+                _adamw_update(*args)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``Optimizer.load_state_dict`` casts every state tensor to its parameter's dtype (bf16 moments
