@@ -20,31 +20,29 @@ from train_runs import REPO, run_env
 # already this is a load, seconds.
 OPS_BUILD_LIMIT_S = 3600
 
-# The longest modules first (seconds, serial, on the 2-core CI machine): `make test` hands whole modules to
-# two pytest-xdist workers (--dist loadfile) in collection order, and one of these started last would run
-# on alone while the other worker idles.  Every other module keeps its place; tests within a module too.
-# Figures marked s13 were measured alone on the session-13 machine after that session's changes (DeepSpeed's
-# module lost a launch and its one-line errors DeepSpeed's import, every run ~1 s of teardown a process);
-# the others are session 12's.  The first four pair up as the first two modules of each worker (xdist gives
-# each worker two at the start): DeepSpeed's + resume's beside parallel_equivalence's + train's took 400 s
-# for the four modules on two workers, parallel_equivalence's + resume's beside train's + DeepSpeed's 410 s
-# (session 13, the same machine; within its noise).
+# The longest modules first (seconds, on the 2-core CI machine): `make test` hands whole modules to two
+# pytest-xdist workers (--dist loadfile) in collection order, and one of these started last would run on alone
+# while the other worker idles.  Every other module keeps its place; tests within a module too.  Session 14's
+# figures (two workers, the whole suite, from its 40 longest tests and the rest estimated) after the trainer
+# runs started forking (tests/rank_processes.run_cli, train/spawn.py): the equivalence matrix is now by far
+# the longest, its layouts' own compute (tensor-parallel DTensor layouts 10-13 s each).
 SLOW_MODULES_FIRST = (
-    "test_deepspeed_train.py",  # 80 s (s13; was 225 s)
-    "test_parallel_equivalence.py",  # 125 s (s13)
-    "test_resume.py",  # 126 s (s13; 134-187 s on a busier machine)
-    "test_train.py",  # 122 s (s13)
-    "test_offload.py",  # 55 s (s13)
-    "test_bf16_weights.py",  # 50-65 s (s13: five launches of the debug model)
-    "test_plan_verify.py",  # 48 s
-    "test_speed_levers.py",  # 47 s
-    "test_planner_validation.py",  # 46 s
-    "test_deepspeed_engine.py",  # 38 s
-    "test_stream.py",  # 35 s
-    "test_meta_init.py",  # 35 s
-    "test_launchers.py",  # 34 s
-    "test_crash.py",  # 29 s (s13)
-    "test_launch.py",  # 27 s
+    "test_parallel_equivalence.py",  # 170 s (s14)
+    "test_train.py",  # ~90 s (s14)
+    "test_deepspeed_train.py",  # ~70 s (s14)
+    "test_resume.py",  # 55 s (s14; 126 s in s13)
+    "test_launchers.py",  # ~45 s (s14: a 4-rank mpiexec run of fresh interpreters, 32 s)
+    "test_speed_levers.py",  # ~40 s (s14)
+    "test_offload.py",  # ~40 s (s14)
+    "test_meta_init.py",  # ~35 s (s14)
+    "test_stream.py",  # 36 s (s14)
+    "test_launch.py",  # ~35 s (s14)
+    "test_plan_verify.py",  # ~30 s (s14)
+    "test_planner_validation.py",  # ~30 s (s14)
+    "test_crash.py",  # 26 s (s14)
+    "test_vs_peers_profile.py",  # 26 s (s14)
+    "test_bf16_weights.py",  # ~20 s (s14)
+    "test_spawn.py",  # ~20 s (s14)
 )
 
 

@@ -182,7 +182,10 @@ def _fork_rank(argv: list[str], env: dict[str, str]) -> ForkedRank:
         import torch
 
         # the OpenMP runtime read OMP_NUM_THREADS when the parent loaded it; a rank's share is set here
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+        # (a list of nested levels, "4,2": its first)
+        threads = env["OMP_NUM_THREADS"].split(",")[0].strip()
+        if threads.isdigit() and int(threads) > 0:
+            torch.set_num_threads(int(threads))
         from ..cli import main
 
         code = main(argv)
