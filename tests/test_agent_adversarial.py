@@ -27,6 +27,9 @@ from alphaexa.agent.tools import default_registry
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux namespaces")
 
 CANARY = "alphaexa-canary-7f3a9c"
+# The jails of this module run as their own uid: the check that none outlives its call counts this uid's
+# processes, and the agent tests on the other pytest worker run jails as 65534 at the same time.
+ADVERSARY_UID = 65533
 SECRET = "alphaexa-fake-secret-41d2e8"
 LIMITS = Limits(wall_s=1.0, cpu_s=1, address_space=256 << 20, processes=32, open_files=32, file_size=1 << 20,
                 output=16 << 10)
@@ -99,7 +102,7 @@ url = "http://127.0.0.1:{api.server_port}/echo/{{word}}"
 params = {{type = "object", properties = {{word = {{type = "string"}}}}, required = ["word"]}}
 """)
     os.environ["ALPHAEXA_TEST_API_KEY"] = SECRET
-    sandbox = Sandbox(limits=LIMITS)
+    sandbox = Sandbox(limits=LIMITS, uid=ADVERSARY_UID)
     try:
         yield {"registry": default_registry(sandbox, config), "sandbox": sandbox, "outside": outside,
                "before": _tree(outside), "listeners": listeners, "tcp_port": listeners.tcp.getsockname()[1],
@@ -277,12 +280,13 @@ CASES = [
 
 
 def _sandbox_processes() -> list[str]:
-    """Processes of the sandbox's uid still alive on the host."""
+    """Processes of this module's sandbox uid still alive on the host (the other agent tests' jails, which
+    may run beside it on the other pytest worker, run as 65534)."""
     alive = []
     for entry in Path("/proc").iterdir():
         try:
             status = (entry / "status").read_text() if entry.name.isdigit() else ""
-            if "Uid:\t65534\t" in status:
+            if f"Uid:\t{ADVERSARY_UID}\t" in status:
                 alive.append(f"{entry.name} {status.splitlines()[0]} {status.splitlines()[2]}")
         except OSError:
             pass
@@ -319,3 +323,15 @@ def test_adversarial_case(world, case_id, calls, check):
 
 def test_suite_size():
     assert len(CASES) >= 50
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as non-root the program keeps the caller's uid")
+def test_the_jail_runs_as_the_sandbox_uid(world):
+    result = world["registry"].call_text(json.dumps(py("import os\nprint(os.getuid(), os.getgid())")))
+    assert result["result"]["stdout"] == f"{ADVERSARY_UID} {ADVERSARY_UID}\n"
+
+
+@pytest.mark.parametrize("uid", [0, -1, 2**32 - 1])
+def test_a_privileged_or_invalid_sandbox_uid_is_refused(uid):
+    with pytest.raises(ValueError, match=f"sandbox uid {uid}: must be an unprivileged uid"):
+        Sandbox(uid=uid)

@@ -109,14 +109,19 @@ class Sandbox:
     """Runs programs in one scratch directory (``workdir``, or a fresh temporary one that
     :meth:`close` removes).  Each :meth:`run` is a new jail; files persist between runs."""
 
-    def __init__(self, workdir: str | Path | None = None, limits: Limits | None = None):
+    def __init__(self, workdir: str | Path | None = None, limits: Limits | None = None, uid: int = NOBODY):
+        """``uid`` (as root): the unprivileged uid and gid the programs run as; jails of different uids
+        share no ``RLIMIT_NPROC`` count and can be told apart on the host (docs/agent.md)."""
+        if not 0 < uid < 2**32 - 1:
+            raise ValueError(f"sandbox uid {uid}: must be an unprivileged uid (1 to 2^32 - 2)")
+        self.uid = uid
         self.limits = limits or Limits()
         self._owns_scratch = workdir is None
         self.scratch = Path(tempfile.mkdtemp(prefix="alphaexa-scratch-") if workdir is None else workdir).resolve()
         self.scratch.mkdir(parents=True, exist_ok=True)
         self.as_root = os.geteuid() == 0
         if self.as_root:  # the program runs as nobody: the scratch directory is the one place it may write
-            os.chown(self.scratch, NOBODY, NOBODY)
+            os.chown(self.scratch, uid, uid)
             os.chmod(self.scratch, 0o700)
 
     def close(self) -> None:
@@ -139,7 +144,7 @@ class Sandbox:
         root = tempfile.mkdtemp(prefix="alphaexa-jail-")
         status_r, status_w = os.pipe()
         spec = {"root": root, "scratch": str(self.scratch), "read_only": _read_only_paths(), "argv": argv,
-                "env": PROGRAM_ENV, "limits": limits.rlimits(), "as_root": self.as_root, "uid": NOBODY,
+                "env": PROGRAM_ENV, "limits": limits.rlimits(), "as_root": self.as_root, "uid": self.uid,
                 "status_fd": status_w}
         try:
             proc = subprocess.Popen([sys.executable, "-I", "-S", str(JAIL), json.dumps(spec)],
