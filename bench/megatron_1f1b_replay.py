@@ -192,6 +192,21 @@ def jitter_excess(p: int, m: int, cv: float, seeds: int = 4, ratio_bf: float = 2
     return sum(replay(p, m, fwd, bwd, hop, cv, seed) for seed in range(seeds)) / seeds / fixed - 1.0
 
 
+# ALCF's AuroraGPT-70B 'PyTorch 2.5 Results' table (argonne-lcf/Megatron-DeepSpeed ALCF/notes/AuroraGPT-70B.md at
+# 3848f6fb): 8 nodes, 96 tiles, PP 8, DP 6, TP 2, MBS 1, activation checkpointing on; GAS -> (GBS, sps).  GAS 8-32 are
+# the data file's aurora-megds-70b-pp8-tp2-gas* rows; GAS 1-4 (fewer micro-batches than stages) are not rows (the cost
+# model refuses m < p) but the replay runs them.
+AURORA_70B_PP8_TP2 = {1: (6, 0.541), 2: (12, 0.936), 4: (24, 1.525), 8: (48, 2.229), 16: (96, 2.882), 32: (192, 3.376)}
+
+
+def aurora_gas_table() -> list[tuple[int, float, float]]:
+    """(GAS, measured step, replay of the model's stages) for every GAS of ALCF's table (the per-step work at the
+    GAS 8 row's value: the reduction and the optimizer do not depend on the micro-batch count)."""
+    run = next(r for r in v.load_runs() if r.id == "aurora-megds-70b-pp8-tp2-gas8")
+    p, _, fwd, bwd, hop, per_step, _ = row_stages(run)
+    return [(g, gbs / sps, replay(p, g, fwd, bwd, hop) + per_step) for g, (gbs, sps) in AURORA_70B_PP8_TP2.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--markdown", action="store_true")
@@ -213,6 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}, m {ms}: measured a {f['a_measured']:.3f} s b {1e3 * f['b_measured']:.1f} ms; replay a "
               f"{f['a_replay']:.3f} s b {1e3 * f['b_replay']:.1f} ms; measured / replay: a {f['a_ratio']:.3f}, "
               f"b {f['b_ratio']:.3f}")
+    print()
+    print("   ALCF's Aurora 70B table at every GAS (GAS 1-4: fewer micro-batches than stages, not data-file rows)")
+    prev = None
+    for g, meas, rep in aurora_gas_table():
+        inc = "" if prev is None else (f"; a micro-batch more: measured {(meas - prev[1]) / (g - prev[0]):.3f} s, "
+                                       f"replay {(rep - prev[2]) / (g - prev[0]):.3f} s")
+        print(f"   GAS {g:2d}: measured {meas:.2f} s, replay {rep:.2f} s, ratio {meas / rep:.3f}{inc}")
+        prev = (g, meas, rep)
     print()
     print("3. random pass times (normal, cv): replayed step over the fixed one, minus 1 (uniform stages, B = 2 F)")
     for p, m in ((4, 64), (8, 32), (16, 128), (32, 256)):
