@@ -29,7 +29,7 @@ pass-setting stage and the lighter end stages as the model cuts them) and the mo
    without a pipeline only adds the draws up.
 
 Nothing here enters a reported figure (docs/planner.md section 10, "Session 14: what a non-interleaved 1F1B stage
-pays per micro-batch").  CPU only, a few seconds.
+pays per micro-batch").  CPU only, about 15 s.
 """
 from __future__ import annotations
 
