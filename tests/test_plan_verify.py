@@ -7,18 +7,20 @@ file made for another model or world size is refused in one line before anything
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+from rank_processes import run_cli
+from train_runs import REPO
 
 REQUEST = ["--model", "alphaexa-250b", "--system", "aurora", "--nodes", "16", "--global-batch", "384",
            "--seq-len", "4096", "--top", "1"]
 
 
 def alphaexa(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "alphaexa", "plan", *args], capture_output=True, text=True, check=False,
-                          timeout=300)
+    return run_cli([sys.executable, "-m", "alphaexa", "plan", *args], env=dict(os.environ), cwd=REPO, timeout=300)
 
 
 @pytest.fixture(scope="module")
