@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from alphaexa.train.spawn import RANK_MODULES, apply_thread_count
+
 # The ranks fork from a server process that imported these once (multiprocessing's forkserver): a
 # fresh interpreter per rank imports torch and the package again, 5-10 s each, which dominated the
 # multi-rank tests on two cores.  The server only imports (no threads, no process group, no
 # accelerator), so forking it is safe; each rank still runs in its own process and talks over gloo.
 # The first run_ranks of a session starts the server, so the list is the same for every module.
-# alphaexa.parallel and alphaexa.checkpoint import their pipelining and DCP parts when used: named here.
-# The command line (run_cli) and what a training run imports are there too: alphaexa.cli loads its commands
-# when it builds its parser, the trainer imports DCP and torch._dynamo (through torch's nn.init) when used.
-PRELOAD = ["torch", "torch.distributed", "torch.distributed.pipelining", "alphaexa.model", "alphaexa.parallel",
-           "alphaexa.checkpoint.manager", "alphaexa.checkpoint.state", "alphaexa.cli", "alphaexa.commands.train",
-           "alphaexa.train.trainer", "alphaexa.train.spawn", "torch._dynamo"]
+# The command line (run_cli) is there too (alphaexa.cli loads its commands when it builds its parser), and what
+# a rank imports when used (spawn.RANK_MODULES, what --nproc's parent imports before it forks its ranks: the
+# trainer, DCP, pipelining, torch._dynamo, which torch's nn.init pulls in).
+PRELOAD = ["torch", "torch.distributed", "alphaexa.model", "alphaexa.parallel", "alphaexa.cli", "alphaexa.commands.train",
+           "alphaexa.train.spawn", *RANK_MODULES]
 # ALPHAEXA_TESTS_EXEC=1: every run_cli is a fresh ``python -m alphaexa`` process instead (slower, the same result)
 EXEC_VARIABLE = "ALPHAEXA_TESTS_EXEC"
 
@@ -76,10 +77,7 @@ def _cli_child(argv: list[str], env: dict[str, str], cwd: str, out: str, err: st
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
-    import torch
-
-    # the OpenMP runtime read OMP_NUM_THREADS when the server loaded it (as spawn_ranks' forked ranks do)
-    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
+    apply_thread_count(env)  # as spawn_ranks' forked ranks do
     from alphaexa.cli import main
 
     code = main(argv)

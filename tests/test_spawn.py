@@ -27,3 +27,18 @@ def test_an_unknown_rank_start_is_one_line(tmp_path):
 
     assert done.returncode == 2
     assert done.stderr.strip() == "alphaexa train: error: ALPHAEXA_RANK_START='thread': must be fork or exec"
+
+
+@pytest.mark.parametrize("value,expected", [("1", 1), ("3,2", 3), ("", None), ("auto", None)])
+def test_a_forked_process_takes_its_thread_count_from_its_environment(value, expected):
+    import torch
+
+    from alphaexa.train.spawn import apply_thread_count
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        apply_thread_count({"OMP_NUM_THREADS": value})
+        assert torch.get_num_threads() == (expected or 2)  # a value that names no count leaves it as it was
+    finally:
+        torch.set_num_threads(before)

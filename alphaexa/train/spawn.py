@@ -164,10 +164,24 @@ class ForkedRank:
         self.send_signal(signal.SIGKILL)
 
 
-def _fork_rank(argv: list[str], env: dict[str, str]) -> ForkedRank:
-    for stream in (sys.stdout, sys.stderr):  # what the parent wrote must not be written again by the child
+def apply_thread_count(env: dict[str, str]) -> None:
+    """In a process forked after torch was loaded: its OpenMP runtime read OMP_NUM_THREADS at that load, so the
+    count ``env`` gives (a list of nested levels, "4,2": its first) is set through torch."""
+    import torch
+
+    threads = env.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
         if stream is not None:
             stream.flush()
+
+
+def _fork_rank(argv: list[str], env: dict[str, str]) -> ForkedRank:
+    _flush_stdio()  # what the parent wrote must not be written again by the child
     pid = os.fork()
     if pid:
         return ForkedRank(pid)
@@ -179,13 +193,7 @@ def _fork_rank(argv: list[str], env: dict[str, str]) -> ForkedRank:
         atexit._clear()  # the parent's exit handlers are the parent's
         os.environ.clear()
         os.environ.update(env)
-        import torch
-
-        # the OpenMP runtime read OMP_NUM_THREADS when the parent loaded it; a rank's share is set here
-        # (a list of nested levels, "4,2": its first)
-        threads = env["OMP_NUM_THREADS"].split(",")[0].strip()
-        if threads.isdigit() and int(threads) > 0:
-            torch.set_num_threads(int(threads))
+        apply_thread_count(env)
         from ..cli import main
 
         code = main(argv)
@@ -200,9 +208,7 @@ def _fork_rank(argv: list[str], env: dict[str, str]) -> ForkedRank:
             import atexit
 
             atexit._run_exitfuncs()
-            for stream in (sys.stdout, sys.stderr):
-                if stream is not None:
-                    stream.flush()
+            _flush_stdio()
         finally:
             os._exit(code)
 
