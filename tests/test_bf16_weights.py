@@ -219,10 +219,12 @@ def test_compiled_update_on_cuda_equals_the_eager_one():
             optimizer.step()
     # the fp32 masters (a bf16 copy may round the other way where its master moved by one fp32 ulp)
     for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
-        torch.testing.assert_close(masters[0].get(a, a), masters[1].get(b, b), rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(masters[0].get(a, a), masters[1].get(b, b), rtol=1e-5, atol=1e-7,
+                                   msg=lambda m, name=name: f"{name}: {m}")
         state_a, state_b = optimizers[0].state[a], optimizers[1].state[b]
         for key in ("exp_avg", "exp_avg_sq", "step"):
-            torch.testing.assert_close(state_a[key], state_b[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
+            torch.testing.assert_close(state_a[key], state_b[key], rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, name=name, key=key: f"{name} {key}: {m}")
     for model, model_masters in zip(models, masters):
         for p in model.parameters():
             if p in model_masters:
