@@ -28,6 +28,7 @@ module (FSDP2 has its own mixed precision), bf16 compute, not with float8 or off
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -83,22 +84,28 @@ def to_compute_weights(model: nn.Module, dtype: torch.dtype = torch.bfloat16) ->
 
 
 def _adamw_update(copy: Tensor | None, master: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
-                  step: Tensor, lr: Tensor, beta1: Tensor, beta2: Tensor, eps: Tensor, weight_decay: Tensor,
-                  grad_scale: Tensor, found_inf: Tensor) -> None:
+                  step: Tensor, lr: Tensor, beta2: Tensor, one_minus_beta1: Tensor, one_minus_beta2: Tensor,
+                  log_beta1: Tensor, log_beta2: Tensor, eps: Tensor, weight_decay: Tensor, grad_scale: Tensor,
+                  found_inf: Tensor) -> None:
     """torch's AdamW (decoupled decay, bias-corrected moments, ``exp_avg.lerp_``) on one fp32 ``master``, its
     gradient divided by ``grad_scale`` as it is read; nothing changes where ``found_inf`` is nonzero.  A bf16
     ``compute`` copy gets the new master rounded to nearest.  Compiled: one kernel, one pass over each tensor; the
     tensors come as ``_flat`` makes them and their size is symbolic, so a model takes two graphs, one with a bf16
     copy and one without (``MasterWeightAdamW`` says why and what happens past torch's recompile limit).  Every
     scalar is a 0-d tensor: with python floats torch 2.13's compile under ``dynamic=True`` updated a second parameter
-    group's weights several times too far on CPU (tests/test_bf16_weights.py)."""
+    group's weights several times too far on CPU (tests/test_bf16_weights.py).
+
+    The bias corrections are ``-expm1(step * log(beta))``, not ``1 - beta ** step``: with beta2 = 0.999 the
+    subtraction cancels three digits, so an fp32 ``pow`` one ulp off (inductor's CUDA ``pow`` against the eager one)
+    moved the update by ~3e-5 of itself, and the CUDA test of the compiled update failed on it; ``1 - beta`` and
+    ``log(beta)`` come from the optimizer's python floats (double), rounded once to fp32."""
     keep = found_inf == 0
     g = grad.to(torch.float32) / grad_scale
     new_step = torch.where(keep, step + 1, step)
-    bias1 = 1 - torch.pow(beta1, new_step)
-    bias2 = 1 - torch.pow(beta2, new_step)
-    m = exp_avg.lerp(g, 1 - beta1)
-    v = exp_avg_sq * beta2 + (1 - beta2) * g * g
+    bias1 = -torch.expm1(new_step * log_beta1)
+    bias2 = -torch.expm1(new_step * log_beta2)
+    m = exp_avg.lerp(g, one_minus_beta1)
+    v = exp_avg_sq * beta2 + one_minus_beta2 * g * g
     w = master * (1 - lr * weight_decay)
     w = w - (lr / bias1) * m / (v.sqrt() / bias2.sqrt() + eps)
     master.copy_(torch.where(keep, w, master))
@@ -168,12 +175,15 @@ class MasterWeightAdamW(torch.optim.Optimizer):
                          "exp_avg": torch.zeros_like(master), "exp_avg_sq": torch.zeros_like(master)}
 
     def _device_scalars(self, device: torch.device, group: dict[str, Any]) -> tuple[Tensor, ...]:
-        """lr (refilled at every step: the schedule changes it), beta1, beta2, eps, weight decay, a grad_scale of 1
-        and a found_inf of 0 as float32 tensors on ``device``, one set per group and device."""
+        """lr (refilled at every step: the schedule changes it), beta2, 1 - beta1, 1 - beta2, log(beta1), log(beta2)
+        (computed in double), eps, weight decay, a grad_scale of 1 and a found_inf of 0 as float32 tensors on
+        ``device``, one set per group and device."""
         key = (device, id(group))
         if key not in self._scalars:
-            beta1, beta2 = group["betas"]
-            values = (group["lr"], beta1, beta2, group["eps"], group["weight_decay"], 1.0, 0.0)
+            beta1, beta2 = (float(b) for b in group["betas"])
+            logs = tuple(math.log(b) if b > 0 else -math.inf for b in (beta1, beta2))
+            values = (group["lr"], beta2, 1.0 - beta1, 1.0 - beta2, *logs, group["eps"], group["weight_decay"], 1.0,
+                      0.0)
             self._scalars[key] = tuple(torch.tensor(float(v), dtype=torch.float32, device=device) for v in values)
         return self._scalars[key]
 
@@ -190,10 +200,9 @@ class MasterWeightAdamW(torch.optim.Optimizer):
             if any(p.grad.is_sparse for p in with_grad):
                 raise ValueError("MasterWeightAdamW does not take sparse gradients")
             device = with_grad[0].device
-            lr, beta1, beta2, eps, weight_decay, one, zero = self._device_scalars(device, group)
-            lr.fill_(group["lr"])
-            settings = (lr, beta1, beta2, eps, weight_decay, one if grad_scale is None else grad_scale,
-                        zero if found_inf is None else found_inf)
+            *hyper, one, zero = self._device_scalars(device, group)
+            hyper[0].fill_(group["lr"])
+            settings = (*hyper, one if grad_scale is None else grad_scale, zero if found_inf is None else found_inf)
             for p in with_grad:
                 state = self.state[p]
                 master = self.masters.get(p)
