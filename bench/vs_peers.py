@@ -96,9 +96,10 @@ ABLATIONS: dict[str, list[str]] = {
     "recompute-selective": ["parallel.recompute=selective"],
     "no-overlap": ["train.overlap_steps=false"],  # read each step's figures before launching the next
     "no-clip-fold": ["train.clip_in_optimizer=false"],  # scale every gradient before the fused step
+    "no-bf16-weights": ["train.bf16_weights=false"],  # fp32 weights cast by autocast, torch's fused AdamW
     # levers not on by default yet: each turned on
     "fused-projections": ["train.fused_projections=true"],
-    "bf16-weights": ["train.bf16_weights=true"],  # bf16 compute weights, fp32 masters in one fused update
+    "bf16-weights": ["train.bf16_weights=true"],  # auto (the default) already where it can run; true: or an error
     "cudagraphs": ["train.compile_mode=reduce-overhead"],
     "max-autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],  # its GEMM autotuning takes minutes
     "loss-chunk-1024": ["train.loss_chunk_tokens=1024"],

@@ -199,7 +199,11 @@ def test_bf16_weights_are_refused_where_they_cannot_run_with_one_line_errors():
         train_cfg = load_run_config(None, ["model.preset=debug", "train.dtype=bf16", *sets]).train
         return train_cfg.bf16_weights_on(device, one, n_micro, wrapped=wrapped)
 
-    assert not resolved()  # off unless asked for
+    # the default is auto (session 15): on in compiled CUDA runs of one micro-batch a step, off on CPU
+    assert not resolved()
+    assert resolved(device="cuda")
+    assert not resolved(device="cuda", n_micro=2) and not resolved(device="cuda", wrapped=True)
+    assert not resolved("train.bf16_weights=false", device="cuda")
     assert resolved("train.bf16_weights=true")
     assert not resolved("train.bf16_weights=auto")  # auto: compiled CUDA runs only
     assert resolved("train.bf16_weights=auto", device="cuda")
