@@ -88,6 +88,11 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Named override sets, each one lever of docs/performance.md turned the other way (the defaults
 # are what a user gets: compile on CUDA over the whole model, fused loss, no FSDP on one rank),
 # or a lever that is not on by default turned on.
+# Ablations that set an environment variable of the AlphaExa run (on top of their sets): torch's inductor reads
+# these when it is imported, so they take a fresh process, which every contender is.
+ABLATION_ENV: dict[str, dict[str, str]] = {
+    "coordinate-descent": {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"},
+}
 ABLATIONS: dict[str, list[str]] = {
     "compile-off": ["train.compile=false"],
     "compile-per-block": ["train.compile_scope=block"],
@@ -106,6 +111,7 @@ ABLATIONS: dict[str, list[str]] = {
     "loss-chunk-2048": ["train.loss_chunk_tokens=2048"],  # smaller loss temporaries at the forward's peak
     "loss-chunk-4096": ["train.loss_chunk_tokens=4096"],
     "float8": ["train.float8=true"],  # torchao; compare its loss column with the bf16 row's
+    "coordinate-descent": [],  # inductor tunes each Triton kernel's block sizes (ABLATION_ENV): the elementwise 18%
     # recompute cheap ops in the backward: a lower activation peak
     "act-budget-1.0": ["train.activation_memory_budget=1.0"],  # save what the min-cut chooses (the default before s11)
     "act-budget-0.9": ["train.activation_memory_budget=0.9"],
@@ -198,7 +204,7 @@ def contenders(args) -> list[Contender]:
                   Contender("dense", "torchtitan", "titan", "1b", 8, 2048, w, t, 300, {"compile": True}),
                   Contender("dense", "alphaexa", "alphaexa", "1b", 8, 2048, w, t, 240),
                   *(Contender("dense", f"alphaexa {a}", "alphaexa", "1b", 8, 2048, w, t, ABLATION_TIMEOUT_S.get(a, 240),
-                              {"sets": ABLATIONS[a]})
+                              {"sets": ABLATIONS[a], **({"env": ABLATION_ENV[a]} if a in ABLATION_ENV else {})})
                     for a in args.ablations)],
         "moe": [Contender("moe", f"{who} {shape}", kind, shape, 8, 2048, w, t, timeout, options)
                 for shape in ("1b-moe", "mixtral-like")
@@ -304,7 +310,7 @@ def _write_results(out_dir: Path, env_info: dict, rows: list[dict], logs: list[s
 def _run_contender(c: Contender, spec: dict, timeout: float) -> tuple[dict, str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", **c.options.get("env", {})}
     begun = time.monotonic()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
