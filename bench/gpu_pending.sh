@@ -33,6 +33,9 @@
 # passed), FlashAttention-4 (slower than cuDNN through SDPA at both shapes) and the MoE activation budget (0.98 is now
 # auto for MoE too). Left: every figure on an H200 (the device: the whole vs_peers bench in two calls,
 # `--sections dense --ablations act-budget-1.0 --profile-steps 3` then `--sections moe,long,attention --profile-steps 3`).
+# Left by session 15 (2026-12-06, H100; train.bf16_weights became auto): PART=d, one call (~9 min), not in the default
+# PART: the fixed bf16-weights update's CUDA test (its bias corrections, docs/performance.md "Session 15"), the CUDA
+# training tests (now with bf16 weights on where auto allows), and the dense levers not yet measured with bf16 weights.
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
@@ -53,4 +56,10 @@ fi
 if [[ $PART == *b* ]]; then
 step timeout 300 python3 bench/vs_peers.py "$OUT/peers" --sections dense --ablations act-budget-0.9 \
     --only "loop compile,torchtitan,alphaexa,alphaexa act-budget-0.9" --budget-s 280
+fi
+if [[ $PART == *d* ]]; then
+step timeout 90 python3 -m pytest -x -l -q -rs -m gpu tests/test_bf16_weights.py 2>&1 | tail -30
+step timeout 200 python3 -m pytest -x -l -q -rs -m gpu tests/test_train.py -k on_cuda 2>&1 | tail -40
+step timeout 300 python3 bench/vs_peers.py "$OUT/dense-levers" --sections dense --kinds alphaexa \
+    --ablations no-bf16-weights,fused-projections,coordinate-descent --budget-s 280
 fi
