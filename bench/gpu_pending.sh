@@ -33,9 +33,10 @@
 # passed), FlashAttention-4 (slower than cuDNN through SDPA at both shapes) and the MoE activation budget (0.98 is now
 # auto for MoE too). Left: every figure on an H200 (the issue's device: the whole vs_peers bench in two calls,
 # `--sections dense --ablations act-budget-1.0 --profile-steps 3` then `--sections moe,long,attention --profile-steps 3`).
-# Left by session 15 (2026-12-06, H100; train.bf16_weights became auto): PART=d, one call (~9 min), not in the default
-# PART: the fixed bf16-weights update's CUDA test (its bias corrections, docs/performance.md "Session 15"), the CUDA
-# training tests (now with bf16 weights on where auto allows), and the dense levers not yet measured with bf16 weights.
+# Left by session 15 (2026-12-06, H100): PART=d, one call (~9 min), not in the default PART: the CUDA tests of
+# train.bf16_weights with session 15's bias-correction fix (the compiled update against the eager one, and the trainer
+# with auto on CUDA against a run without), then the dense levers with bf16 weights on; if the tests pass,
+# train.bf16_weights defaults to auto (docs/performance.md "Session 15").
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
@@ -58,8 +59,7 @@ step timeout 300 python3 bench/vs_peers.py "$OUT/peers" --sections dense --ablat
     --only "loop compile,torchtitan,alphaexa,alphaexa act-budget-0.9" --budget-s 280
 fi
 if [[ $PART == *d* ]]; then
-step timeout 90 python3 -m pytest -x -l -q -rs -m gpu tests/test_bf16_weights.py 2>&1 | tail -30
-step timeout 200 python3 -m pytest -x -l -q -rs -m gpu tests/test_train.py -k on_cuda 2>&1 | tail -40
-step timeout 300 python3 bench/vs_peers.py "$OUT/dense-levers" --sections dense --kinds alphaexa \
-    --ablations no-bf16-weights,fused-projections,coordinate-descent --budget-s 280
+step timeout 150 python3 -m pytest -l -q -rs -m gpu tests/test_bf16_weights.py 2>&1 | tail -30
+step timeout 380 python3 bench/vs_peers.py "$OUT/dense-levers" --sections dense --kinds alphaexa \
+    --alphaexa-set train.bf16_weights=true --ablations coordinate-descent,fused-projections --budget-s 360
 fi
