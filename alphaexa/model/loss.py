@@ -35,7 +35,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         accumulate = torch.promote_types(dtype, torch.float32)
         total = torch.zeros((), dtype=accumulate, device=hidden.device)
         grad_hidden = torch.empty_like(h) if needs_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if needs_grad else None
+        grad_weight = None
+        columns = torch.arange(w.shape[0], device=hidden.device)
         for start in range(0, h.shape[0], chunk):
             h_c, y_c = h[start:start + chunk], targets[start:start + chunk]
             logits = (h_c @ w.t()).to(accumulate)
@@ -45,12 +46,21 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             target_logit = logits.gather(1, safe.unsqueeze(1)).squeeze(1)
             total = total + torch.where(valid, log_z - target_logit, 0.0).sum()
             if needs_grad:
-                grad_logits = torch.softmax(logits, dim=-1)
-                grad_logits.scatter_add_(1, safe.unsqueeze(1), torch.full_like(log_z, -1.0).unsqueeze(1))
-                grad_logits = (grad_logits * valid.unsqueeze(1)).to(dtype)
+                # softmax minus the one-hot targets as one elementwise expression of the logits and log_z: compiled,
+                # one pass that reads the chunk's logits and writes only the rounded gradient (a softmax
+                # materialised in fp32, a scatter into it and a masking pass took two more over fp32 logits)
+                is_target = (columns == safe.unsqueeze(1)).to(accumulate)
+                grad_logits = torch.where(valid.unsqueeze(1), torch.exp(logits - log_z.unsqueeze(1)) - is_target,
+                                          0.0).to(dtype)
                 grad_hidden[start:start + chunk] = grad_logits @ w
-                grad_weight += (grad_logits.t() @ h_c).to(accumulate)
+                part = (grad_logits.t() @ h_c).to(accumulate)
+                if grad_weight is None:  # the first chunk's product is the sum so far: no zero fill, no extra pass
+                    grad_weight = part
+                else:
+                    grad_weight += part
         if needs_grad:
+            if grad_weight is None:  # no tokens
+                grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device)
             ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
