@@ -21,12 +21,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alphaexa.model.loss import IGNORE_INDEX, fused_linear_cross_entropy
+from alphaexa.model.loss import IGNORE_INDEX, _FusedLinearCrossEntropy, chunk_loss, fused_linear_cross_entropy
 
 
-class _Session15(torch.autograd.Function):
-    """The forward of session 15's ``_FusedLinearCrossEntropy`` (softmax, in-place scatter, mask, zero-filled
-    fp32 head gradient), kept here only to compare against."""
+class _Session15(_FusedLinearCrossEntropy):
+    """Session 15's forward (softmax, in-place scatter, mask, zero-filled fp32 head gradient), kept here only to
+    compare against; the backward is the module's."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, chunk, dtype):
@@ -38,12 +38,8 @@ class _Session15(torch.autograd.Function):
             grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device)
             for start in range(0, h.shape[0], chunk):
                 h_c, y_c = h[start:start + chunk], targets[start:start + chunk]
-                logits = (h_c @ w.t()).to(accumulate)
-                valid = y_c != IGNORE_INDEX
-                safe = torch.where(valid, y_c, 0)
-                log_z = torch.logsumexp(logits, dim=-1)
-                target_logit = logits.gather(1, safe.unsqueeze(1)).squeeze(1)
-                total = total + torch.where(valid, log_z - target_logit, 0.0).sum()
+                logits, valid, safe, log_z, loss = chunk_loss(h_c, w, y_c, accumulate)
+                total = total + loss
                 grad_logits = torch.softmax(logits, dim=-1)
                 grad_logits.scatter_add_(1, safe.unsqueeze(1), torch.full_like(log_z, -1.0).unsqueeze(1))
                 grad_logits = (grad_logits * valid.unsqueeze(1)).to(dtype)
@@ -52,13 +48,6 @@ class _Session15(torch.autograd.Function):
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
         return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        scale = grad_total.to(grad_weight.dtype)
-        return ((grad_hidden * scale.to(grad_hidden.dtype)).to(ctx.dtypes[0]),
-                (grad_weight * scale).to(ctx.dtypes[1]), None, None, None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,17 @@ IGNORE_INDEX = -100
 LOSS_CHUNK_TOKENS = 4096
 
 
+def chunk_loss(h_c: Tensor, w: Tensor, y_c: Tensor, accumulate: torch.dtype):
+    """One chunk's logits (``h_c @ w.T`` in ``accumulate``), which targets count (``valid``), the targets with the
+    ignored ones at 0 (``safe``), each row's log-sum-exp and the chunk's summed loss."""
+    logits = (h_c @ w.t()).to(accumulate)
+    valid = y_c != IGNORE_INDEX
+    safe = torch.where(valid, y_c, 0)
+    log_z = torch.logsumexp(logits, dim=-1)
+    target_logit = logits.gather(1, safe.unsqueeze(1)).squeeze(1)
+    return logits, valid, safe, log_z, torch.where(valid, log_z - target_logit, 0.0).sum()
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int, dtype: torch.dtype) -> Tensor:
@@ -39,12 +50,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         columns = torch.arange(w.shape[0], device=hidden.device)
         for start in range(0, h.shape[0], chunk):
             h_c, y_c = h[start:start + chunk], targets[start:start + chunk]
-            logits = (h_c @ w.t()).to(accumulate)
-            valid = y_c != IGNORE_INDEX
-            safe = torch.where(valid, y_c, 0)
-            log_z = torch.logsumexp(logits, dim=-1)
-            target_logit = logits.gather(1, safe.unsqueeze(1)).squeeze(1)
-            total = total + torch.where(valid, log_z - target_logit, 0.0).sum()
+            logits, valid, safe, log_z, loss = chunk_loss(h_c, w, y_c, accumulate)
+            total = total + loss
             if needs_grad:
                 # softmax minus the one-hot targets as one elementwise expression of the logits and log_z: compiled,
                 # one pass that reads the chunk's logits and writes only the rounded gradient (a softmax
@@ -85,4 +92,4 @@ def fused_linear_cross_entropy(hidden: Tensor, weight: Tensor, targets: Tensor,
                                           chunk_tokens, matmul_dtype(hidden))
 
 
-__all__ = ["IGNORE_INDEX", "LOSS_CHUNK_TOKENS", "fused_linear_cross_entropy"]
+__all__ = ["IGNORE_INDEX", "LOSS_CHUNK_TOKENS", "chunk_loss", "fused_linear_cross_entropy"]
