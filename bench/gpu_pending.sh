@@ -37,6 +37,8 @@
 # train.bf16_weights with session 15's bias-correction fix (the compiled update against the eager one, and the trainer
 # with auto on CUDA against a run without), then the dense levers with bf16 weights on; if the tests pass,
 # train.bf16_weights defaults to auto (docs/performance.md "Session 15").
+# Session 16 (2026-12-06) got no device (every start failed or was refused) and added to PART=d: session 16's fused
+# loss against session 15's, compiled, at the 1b shape (bench/fused_loss_passes.py, under a minute).
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
@@ -60,6 +62,7 @@ step timeout 300 python3 bench/vs_peers.py "$OUT/peers" --sections dense --ablat
 fi
 if [[ $PART == *d* ]]; then
 step timeout 150 python3 -m pytest -l -q -rs -m gpu tests/test_bf16_weights.py 2>&1 | tail -30
+step timeout 120 python3 bench/fused_loss_passes.py
 step timeout 380 python3 bench/vs_peers.py "$OUT/dense-levers" --sections dense --kinds alphaexa \
     --alphaexa-set train.bf16_weights=true --ablations coordinate-descent,fused-projections --budget-s 360
 fi

@@ -101,7 +101,7 @@ ABLATIONS: dict[str, list[str]] = {
     "recompute-selective": ["parallel.recompute=selective"],
     "no-overlap": ["train.overlap_steps=false"],  # read each step's figures before launching the next
     "no-clip-fold": ["train.clip_in_optimizer=false"],  # scale every gradient before the fused step
-    "no-bf16-weights": ["train.bf16_weights=false"],  # the default is auto (on for compiled CUDA runs) since session 16
+    "no-bf16-weights": ["train.bf16_weights=false"],  # the same as the default until bf16 weights are on by default
     # levers not on by default yet: each turned on
     "fused-projections": ["train.fused_projections=true"],
     "bf16-weights": ["train.bf16_weights=true"],  # bf16 compute weights, fp32 masters in one fused update
