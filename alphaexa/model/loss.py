@@ -32,6 +32,20 @@ def chunk_loss(h_c: Tensor, w: Tensor, y_c: Tensor, accumulate: torch.dtype):
     return logits, valid, safe, log_z, torch.where(valid, log_z - target_logit, 0.0).sum()
 
 
+def _softmax_minus_targets(logits: Tensor, log_z: Tensor, safe: Tensor, valid: Tensor, columns: Tensor) -> Tensor:
+    """The gradient of the summed loss with respect to one chunk's ``logits``: softmax minus the one-hot targets,
+    zero on ignored rows.  Compiled, one elementwise expression of the logits and ``log_z``, so inductor reads the
+    logits once and writes only what the caller rounds it to (an in-place scatter would need the fp32 softmax
+    written out first, and a masking pass after it).  Eager, in place on ``logits`` (no longer needed by then):
+    no fp32 temporary of the chunk's size beside it."""
+    if torch.compiler.is_compiling():
+        is_target = (columns == safe.unsqueeze(1)).to(logits.dtype)
+        return torch.where(valid.unsqueeze(1), torch.exp(logits - log_z.unsqueeze(1)) - is_target, 0.0)
+    grad = logits.sub_(log_z.unsqueeze(1)).exp_()
+    grad.scatter_add_(1, safe.unsqueeze(1), torch.full_like(log_z, -1.0).unsqueeze(1))
+    return grad.mul_(valid.unsqueeze(1))
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, chunk: int, dtype: torch.dtype) -> Tensor:
@@ -53,12 +67,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             logits, valid, safe, log_z, loss = chunk_loss(h_c, w, y_c, accumulate)
             total = total + loss
             if needs_grad:
-                # softmax minus the one-hot targets as one elementwise expression of the logits and log_z: compiled,
-                # one pass that reads the chunk's logits and writes only the rounded gradient (a softmax
-                # materialised in fp32, a scatter into it and a masking pass took two more over fp32 logits)
-                is_target = (columns == safe.unsqueeze(1)).to(accumulate)
-                grad_logits = torch.where(valid.unsqueeze(1), torch.exp(logits - log_z.unsqueeze(1)) - is_target,
-                                          0.0).to(dtype)
+                grad_logits = _softmax_minus_targets(logits, log_z, safe, valid, columns).to(dtype)
                 grad_hidden[start:start + chunk] = grad_logits @ w
                 part = (grad_logits.t() @ h_c).to(accumulate)
                 if grad_weight is None:  # the first chunk's product is the sum so far: no zero fill, no extra pass
