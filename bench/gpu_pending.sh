@@ -38,7 +38,9 @@
 # with auto on CUDA against a run without), then the dense levers with bf16 weights on; if the tests pass,
 # train.bf16_weights defaults to auto (docs/performance.md "Session 15").
 # Session 16 (2026-12-06) got no device (every start failed or was refused) and added to PART=d: session 16's fused
-# loss against session 15's, compiled, at the 1b shape (bench/fused_loss_passes.py, under a minute).
+# loss against session 15's, compiled, at the 1b shape (bench/fused_loss_passes.py, under a minute), and PART=e (one
+# call, ~8 min, after PART=d has passed and train.bf16_weights defaults to auto): every contender of issue 12 in one
+# run with profiles, the numbers its closing note asks for (on an H200 where one comes).
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
@@ -65,4 +67,9 @@ step timeout 150 python3 -m pytest -l -q -rs -m gpu tests/test_bf16_weights.py 2
 step timeout 120 python3 bench/fused_loss_passes.py
 step timeout 380 python3 bench/vs_peers.py "$OUT/dense-levers" --sections dense --kinds alphaexa \
     --alphaexa-set train.bf16_weights=true --ablations coordinate-descent,fused-projections --budget-s 360
+fi
+if [[ $PART == *e* ]]; then
+step timeout 560 python3 bench/vs_peers.py "$OUT/one-run" --sections dense,moe --ablations fused-projections \
+    --profile-steps 3 --budget-s 540 --only "loop compile,torchtitan,alphaexa,alphaexa fused-projections,\
+torchtitan 1b-moe,alphaexa 1b-moe,torchtitan mixtral-like,alphaexa mixtral-like"
 fi
