@@ -7,8 +7,11 @@ elementwise expression of the logits and their log-sum-exp (``exp(logit - log_z)
 session 15 materialised the softmax in fp32, scattered -1 into it in place and masked it in another pass; and the
 head's fp32 gradient starts from the first chunk's product instead of a zero fill.  This prints both, compiled
 (``fullgraph``), forward + backward of the loss alone at the ``1b`` preset's shape (8 x 2048 tokens, vocabulary
-32000, width 2048, bf16 under autocast as the trainer runs it): milliseconds, peak memory, and how far apart their
-losses and gradients are.  On CPU it runs at a small shape and its times mean little.
+32000, width 2048, bf16 under autocast as the trainer runs it): milliseconds, peak memory above what was held, and
+how far each one's loss and gradients are from the unfused loss (the full logits, fp32 cross-entropy) and from each
+other.  Inside a compiled graph the loss takes the one-expression form; run eagerly it works in place on the logits
+(``_softmax_minus_targets``), which ``tests/test_speed_levers.py`` checks.  On CPU it runs at a small shape and its
+times mean little.
 """
 from __future__ import annotations
 
