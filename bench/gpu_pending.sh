@@ -41,6 +41,8 @@
 # loss against session 15's, compiled, at the 1b shape (bench/fused_loss_passes.py, under a minute), and PART=e (one
 # call, ~8 min, after PART=d has passed and train.bf16_weights defaults to auto): every contender of issue 12 in one
 # run with profiles, the numbers its closing note asks for (on an H200 where one comes).
+# Session 17: PART=d's levers also run together (an ablation `a+b` turns both in one run), and its bench gets what is
+# left of the call's 600 s.
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"
@@ -65,8 +67,10 @@ fi
 if [[ $PART == *d* ]]; then
 step timeout 150 python3 -m pytest -l -q -rs -m gpu tests/test_bf16_weights.py 2>&1 | tail -30
 step timeout 120 python3 bench/fused_loss_passes.py
-step timeout 380 python3 bench/vs_peers.py "$OUT/dense-levers" --sections dense --kinds alphaexa \
-    --alphaexa-set train.bf16_weights=true --ablations coordinate-descent,fused-projections --budget-s 360
+left=$((575 - SECONDS))  # one call's 600 s, whatever the two steps above took
+step timeout $left python3 bench/vs_peers.py "$OUT/dense-levers" --sections dense --kinds alphaexa \
+    --alphaexa-set train.bf16_weights=true --budget-s $((left - 15)) \
+    --ablations fused-projections,coordinate-descent,fused-projections+coordinate-descent
 fi
 if [[ $PART == *e* ]]; then
 step timeout 560 python3 bench/vs_peers.py "$OUT/one-run" --sections dense,moe --ablations fused-projections \

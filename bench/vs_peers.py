@@ -125,6 +125,27 @@ ABLATIONS: dict[str, list[str]] = {
 # H200 (session 4), so it gets longer.
 ABLATION_TIMEOUT_S = {"max-autotune": 540, "coordinate-descent": 360}  # both tune kernels while compiling
 
+
+
+def ablation_parts(name: str) -> list[str]:
+    """The levers of an ablation: ``a+b`` turns both ``a`` and ``b`` the other way in one run."""
+    return [part for part in name.split("+") if part]
+
+
+def ablation_options(name: str) -> dict:
+    """The AlphaExa run's ``sets`` (and ``env``, where a lever needs one) for ablation ``name``."""
+    sets: list[str] = []
+    env: dict[str, str] = {}
+    for part in ablation_parts(name):
+        sets += ABLATIONS[part]
+        env.update(ABLATION_ENV.get(part, {}))
+    return {"sets": sets, **({"env": env} if env else {})}
+
+
+def ablation_timeout_s(name: str) -> int:
+    return max(ABLATION_TIMEOUT_S.get(part, 240) for part in ablation_parts(name))
+
+
 KINDS = ("loop", "titan", "alphaexa", "attention")
 MIN_START_S = 45.0  # a contender that would start with less of --budget-s left is skipped
 
@@ -203,8 +224,8 @@ def contenders(args) -> list[Contender]:
                   Contender("dense", "loop compile", "loop", "1b", 8, 2048, w, t, 240, {"compile": True}),
                   Contender("dense", "torchtitan", "titan", "1b", 8, 2048, w, t, 300, {"compile": True}),
                   Contender("dense", "alphaexa", "alphaexa", "1b", 8, 2048, w, t, 240),
-                  *(Contender("dense", f"alphaexa {a}", "alphaexa", "1b", 8, 2048, w, t, ABLATION_TIMEOUT_S.get(a, 240),
-                              {"sets": ABLATIONS[a], **({"env": ABLATION_ENV[a]} if a in ABLATION_ENV else {})})
+                  *(Contender("dense", f"alphaexa {a}", "alphaexa", "1b", 8, 2048, w, t, ablation_timeout_s(a),
+                              ablation_options(a))
                     for a in args.ablations)],
         "moe": [Contender("moe", f"{who} {shape}", kind, shape, 8, 2048, w, t, timeout, options)
                 for shape in ("1b-moe", "mixtral-like")
@@ -245,7 +266,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--timed", type=int, default=15)
     parser.add_argument("--ablations", type=lambda s: [a for a in s.split(",") if a], default=[],
-                        help=f"extra alphaexa runs on the dense shape, one lever each: {', '.join(ABLATIONS)}")
+                        help=f"extra alphaexa runs on the dense shape, one lever each (a+b: both in one run): "
+                             f"{', '.join(ABLATIONS)}")
     parser.add_argument("--kinds", type=lambda s: set(s.split(",")), default=set(KINDS),
                         help=f"run only these kinds of contender: {','.join(KINDS)} (e.g. alphaexa for the ablations)")
     parser.add_argument("--alphaexa-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -269,7 +291,7 @@ def main() -> int:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown_sections))}; known: {', '.join(SECTIONS)}")
     if args.kinds - set(KINDS):
         parser.error(f"unknown kind(s) {', '.join(sorted(args.kinds - set(KINDS)))}; known: {', '.join(KINDS)}")
-    unknown = [a for a in args.ablations if a not in ABLATIONS]
+    unknown = [a for a in args.ablations if not ablation_parts(a) or set(ablation_parts(a)) - set(ABLATIONS)]
     if unknown:
         parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
     if args.smoke:
