@@ -199,7 +199,7 @@ def test_bf16_weights_are_refused_where_they_cannot_run_with_one_line_errors():
         train_cfg = load_run_config(None, ["model.preset=debug", "train.dtype=bf16", *sets]).train
         return train_cfg.bf16_weights_on(device, one, n_micro, wrapped=wrapped)
 
-    assert not resolved() and not resolved(device="cuda")  # off unless asked for (until its CUDA tests pass)
+    assert not resolved() and resolved(device="cuda")  # auto by default: compiled CUDA runs only
     assert resolved("train.bf16_weights=true")
     assert not resolved("train.bf16_weights=auto")  # auto: compiled CUDA runs only
     assert resolved("train.bf16_weights=auto", device="cuda")

@@ -82,9 +82,9 @@ class TrainSection:
     # without casting every weight each forward and backward.  auto: on where it can run (CUDA with compile, one
     # rank's plain module, train.dtype=bf16, one micro-batch a step, fused/auto optimizer, the clip folded into
     # the step, no float8); true: there or a one-line error saying why not.  Measured in one H100 call (session
-    # 15): +2.5% dense 1b, +3.0% 1b-moe, +5.5% Mixtral-like tokens/s (docs/performance.md).  Off by default until
-    # the update with session 15's bias-correction fix has passed its CUDA tests (bench/gpu_pending.sh PART=d)
-    bf16_weights: bool | str = False
+    # 15): +2.5% dense 1b, +3.0% 1b-moe, +5.5% Mixtral-like tokens/s (docs/performance.md).  auto by default since
+    # session 17, when the update with session 15's bias-correction fix passed its CUDA tests on an H200
+    bf16_weights: bool | str = "auto"
     # torch.compile's activation memory budget (torch._functorch.config.activation_memory_budget): below 1,
     # the partitioner recomputes the cheapest forward ops in the backward until the saved activations fit
     # that fraction of what saving everything would keep (1 = save what the min-cut chooses, torch's default)
