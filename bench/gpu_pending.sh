@@ -65,7 +65,7 @@ step timeout 300 python3 bench/vs_peers.py "$OUT/peers" --sections dense --ablat
     --only "loop compile,torchtitan,alphaexa,alphaexa act-budget-0.9" --budget-s 280
 fi
 if [[ $PART == *d* ]]; then
-step timeout 150 python3 -m pytest -l -q -rs -m gpu tests/test_bf16_weights.py 2>&1 | tail -30
+step timeout 200 python3 -m pytest -l -q -rs -m gpu tests/test_bf16_weights.py 2>&1 | tail -30
 step timeout 120 python3 bench/fused_loss_passes.py
 left=$((575 - SECONDS))  # one call's 600 s, whatever the two steps above took
 step timeout $left python3 bench/vs_peers.py "$OUT/dense-levers" --sections dense --kinds alphaexa \

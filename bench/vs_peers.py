@@ -101,10 +101,10 @@ ABLATIONS: dict[str, list[str]] = {
     "recompute-selective": ["parallel.recompute=selective"],
     "no-overlap": ["train.overlap_steps=false"],  # read each step's figures before launching the next
     "no-clip-fold": ["train.clip_in_optimizer=false"],  # scale every gradient before the fused step
-    "no-bf16-weights": ["train.bf16_weights=false"],  # the same as the default until bf16 weights are on by default
+    "no-bf16-weights": ["train.bf16_weights=false"],  # fp32 weights cast by autocast (auto turns bf16 weights on)
     # levers not on by default yet: each turned on
     "fused-projections": ["train.fused_projections=true"],
-    "bf16-weights": ["train.bf16_weights=true"],  # bf16 compute weights, fp32 masters in one fused update
+    "bf16-weights": ["train.bf16_weights=true"],  # where auto would not turn them on (auto does on one compiled GPU)
     "cudagraphs": ["train.compile_mode=reduce-overhead"],
     "max-autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],  # its GEMM autotuning takes minutes
     "loss-chunk-1024": ["train.loss_chunk_tokens=1024"],
@@ -367,7 +367,11 @@ def _worker(spec: dict) -> int:
         print(RESULT_TAG + json.dumps({"kernels": _attention_kernels(m, spec)}), flush=True)
         return 0
     figures = {"loop": _loop, "titan": _titan, "alphaexa": _alphaexa}[kind](spec, m)
-    step_s = statistics.fmean(figures.pop("step_times"))
+    times = figures.pop("step_times")
+    step_s = statistics.fmean(times)
+    # every timed step's seconds: a mean 3-4% apart between calls (session 17) is read against these
+    figures.update(step_times_s=[round(t, 6) for t in times],
+                   step_s_min=min(times), step_s_spread=(max(times) - min(times)) / step_s)
     tokens_per_s = tokens / step_s
     flops = train_flops_per_token(m, spec["seq"])
     peak = _peak_flops(torch.cuda.get_device_name()) if DEVICE == "cuda" else None

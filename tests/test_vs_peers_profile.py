@@ -102,7 +102,7 @@ def test_profile_categories_put_inductor_casts_named_after_a_gemm_outside_the_ge
     assert vs_peers.kernel_category(kernel) == category
 
 
-def test_a_combined_ablation_turns_every_named_lever_in_one_run_and_an_unknown_part_is_refused():
+def test_a_combined_ablation_turns_every_named_lever_in_one_run_and_an_unknown_part_is_refused(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     import vs_peers
 
@@ -111,6 +111,6 @@ def test_a_combined_ablation_turns_every_named_lever_in_one_run_and_an_unknown_p
     assert both["env"] == {"TORCHINDUCTOR_COORDINATE_DESCENT_TUNING": "1"}
     assert "env" not in vs_peers.ablation_options("fused-projections")
     assert vs_peers.ablation_timeout_s("fused-projections+coordinate-descent") == 360  # the slowest part's
-    run = subprocess.run([sys.executable, str(REPO / "bench" / "vs_peers.py"), "/tmp/unused", "--ablations",
-                          "fused-projections+no-such-lever"], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "vs_peers.py"), str(tmp_path / "out"), "--ablations",
+                          "fused-projections+no-such-lever"], check=False, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "unknown ablation(s) fused-projections+no-such-lever" in run.stderr
