@@ -102,9 +102,9 @@ ABLATIONS: dict[str, list[str]] = {
     "no-overlap": ["train.overlap_steps=false"],  # read each step's figures before launching the next
     "no-clip-fold": ["train.clip_in_optimizer=false"],  # scale every gradient before the fused step
     "no-bf16-weights": ["train.bf16_weights=false"],  # fp32 weights cast by autocast (auto turns bf16 weights on)
+    "bf16-weights": ["train.bf16_weights=true"],  # where auto would not turn them on (auto does on one compiled GPU)
     # levers not on by default yet: each turned on
     "fused-projections": ["train.fused_projections=true"],
-    "bf16-weights": ["train.bf16_weights=true"],  # where auto would not turn them on (auto does on one compiled GPU)
     "cudagraphs": ["train.compile_mode=reduce-overhead"],
     "max-autotune": ["train.compile_mode=max-autotune-no-cudagraphs"],  # its GEMM autotuning takes minutes
     "loss-chunk-1024": ["train.loss_chunk_tokens=1024"],
@@ -129,7 +129,18 @@ ABLATION_TIMEOUT_S = {"max-autotune": 540, "coordinate-descent": 360}  # both tu
 
 def ablation_parts(name: str) -> list[str]:
     """The levers of an ablation: ``a+b`` turns both ``a`` and ``b`` the other way in one run."""
-    return [part for part in name.split("+") if part]
+    return name.split("+")
+
+
+def ablation_error(name: str) -> str | None:
+    """Why ``name`` is no ablation: an unknown or empty part, or two parts setting one key."""
+    parts = ablation_parts(name)
+    unknown = [part for part in parts if part not in ABLATIONS]
+    if unknown:
+        return f"{name}: unknown lever(s) {', '.join(repr(u) for u in unknown)}"
+    keys = [kv.split("=", 1)[0] for part in parts for kv in ABLATIONS[part]]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    return f"{name}: its levers set {', '.join(twice)} more than once" if twice else None
 
 
 def ablation_options(name: str) -> dict:
@@ -271,7 +282,8 @@ def main() -> int:
     parser.add_argument("--kinds", type=lambda s: set(s.split(",")), default=set(KINDS),
                         help=f"run only these kinds of contender: {','.join(KINDS)} (e.g. alphaexa for the ablations)")
     parser.add_argument("--alphaexa-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="an override for every alphaexa run")
+                        help="an override for every alphaexa run (a contender's own settings, e.g. an ablation's "
+                             "lever, come after it and win)")
     parser.add_argument("--profile-steps", type=int, default=0, metavar="N",
                         help=f"profile N steps after the timed ones of {', '.join(sorted(PROFILED))}: top kernels, "
                              "their categories and the GPU's idle share (0: no profile)")
@@ -291,9 +303,9 @@ def main() -> int:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown_sections))}; known: {', '.join(SECTIONS)}")
     if args.kinds - set(KINDS):
         parser.error(f"unknown kind(s) {', '.join(sorted(args.kinds - set(KINDS)))}; known: {', '.join(KINDS)}")
-    unknown = [a for a in args.ablations if not ablation_parts(a) or set(ablation_parts(a)) - set(ABLATIONS)]
-    if unknown:
-        parser.error(f"unknown ablation(s) {', '.join(unknown)}; known: {', '.join(ABLATIONS)}")
+    bad = [why for why in map(ablation_error, args.ablations) if why]
+    if bad:
+        parser.error(f"bad ablation(s): {'; '.join(bad)}; known levers (join them with +): {', '.join(ABLATIONS)}")
     if args.smoke:
         args.warmup, args.timed = 1, 2
 
@@ -725,7 +737,7 @@ def _alphaexa(spec: dict, m: dict) -> dict:
             "train.eval_batches=0", "train.log_every=1000", "checkpoint.enabled=false",
             f"data.corpus={_demo_text_corpus(scratch)}", f"data.cache_dir={scratch / 'data-cache'}",
             "data.tokenizer=byte", "data.val_fraction=0.25", "logging.progress=false",
-            *spec["options"].get("sets", []), *spec["alphaexa_sets"]]
+            *spec["alphaexa_sets"], *spec["options"].get("sets", [])]  # the contender's own lever wins
     argv = ["train", "--config", str(REPO / "configs" / "1b.toml"), "--run-dir", str(run_dir)]
     code = alphaexa_main([*argv, *(a for s in sets for a in ("--set", s))])
     if code:

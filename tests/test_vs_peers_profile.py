@@ -113,4 +113,7 @@ def test_a_combined_ablation_turns_every_named_lever_in_one_run_and_an_unknown_p
     assert vs_peers.ablation_timeout_s("fused-projections+coordinate-descent") == 360  # the slowest part's
     run = subprocess.run([sys.executable, str(REPO / "bench" / "vs_peers.py"), str(tmp_path / "out"), "--ablations",
                           "fused-projections+no-such-lever"], check=False, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 2 and "unknown ablation(s) fused-projections+no-such-lever" in run.stderr
+    assert run.returncode == 2 and "fused-projections+no-such-lever: unknown lever(s) 'no-such-lever'" in run.stderr
+    assert "unknown lever(s) ''" in vs_peers.ablation_error("fused-projections+")
+    assert "set train.bf16_weights more than once" in vs_peers.ablation_error("bf16-weights+no-bf16-weights")
+    assert vs_peers.ablation_error("fused-projections+coordinate-descent") is None
