@@ -41,9 +41,9 @@
 # loss against session 15's, compiled, at the 1b shape (bench/fused_loss_passes.py, under a minute), and PART=e (one
 # call, ~8 min, after PART=d has passed and train.bf16_weights defaults to auto): every contender of issue 12 in one
 # run with profiles, the numbers its closing note asks for (on an H200 where one comes).
-# Session 17: PART=d's levers also run together (an ablation `a+b` turns both in one run), and its bench gets what is
-# left of the call's 600 s. Session 17 (H200) ran PART=d (the CUDA tests passed: train.bf16_weights is auto now) and
-# PART=e's run without the fused-projections row (-2.9% with bf16 weights in PART=d); results in docs/performance.md.
+# Session 17 (H200) ran PART=d (the CUDA tests passed: train.bf16_weights is auto now) and PART=e without its
+# fused-projections row (-2.9% with bf16 weights in PART=d); results in docs/performance.md. PART=d's levers now also
+# run together (an ablation `a+b` turns both in one run), within what is left of the call's 600 s.
 set -u
 : "${OUT:?set OUT to the output folder}"
 mkdir -p "$OUT"

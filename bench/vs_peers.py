@@ -126,7 +126,6 @@ ABLATIONS: dict[str, list[str]] = {
 ABLATION_TIMEOUT_S = {"max-autotune": 540, "coordinate-descent": 360}  # both tune kernels while compiling
 
 
-
 def ablation_parts(name: str) -> list[str]:
     """The levers of an ablation: ``a+b`` turns both ``a`` and ``b`` the other way in one run."""
     return name.split("+")
